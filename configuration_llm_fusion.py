@@ -1,0 +1,162 @@
+"""Configuration of the LLM fusion classifier: which frozen backbones feed it and how its head is shaped."""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import PretrainedConfig
+
+POOLINGS = ("layer_mean", "pooler", "cls")
+"""How a backbone's hidden states become one feature:
+
+- ``layer_mean``: for each of the last ``num_layers`` hidden layers, the mean over the text's real tokens
+  (padding excluded) -> ``(num_layers, hidden_size)``. Used for the decoder LLM.
+- ``pooler``: the encoder's pooled [CLS] output (``pooler_output``), as the original method used -> ``(hidden_size,)``.
+- ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
+"""
+
+PRESETS: dict[str, list[dict]] = {
+    # The paper's backbones: Llama-2-7b-chat, BERT-large and RoBERTa-large.
+    "paper": [
+        {"name": "llama", "model": "meta-llama/Llama-2-7b-chat-hf", "pooling": "layer_mean", "num_layers": 5,
+         "hidden_size": 4096},
+        {"name": "bert", "model": "bert-large-uncased", "pooling": "pooler", "hidden_size": 1024},
+        {"name": "roberta", "model": "roberta-large", "pooling": "pooler", "hidden_size": 1024},
+    ],
+    # Small real stand-ins that run on a laptop CPU (a Llama decoder, a BERT and an MPNet encoder).
+    "small": [
+        {"name": "llama", "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "pooling": "layer_mean", "num_layers": 5,
+         "hidden_size": 576},
+        {"name": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "pooler", "hidden_size": 384},
+        {"name": "roberta", "model": "sentence-transformers/all-mpnet-base-v2", "pooling": "pooler",
+         "hidden_size": 768},
+    ],
+}  # fmt: skip
+
+RESERVED_NAMES = {"labels", "return_dict", "self"}
+
+
+def normalize_backbone(spec: dict) -> dict:
+    """Return a complete backbone description with defaults filled in, or raise `ValueError` naming the bad value."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
+    unknown = set(spec) - {"name", "model", "revision", "pooling", "num_layers", "hidden_size", "max_length"}
+    if unknown:
+        raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {spec!r}.")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
+        raise ValueError(
+            f"Backbone name {name!r} must be a Python identifier (it is a feature column and a forward keyword) "
+            f"and not one of {sorted(RESERVED_NAMES)}."
+        )
+    if not isinstance(spec.get("model"), str) or not spec["model"]:
+        raise ValueError(f"Backbone {name!r} needs 'model': a Hub id or a local folder, got {spec.get('model')!r}.")
+    pooling = spec.get("pooling", "pooler")
+    if pooling not in POOLINGS:
+        raise ValueError(f"Backbone {name!r}: unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}.")
+    num_layers = spec.get("num_layers", 5 if pooling == "layer_mean" else 1)
+    if pooling != "layer_mean" and num_layers != 1:
+        raise ValueError(f"Backbone {name!r}: num_layers={num_layers!r} needs pooling 'layer_mean', not {pooling!r}.")
+    for key, value in (("num_layers", num_layers), ("hidden_size", spec.get("hidden_size")),
+                       ("max_length", spec.get("max_length", 512))):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Backbone {name!r}: {key} must be a positive integer, got {value!r}.")
+    return {
+        "name": name,
+        "model": spec["model"],
+        "revision": spec.get("revision"),
+        "pooling": pooling,
+        "num_layers": num_layers,
+        "hidden_size": spec["hidden_size"],
+        "max_length": spec.get("max_length", 512),
+    }
+
+
+class LLMFusionConfig(PretrainedConfig):
+    r"""
+    Configuration of [`LLMFusionForSequenceClassification`]: frozen features of several backbones (one decoder LLM
+    pooled layer by layer, encoders pooled at [CLS]) fused by a co-occurrence head (LLM-FusionClassifier, after
+    LLMEmbed, ACL 2024). The defaults are the paper's backbones and head.
+
+    Args:
+        backbones (`list[dict]`, *optional*, defaults to the `"paper"` preset):
+            The backbones in order. Each dict has `name` (feature column and forward keyword), `model` (Hub id or
+            local folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`, `"pooler"`,
+            `"cls"`), `num_layers` (k, last hidden layers averaged by `"layer_mean"`), `hidden_size` (feature
+            width) and `max_length` (tokens; longer texts are truncated).
+        fusion_dim (`int`, *optional*, defaults to 1024):
+            Width of the vectors whose co-occurrence matrix is taken. LLM layers are projected to it by
+            Linear+ReLU+Dropout; an encoder of another width by a Linear layer.
+        sigma (`float`, *optional*, defaults to 1.0):
+            Power normalisation `2 * sigmoid(sigma * x) - 1` of the co-occurrence values.
+        dropout (`float`, *optional*, defaults to 0.5):
+            Dropout after each projection and hidden MLP layer.
+        mlp_dims (`list[int]`, *optional*, defaults to `[1024, 256]`):
+            Hidden widths of the classifier MLP.
+        threshold (`float`, *optional*, defaults to 0.5):
+            Decision threshold on sigmoid scores for multi-label problems (chosen on validation by training).
+    """
+
+    model_type = "llm_fusion"
+
+    def __init__(
+        self,
+        backbones: list[dict] | None = None,
+        fusion_dim: int = 1024,
+        sigma: float = 1.0,
+        dropout: float = 0.5,
+        mlp_dims: list[int] | tuple[int, ...] = (1024, 256),
+        threshold: float = 0.5,
+        **kwargs,
+    ):
+        backbones = copy.deepcopy(PRESETS["paper"] if backbones is None else list(backbones))
+        if not backbones:
+            raise ValueError("LLMFusionConfig needs at least one backbone, got none.")
+        self.backbones = [normalize_backbone(spec) for spec in backbones]
+        names = [spec["name"] for spec in self.backbones]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Backbone names must be unique, got {names}.")
+        if not isinstance(fusion_dim, int) or fusion_dim < 1:
+            raise ValueError(f"fusion_dim must be a positive integer, got {fusion_dim!r}.")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        mlp_dims = list(mlp_dims)
+        if any(not isinstance(d, int) or d < 1 for d in mlp_dims):
+            raise ValueError(f"mlp_dims must be positive integers, got {mlp_dims!r}.")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
+        self.fusion_dim = fusion_dim
+        self.sigma = float(sigma)
+        self.dropout = float(dropout)
+        self.mlp_dims = mlp_dims
+        self.threshold = float(threshold)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs) -> LLMFusionConfig:
+        """A config whose backbones are a named preset: `"paper"` or `"small"`."""
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
+        return cls(backbones=PRESETS[preset], **kwargs)
+
+    def backbone(self, name: str) -> dict:
+        """The description of the backbone called `name`."""
+        for spec in self.backbones:
+            if spec["name"] == name:
+                return spec
+        raise ValueError(f"No backbone named {name!r}; this config has {[s['name'] for s in self.backbones]}.")
+
+    @property
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of one text's feature for each backbone: `(k, width)` for `layer_mean`, `(width,)` otherwise."""
+        return {
+            spec["name"]: (spec["num_layers"], spec["hidden_size"])
+            if spec["pooling"] == "layer_mean"
+            else (spec["hidden_size"],)
+            for spec in self.backbones
+        }
+
+
+__all__ = ["LLMFusionConfig", "PRESETS", "POOLINGS"]

@@ -1,0 +1,286 @@
+"""LLM fusion classifier: frozen backbone features fused by a co-occurrence head.
+
+Read top to bottom, the file follows the data: text -> frozen backbone features (`FrozenBackbone`, the one place
+where features are computed, used by extraction and by the pipeline) -> fusion vector (`fuse`) -> MLP -> logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging
+
+try:
+    from .configuration_llm_fusion import LLMFusionConfig, normalize_backbone
+except ImportError:  # imported from the repository root rather than as a Hub module
+    from configuration_llm_fusion import LLMFusionConfig, normalize_backbone
+
+logger = logging.get_logger(__name__)
+
+FEATURE_CODE_VERSION = "1"
+"""Bumped whenever a change to `FrozenBackbone` changes the features it computes (part of the extraction cache key)."""
+
+
+def validate_texts(texts: Sequence) -> list[str]:
+    """Return `texts` as a list, or raise naming the first text that no backbone can turn into features."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"Expected a list of strings, got {type(texts).__name__}.")
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"Text at position {position} is {type(text).__name__} ({text!r}), not a string.")
+        if not text.strip():
+            raise ValueError(f"Text at position {position} is empty or only whitespace: {text!r}.")
+    return list(texts)
+
+
+class FrozenBackbone:
+    """A frozen backbone with its tokenizer and pooling: texts in, one pooled feature per text out.
+
+    Args:
+        spec (`dict`): One entry of `LLMFusionConfig.backbones`.
+        model (`PreTrainedModel`): The backbone without task head (`AutoModel`).
+        tokenizer: Its tokenizer.
+    """
+
+    def __init__(self, spec: dict, model: PreTrainedModel, tokenizer):
+        self.spec = normalize_backbone(spec)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:
+            # Decoders often have no pad token; padded positions are masked out of every pooling anyway.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+            if tokenizer.pad_token is None:
+                raise ValueError(f"Backbone {spec['name']!r}: the tokenizer has no pad, eos or unk token to pad with.")
+        # Right padding keeps every real token at the position it has alone, so causal decoders see exactly the
+        # unpadded text (left padding would shift the position ids of Llama-style models).
+        tokenizer.padding_side = "right"
+        self._check_shape()
+
+    @classmethod
+    def load(
+        cls,
+        spec: dict,
+        path: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        device_map: str | dict | None = None,
+    ) -> FrozenBackbone:
+        """Load the backbone `spec` names (or the local folder `path` instead) with its tokenizer.
+
+        `dtype` is the compute dtype (pinned: transformers otherwise loads in the checkpoint's dtype).
+        `device_map="auto"` spreads a model larger than one GPU over the available devices.
+        """
+        source = path or spec["model"]
+        revision = None if path else spec.get("revision")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            model = AutoModel.from_pretrained(source, revision=revision, dtype=dtype, device_map=device_map)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}: {error}") from error
+        if device_map is None and device is not None:
+            model.to(device)
+        return cls(spec, model, tokenizer)
+
+    def _check_shape(self) -> None:
+        config = self.model.config.get_text_config()
+        name, width, layers = self.spec["name"], self.spec["hidden_size"], self.spec["num_layers"]
+        if config.hidden_size != width:
+            raise ValueError(
+                f"Backbone {name!r} ({self.spec['model']}) has hidden size {config.hidden_size}, "
+                f"but the config expects {width}."
+            )
+        if layers > config.num_hidden_layers:
+            raise ValueError(
+                f"Backbone {name!r} ({self.spec['model']}) has {config.num_hidden_layers} layers, "
+                f"fewer than num_layers={layers}."
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Number of tokens each text has after truncation (to sort texts into batches of similar length)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.spec["max_length"])["input_ids"]
+        return [len(row) for row in ids]
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        """Features of `texts`, float32 on the backbone's device: `(batch, k, width)` or `(batch, width)`."""
+        texts = validate_texts(texts)
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.spec["max_length"], return_tensors="pt"
+        )
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        pooling = self.spec["pooling"]
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=pooling == "layer_mean"
+        )
+        if pooling == "layer_mean":
+            # Mean over the real tokens only: padding never enters a text's features.
+            mask = attention_mask.unsqueeze(-1).float()
+            count = mask.sum(dim=1, keepdim=True)
+            layers = outputs.hidden_states[-self.spec["num_layers"] :]
+            return torch.stack([(layer.float() * mask).sum(dim=1) for layer in layers], dim=1) / count
+        if pooling == "pooler":
+            if getattr(outputs, "pooler_output", None) is None:
+                raise ValueError(f"Backbone {self.spec['name']!r} has no pooler; use pooling 'cls' instead.")
+            return outputs.pooler_output.float()
+        return outputs.last_hidden_state[:, 0].float()
+
+
+class LLMFusionPreTrainedModel(PreTrainedModel):
+    config_class = LLMFusionConfig
+    base_model_prefix = "fusion"
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's default Linear initialisation, as the original head used.
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+
+
+class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
+    """Fusion head over frozen backbone features.
+
+    The features of each text, one keyword per backbone (`config.backbones[i]["name"]`):
+    `layer_mean` backbones give `(batch, k, width)`, encoders `(batch, width)`, in any float dtype.
+    Each LLM layer vector goes through its own Linear+ReLU+Dropout to `fusion_dim`; encoder vectors are used as they
+    are (or linearly projected when their width differs). The stacked vectors V give the co-occurrence matrix V V^T,
+    power-normalised by `2 * sigmoid(sigma * x) - 1` and flattened, followed by the mean of the raw LLM layer
+    vectors; an MLP maps that to the labels.
+    """
+
+    def __init__(self, config: LLMFusionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.main_input_name = config.backbones[0]["name"]
+
+        def block(width_in: int, width_out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(config.dropout))
+
+        self.layer_projections = nn.ModuleDict()
+        self.encoder_projections = nn.ModuleDict()
+        num_vectors, tail_width = 0, 0
+        for spec in config.backbones:
+            name, width = spec["name"], spec["hidden_size"]
+            if spec["pooling"] == "layer_mean":
+                self.layer_projections[name] = nn.ModuleList(
+                    block(width, config.fusion_dim) for _ in range(spec["num_layers"])
+                )
+                num_vectors += spec["num_layers"]
+                tail_width += width
+            else:
+                # Identity at the paper's widths keeps the head exactly the original.
+                self.encoder_projections[name] = (
+                    nn.Identity() if width == config.fusion_dim else nn.Linear(width, config.fusion_dim)
+                )
+                num_vectors += 1
+        self.fusion_width = num_vectors * num_vectors + tail_width
+
+        layers, width_in = [], self.fusion_width
+        for width_out in config.mlp_dims:
+            layers.append(block(width_in, width_out))
+            width_in = width_out
+        layers.append(nn.Linear(width_in, config.num_labels))
+        self.classifier = nn.Sequential(*layers)
+        self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
+        self.post_init()
+
+    def _features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        expected = self.config.feature_shapes
+        missing = [name for name in expected if features.get(name) is None]
+        if missing:
+            raise ValueError(f"Missing features for backbone(s) {missing}; this model expects {list(expected)}.")
+        unknown = sorted(set(features) - set(expected))
+        if unknown:
+            raise ValueError(f"Unexpected inputs {unknown}; this model expects {list(expected)} and `labels`.")
+        checked = {}
+        for name, shape in expected.items():
+            value = torch.as_tensor(features[name], device=self.device)
+            if tuple(value.shape[1:]) != shape:
+                raise ValueError(f"Features {name!r} have shape {tuple(value.shape)}, expected (batch, {shape}).")
+            checked[name] = value.to(self.dtype)
+        return checked
+
+    def fuse(self, **features: torch.Tensor) -> torch.Tensor:
+        """The vector that enters the MLP: power-normalised co-occurrence values of the stacked vectors (LLM layer
+        vectors first, then the encoders in config order), flattened, then the mean of the raw LLM layer vectors."""
+        features = self._features(features)
+        llm_vectors, encoder_vectors, tails = [], [], []
+        for spec in self.config.backbones:
+            name, value = spec["name"], features[spec["name"]]
+            if spec["pooling"] == "layer_mean":
+                projections = self.layer_projections[name]
+                llm_vectors += [projection(value[:, i]) for i, projection in enumerate(projections)]
+                tails.append(value.mean(dim=1))
+            else:
+                encoder_vectors.append(self.encoder_projections[name](value))
+        stacked = torch.stack(llm_vectors + encoder_vectors, dim=1)  # (batch, vectors, fusion_dim)
+        co_occurrence = stacked @ stacked.transpose(1, 2)
+        normalised = 2 * torch.sigmoid(self.config.sigma * co_occurrence) - 1
+        return torch.cat([normalised.flatten(start_dim=1), *tails], dim=-1)
+
+    def forward(
+        self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
+    ) -> SequenceClassifierOutput | tuple:
+        """Logits (and loss when `labels` are given) for precomputed features, one keyword per backbone."""
+        logits = self.classifier(self.fuse(**features))
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            elif self.config.problem_type == "single_label_classification":
+                loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            return (logits,) if loss is None else (loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def load_backbones(
+        self,
+        paths: dict[str, str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        device_map: str | dict | None = None,
+    ) -> dict[str, FrozenBackbone]:
+        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder."""
+        paths = dict(paths or {})
+        unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
+        if unknown:
+            raise ValueError(f"backbone_paths names unknown backbone(s) {unknown}.")
+        device = device if device is not None else self.device
+        for spec in self.config.backbones:
+            if spec["name"] not in self._backbones:
+                self._backbones[spec["name"]] = FrozenBackbone.load(
+                    spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
+                )
+        return self._backbones
+
+    def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use)."""
+        texts = validate_texts(texts)
+        backbones = self._backbones or self.load_backbones()
+        # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (e.g. fine-tuning the head).
+        return {name: backbone(texts).clone() for name, backbone in backbones.items()}
+
+
+LLMFusionConfig.register_for_auto_class()
+LLMFusionForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = ["FrozenBackbone", "LLMFusionForSequenceClassification", "LLMFusionPreTrainedModel", "validate_texts"]

@@ -1,0 +1,159 @@
+import pytest
+import torch
+
+from configuration_llm_fusion import LLMFusionConfig
+from conftest import REPO, run_python
+from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification
+
+
+def paper_features(batch: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {
+        "llama": torch.randn(batch, 5, 4096),
+        "bert": torch.randn(batch, 1024),
+        "roberta": torch.randn(batch, 1024),
+    }
+
+
+def test_paper_head_has_the_original_parameter_count():
+    model = LLMFusionForSequenceClassification(LLMFusionConfig(num_labels=32))
+    layer_projections = 5 * (4096 * 1024 + 1024)
+    mlp_in = 7 * 7 + 4096
+    mlp = (mlp_in * 1024 + 1024) + (1024 * 256 + 256) + (256 * 32 + 32)
+    assert layer_projections + mlp == 25_492_768
+    assert sum(p.numel() for p in model.parameters()) == 25_492_768
+
+
+def test_fuse_matches_a_direct_computation():
+    config = LLMFusionConfig(num_labels=32, sigma=0.01)
+    model = LLMFusionForSequenceClassification(config).eval()
+    features = paper_features()
+    fused = model.fuse(**features)
+    assert fused.shape == (4, 49 + 4096)
+    matrix = fused[:, :49].view(4, 7, 7)
+    assert torch.equal(matrix, matrix.transpose(1, 2))
+    assert matrix.abs().max() <= 1
+    # Encoders are stacked after the 5 LLM layer vectors, unprojected at the paper's widths.
+    bert, roberta = features["bert"], features["roberta"]
+    for (i, a), (j, b) in [((5, bert), (5, bert)), ((5, bert), (6, roberta)), ((6, roberta), (6, roberta))]:
+        expected = 2 * torch.sigmoid(0.01 * (a * b).sum(-1)) - 1
+        torch.testing.assert_close(matrix[:, i, j], expected)
+    torch.testing.assert_close(fused[:, 49:], features["llama"].mean(dim=1))
+
+
+def test_mismatched_features_are_named():
+    model = LLMFusionForSequenceClassification(LLMFusionConfig(num_labels=3))
+    features = paper_features(2)
+    with pytest.raises(ValueError, match=r"Missing features for backbone\(s\) \['roberta'\]"):
+        model(llama=features["llama"], bert=features["bert"])
+    with pytest.raises(ValueError, match=r"Features 'bert' have shape \(2, 768\)"):
+        model(**{**features, "bert": torch.zeros(2, 768)})
+    with pytest.raises(ValueError, match=r"Unexpected inputs \['gpt'\]"):
+        model(**features, gpt=features["bert"])
+
+
+def test_losses_single_and_multi_label():
+    features = paper_features()
+    single = LLMFusionForSequenceClassification(LLMFusionConfig(num_labels=3)).eval()
+    labels = torch.tensor([0, 2, 1, 1])
+    output = single(**features, labels=labels)
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, labels))
+    assert single.config.problem_type == "single_label_classification"
+
+    multi = LLMFusionForSequenceClassification(
+        LLMFusionConfig(num_labels=3, problem_type="multi_label_classification")
+    ).eval()
+    targets = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]])
+    output = multi(**{k: v.half() for k, v in features.items()}, labels=targets)
+    torch.testing.assert_close(
+        output.loss, torch.nn.functional.binary_cross_entropy_with_logits(output.logits, targets)
+    )
+
+
+def test_any_backbone_set_and_widths(tiny_backbones):
+    config = LLMFusionConfig(backbones=tiny_backbones, fusion_dim=16, mlp_dims=[8], num_labels=2)
+    model = LLMFusionForSequenceClassification(config)
+    # 3 LLM layers + 2 encoders (both projected to 16) -> 5 x 5 co-occurrence + the 32-wide LLM mean.
+    assert model.fusion_width == 25 + 32
+    features = {"llama": torch.randn(3, 3, 32), "bert": torch.randn(3, 32), "roberta": torch.randn(3, 24)}
+    assert model(**features).logits.shape == (3, 2)
+
+
+def test_save_and_load_with_trust_remote_code_in_a_fresh_process(tmp_path):
+    model = LLMFusionForSequenceClassification(LLMFusionConfig(num_labels=4, mlp_dims=[64], fusion_dim=64)).eval()
+    features = paper_features(3)
+    expected = model(**features).logits
+    model.save_pretrained(tmp_path / "model")
+    torch.save(features, tmp_path / "features.pt")
+    assert {"configuration_llm_fusion.py", "modeling_llm_fusion.py", "model.safetensors"} <= {
+        p.name for p in (tmp_path / "model").iterdir()
+    }
+    run_python(
+        "import torch\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'model')!r}, "
+        "trust_remote_code=True).eval()\n"
+        f"features = torch.load({str(tmp_path / 'features.pt')!r})\n"
+        f"torch.save(model(**features).logits, {str(tmp_path / 'logits.pt')!r})\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+    )
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_modules_import_from_the_repo_root():
+    run_python("import modeling_llm_fusion, configuration_llm_fusion", cwd=REPO)
+
+
+# ---- features: the one text -> features code path ----
+
+
+def test_features_ignore_padding(tiny_backbones):
+    short = "i am so happy"
+    long = "someone broke into my car and i was furious, then nervous about the exam, then happy again " * 3
+    for spec in tiny_backbones:
+        backbone = FrozenBackbone.load(spec)
+        alone = backbone([short])
+        batched = backbone([long, short, "what a lovely surprise"])
+        torch.testing.assert_close(batched[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_llm_features_are_the_per_layer_token_mean(tiny_backbones):
+    spec = tiny_backbones[0]
+    backbone = FrozenBackbone.load(spec)
+    texts = ["my dog died last week", "what a lovely surprise from my friends and family!"]
+    features = backbone(texts)
+    assert features.shape == (2, spec["num_layers"], spec["hidden_size"])
+    for row, text in enumerate(texts):
+        ids = backbone.tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hidden = backbone.model(**ids, output_hidden_states=True).hidden_states
+        expected = torch.stack([layer[0].mean(dim=0) for layer in hidden[-spec["num_layers"] :]])
+        torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_mismatches_raise(tiny_backbones):
+    llama, bert = tiny_backbones[0], tiny_backbones[1]
+    with pytest.raises(ValueError, match=r"has hidden size 32, but the config expects 64"):
+        FrozenBackbone.load({**bert, "hidden_size": 64})
+    with pytest.raises(ValueError, match=r"has 6 layers, fewer than num_layers=7"):
+        FrozenBackbone.load({**llama, "num_layers": 7})
+    with pytest.raises(ValueError, match=r"could not be loaded from '/nonexistent/model'"):
+        FrozenBackbone.load({**bert, "model": "/nonexistent/model"})
+
+
+def test_model_extracts_then_classifies(tiny_backbones):
+    config = LLMFusionConfig(backbones=tiny_backbones, fusion_dim=32, mlp_dims=[16], num_labels=3)
+    model = LLMFusionForSequenceClassification(config).eval()
+    features = model.extract_features(["i finally got the job", "my dog died"])
+    assert {k: tuple(v.shape) for k, v in features.items()} == {
+        "llama": (2, 3, 32),
+        "bert": (2, 32),
+        "roberta": (2, 24),
+    }
+    assert model(**features).logits.shape == (2, 3)
+    # Backbones never enter the head's checkpoint.
+    assert model.state_dict().keys() == LLMFusionForSequenceClassification(config).state_dict().keys()
+    with pytest.raises(TypeError, match=r"Text at position 1 is NoneType"):
+        model.extract_features(["fine", None])
+    with pytest.raises(ValueError, match=r"Text at position 0 is empty or only whitespace"):
+        model.extract_features(["  "])
