@@ -9,8 +9,8 @@ from transformers import PretrainedConfig
 POOLINGS = ("layer_mean", "pooler", "cls")
 """How a backbone's hidden states become one feature:
 
-- ``layer_mean``: for each of the last ``num_layers`` hidden layers, the mean over the text's real tokens
-  (padding excluded) -> ``(num_layers, hidden_size)``. Used for the decoder LLM.
+- ``layer_mean``: for each of the last ``num_layers`` hidden layers (last layer first), the mean over the text's
+  real tokens (padding excluded) -> ``(num_layers, hidden_size)``. Used for the decoder LLM.
 - ``pooler``: the encoder's pooled [CLS] output (``pooler_output``), as the original method used -> ``(hidden_size,)``.
 - ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
 """

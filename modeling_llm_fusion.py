@@ -34,6 +34,10 @@ def validate_texts(texts: Sequence) -> list[str]:
             raise TypeError(f"Text at position {position} is {type(text).__name__} ({text!r}), not a string.")
         if not text.strip():
             raise ValueError(f"Text at position {position} is empty or only whitespace: {text!r}.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (half of a broken emoji) would fail deep inside a tokenizer
+            raise ValueError(f"Text at position {position} is not valid Unicode (lone surrogate): {text!r}.") from None
     return list(texts)
 
 
@@ -58,7 +62,10 @@ class FrozenBackbone:
         # Right padding keeps every real token at the position it has alone, so causal decoders see exactly the
         # unpadded text (left padding would shift the position ids of Llama-style models).
         tokenizer.padding_side = "right"
-        self._check_shape()
+        # Longer texts are truncated: to the configured max_length, or to what the model can take if that is less.
+        model_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else self.spec["max_length"]
+        self.max_length = min(self.spec["max_length"], model_limit)
+        self.check_config(self.spec, model.config)
 
     @classmethod
     def load(
@@ -85,17 +92,19 @@ class FrozenBackbone:
             model.to(device)
         return cls(spec, model, tokenizer)
 
-    def _check_shape(self) -> None:
-        config = self.model.config.get_text_config()
-        name, width, layers = self.spec["name"], self.spec["hidden_size"], self.spec["num_layers"]
+    @staticmethod
+    def check_config(spec: dict, config) -> None:
+        """Raise `ValueError` if a model config (loaded or not) does not give the features `spec` describes."""
+        config = config.get_text_config()
+        name, width, layers = spec["name"], spec["hidden_size"], spec["num_layers"]
         if config.hidden_size != width:
             raise ValueError(
-                f"Backbone {name!r} ({self.spec['model']}) has hidden size {config.hidden_size}, "
+                f"Backbone {name!r} ({spec['model']}) has hidden size {config.hidden_size}, "
                 f"but the config expects {width}."
             )
         if layers > config.num_hidden_layers:
             raise ValueError(
-                f"Backbone {name!r} ({self.spec['model']}) has {config.num_hidden_layers} layers, "
+                f"Backbone {name!r} ({spec['model']}) has {config.num_hidden_layers} layers, "
                 f"fewer than num_layers={layers}."
             )
 
@@ -105,16 +114,14 @@ class FrozenBackbone:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens each text has after truncation (to sort texts into batches of similar length)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.spec["max_length"])["input_ids"]
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(row) for row in ids]
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """Features of `texts`, float32 on the backbone's device: `(batch, k, width)` or `(batch, width)`."""
         texts = validate_texts(texts)
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.spec["max_length"], return_tensors="pt"
-        )
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         pooling = self.spec["pooling"]
@@ -125,7 +132,8 @@ class FrozenBackbone:
             # Mean over the real tokens only: padding never enters a text's features.
             mask = attention_mask.unsqueeze(-1).float()
             count = mask.sum(dim=1, keepdim=True)
-            layers = outputs.hidden_states[-self.spec["num_layers"] :]
+            # Last layer first, as the original: index i is always the i-th layer from the top, whatever k is.
+            layers = outputs.hidden_states[::-1][: self.spec["num_layers"]]
             return torch.stack([(layer.float() * mask).sum(dim=1) for layer in layers], dim=1) / count
         if pooling == "pooler":
             if getattr(outputs, "pooler_output", None) is None:
@@ -138,6 +146,8 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
     config_class = LLMFusionConfig
     base_model_prefix = "fusion"
     supports_gradient_checkpointing = False
+    # forward's **kwargs are backbone features, not loss kwargs: `Trainer` must not pass `num_items_in_batch` in them.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module) -> None:
         # PyTorch's default Linear initialisation, as the original head used.

@@ -20,6 +20,9 @@ from transformers import (
     RobertaModel,
 )
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA_DIR = SHARED / "data"
@@ -43,7 +46,7 @@ def _tokenizer(specials: list[str], template: str, **special_tokens) -> PreTrain
     tokenizer.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, tokenizer.token_to_id(t)) for t in tokens if t != "$A"]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=128, **special_tokens)
 
 
 def build_tiny_backbones(root: Path) -> list[dict]:

@@ -127,7 +127,8 @@ def test_llm_features_are_the_per_layer_token_mean(tiny_backbones):
         ids = backbone.tokenizer(text, return_tensors="pt")
         with torch.no_grad():
             hidden = backbone.model(**ids, output_hidden_states=True).hidden_states
-        expected = torch.stack([layer[0].mean(dim=0) for layer in hidden[-spec["num_layers"] :]])
+        last_layers_first = [hidden[-1 - i] for i in range(spec["num_layers"])]
+        expected = torch.stack([layer[0].mean(dim=0) for layer in last_layers_first])
         torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
 
 
