@@ -345,44 +345,16 @@ def feature_type(spec: dict, dtype: str) -> Array2D | List:
     return List(Value(dtype), length=spec["hidden_size"])
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (so a batch too big fails at once).
-
-    A batch holds at most `batch_size` texts and, with `max_tokens`, at most that many padded tokens.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, current = [], []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) >= batch_size or (max_tokens and (len(current) + 1) * longest > max_tokens)):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 class ShardExtractor:
-    """`datasets.map` function: the features of a batch of texts, computed in length-sorted sub-batches."""
+    """`datasets.map` function adding a backbone's feature column to a batch of texts."""
 
     def __init__(self, backbone: FrozenBackbone, batch_size: int, max_tokens: int | None, dtype: str, progress):
         self.backbone, self.batch_size, self.max_tokens = backbone, batch_size, max_tokens
-        self.dtype, self.progress = np.dtype(dtype), progress
-        self.texts = self.tokens = 0
+        self.dtype, self.progress = getattr(torch, dtype), progress
 
     def __call__(self, batch: dict) -> dict:
-        texts = batch["text"]
-        lengths = self.backbone.count_tokens(texts)
-        out = [None] * len(texts)
-        for indices in length_sorted_batches(lengths, self.batch_size, self.max_tokens):
-            features = self.backbone([texts[i] for i in indices]).cpu().numpy().astype(self.dtype)
-            for row, i in enumerate(indices):
-                out[i] = features[row]
-            self.progress.update(len(indices))
-        self.texts += len(texts)
-        self.tokens += sum(lengths)
-        return {self.backbone.spec["name"]: np.stack(out)}
+        features = self.backbone.extract(batch["text"], self.batch_size, self.max_tokens, self.dtype, self.progress)
+        return {self.backbone.spec["name"]: features.numpy()}
 
 
 def _distributed() -> tuple[int, int]:
@@ -502,9 +474,9 @@ def extract(
                     )  # fmt: skip
         seconds = time.perf_counter() - start
         throughput[name] = {
-            "texts": extractor.texts,
-            "texts_per_s": extractor.texts / seconds,
-            "tokens_per_s": extractor.tokens / seconds,
+            "texts": backbone.texts_seen,
+            "texts_per_s": backbone.texts_seen / seconds,
+            "tokens_per_s": backbone.tokens_seen / seconds,
         }
         del backbone
     _barrier(world)

@@ -41,6 +41,24 @@ def validate_texts(texts: Sequence) -> list[str]:
     return list(texts)
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (so a batch too big fails at once).
+
+    A batch holds at most `batch_size` texts and, with `max_tokens`, at most that many padded tokens.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= batch_size or (max_tokens and (len(current) + 1) * longest > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 class FrozenBackbone:
     """A frozen backbone with its tokenizer and pooling: texts in, one pooled feature per text out.
 
@@ -66,6 +84,7 @@ class FrozenBackbone:
         model_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else self.spec["max_length"]
         self.max_length = min(self.spec["max_length"], model_limit)
         self.check_config(self.spec, model.config)
+        self.texts_seen = self.tokens_seen = 0
 
     @classmethod
     def load(
@@ -107,6 +126,33 @@ class FrozenBackbone:
                 f"Backbone {name!r} ({spec['model']}) has {config.num_hidden_layers} layers, "
                 f"fewer than num_layers={layers}."
             )
+
+    def extract(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        max_tokens: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        progress=None,
+    ) -> torch.Tensor:
+        """Features of many texts, in their order, on the CPU in `dtype`: computed in batches of similar length,
+        so that little padding is computed (`batch_size` texts and `max_tokens` padded tokens at most a batch).
+        `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done."""
+        texts = validate_texts(texts)
+        lengths = self.count_tokens(texts)
+        out = torch.empty((len(texts), *self.feature_shape), dtype=dtype)
+        for indices in length_sorted_batches(lengths, batch_size, max_tokens):
+            out[indices] = self([texts[i] for i in indices]).to("cpu", dtype)
+            if progress is not None:
+                progress.update(len(indices))
+        self.texts_seen += len(texts)
+        self.tokens_seen += sum(lengths)
+        return out
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        spec = self.spec
+        return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] == "layer_mean" else (spec["hidden_size"],)
 
     @property
     def device(self) -> torch.device:
@@ -293,4 +339,10 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
 LLMFusionConfig.register_for_auto_class()
 LLMFusionForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
-__all__ = ["FrozenBackbone", "LLMFusionForSequenceClassification", "LLMFusionPreTrainedModel", "validate_texts"]
+__all__ = [
+    "FrozenBackbone",
+    "length_sorted_batches",
+    "LLMFusionForSequenceClassification",
+    "LLMFusionPreTrainedModel",
+    "validate_texts",
+]

@@ -9,8 +9,8 @@ from datasets import Array2D, List, Value
 
 import extract_features
 from conftest import REPO
-from extract_features import extract, length_sorted_batches, load_data, load_features, resolve_backbones
-from modeling_llm_fusion import FrozenBackbone
+from extract_features import extract, load_data, load_features, resolve_backbones
+from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
 
