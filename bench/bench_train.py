@@ -1,0 +1,173 @@
+"""Seconds per epoch and peak RSS of training the fusion head: `Trainer` (as train_fusion.py runs it) against a plain
+PyTorch loop with the same model, data and batch size.
+
+    python bench/bench_train.py               # paper size: 17,802 rows of 5 x 4096 + 2 x 1024 float16 (~800 MB)
+    python bench/bench_train.py --rows 500    # a quick check
+
+Random float16 features in the paper's shapes are written to Arrow (as extract_features.py saves them) and each
+path trains in its own process reading them memory-mapped, so each peak RSS is that path's alone. Targets: the
+Trainer path within 1.3x the plain loop's time, peak RSS under 2x the feature files' size.
+
+Only the training epochs are timed (no evaluation, no checkpoints), and the fastest epoch of each path is compared
+(the least disturbed by other work on the machine). Peak RSS includes the feature pages read through the memory map;
+the anonymous memory reported next to it is what the process allocated itself (torch, the model, Adam's state).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PAPER_SHAPES = {"llama": (5, 4096), "bert": (1024,), "roberta": (1024,)}
+NUM_LABELS = 32
+EVAL_ROWS = 10  # validation and test only have to exist
+
+
+@dataclass
+class BenchArguments:
+    rows: int = field(default=17_802, metadata={"help": "Training rows (ED's train split has 17,802)."})
+    epochs: int = field(default=2, metadata={"help": "Epochs timed per path (the fastest one is compared)."})
+    batch_size: int = field(default=10, metadata={"help": "Batch size of both paths (paper: 10)."})
+    workdir: str | None = field(default=None, metadata={"help": "Keep the features here (default: a temp folder)."})
+    measure: str | None = field(default=None, metadata={"help": "Internal: time one path (trainer or plain)."})
+
+
+def write_features(folder: Path, rows: int) -> int:
+    """Random paper-size features in the extract_features.py format; returns the train split's Arrow bytes."""
+    from datasets import Array2D, ClassLabel, Dataset, DatasetDict, Features, List, Value
+
+    from configuration_llm_fusion import PRESETS
+
+    features = Features(
+        {
+            "text": Value("string"),
+            "label": ClassLabel(names=[f"emotion_{i}" for i in range(NUM_LABELS)]),
+            "llama": Array2D(PAPER_SHAPES["llama"], "float16"),
+            "bert": List(Value("float16"), length=PAPER_SHAPES["bert"][0]),
+            "roberta": List(Value("float16"), length=PAPER_SHAPES["roberta"][0]),
+        }
+    )
+
+    def generate(count: int, seed: int):
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            row = {name: rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
+                   for name, shape in PAPER_SHAPES.items()}  # fmt: skip
+            yield {"text": f"text {i}", "label": int(rng.integers(NUM_LABELS)), **row}
+
+    cache = folder / "cache"
+    splits = {
+        split: Dataset.from_generator(
+            generate, features=features, gen_kwargs={"count": count, "seed": seed}, cache_dir=str(cache)
+        )  # fmt: skip
+        for seed, (split, count) in enumerate([("train", rows), ("validation", EVAL_ROWS), ("test", EVAL_ROWS)])
+    }
+    DatasetDict(splits).save_to_disk(str(folder / "features"))
+    metadata = {
+        "dataset": "bench",
+        "problem_type": "single_label_classification",
+        "label_names": features["label"].names,
+        "backbones": PRESETS["paper"],
+        "feature_dtype": "float16",
+    }
+    (folder / "features" / "fec_features.json").write_text(json.dumps(metadata))
+    return sum(path.stat().st_size for path in (folder / "features" / "train").glob("*.arrow"))
+
+
+def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict:
+    """Train `epochs` epochs by `path` ("trainer" or "plain"); the seconds of each epoch and this process's peak
+    RSS."""
+    import torch
+    from transformers import Trainer, TrainerCallback, default_data_collator, set_seed
+
+    from extract_features import load_features
+    from modeling_llm_fusion import LLMFusionForSequenceClassification
+    from train_fusion import FusionTrainingArguments, build_config, training_splits
+
+    data, metadata = load_features(features_dir)
+    config = build_config(metadata)
+    train = training_splits(data, config)["train"]
+    set_seed(0)
+    model = LLMFusionForSequenceClassification(config)
+    epoch_seconds = []  # each epoch from its first batch to its last step: set-up costs are not per epoch
+    if path == "trainer":
+
+        class EpochTimer(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                epoch_seconds.append(time.perf_counter() - self.start)
+
+        args = FusionTrainingArguments(
+            output_dir=str(features_dir.parent / "trainer"), num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size, eval_strategy="no", save_strategy="no",
+            load_best_model_at_end=False, disable_tqdm=True, logging_strategy="no",
+        )  # fmt: skip
+        Trainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()]).train()
+    else:
+        loader = torch.utils.data.DataLoader(
+            train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator
+        )
+        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam), so that only the training
+        # machinery differs between the two paths.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+        model.train()
+        for _ in range(epochs):
+            start = time.perf_counter()
+            for batch in loader:
+                loss = model(**batch).loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            epoch_seconds.append(time.perf_counter() - start)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    # RSS counts the memory-mapped feature pages read so far; the anonymous part is what the process allocated.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    anonymous = int(status["RssAnon"].split()[0]) * 1024
+    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure, Path(args.workdir) / "features", args.epochs, args.batch_size)))
+        return {}
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = Path(args.workdir or temporary)
+        start = time.perf_counter()
+        size = write_features(workdir, args.rows)
+        print(f"{args.rows:,} rows of 5 x 4096 + 2 x 1024 float16: {size / 2**20:,.0f} MiB of Arrow, written in "
+              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        results = {}
+        for path in ("plain", "trainer"):
+            command = [sys.executable, __file__, "--measure", path, "--workdir", str(workdir),
+                       "--epochs", str(args.epochs), "--batch_size", str(args.batch_size)]  # fmt: skip
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[path] = json.loads(output.strip().splitlines()[-1])
+    for path, result in results.items():
+        seconds, rss, anonymous = result["epoch_seconds"], result["peak_rss_bytes"], result["anon_rss_bytes"]
+        print(
+            f"{path:8s} {min(seconds):8.1f} s/epoch (fastest; mean {sum(seconds) / len(seconds):.1f})   peak RSS "
+            f"{rss / 2**20:7,.0f} MiB = {rss / size:.2f}x the features ({anonymous / 2**20:,.0f} MiB anonymous)"
+        )
+    # The fastest epochs: the least disturbed by other work on the machine.
+    ratio = min(results["trainer"]["epoch_seconds"]) / min(results["plain"]["epoch_seconds"])
+    print(f"Trainer / plain loop: {ratio:.2f}x (target <= 1.3x)")
+    return {"feature_bytes": size, "trainer_over_plain": ratio, **results}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The `"fec"` pipeline: texts in, emotions out, through the backbones' feature code and the fusion head.
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("fec", model="org/llm-fusion-ed", trust_remote_code=True)
+classifier("I finally got the job!")  # {"label": "joyful", "score": 0.91}
+```
+
+This file travels with the model (`save_for_pipeline` copies it and names it in `config.json`'s
+`custom_pipelines`), so `pipeline()` finds it with `trust_remote_code=True` wherever the model is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import types
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, Pipeline, PreTrainedModel
+from transformers.pipelines import PIPELINE_REGISTRY
+
+try:
+    from .modeling_llm_fusion import validate_texts
+except ImportError:  # imported from the repository root rather than as a Hub module
+    from modeling_llm_fusion import validate_texts
+
+TASK = "fec"
+FUNCTIONS = ("softmax", "sigmoid", "none")
+_NOT_GIVEN = object()  # `top_k=None` means "all labels", so "not given" needs its own marker
+
+
+class FECPipeline(Pipeline):
+    """Fine-grained emotion classification with an [`LLMFusionForSequenceClassification`] model.
+
+    The pipeline loads the frozen backbones the model's config names (Hub id at the pinned revision), turns each
+    text into features with the model's own feature code (`model.extract_features`, the code that extracted the
+    training features) and runs the fusion head on them. It answers like the `"text-classification"` pipeline:
+
+    - a string gives the top `{"label": str, "score": float}`; a list of strings gives a list of answers;
+    - `top_k=k` gives the `k` best labels, `top_k=None` all labels, sorted by score;
+    - for a multi-label model (`config.problem_type == "multi_label_classification"`) the default answer is the
+      list of labels whose sigmoid score is above `config.threshold` (possibly empty), sorted by score.
+
+    Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
+    non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs.
+
+    Args:
+        model (`LLMFusionForSequenceClassification`):
+            The fusion model. Its backbones are loaded when the pipeline is built (kept if already loaded).
+        backbone_paths (`dict[str, str]`, *optional*):
+            Local folders to load backbones from instead of the Hub ids in the config, by backbone name, e.g.
+            `{"llama": "/models/Llama-2-7b-chat-hf"}` for offline machines or mirrors.
+        dtype (`torch.dtype` or `str`, *optional*):
+            Compute dtype of the backbones and the head; by default the head's dtype (`float32` as saved).
+        device (`int`, `str` or `torch.device`, *optional*):
+            Where the backbones and the head run, as for every pipeline.
+        function_to_apply (`str`, *optional*):
+            `"softmax"` (default for single-label models), `"sigmoid"` (default for multi-label models) or `"none"`
+            (raw logits).
+        top_k (`int` or `None`, *optional*):
+            Number of labels to return per text; `None` returns all of them.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False  # each backbone brings its own tokenizer
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        backbone_paths: dict[str, str] | None = None,
+        dtype: torch.dtype | str | None = None,
+        **kwargs,
+    ):
+        super().__init__(model=model, **kwargs)
+        # Dropout must be off whatever mode the model was handed over in.
+        self.model.eval()
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        # `pipeline()` passes dtype="auto" by default: the head then keeps its saved dtype, and the backbones follow.
+        backbone_dtype = dtype if isinstance(dtype, torch.dtype) else self.model.dtype
+        self.model.load_backbones(backbone_paths, device=self.device, dtype=backbone_dtype)
+
+    def _sanitize_parameters(
+        self, function_to_apply: str | None = None, top_k: Any = _NOT_GIVEN
+    ) -> tuple[dict, dict, dict]:
+        postprocess_params = {}
+        if function_to_apply is not None:
+            if not isinstance(function_to_apply, str) or function_to_apply.lower() not in FUNCTIONS:
+                raise ValueError(f"function_to_apply must be one of {FUNCTIONS}, got {function_to_apply!r}.")
+            postprocess_params["function_to_apply"] = function_to_apply.lower()
+        if top_k is not _NOT_GIVEN:
+            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+                raise ValueError(f"top_k must be a positive integer or None (all labels), got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+        return {}, {}, postprocess_params
+
+    def __call__(self, inputs: str | list[str], **kwargs) -> dict | list:
+        """Classify one text or a list of texts.
+
+        Args:
+            inputs (`str` or `list[str]`):
+                The text(s). A generator or a `torch` dataset of texts is streamed: the answers come as an iterator.
+            top_k (`int` or `None`, *optional*):
+                How many labels to return per text (`None`: all), sorted by score.
+            function_to_apply (`str`, *optional*):
+                `"softmax"`, `"sigmoid"` or `"none"`; the default depends on the model's problem type.
+            batch_size (`int`, *optional*, defaults to 1):
+                Texts run through the backbones together.
+
+        Return:
+            For each text, a `{"label", "score"}` dict (single-label default), or a list of them (with `top_k`, or
+            the labels above the threshold for a multi-label model). Labels are `str`, scores `float`.
+        """
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list):
+            # Checked as a whole so that the error names the bad text's position in the caller's list.
+            validate_texts(inputs)
+            if not inputs:
+                return []
+        elif not isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset)):  # streams: see get_iterator
+            validate_texts([inputs])
+        return super().__call__(inputs, **kwargs)
+
+    def preprocess(self, inputs: str | list[str]) -> dict[str, list[str]]:
+        # Tokenizing is the backbones' business (each has its own tokenizer, inside `extract_features`).
+        return {"texts": [inputs] if isinstance(inputs, str) else list(inputs)}
+
+    def _forward(self, model_inputs: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+        features = self.model.extract_features(model_inputs["texts"])
+        return {"logits": self.model(**features).logits}
+
+    def get_iterator(
+        self,
+        inputs: Iterable[str],
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict,
+        forward_params: dict,
+        postprocess_params: dict,
+    ) -> Iterator[dict | list]:
+        """One answer per text, computed `batch_size` texts at a time.
+
+        The base class collates token ids padded by the pipeline's tokenizer; here a batch is just its texts, which
+        each backbone tokenizes and pads itself. Streamed texts are checked batch by batch.
+        """
+        texts = iter(inputs)
+        while batch := list(itertools.islice(texts, batch_size)):
+            logits = self.forward(self.preprocess(batch, **preprocess_params), **forward_params)["logits"]
+            for row in logits:
+                yield self.postprocess({"logits": row.unsqueeze(0)}, **postprocess_params)
+
+    def postprocess(
+        self, model_outputs: dict[str, torch.Tensor], function_to_apply: str | None = None, top_k: Any = _NOT_GIVEN
+    ) -> dict | list[dict]:
+        config = self.model.config
+        multi_label = config.problem_type == "multi_label_classification"
+        if function_to_apply is None:  # the defaults of the text-classification pipeline
+            if config.problem_type == "regression":
+                function_to_apply = "none"
+            elif multi_label or config.num_labels == 1:
+                function_to_apply = "sigmoid"
+            else:
+                function_to_apply = "softmax"
+        logits = model_outputs["logits"][0].float()
+        functions = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}
+        scores = functions[function_to_apply].tolist()
+        # A stable sort, as the text-classification pipeline's: equal scores keep the label order.
+        ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+        if top_k is not _NOT_GIVEN:
+            chosen = ranked if top_k is None else ranked[:top_k]
+        elif multi_label:
+            # The model's decision is its sigmoid scores against the threshold chosen on validation, whatever
+            # function the caller wants the scores reported in.
+            predicted = (logits.sigmoid() > config.threshold).tolist()
+            chosen = [i for i in ranked if predicted[i]]
+        else:
+            return {"label": config.id2label[ranked[0]], "score": scores[ranked[0]]}
+        return [{"label": config.id2label[i], "score": scores[i]} for i in chosen]
+
+
+def save_for_pipeline(model: PreTrainedModel, save_directory: str | os.PathLike) -> None:
+    """Save `model` (weights, config, modeling code) with this pipeline, for
+    `pipeline("fec", model=save_directory, trust_remote_code=True)`.
+
+    Writes `custom_pipelines` into `config.json` and copies this file next to it, as `FECPipeline.save_pretrained`
+    does. To publish, upload the whole folder (e.g. `huggingface_hub.upload_folder`): `model.push_to_hub` alone
+    would leave this file out.
+    """
+    model.config.custom_pipelines = {
+        TASK: {
+            "impl": f"{Path(__file__).stem}.{FECPipeline.__name__}",
+            "pt": [AutoModelForSequenceClassification.__name__],
+            "type": "text",
+        }
+    }
+    model.save_pretrained(save_directory)
+    shutil.copyfile(__file__, Path(save_directory) / Path(__file__).name)
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=FECPipeline, pt_model=AutoModelForSequenceClassification, type="text"
+)
+
+__all__ = ["FECPipeline", "save_for_pipeline"]

@@ -1,0 +1,242 @@
+"""The "fec" pipeline: loaded from a saved folder in a fresh process, scores equal to the model's, behaves like
+transformers' text-classification pipeline, and answers or clearly refuses whatever users send."""
+
+from __future__ import annotations
+
+import csv
+import json
+import types
+
+import pytest
+import torch
+from transformers import pipeline
+from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
+
+from configuration_llm_fusion import LLMFusionConfig
+from conftest import REPO, run_python
+from modeling_llm_fusion import LLMFusionForSequenceClassification
+from pipeline_fec import FECPipeline, save_for_pipeline
+
+EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised", "proud", "lonely", "grateful"]
+TEXTS = ["i finally got the job i wanted", "my dog died last week", "someone broke into my car", "what a surprise!"]
+
+
+def build_model(tiny_backbones: list[dict], problem_type: str) -> LLMFusionForSequenceClassification:
+    """A tiny fusion model whose config names Hub ids (as a published one does), its backbones loaded from the
+    tiny local folders."""
+    torch.manual_seed(0)
+    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}", "revision": "v1"} for spec in tiny_backbones]
+    config = LLMFusionConfig(
+        backbones=hub_backbones,
+        fusion_dim=16,
+        mlp_dims=[16],
+        num_labels=len(EMOTIONS),
+        id2label=dict(enumerate(EMOTIONS)),
+        label2id={label: i for i, label in enumerate(EMOTIONS)},
+        problem_type=problem_type,
+    )
+    model = LLMFusionForSequenceClassification(config).eval()
+    model.load_backbones({spec["name"]: spec["model"] for spec in tiny_backbones}, device="cpu")
+    return model
+
+
+def model_logits(model: LLMFusionForSequenceClassification, texts: list[str]) -> torch.Tensor:
+    """The model's logits on the features extracted from `texts`: the reference the pipeline must reproduce."""
+    with torch.no_grad():
+        return model(**model.extract_features(texts)).logits.float()
+
+
+@pytest.fixture(scope="module")
+def single_label_model(tiny_backbones) -> LLMFusionForSequenceClassification:
+    return build_model(tiny_backbones, "single_label_classification")
+
+
+@pytest.fixture(scope="module")
+def multi_label_model(tiny_backbones) -> LLMFusionForSequenceClassification:
+    model = build_model(tiny_backbones, "multi_label_classification")
+    # A threshold in the middle of the scores, so that some labels are predicted and some are not.
+    model.config.threshold = model_logits(model, TEXTS).sigmoid().median().item()
+    return model
+
+
+@pytest.fixture(scope="module", params=["single_label_classification", "multi_label_classification"])
+def model(request, single_label_model, multi_label_model) -> LLMFusionForSequenceClassification:
+    return single_label_model if request.param == "single_label_classification" else multi_label_model
+
+
+@pytest.fixture(scope="module")
+def ed_texts(data_dir) -> list[str]:
+    with open(data_dir / "ED" / "test.csv", newline="", encoding="utf-8") as file:
+        return [row["text"] for _, row in zip(range(12), csv.DictReader(file))]
+
+
+def test_saved_model_loads_in_fresh_process_with_trust_remote_code(
+    tmp_path, tiny_backbones, single_label_model, ed_texts
+):
+    folder, folder_from_pipe = tmp_path / "saved", tmp_path / "saved_by_pipeline"
+    save_for_pipeline(single_label_model, folder)
+    pipeline("fec", model=single_label_model, device="cpu").save_pretrained(folder_from_pipe)
+    for saved in (folder, folder_from_pipe):
+        for code_file in ("pipeline_fec.py", "modeling_llm_fusion.py", "configuration_llm_fusion.py"):
+            assert (saved / code_file).read_text() == (REPO / code_file).read_text()
+    configs = [json.loads((saved / "config.json").read_text()) for saved in (folder, folder_from_pipe)]
+    assert configs[0]["custom_pipelines"] == configs[1]["custom_pipelines"]
+    assert configs[0]["custom_pipelines"]["fec"]["impl"] == "pipeline_fec.FECPipeline"
+
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+    code = f"""
+import importlib.util, io, json, sys
+import torch
+from transformers import pipeline
+assert importlib.util.find_spec("pipeline_fec") is None and importlib.util.find_spec("modeling_llm_fusion") is None
+paths, texts = {paths!r}, {ed_texts!r}
+answers = {{}}
+for name, folder in (("saved", {str(folder)!r}), ("saved_by_pipeline", {str(folder_from_pipe)!r})):
+    pipe = pipeline("fec", model=folder, trust_remote_code=True, backbone_paths=paths, device="cpu")
+    answers[name] = {{"one": pipe(texts[0]), "all": pipe(texts, top_k=None, batch_size=5)}}
+inferred = pipeline(model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, device="cpu")
+answers["inferred_task"] = inferred.task
+half = pipeline("fec", model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, dtype=torch.bfloat16)
+answers["bfloat16"] = [str(half.model.dtype)] + [str(b.model.dtype) for b in half.model.load_backbones().values()]
+errors = []
+sys.stdin = io.StringIO("")  # nobody answers transformers' prompt
+for kwargs in ({{}}, {{"trust_remote_code": False}}, {{"trust_remote_code": True}}):
+    try:
+        pipeline("fec", model={str(folder)!r}, **kwargs)
+    except ValueError as error:
+        errors.append(str(error))
+answers["errors"] = errors
+print()  # transformers prompted on stdout: the answers go on a line of their own
+print(json.dumps(answers))
+"""
+    answers = json.loads(run_python(code).splitlines()[-1])
+
+    probabilities = model_logits(single_label_model, ed_texts).softmax(-1)
+    for name in ("saved", "saved_by_pipeline"):
+        for text_answers, expected in zip(answers[name]["all"], probabilities):
+            assert [a["label"] for a in text_answers] == [EMOTIONS[i] for i in expected.argsort(descending=True)]
+            scores = torch.tensor([a["score"] for a in sorted(text_answers, key=lambda a: EMOTIONS.index(a["label"]))])
+            torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
+        assert_same_answers(answers[name]["one"], answers[name]["all"][0][0])  # alone vs in a padded batch
+    assert answers["inferred_task"] == "fec"
+    assert answers["bfloat16"] == ["torch.bfloat16"] * 4
+    refused_silently, refused, offline = answers["errors"]
+    for message in (refused_silently, refused):
+        assert "trust_remote_code=True" in message
+    # Offline, the Hub ids in the config cannot be reached: the error names the backbone (backbone_paths fixes it).
+    assert "Backbone 'llama' could not be loaded from 'fec-tests/tiny-llama'" in offline
+
+
+def transformers_answer(model, logits: torch.Tensor, **kwargs) -> dict | list[dict]:
+    """What transformers' text-classification pipeline answers for these logits (its postprocess, same config)."""
+    stub = types.SimpleNamespace(model=types.SimpleNamespace(config=model.config))
+    return TextClassificationPipeline.postprocess(stub, {"logits": logits.unsqueeze(0)}, **kwargs)
+
+
+def assert_same_answers(actual: dict | list[dict], expected: dict | list[dict]) -> None:
+    actual, expected = (actual, expected) if isinstance(actual, list) else ([actual], [expected])
+    assert [a["label"] for a in actual] == [e["label"] for e in expected]
+    for a, e in zip(actual, expected):
+        assert type(a["score"]) is float and a["score"] == pytest.approx(e["score"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("function_to_apply", [None, "softmax", "sigmoid", "none"])
+@pytest.mark.parametrize("top_k", [1, 3, None, 100])
+def test_top_k_and_function_to_apply_as_text_classification(model, function_to_apply, top_k):
+    pipe = pipeline("fec", model=model, device="cpu")
+    answers = pipe(TEXTS, top_k=top_k, function_to_apply=function_to_apply, batch_size=3)
+    function = None if function_to_apply is None else ClassificationFunction[function_to_apply.upper()]
+    for answer, logits in zip(answers, model_logits(model, TEXTS)):
+        expected = transformers_answer(model, logits, function_to_apply=function, top_k=top_k, _legacy=False)
+        assert_same_answers(answer, expected)
+
+
+def test_single_label_default_is_the_top_label(single_label_model):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    logits = model_logits(single_label_model, TEXTS)
+    # transformers wraps a lone text's answer in a list; the "fec" pipeline answers a string with one dict.
+    assert_same_answers(pipe(TEXTS[0]), transformers_answer(single_label_model, logits[0]))
+    for answer, text_logits in zip(pipe(TEXTS), logits):
+        assert_same_answers(answer, transformers_answer(single_label_model, text_logits))
+
+
+def test_multi_label_default_is_the_labels_above_threshold(multi_label_model):
+    pipe = pipeline("fec", model=multi_label_model, device="cpu")
+    threshold = multi_label_model.config.threshold
+    all_logits = model_logits(multi_label_model, TEXTS)
+    answers, raw_answers = pipe(TEXTS, batch_size=4), pipe(TEXTS, function_to_apply="none")
+    assert pipe(TEXTS[1]) == answers[1]
+    for answer, raw_answer, logits in zip(answers, raw_answers, all_logits):
+        scores = logits.sigmoid()
+        predicted = sorted((i for i in range(len(EMOTIONS)) if scores[i] > threshold), key=lambda i: -scores[i])
+        assert [a["label"] for a in answer] == [EMOTIONS[i] for i in predicted]
+        assert [a["score"] for a in answer] == pytest.approx([scores[i].item() for i in predicted], abs=1e-6)
+        # Reporting logits instead of probabilities does not change which labels the model predicts.
+        assert [a["label"] for a in raw_answer] == [a["label"] for a in answer]
+        assert [a["score"] for a in raw_answer] == pytest.approx([logits[i].item() for i in predicted], abs=1e-5)
+    assert 0 < sum(map(len, answers)) < len(TEXTS) * len(EMOTIONS)
+
+
+def test_batches_streams_and_lists_give_the_same_answers(single_label_model):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    one_by_one = pipe(TEXTS, top_k=None)
+    for answers in (pipe(TEXTS, top_k=None, batch_size=3), list(pipe((t for t in TEXTS), top_k=None, batch_size=2))):
+        for answer, expected in zip(answers, one_by_one):
+            assert_same_answers(answer, expected)
+    assert pipe(tuple(TEXTS)) == pipe(TEXTS)
+    assert pipe([]) == []
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        ("", ValueError, "position 0 is empty or only whitespace: ''"),
+        (" \n\t\u00a0", ValueError, "position 0 is empty or only whitespace"),
+        (None, TypeError, "position 0 is NoneType"),
+        (42, TypeError, r"position 0 is int \(42\)"),
+        (2.5, TypeError, r"position 0 is float \(2.5\)"),
+        ({"text": "hello"}, TypeError, "position 0 is dict"),
+        (["fine", None, "fine"], TypeError, "position 1 is NoneType"),
+        (["fine", "fine", "   "], ValueError, "position 2 is empty or only whitespace"),
+        (["fine", 7], TypeError, r"position 1 is int \(7\)"),
+        ("broken emoji \ud83d", ValueError, "position 0 is not valid Unicode"),
+    ],
+)
+def test_bad_inputs_are_refused_naming_input_and_position(single_label_model, inputs, error, message):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    with pytest.raises(error, match=message):
+        pipe(inputs)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["😭😭😭", "我今天终于找到工作了", "أنا سعيد جدا", "Ich bin so glücklich!", "\u200b", "[PAD] <unk> </s>", "a"],
+)
+def test_unusual_texts_get_a_prediction(single_label_model, text):
+    answer = pipeline("fec", model=single_label_model, device="cpu")(text)
+    assert answer["label"] in EMOTIONS and 0 < answer["score"] < 1
+
+
+def test_long_texts_are_truncated_to_max_length(single_label_model):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    long_text = "i finally got the job i wanted and i am so happy " * 500  # thousands of tokens, max_length is 64
+    # Everything after the first max_length tokens is cut: appending more text changes nothing.
+    assert pipe(long_text, top_k=None) == pipe(long_text + " my dog died last week " * 50, top_k=None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_k": 0}, "top_k must be a positive integer or None"),
+        ({"top_k": "3"}, "top_k must be a positive integer or None"),
+        ({"function_to_apply": "relu"}, "function_to_apply must be one of"),
+    ],
+)
+def test_bad_parameters_are_refused(single_label_model, kwargs, message):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    with pytest.raises(ValueError, match=message):
+        pipe(TEXTS[0], **kwargs)
+
+
+def test_pipeline_class_is_registered_for_the_fec_task(single_label_model):
+    assert isinstance(pipeline("fec", model=single_label_model, device="cpu"), FECPipeline)

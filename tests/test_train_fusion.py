@@ -1,0 +1,308 @@
+import json
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, f1_score
+
+import train_fusion
+from configuration_llm_fusion import LLMFusionConfig
+from conftest import REPO, run_python
+from extract_features import extract, load_features
+from modeling_llm_fusion import LLMFusionForSequenceClassification
+from train_fusion import main
+
+LIMIT = 40  # rows per split: 4 steps per epoch at the paper's batch size of 10
+TOKEN = "hf_DoNotLeakThisToken"
+REPO_ID = "fec-tests/llm-fusion-ed"
+
+
+def hub_backbones(tiny_backbones: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """The tiny backbones named by Hub ids (as a user's would be) and read from their local copies."""
+    specs = [{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones]
+    return specs, {spec["name"]: spec["model"] for spec in tiny_backbones}
+
+
+@pytest.fixture(scope="module")
+def ed_features(tmp_path_factory, tiny_backbones, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("features") / "ED"
+    specs, paths = hub_backbones(tiny_backbones)
+    extract("ED", data_dir=str(data_dir), backbones=specs, backbone_paths=paths, output_dir=out, limit=LIMIT)
+    return out
+
+
+def cli(features: Path, output: Path, *extra: str) -> list[str]:
+    return ["--features-dir", str(features), "--output-dir", str(output), "--max_steps", "8", "--disable_tqdm",
+            "true", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ed_run(tmp_path_factory, ed_features) -> tuple[dict, Path, list]:
+    """Two seeds of a short run, pushed to a mocked Hub: (returned results, output folder, recorded Hub calls)."""
+    output = tmp_path_factory.mktemp("outputs") / "llm-fusion-ed"
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs, self.token))
+            return type("Commit", (), {"commit_url": "https://hub/commit"})()
+
+        patch.setattr(HfApi, "upload_folder", upload_folder)
+        results = main(
+            cli(ed_features, output, "--seeds", "2", "--push-to-hub", "--hub-model-id", REPO_ID, "--hub_token", TOKEN)
+        )
+    return results, output, calls
+
+
+def test_metric_module_agrees_with_sklearn():
+    rng = np.random.default_rng(0)
+    single = evaluate.load(str(train_fusion.METRICS_PATH))
+    references = rng.integers(0, 8, 300)
+    predictions = np.where(rng.random(300) < 0.4, references, rng.integers(0, 10, 300))  # labels 8, 9 never true
+    scores = single.compute(predictions=predictions, references=references)
+    assert scores.keys() == {"accuracy", "weighted_f1", "macro_f1"}
+    assert scores["accuracy"] == pytest.approx(accuracy_score(references, predictions), abs=1e-12)
+    for average in ("weighted", "macro"):
+        expected = f1_score(references, predictions, average=average, zero_division=0)
+        assert scores[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
+
+    multi = evaluate.load(str(train_fusion.METRICS_PATH), config_name="multi_label_classification")
+    references = (rng.random((200, 6)) < 0.3).astype(int)
+    references[:, 5] = 0  # a label never true...
+    predictions = (rng.random((200, 6)) < 0.3).astype(int)
+    predictions[:, 4] = 0  # ...and one never predicted
+    scores = multi.compute(predictions=predictions, references=references)
+    assert scores.keys() == {"micro_f1", "macro_f1"}
+    for average in ("micro", "macro"):
+        expected = f1_score(references, predictions, average=average, zero_division=0)
+        assert scores[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_training_reads_the_arrow_files_in_place(ed_features):
+    data, metadata = load_features(ed_features)
+    splits = train_fusion.training_splits(data, train_fusion.build_config(metadata))
+    for name, split in splits.items():
+        assert split.column_names == ["llama", "bert", "roberta", "labels"]
+        # Backed by the features folder's own Arrow files (memory-mapped), not by a copy in RAM.
+        assert [Path(f["filename"]).parent for f in split.cache_files] == [ed_features / name]
+    row = splits["train"][0]
+    assert row["llama"].shape == (3, 32) and row["labels"].dtype == torch.int64
+
+
+def test_seeds_aggregate(ed_run):
+    results, output, _ = ed_run
+    assert json.loads((output / "results.json").read_text()) == results
+    assert results["seeds"] == [42, 43] and results["selection_metric"] == "weighted_f1"
+    runs = results["runs"]
+    for key in ("accuracy", "weighted_f1", "macro_f1"):
+        values = np.array([run["test"][key] for run in runs])
+        assert results["test"][key]["mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert results["test"][key]["std"] == pytest.approx(values.std(ddof=0), abs=1e-12)  # population std
+    best = max(runs, key=lambda run: run["validation"]["weighted_f1"])
+    assert results["best_seed"] == best["seed"]
+    for run in runs:
+        assert run["epochs"] == 2 and run["best_epoch"] in (1, 2) and run["wall_time_s"] > 0
+        run_dir = output / "runs" / f"seed-{run['seed']}"
+        assert json.loads((run_dir / "result.json").read_text()) == run
+        assert not list(run_dir.glob("checkpoint-*"))  # a finished seed keeps only its model and result
+
+
+def test_saved_folder_loads_in_a_fresh_process_with_identical_predictions(ed_run, ed_features):
+    results, output, _ = ed_run
+    files = {path.name for path in output.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_llm_fusion.py", "modeling_llm_fusion.py",
+            "pipeline_fec.py", "training_args.json", "results.json", "README.md"} <= files  # fmt: skip
+    code = f"""
+import json, torch
+from datasets import load_from_disk
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained({str(output)!r}, trust_remote_code=True,
+                                                           dtype=torch.float32).eval()
+test = load_from_disk({str(ed_features / "test")!r}).with_format("torch")[:]
+with torch.no_grad():
+    logits = model(**{{name: test[name] for name in ("llama", "bert", "roberta")}}).logits
+print(json.dumps({{"class": type(model).__name__, "config": model.config.to_dict(), "logits": logits.tolist()}}))
+"""
+    loaded = json.loads(run_python(code).strip().splitlines()[-1])
+    assert loaded["class"] == "LLMFusionForSequenceClassification"
+    config = loaded["config"]
+    assert config["problem_type"] == "single_label_classification"
+    assert config["id2label"]["0"] == "sad" and len(config["id2label"]) == 32
+    assert [spec["model"] for spec in config["backbones"]] == ["fec-tests/tiny-llama", "fec-tests/tiny-bert",
+                                                               "fec-tests/tiny-roberta"]  # fmt: skip
+    assert config["custom_pipelines"]["fec"]["impl"] == "pipeline_fec.FECPipeline"
+
+    # The model that was scored in training (saved from memory right after scoring) predicts exactly the same.
+    logits = torch.tensor(loaded["logits"])
+    seed_model = output / "runs" / f"seed-{results['best_seed']}" / "model"
+    scored = LLMFusionForSequenceClassification.from_pretrained(seed_model, dtype=torch.float32).eval()
+    test = load_from_disk(str(ed_features / "test")).with_format("torch")[:]
+    with torch.no_grad():
+        expected = scored(**{name: test[name] for name in ("llama", "bert", "roberta")}).logits
+    torch.testing.assert_close(logits, expected, atol=0, rtol=0)
+    labels, predictions = test["label"].numpy(), logits.argmax(-1).numpy()
+    best = next(run for run in results["runs"] if run["seed"] == results["best_seed"])
+    assert best["test"]["accuracy"] == pytest.approx(accuracy_score(labels, predictions), abs=1e-12)
+    expected_f1 = f1_score(labels, predictions, average="weighted", zero_division=0)
+    assert best["test"]["weighted_f1"] == pytest.approx(expected_f1, abs=1e-12)
+
+
+def test_model_card_holds_the_measured_results(ed_run):
+    results, output, _ = ed_run
+    card = ModelCard.load(output / "README.md")
+    best = next(run for run in results["runs"] if run["seed"] == results["best_seed"])
+    measured = {(r.metric_type, (r.metric_args or {}).get("average")): r.metric_value for r in card.data.eval_results}
+    assert measured == {("accuracy", None): best["test"]["accuracy"], ("f1", "weighted"): best["test"]["weighted_f1"],
+                        ("f1", "macro"): best["test"]["macro_f1"]}  # fmt: skip
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    assert card.data.datasets == ["facebook/empathetic_dialogues"]
+    assert card.data.base_model == ["fec-tests/tiny-llama", "fec-tests/tiny-bert", "fec-tests/tiny-roberta"]
+    assert card.data.license == "cc-by-nc-4.0" and "custom_code" in card.data.tags
+    for key, summary in results["test"].items():
+        assert f"{summary['mean']:.4f} +- {summary['std']:.4f}" in card.text, key
+    for run in results["runs"]:
+        assert f"{run['test']['weighted_f1']:.4f}" in card.text
+    assert f"seed {results['best_seed']}" in card.text
+    assert f'pipeline("fec", model="{REPO_ID}", trust_remote_code=True)' in card.text
+
+
+def test_push_uploads_the_folder_without_secrets_or_local_paths(ed_run, tmp_path_factory):
+    _, output, calls = ed_run
+    (create, repo_id, _), (upload, kwargs, token) = calls
+    assert (create, repo_id) == ("create_repo", REPO_ID) and upload == "upload_folder"
+    assert kwargs["repo_id"] == REPO_ID and Path(kwargs["folder_path"]) == output and token == TOKEN
+    everything = [str(path.relative_to(output)) for path in output.rglob("*") if path.is_file()]
+    uploaded = list(
+        filter_repo_objects(
+            everything, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=kwargs.get("ignore_patterns")
+        )
+    )
+    assert {"config.json", "model.safetensors", "modeling_llm_fusion.py", "pipeline_fec.py", "README.md"} <= set(
+        uploaded
+    )
+    assert not [path for path in uploaded if path.startswith("runs/")]
+    local = [str(tmp_path_factory.getbasetemp()), str(REPO), str(Path.home()) + "/"]
+    for path in uploaded:
+        text = (output / path).read_bytes().decode("utf-8", errors="replace")
+        assert TOKEN not in text, path
+        assert not [folder for folder in local if folder in text], path
+
+
+def test_push_refuses_backbones_named_by_local_paths(tiny_backbones, tmp_path, monkeypatch):
+    LLMFusionConfig(backbones=tiny_backbones, num_labels=2).save_pretrained(tmp_path)
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("nothing may be created"))
+    args = train_fusion.FusionTrainingArguments(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="are local paths"):
+        train_fusion.push_to_hub(tmp_path, REPO_ID, args)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(ed_run, ed_features, tmp_path, monkeypatch):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt  # right after the first checkpoint is complete
+
+    # Same class name: the Trainer stores the early-stopping state in the checkpoint under it.
+    interrupting = type("EarlyStoppingCallback", (train_fusion.EarlyStoppingCallback,), {"on_save": on_save})
+    output = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(train_fusion, "EarlyStoppingCallback", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            main(cli(ed_features, output))
+    assert [path.name for path in (output / "runs" / "seed-42").glob("checkpoint-*")] == ["checkpoint-4"]
+    resumed = main(cli(ed_features, output, "--resume_from_checkpoint", "true"))
+    # Identical to the uninterrupted run of the same seed: the checkpoint restored the weights, Adam and the RNGs.
+    uninterrupted = next(run for run in ed_run[0]["runs"] if run["seed"] == 42)
+    assert resumed["runs"][0]["test"] == uninterrupted["test"]
+    weights = [
+        load_file(folder / "runs" / "seed-42" / "model" / "model.safetensors") for folder in (output, ed_run[1])
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert resumed["runs"][0]["validation"] == pytest.approx(uninterrupted["validation"])
+    # A finished seed is reused, not retrained.
+    monkeypatch.setattr(train_fusion, "train_one_seed", lambda *a, **k: pytest.fail("seed 42 had finished"))
+    assert main(cli(ed_features, output, "--resume_from_checkpoint", "true"))["runs"] == resumed["runs"]
+
+
+def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_backbones, data_dir, tmp_path):
+    features = tmp_path / "go_emotions_multilabel"
+    extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features,
+            limit=LIMIT)  # fmt: skip
+    output = tmp_path / "out"
+    results = main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12"))
+    assert results["selection_metric"] == "macro_f1" and results["test"].keys() == {"micro_f1", "macro_f1"}
+    threshold = results["runs"][0]["threshold"]
+    model = LLMFusionForSequenceClassification.from_pretrained(output, dtype=torch.float32).eval()
+    assert model.config.threshold == threshold and model.config.problem_type == "multi_label_classification"
+
+    def scores(split: str, t: float) -> tuple[float, float]:
+        data = load_from_disk(str(features / split)).with_format("torch")[:]
+        with torch.no_grad():
+            probabilities = model(**{spec["name"]: data[spec["name"]] for spec in tiny_backbones}).logits.sigmoid()
+        labels, predicted = data["label"].numpy().astype(int), (probabilities > t).numpy().astype(int)
+        return tuple(f1_score(labels, predicted, average=a, zero_division=0) for a in ("micro", "macro"))
+
+    best = max(scores("validation", t)[1] for t in train_fusion.THRESHOLDS)
+    assert scores("validation", threshold)[1] == pytest.approx(best, abs=1e-12)
+    micro, macro = scores("test", threshold)
+    assert results["runs"][0]["test"] == pytest.approx({"micro_f1": micro, "macro_f1": macro}, abs=1e-12)
+
+
+def _edited_copy(features: Path, target: Path, metadata=None, drop: str | None = None) -> Path:
+    data = load_from_disk(str(features))
+    if drop:
+        data = data.remove_columns(drop)
+    data.save_to_disk(str(target))
+    original = json.loads((features / "fec_features.json").read_text())
+    (target / "fec_features.json").write_text(json.dumps(metadata(original) if metadata else original))
+    return target
+
+
+def _wider_bert(metadata: dict) -> dict:
+    metadata["backbones"][1]["hidden_size"] = 48
+    return metadata
+
+
+def _local_llama(metadata: dict) -> dict:
+    metadata["backbones"][0]["model"] = "/models/llama"
+    return metadata
+
+
+@pytest.mark.parametrize(
+    "edit, extra, message",
+    [
+        (None, ["--backbones", "llama", "gpt"], r"The features have no backbone\(s\) \['gpt'\]"),
+        ({"drop": "roberta"}, [], "Split 'train' has no features for backbone 'roberta'"),
+        ({"metadata": _wider_bert}, [], r"backbone 'bert' features are .*length=32.*expects shape \(48,\)"),
+        (None, ["--dataset", "go_emotion"], "are from the data set 'ED', not 'go_emotion'"),
+        ({"drop": "label"}, [], "Split 'train' has no 'label' column"),
+        (None, ["--metric_for_best_model", "micro_f1"], "'micro_f1' is not a score of single_label_classification"),
+        ({"metadata": _local_llama}, ["--push_to_hub"], r"Backbone\(s\) \['/models/llama'\] are local paths"),
+    ],
+)
+def test_bad_inputs_are_named(ed_features, tmp_path, edit, extra, message):
+    features = _edited_copy(ed_features, tmp_path / "ED", **edit) if edit else ed_features
+    with pytest.raises(ValueError, match=message):
+        main(cli(features, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()  # refused before any training
+
+
+def test_not_a_features_folder(tmp_path):
+    with pytest.raises(ValueError, match="is not a features folder"):
+        main(cli(tmp_path, tmp_path / "out"))
+
+
+def test_defaults_are_the_papers_protocol():
+    args, training_args = train_fusion.parse_args(["--dataset", "go_emotion"])
+    assert (args.features_dir, training_args.output_dir) == ("features/go_emotion", "outputs/llm-fusion-go-emotion")
+    assert args.seeds == 1 and args.early_stopping_patience == 10
+    assert training_args.learning_rate == 1e-4 and training_args.weight_decay == 0
+    assert training_args.per_device_train_batch_size == 10 and training_args.num_train_epochs == 200
+    assert training_args.lr_scheduler_type.value == "constant" and training_args.max_grad_norm == 0
+    assert training_args.eval_strategy.value == "epoch" and training_args.load_best_model_at_end

@@ -1,0 +1,654 @@
+"""Train the fusion head on saved features with the paper's protocol; save (and push) a model with its card.
+
+    python train_fusion.py                        # features/ED -> outputs/llm-fusion-ed, one seed
+    python train_fusion.py --seeds 5              # the paper's protocol: 5 seeds, mean +- std
+    python train_fusion.py --dataset go_emotion   # features/go_emotion -> outputs/llm-fusion-go-emotion
+    python train_fusion.py --seeds 5 --push-to-hub --hub-model-id ORG/NAME
+
+Every `TrainingArguments` flag works (`--max_steps`, `--learning_rate`, ...). The defaults are the paper's
+protocol: Adam, lr 1e-4, batch 10, up to 200 epochs, evaluation on validation after each epoch, early stopping after
+10 epochs without improvement, the best checkpoint by validation kept. The test split is scored once per seed, on
+that checkpoint; the seed with the best validation score is the one saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import torch
+from datasets import Array2D, ClassLabel, DatasetDict, List, Value
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import (
+    EarlyStoppingCallback,
+    EvalPrediction,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers.utils import logging
+
+from configuration_llm_fusion import LLMFusionConfig
+from extract_features import load_features
+from modeling_llm_fusion import LLMFusionForSequenceClassification
+from pipeline_fec import save_for_pipeline
+
+logger = logging.get_logger(__name__)
+
+METRICS_PATH = Path(__file__).resolve().parent / "metrics" / "fec_metrics"
+SPLITS = ("train", "validation", "test")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+# The scores of the metric module, by problem type.
+METRIC_KEYS = {
+    "single_label_classification": ("accuracy", "weighted_f1", "macro_f1"),
+    "multi_label_classification": ("micro_f1", "macro_f1"),
+}
+# The validation metric that keeps a checkpoint and picks the saved seed when --metric_for_best_model is "auto":
+# the paper's headline metric for single-label data, the usual GoEmotions one for multi-label data.
+SELECTION_METRICS = {"single_label_classification": "weighted_f1", "multi_label_classification": "macro_f1"}
+# Multi-label decision thresholds tried on validation.
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# The Hub data sets the built-in splits come from, and their licenses (which the trained head inherits).
+DATASET_CARDS = {
+    "ED": {"hub_id": "facebook/empathetic_dialogues", "title": "Empathetic Dialogues",
+           "license": "cc-by-nc-4.0"},
+    "go_emotion": {"hub_id": "google-research-datasets/go_emotions",
+                   "title": "GoEmotions, single-label subset", "license": "apache-2.0"},
+    "go_emotions_multilabel": {"hub_id": "google-research-datasets/go_emotions",
+                               "title": "GoEmotions", "license": "apache-2.0"},
+}  # fmt: skip
+# Hub metric types of the metric module's scores (`type` and `args.average` in the model-index).
+HUB_METRICS = {
+    "accuracy": ("accuracy", None, "Accuracy"),
+    "weighted_f1": ("f1", "weighted", "Weighted F1"),
+    "macro_f1": ("f1", "macro", "Macro F1"),
+    "micro_f1": ("f1", "micro", "Micro F1"),
+}
+# Training arguments that hold local paths or secrets: never written into the shared folder.
+LOCAL_ARGUMENTS = ("output_dir", "logging_dir", "resume_from_checkpoint", "hub_token")
+UPLOAD_IGNORE = ["runs/*"]  # per-seed checkpoints and models stay local
+
+
+@dataclass
+class FusionArguments:
+    dataset: str = field(
+        default="ED", metadata={"help": "The data set the features must come from (ED, go_emotion, ...)."}
+    )
+    features_dir: str | None = field(
+        default=None, metadata={"help": "Folder written by extract_features.py; defaults to features/<dataset>."}
+    )
+    backbones: list[str] | None = field(
+        default=None, metadata={"help": "Train on these backbones' features only (default: all in the folder)."}
+    )
+    seeds: int = field(
+        default=1,
+        metadata={"help": "Seeds to train (--seed, --seed + 1, ...); 5 is the paper's protocol. The seed with the "
+                  "best validation score is saved."},
+    )  # fmt: skip
+    early_stopping_patience: int = field(
+        default=10, metadata={"help": "Stop after this many evaluations without improvement."}
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "Model card license; defaults to the training data's license."}
+    )
+
+
+@dataclass
+class FusionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's protocol as defaults.
+
+    The original used `torch.optim.Adam` with a constant learning rate and no gradient clipping. Adam is AdamW with
+    weight decay 0 (the default `--weight_decay`), so the default optimizer is the paper's.
+    """
+
+    output_dir: str | None = field(
+        default="outputs/llm-fusion-ed", metadata={"help": "Defaults to outputs/llm-fusion-<dataset>."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4)."})
+    lr_scheduler_type: SchedulerType | str = field(
+        default="constant", metadata={"help": "Learning rate schedule (paper: constant)."}
+    )
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (paper)."})
+    per_device_train_batch_size: int = field(default=10, metadata={"help": "Batch size (paper: 10)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    num_train_epochs: float = field(default=200, metadata={"help": "Maximum number of epochs (paper: 200)."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "Evaluate on validation."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "Save a checkpoint (to resume)."})
+    logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "Log the training loss."})
+    save_total_limit: int | None = field(
+        default=1, metadata={"help": "Checkpoints kept besides the best one (for resuming)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "Keep the checkpoint with the best validation metric."}
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True, metadata={"help": "On resuming, restore the early-stopping count too."}
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep False: the features are keyword arguments (**features) that the model's forward "
+                  "signature does not list, so the Trainer would drop them."},
+    )  # fmt: skip
+    metric_for_best_model: str | None = field(
+        default="auto",
+        metadata={"help": "Validation metric that selects the checkpoint and the saved seed: loss, accuracy, "
+                  "weighted_f1, macro_f1, micro_f1; auto: weighted_f1 (single-label) or macro_f1 (multi-label)."},
+    )  # fmt: skip
+
+
+# ---- features -> config and training data ----
+
+
+def check_dataset(metadata: dict, dataset: str, features_dir: str | Path) -> None:
+    """Raise `ValueError` if the features come from another data set than `dataset`."""
+    source = str(metadata.get("dataset", ""))
+    if dataset not in (source, Path(source.rstrip("/")).name):
+        raise ValueError(
+            f"The features in {features_dir} are from the data set {source!r}, not {dataset!r}; pass "
+            f"--dataset {source} or the features folder of {dataset!r}."
+        )
+
+
+def build_config(metadata: dict, backbones: list[str] | None = None) -> LLMFusionConfig:
+    """The model config for the features `metadata` describes: their backbones (all, or those named in
+    `backbones`, in that order), labels and problem type; the head has the paper's shape."""
+    label_names = metadata.get("label_names")
+    if not label_names:
+        raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
+    problem_type = metadata.get("problem_type")
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(
+            f"Unknown problem_type {problem_type!r} in the features; allowed: {', '.join(PROBLEM_TYPES)}."
+        )
+    specs = {spec["name"]: spec for spec in metadata.get("backbones", [])}
+    missing = [name for name in backbones or [] if name not in specs]
+    if missing:
+        raise ValueError(f"The features have no backbone(s) {missing}; they hold {list(specs)}.")
+    return LLMFusionConfig(
+        backbones=[specs[name] for name in backbones] if backbones else list(specs.values()),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+    )
+
+
+def _shape(feature) -> tuple[int, ...] | None:
+    if isinstance(feature, Array2D):
+        return tuple(feature.shape)
+    if isinstance(feature, List) and feature.length not in (None, -1):
+        return (feature.length,)
+    return None
+
+
+def _check_labels(feature, config: LLMFusionConfig, split: str) -> None:
+    if config.problem_type == "multi_label_classification":
+        ok = isinstance(feature, List) and feature.length == config.num_labels
+        expected = f"multi-hot lists of length {config.num_labels}"
+    else:
+        ok = isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith("int"))
+        expected = "integer label ids"
+    if not ok:
+        raise ValueError(f"Split {split!r}: the 'label' column is {feature}, expected {expected}.")
+
+
+def training_splits(data: DatasetDict, config: LLMFusionConfig) -> DatasetDict:
+    """The train/validation/test splits as the model reads them: one torch column per backbone and `labels`, read
+    lazily from the memory-mapped Arrow files (nothing is copied). Raises `ValueError` naming a missing split,
+    backbone or label column, or a feature width that does not match the config."""
+    splits = {}
+    for split in SPLITS:
+        if split not in data:
+            raise ValueError(f"The features have no {split!r} split; they have {list(data)}.")
+        features = data[split].features
+        for name, shape in config.feature_shapes.items():
+            if name not in features:
+                raise ValueError(
+                    f"Split {split!r} has no features for backbone {name!r}; its columns are {list(features)}."
+                )
+            if _shape(features[name]) != shape:
+                raise ValueError(
+                    f"Split {split!r}: backbone {name!r} features are {features[name]}, but the config expects "
+                    f"shape {shape} per text (num_layers, hidden_size in the features' metadata)."
+                )
+        if "label" not in features:
+            raise ValueError(f"Split {split!r} has no 'label' column: the fusion head needs labelled features.")
+        _check_labels(features["label"], config, split)
+        columns = [*config.feature_shapes, "label"]
+        splits[split] = data[split].select_columns(columns).rename_column("label", "labels").with_format("torch")
+    return DatasetDict(splits)
+
+
+# ---- metrics ----
+
+
+def load_metric(problem_type: str) -> evaluate.EvaluationModule:
+    """The repository's metric module (`metrics/fec_metrics`), loaded by path: no Hub access needed."""
+    return evaluate.load(str(METRICS_PATH), config_name=problem_type)
+
+
+def decide(logits: np.ndarray, problem_type: str, threshold: float) -> np.ndarray:
+    """The model's decisions: the top label, or the multi-hot labels whose sigmoid score exceeds `threshold` (computed
+    as the pipeline does, so that the scores here are the pipeline's)."""
+    if problem_type == "multi_label_classification":
+        return (torch.from_numpy(logits).float().sigmoid() > threshold).int().numpy()
+    return logits.argmax(axis=-1)
+
+
+def score(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    problem_type = metric.config_name
+    references = labels.astype(np.int32)
+    return metric.compute(predictions=decide(logits, problem_type, threshold), references=references)
+
+
+def choose_threshold(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, key: str) -> float:
+    """The multi-label threshold with the best validation `key` score (ties: the one nearest 0.5)."""
+    scores = {threshold: score(metric, logits, labels, threshold)[key] for threshold in THRESHOLDS}
+    return max(THRESHOLDS, key=lambda t: (scores[t], -abs(t - 0.5)))
+
+
+# ---- training ----
+
+
+def _selection(args: TrainingArguments, problem_type: str) -> str:
+    """The validation metric that selects checkpoints and seeds (`--metric_for_best_model`, "auto" resolved)."""
+    metric = args.metric_for_best_model
+    metric = SELECTION_METRICS[problem_type] if metric in (None, "auto") else metric.removeprefix("eval_")
+    allowed = ("loss", *METRIC_KEYS[problem_type])
+    if metric not in allowed:
+        raise ValueError(f"--metric_for_best_model {metric!r} is not a score of {problem_type}; allowed: {allowed}.")
+    return metric
+
+
+def train_one_seed(
+    config: LLMFusionConfig,
+    data: DatasetDict,
+    args: TrainingArguments,
+    seed: int,
+    run_dir: Path,
+    early_stopping_patience: int = 10,
+    resume_from_checkpoint: str | bool | None = None,
+) -> dict:
+    """Train one seed with `Trainer`, keep its best checkpoint by validation, choose the multi-label threshold on
+    validation, score the test split once, and save the kept model to `run_dir/model`.
+
+    Returns the seed's result (also written to `run_dir/result.json`): epochs run, best epoch, wall time, threshold,
+    and the validation and test scores of the kept model.
+    """
+    selection = _selection(args, config.problem_type)
+    args = dataclasses.replace(
+        args, output_dir=str(run_dir), seed=seed, metric_for_best_model=selection, push_to_hub=False
+    )
+    set_seed(seed)
+    model = LLMFusionForSequenceClassification(config)
+    metric = load_metric(config.problem_type)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        # Reads the config at call time: the threshold is 0.5 (the config default) while training.
+        compute_metrics=lambda prediction: _compute_metrics(metric, model.config, prediction),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)],
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    validation = trainer.predict(data["validation"], metric_key_prefix="eval")
+    multi_label = config.problem_type == "multi_label_classification"
+    if multi_label:
+        key = SELECTION_METRICS[config.problem_type] if selection == "loss" else selection
+        model.config.threshold = choose_threshold(metric, validation.predictions, validation.label_ids, key)
+    threshold = model.config.threshold
+    test = trainer.predict(data["test"])
+    wall_time = time.perf_counter() - start
+    state = trainer.state
+    best_epochs = [
+        log["epoch"] for log in state.log_history if "eval_loss" in log and log["step"] == state.best_global_step
+    ]
+    result = {
+        "seed": seed,
+        "epochs": round(state.epoch, 2),
+        "best_epoch": round(best_epochs[0], 2) if best_epochs else None,
+        "wall_time_s": round(wall_time, 1),
+        "threshold": threshold if multi_label else None,
+        "validation": {
+            **score(metric, validation.predictions, validation.label_ids, threshold),
+            "loss": validation.metrics["eval_loss"],
+        },
+        "test": score(metric, test.predictions, test.label_ids, threshold),
+    }
+    model.save_pretrained(run_dir / "model")
+    # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _compute_metrics(metric: evaluate.EvaluationModule, config: LLMFusionConfig, prediction: EvalPrediction) -> dict:
+    return score(metric, prediction.predictions, prediction.label_ids, config.threshold)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and population standard deviation (as the paper's logs) of each test score over the seeds."""
+    return {
+        key: {
+            "mean": statistics.fmean(r["test"][key] for r in runs),
+            "std": statistics.pstdev(r["test"][key] for r in runs),
+        }
+        for key in runs[0]["test"]
+    }
+
+
+def best_run(runs: list[dict], selection: str, greater_is_better: bool) -> dict:
+    """The run with the best validation `selection` score (the first on ties); the test split plays no part."""
+    sign = 1 if greater_is_better else -1
+    return max(runs, key=lambda run: sign * run["validation"][selection])
+
+
+def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
+    """Train `args.seeds` seeds on the features, save the best seed's model with its card in
+    `training_args.output_dir` (and push it with `--push_to_hub`), and return the results (also in results.json).
+
+    With `training_args.resume_from_checkpoint` set, finished seeds (their `runs/seed-N/result.json`) are reused and
+    the interrupted seed continues from its last checkpoint, or from the checkpoint folder given.
+    """
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    features_dir = args.features_dir or f"features/{args.dataset}"
+    data, metadata = load_features(features_dir)
+    check_dataset(metadata, args.dataset, features_dir)
+    config = build_config(metadata, args.backbones)
+    data = training_splits(data, config)
+    selection = _selection(training_args, config.problem_type)
+    if training_args.push_to_hub:
+        check_shareable(config)  # before hours of training, not after
+    output_dir = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    given_checkpoint = resume if resume and Path(resume).is_dir() else None
+    if resume and not given_checkpoint and resume.lower() != "true":
+        raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
+    runs = []
+    for seed in range(training_args.seed, training_args.seed + args.seeds):
+        run_dir = output_dir / "runs" / f"seed-{seed}"
+        if resume and (run_dir / "result.json").exists():
+            logger.info(f"Seed {seed} finished earlier: reusing {run_dir / 'result.json'}.")
+            runs.append(json.loads((run_dir / "result.json").read_text()))
+            continue
+        checkpoint = None
+        if resume:
+            checkpoint = given_checkpoint or (get_last_checkpoint(run_dir) if run_dir.is_dir() else None)
+            given_checkpoint = None  # a checkpoint folder given serves the first unfinished seed only
+        elif run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh run must not pick up another run's checkpoints
+        logger.info(f"Training seed {seed}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
+        runs.append(
+            train_one_seed(config, data, training_args, seed, run_dir, args.early_stopping_patience, checkpoint)
+        )
+    best = best_run(runs, selection, training_args.greater_is_better)
+    results = {
+        "dataset": metadata["dataset"],
+        "problem_type": config.problem_type,
+        "selection_metric": selection,
+        "seeds": [run["seed"] for run in runs],
+        "best_seed": best["seed"],
+        "test": summarize(runs),
+        "runs": runs,
+    }
+    model = LLMFusionForSequenceClassification.from_pretrained(
+        output_dir / "runs" / f"seed-{best['seed']}" / "model", dtype=torch.float32
+    )
+    save_model_folder(model, output_dir, results, metadata, training_args, args)
+    if training_args.push_to_hub:
+        push_to_hub(output_dir, training_args.hub_model_id or output_dir.name, training_args)
+    return results
+
+
+# ---- the output folder: model, code, card ----
+
+
+def save_model_folder(
+    model: LLMFusionForSequenceClassification,
+    output_dir: Path,
+    results: dict,
+    metadata: dict,
+    training_args: TrainingArguments,
+    args: FusionArguments,
+) -> None:
+    """Write the folder that is shared: weights, config, code (model and pipeline), results.json, the training
+    arguments (without local paths or tokens) and the model card."""
+    save_for_pipeline(model, output_dir)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    arguments = {k: v for k, v in training_args.to_dict().items() if k not in LOCAL_ARGUMENTS}
+    arguments.update(
+        metric_for_best_model=results["selection_metric"],
+        seeds=results["seeds"],
+        early_stopping_patience=args.early_stopping_patience,
+    )
+    (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
+    write_model_card(output_dir, model, results, metadata, training_args, args)
+
+
+def format_results_table(results: dict) -> str:
+    """Markdown table of the test scores: one row per seed, then mean +- population std."""
+    keys = list(results["test"])
+    selection = results["selection_metric"]
+    header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in results["runs"]:
+        seed = f"{run['seed']} (saved)" if run["seed"] == results["best_seed"] else str(run["seed"])
+        best_epoch = f"{run['best_epoch']:g}" if run["best_epoch"] is not None else "-"
+        cells = [seed, f"{run['epochs']:g}", best_epoch, f"{run['wall_time_s']:.0f}",
+                 f"{run['validation'][selection]:.4f}", *[f"{run['test'][k]:.4f}" for k in keys]]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = [f"{results['test'][k]['mean']:.4f} +- {results['test'][k]['std']:.4f}" for k in keys]
+    seeds = f"{len(results['runs'])} seed{'s' if len(results['runs']) > 1 else ''}"
+    lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
+    return "\n".join(lines)
+
+
+def _is_local(model: str) -> bool:
+    return Path(model).is_absolute() or model.startswith((".", "~")) or Path(model).exists()
+
+
+def check_shareable(config: LLMFusionConfig) -> None:
+    """Refuse a model whose config names a backbone by a local path: nobody else could load its backbones."""
+    local = [spec["model"] for spec in config.backbones if _is_local(spec["model"])]
+    if local:
+        raise ValueError(
+            f"Backbone(s) {local} are local paths: a pushed model could not load them anywhere else. Extract the "
+            "features with Hub ids (extract_features.py --backbone-path NAME=FOLDER reads a local copy of a Hub "
+            "model) and train again."
+        )
+
+
+def _pooling(spec: dict) -> str:
+    if spec["pooling"] == "layer_mean":
+        return (
+            f"for each of the last {spec['num_layers']} hidden layers (last first), the mean over the text's tokens "
+            f"(padding excluded) -> {spec['num_layers']} x {spec['hidden_size']}"
+        )
+    source = "pooled [CLS] output (`pooler_output`)" if spec["pooling"] == "pooler" else "[CLS] hidden state"
+    return f"{source} -> {spec['hidden_size']}"
+
+
+def write_model_card(
+    output_dir: Path,
+    model: LLMFusionForSequenceClassification,
+    results: dict,
+    metadata: dict,
+    training_args: TrainingArguments,
+    args: FusionArguments,
+) -> ModelCard:
+    """Write `output_dir/README.md`: a model card whose metadata (model-index) holds the saved model's measured test
+    scores, with the results table, the backbones and their pooling, usage, protocol and limitations."""
+    config = model.config
+    dataset = results["dataset"]
+    known = DATASET_CARDS.get(Path(dataset).name, {})
+    title = known.get("title", dataset)
+    name = training_args.hub_model_id or output_dir.name
+    best = next(run for run in results["runs"] if run["seed"] == results["best_seed"])
+    eval_results = [
+        EvalResult(
+            task_type="text-classification",
+            dataset_type=known.get("hub_id", dataset),
+            dataset_name=title,
+            dataset_split="test",
+            metric_type=HUB_METRICS[key][0],
+            metric_args={"average": HUB_METRICS[key][1]} if HUB_METRICS[key][1] else None,
+            metric_name=HUB_METRICS[key][2],
+            metric_value=value,
+        )
+        for key, value in best["test"].items()
+    ]
+    card_data = ModelCardData(
+        model_name=name,
+        language="en",
+        license=args.license or known.get("license", "other"),
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["emotion-classification", "llm-fusion", "custom_code"],
+        datasets=[known["hub_id"]] if known else None,
+        base_model=[spec["model"] for spec in config.backbones if not _is_local(spec["model"])] or None,
+        metrics=sorted({HUB_METRICS[key][0] for key in best["test"]}),
+        eval_results=eval_results,
+    )
+    multi_label = config.problem_type == "multi_label_classification"
+    selection = results["selection_metric"]
+    names = ", ".join(spec["name"] for spec in config.backbones)
+    backbones = "\n".join(
+        f"| {spec['name']} | `{spec['model']}` | {spec['revision'] or '-'} | {_pooling(spec)} |"
+        for spec in config.backbones
+    )
+    threshold = (
+        f"- Multi-label decisions: sigmoid score > {config.threshold} (`config.threshold`), the threshold among "
+        f"{THRESHOLDS[0]}, {THRESHOLDS[1]}, ..., {THRESHOLDS[-1]} with the best validation score.\n"
+        if multi_label
+        else ""
+    )
+    budget = (
+        f"{training_args.max_steps} steps"
+        if training_args.max_steps > 0
+        else f"at most {training_args.num_train_epochs:g} epochs"
+    )
+    seeds = ", ".join(str(seed) for seed in results["seeds"])
+    body = f"""
+# {name}
+
+Fine-grained emotion classification on {title} ({config.num_labels} labels, \
+{"multi-label" if multi_label else "single-label"}): a small fusion head over the **frozen** features of \
+{len(config.backbones)} backbones ({names}), the method of LLM-FusionClassifier (after LLMEmbed, ACL 2024). Only the \
+head ({model.num_parameters():,} parameters) was trained.
+
+## Results
+
+Test split, scored once per seed, on the checkpoint kept by validation {selection}. The saved model is seed \
+{results["best_seed"]}, the seed with the best validation {selection} (the test split played no part in choosing \
+it); the model-index holds its test scores. The last row is the mean +- population standard deviation over the seeds.
+
+{format_results_table(results)}
+
+## Backbones and features
+
+| name | model | revision | feature of a text |
+| --- | --- | --- | --- |
+{backbones}
+
+Features were extracted once and stored as {metadata.get("feature_dtype", "float16")}. Each LLM layer vector is \
+projected to {config.fusion_dim} by its own Linear+ReLU+Dropout and stacked with the encoder vectors; the \
+co-occurrence matrix of the stacked vectors is power-normalised (`2 * sigmoid({config.sigma:g} * x) - 1`), flattened \
+and followed by the mean of the raw LLM layer vectors; an MLP ({" -> ".join(map(str, config.mlp_dims))} -> labels) \
+classifies it.
+
+## How to use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("fec", model="{name}", trust_remote_code=True)  # loads the backbones above
+classifier("I finally got the job I wanted!")
+classifier(["I miss my dog.", "What a lovely surprise!"], top_k=3)
+```
+
+`pipeline(..., backbone_paths={{"{config.backbones[0]["name"]}": "/path/to/a/local/copy"}})` loads a backbone from a \
+local folder. On precomputed features, one keyword per backbone ({names}):
+
+```python
+from transformers import AutoModelForSequenceClassification
+
+model = AutoModelForSequenceClassification.from_pretrained("{name}", trust_remote_code=True)
+logits = model(**features).logits
+```
+
+## Training protocol
+
+- Adam (AdamW with weight decay {training_args.weight_decay:g}), learning rate {training_args.learning_rate:g}, \
+{training_args.lr_scheduler_type.value} schedule, batch size {training_args.per_device_train_batch_size}, {budget}.
+- Evaluation on validation after every epoch; training stops after {args.early_stopping_patience} evaluations \
+without improvement of validation {selection}, and the best checkpoint by validation {selection} is kept.
+{threshold}- Seeds {seeds}; the test split is scored once per seed, on the kept checkpoint.
+
+## Limitations
+
+- Trained on {title} only: English, short texts of that domain; other domains and languages will score lower. \
+Emotion labels are subjective, and the annotators' biases carry over.
+- The head only understands features of exactly the backbones above (same revisions, same pooling); running it \
+needs those backbones, and a 7B LLM needs a GPU (or much memory and time on a CPU).
+- Use of this model is bound by the license of its training data ({card_data.license}) and by the licenses of the \
+backbones (e.g. the Llama 2 Community License for Llama-2 models).
+"""
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+    card.save(output_dir / "README.md")
+    return card
+
+
+def push_to_hub(folder: Path, repo_id: str, training_args: TrainingArguments) -> str:
+    """Create `repo_id` (if needed) and upload the model folder, without its local `runs/`. Returns the commit URL."""
+    check_shareable(LLMFusionConfig.from_pretrained(folder))
+    api = HfApi(token=training_args.hub_token)
+    api.create_repo(repo_id, private=training_args.hub_private_repo, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        ignore_patterns=UPLOAD_IGNORE,
+        commit_message="Upload the LLM fusion head trained by train_fusion.py",
+    )
+    logger.info(f"Pushed {folder} to {repo_id}.")
+    return commit.commit_url
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTrainingArguments]:
+    parser = HfArgumentParser((FusionArguments, FusionTrainingArguments))
+    # --features-dir and --output-dir default to the data set --dataset names.
+    dataset = parser.parse_known_args(argv)[0].dataset
+    parser.set_defaults(
+        features_dir=f"features/{dataset}", output_dir=f"outputs/llm-fusion-{dataset.lower().replace('_', '-')}"
+    )
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, training_args = parse_args(argv)
+    logging.set_verbosity_info()
+    logging.enable_explicit_format()
+    results = train(args, training_args)
+    print(format_results_table(results))
+    selection = results["selection_metric"]
+    print(f"Saved seed {results['best_seed']} (best validation {selection}) to {training_args.output_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:
+        sys.exit(f"error: {error}")
