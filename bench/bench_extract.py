@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder for --llama7b (default: SmolLM2's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 on GPU")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()

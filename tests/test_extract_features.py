@@ -212,3 +212,24 @@ def test_metadata_is_json(features_dir):
     metadata = json.loads((features_dir / extract_features.METADATA_FILE).read_text())
     assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {"train": LIMIT, "validation": LIMIT,
                                                                            "test": LIMIT}  # fmt: skip
+
+
+@pytest.mark.real
+def test_real_small_trio(small_models, data_dir, tmp_path):
+    result = extract("ED", data_dir=str(data_dir), preset="small", backbone_paths=small_models, output_dir=tmp_path,
+                     limit=12)  # fmt: skip
+    data, metadata = load_features(tmp_path)
+    # The config names the Hub models; the local folders were only where they were read from.
+    assert [b["model"] for b in metadata["backbones"]] == [
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "sentence-transformers/all-mpnet-base-v2",
+    ]
+    assert result["computed"] == ["llama", "bert", "roberta"]
+    rows = data["test"].with_format("numpy")[:]
+    assert (
+        rows["llama"].shape == (12, 5, 576) and rows["bert"].shape == (12, 384) and rows["roberta"].shape == (12, 768)
+    )
+    for spec in metadata["backbones"]:
+        expected = FrozenBackbone.load(spec, small_models[spec["name"]])(list(rows["text"])).numpy()
+        np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-2, rtol=2e-2)

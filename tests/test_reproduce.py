@@ -1,0 +1,53 @@
+"""Real-data tier: the reproduction script's smoke version, end to end (extraction, training, probes, pipeline)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.real
+
+
+def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_path):
+    command = [sys.executable, "bench/reproduce.py", "--limit", "30", "--seeds", "2", "--epochs", "1",
+               "--work-dir", str(tmp_path)]  # fmt: skip
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    for dataset in ("ED", "go_emotion"):
+        rows = results[dataset]
+        assert len(rows) == 1 + 7 + 3  # fusion, 7 head subsets, 3 probes
+        assert len(rows["fusion"]["runs"]) == 2
+        for row in rows.values():
+            accuracy = row["test"]["accuracy"]
+            assert 0 <= (accuracy["mean"] if isinstance(accuracy, dict) else accuracy) <= 1
+    multi = results["go_emotions_multilabel"]
+    assert all(0 < run["threshold"] < 1 for run in multi["fusion (llama + bert + roberta)"]["runs"])
+    assert "| ED | paper: Llama-2-7b-chat" in (tmp_path / "results.md").read_text()
+
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)  # every stage is kept on disk
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Loading weights" not in second.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == results
+
+    # The trained ED model serves through the pipeline with the scores it has on the extracted features.
+    from datasets import load_from_disk
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    folder = tmp_path / "fusion" / "ED"
+    classifier = pipeline("fec", model=str(folder), trust_remote_code=True, backbone_paths=small_models)
+    test = load_from_disk(str(tmp_path / "features" / "ED"))["test"].select(range(4))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    features = {name: torch.tensor(test[name]) for name in ("llama", "bert", "roberta")}
+    with torch.no_grad():
+        expected = model(**features).logits.softmax(-1)
+    outputs = classifier(list(test["text"]), top_k=None)
+    for row, scores in enumerate(outputs):
+        by_label = {item["label"]: item["score"] for item in scores}
+        got = torch.tensor([by_label[model.config.id2label[i]] for i in range(model.config.num_labels)])
+        # Features were stored as float16 and computed in bfloat16 or float32: close, not bit-equal.
+        torch.testing.assert_close(got, expected[row], atol=2e-3, rtol=0)
