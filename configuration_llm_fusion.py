@@ -95,6 +95,10 @@ class LLMFusionConfig(PretrainedConfig):
             Hidden widths of the classifier MLP.
         threshold (`float`, *optional*, defaults to 0.5):
             Decision threshold on sigmoid scores for multi-label problems (chosen on validation by training).
+        standardize_features (`bool`, *optional*, defaults to `False`):
+            Standardise each feature dimension with the training set's mean and standard deviation (kept in the
+            model) before the head sees it. Off in the paper; it tames backbones whose mean hidden states have a few
+            huge dimensions, which otherwise dominate the head and saturate the power normalisation.
     """
 
     model_type = "llm_fusion"
@@ -107,6 +111,7 @@ class LLMFusionConfig(PretrainedConfig):
         dropout: float = 0.5,
         mlp_dims: list[int] | tuple[int, ...] = (1024, 256),
         threshold: float = 0.5,
+        standardize_features: bool = False,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"] if backbones is None else list(backbones))
@@ -132,6 +137,7 @@ class LLMFusionConfig(PretrainedConfig):
         self.dropout = float(dropout)
         self.mlp_dims = mlp_dims
         self.threshold = float(threshold)
+        self.standardize_features = bool(standardize_features)
         super().__init__(**kwargs)
 
     @classmethod

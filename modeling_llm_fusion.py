@@ -245,6 +245,11 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             width_in = width_out
         layers.append(nn.Linear(width_in, config.num_labels))
         self.classifier = nn.Sequential(*layers)
+        if config.standardize_features:
+            # Training-set statistics, saved with the weights so that serving standardises exactly as training did.
+            for name, shape in config.feature_shapes.items():
+                self.register_buffer(f"{name}_mean", torch.zeros(shape))
+                self.register_buffer(f"{name}_std", torch.ones(shape))
         self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
         self.post_init()
 
@@ -264,10 +269,24 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             checked[name] = value.to(self.dtype)
         return checked
 
+    def set_feature_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set the `(mean, std)` of each backbone's features (`standardize_features`), e.g. from the training set."""
+        if not self.config.standardize_features:
+            raise ValueError("set_feature_statistics needs a config with standardize_features=True.")
+        for name, (mean, std) in statistics.items():
+            getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean))
+            # A constant dimension stays constant (0) instead of dividing by zero.
+            getattr(self, f"{name}_std").copy_(torch.as_tensor(std).clamp_min(1e-6))
+
     def fuse(self, **features: torch.Tensor) -> torch.Tensor:
         """The vector that enters the MLP: power-normalised co-occurrence values of the stacked vectors (LLM layer
         vectors first, then the encoders in config order), flattened, then the mean of the raw LLM layer vectors."""
         features = self._features(features)
+        if self.config.standardize_features:
+            features = {
+                name: (value - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
+                for name, value in features.items()
+            }
         llm_vectors, encoder_vectors, tails = [], [], []
         for spec in self.config.backbones:
             name, value = spec["name"], features[spec["name"]]

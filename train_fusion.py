@@ -98,6 +98,12 @@ class FusionArguments:
     early_stopping_patience: int = field(
         default=10, metadata={"help": "Stop after this many evaluations without improvement."}
     )
+    standardize_features: bool = field(
+        default=False,
+        metadata={"help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
+                  "the paper; helps backbones with a few huge dimensions, e.g. SmolLM2)."},
+    )  # fmt: skip
+    sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
     license: str | None = field(
         default=None, metadata={"help": "Model card license; defaults to the training data's license."}
     )
@@ -159,9 +165,10 @@ def check_dataset(metadata: dict, dataset: str, features_dir: str | Path) -> Non
         )
 
 
-def build_config(metadata: dict, backbones: list[str] | None = None) -> LLMFusionConfig:
+def build_config(metadata: dict, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
     """The model config for the features `metadata` describes: their backbones (all, or those named in
-    `backbones`, in that order), labels and problem type; the head has the paper's shape."""
+    `backbones`, in that order), labels and problem type; the head has the paper's shape unless `head` (config
+    keywords such as `sigma` or `standardize_features`) says otherwise."""
     label_names = metadata.get("label_names")
     if not label_names:
         raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
@@ -179,6 +186,7 @@ def build_config(metadata: dict, backbones: list[str] | None = None) -> LLMFusio
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         problem_type=problem_type,
+        **head,
     )
 
 
@@ -226,6 +234,22 @@ def training_splits(data: DatasetDict, config: LLMFusionConfig) -> DatasetDict:
         columns = [*config.feature_shapes, "label"]
         splits[split] = data[split].select_columns(columns).rename_column("label", "labels").with_format("torch")
     return DatasetDict(splits)
+
+
+def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per-dimension mean and standard deviation of each backbone's features, read chunk by chunk from the Arrow
+    files (for `standardize_features`)."""
+    sums = {name: (torch.zeros(shape, dtype=torch.float64),) * 2 for name, shape in config.feature_shapes.items()}
+    for start in range(0, len(split), chunk):
+        rows = split[start : start + chunk]
+        for name, (total, squares) in sums.items():
+            values = rows[name].double()
+            sums[name] = (total + values.sum(0), squares + values.square().sum(0))
+    statistics = {}
+    for name, (total, squares) in sums.items():
+        mean = total / len(split)
+        statistics[name] = (mean.float(), (squares / len(split) - mean.square()).clamp_min(0).sqrt().float())
+    return statistics
 
 
 # ---- metrics ----
@@ -277,6 +301,7 @@ def train_one_seed(
     run_dir: Path,
     early_stopping_patience: int = 10,
     resume_from_checkpoint: str | bool | None = None,
+    statistics: dict | None = None,
 ) -> dict:
     """Train one seed with `Trainer`, keep its best checkpoint by validation, choose the multi-label threshold on
     validation, score the test split once, and save the kept model to `run_dir/model`.
@@ -290,6 +315,8 @@ def train_one_seed(
     )
     set_seed(seed)
     model = LLMFusionForSequenceClassification(config)
+    if config.standardize_features:
+        model.set_feature_statistics(statistics)
     metric = load_metric(config.problem_type)
     trainer = Trainer(
         model=model,
@@ -367,8 +394,9 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
     features_dir = args.features_dir or f"features/{args.dataset}"
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
-    config = build_config(metadata, args.backbones)
+    config = build_config(metadata, args.backbones, sigma=args.sigma, standardize_features=args.standardize_features)
     data = training_splits(data, config)
+    statistics = feature_statistics(data["train"], config) if config.standardize_features else None
     selection = _selection(training_args, config.problem_type)
     if training_args.push_to_hub:
         check_shareable(config)  # before hours of training, not after
@@ -392,7 +420,9 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
             shutil.rmtree(run_dir)  # a fresh run must not pick up another run's checkpoints
         logger.info(f"Training seed {seed}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
         runs.append(
-            train_one_seed(config, data, training_args, seed, run_dir, args.early_stopping_patience, checkpoint)
+            train_one_seed(
+                config, data, training_args, seed, run_dir, args.early_stopping_patience, checkpoint, statistics
+            )
         )
     best = best_run(runs, selection, training_args.greater_is_better)
     results = {
@@ -541,6 +571,12 @@ def write_model_card(
         else f"at most {training_args.num_train_epochs:g} epochs"
     )
     seeds = ", ".join(str(seed) for seed in results["seeds"])
+    standardized = (
+        " Each feature dimension is standardised with the training set's mean and standard deviation (kept in the "
+        "model, `standardize_features=True`; not in the paper)."
+        if config.standardize_features
+        else ""
+    )
     body = f"""
 # {name}
 
@@ -563,11 +599,11 @@ it); the model-index holds its test scores. The last row is the mean +- populati
 | --- | --- | --- | --- |
 {backbones}
 
-Features were extracted once and stored as {metadata.get("feature_dtype", "float16")}. Each LLM layer vector is \
-projected to {config.fusion_dim} by its own Linear+ReLU+Dropout and stacked with the encoder vectors; the \
-co-occurrence matrix of the stacked vectors is power-normalised (`2 * sigmoid({config.sigma:g} * x) - 1`), flattened \
-and followed by the mean of the raw LLM layer vectors; an MLP ({" -> ".join(map(str, config.mlp_dims))} -> labels) \
-classifies it.
+Features were extracted once and stored as {metadata.get("feature_dtype", "float16")}.{standardized} \
+Each LLM layer vector is projected to {config.fusion_dim} by its own Linear+ReLU+Dropout and stacked with the \
+encoder vectors; the co-occurrence matrix of the stacked vectors is power-normalised \
+(`2 * sigmoid({config.sigma:g} * x) - 1`), flattened and followed by the mean of the raw LLM layer vectors; an MLP \
+({" -> ".join(map(str, config.mlp_dims))} -> labels) classifies it.
 
 ## How to use
 

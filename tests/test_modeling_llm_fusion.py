@@ -158,3 +158,20 @@ def test_model_extracts_then_classifies(tiny_backbones):
         model.extract_features(["fine", None])
     with pytest.raises(ValueError, match=r"Text at position 0 is empty or only whitespace"):
         model.extract_features(["  "])
+
+
+def test_standardized_features_round_trip(tmp_path):
+    config = LLMFusionConfig(num_labels=3, mlp_dims=[16], fusion_dim=32, standardize_features=True)
+    model = LLMFusionForSequenceClassification(config).eval()
+    features = paper_features(3)
+    statistics = {name: (value.mean(0), value.std(0)) for name, value in features.items()}
+    model.set_feature_statistics(statistics)
+    plain = LLMFusionForSequenceClassification(LLMFusionConfig(num_labels=3, mlp_dims=[16], fusion_dim=32)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith(("_mean", "_std"))})
+    standardized = {name: (value - statistics[name][0]) / statistics[name][1] for name, value in features.items()}
+    torch.testing.assert_close(model.fuse(**features), plain.fuse(**standardized))
+    model.save_pretrained(tmp_path)
+    loaded = LLMFusionForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(**features).logits, model(**features).logits)
+    with pytest.raises(ValueError, match="needs a config with standardize_features=True"):
+        plain.set_feature_statistics(statistics)

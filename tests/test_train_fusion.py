@@ -306,3 +306,17 @@ def test_defaults_are_the_papers_protocol():
     assert training_args.per_device_train_batch_size == 10 and training_args.num_train_epochs == 200
     assert training_args.lr_scheduler_type.value == "constant" and training_args.max_grad_norm == 0
     assert training_args.eval_strategy.value == "epoch" and training_args.load_best_model_at_end
+
+
+def test_standardized_features_use_training_statistics(ed_features, tmp_path):
+    output = tmp_path / "out"
+    main(cli(ed_features, output, "--standardize_features", "true", "--sigma", "0.01"))
+    model = LLMFusionForSequenceClassification.from_pretrained(output, dtype=torch.float32).eval()
+    assert model.config.standardize_features and model.config.sigma == 0.01
+    train = load_from_disk(str(ed_features / "train")).with_format("torch")[:]
+    for name in ("llama", "bert", "roberta"):
+        values = train[name].double()
+        torch.testing.assert_close(getattr(model, f"{name}_mean"), values.mean(0).float(), atol=1e-5, rtol=1e-4)
+        expected_std = values.std(0, unbiased=False).float().clamp_min(1e-6)
+        torch.testing.assert_close(getattr(model, f"{name}_std"), expected_std, atol=1e-5, rtol=1e-4)
+    assert "standardised with the training set's mean" in (output / "README.md").read_text()
