@@ -1,18 +1,20 @@
 """Reproduce the paper's table with the real small backbones: fusion vs. each backbone, pairs, probes, multi-label.
 
     python bench/reproduce.py                    # everything; resumable: finished stages and seeds are skipped
-    python bench/reproduce.py --limit 60 --seeds 2 --epochs 2 --work-dir /tmp/smoke   # quick smoke version
+    python bench/reproduce.py --limit 60 --seeds 2 --ablation-seeds 1 --epochs 2 --work-dir /tmp/smoke   # smoke
 
 SmolLM2-135M-Instruct, all-MiniLM-L6-v2 and all-mpnet-base-v2 (from ../shared/models/prepare.py) stand in for
-Llama-2-7b-chat, BERT-large and RoBERTa-large. Stages, each kept on disk under --work-dir and skipped when done:
+Llama-2-7b-chat, BERT-large and RoBERTa-large. Stages, each kept on disk under --work-dir and skipped when done,
+cheapest first so that an interrupted run still leaves whole rows:
 
-1. extract  all splits of ED, go_emotion and go_emotions_multilabel (extract_features.extract, cached per shard);
-2. fusion   the fusion head, paper protocol (Adam 1e-4, batch 10, early stopping 10), --seeds seeds per data set;
-3. ablation the head on each backbone alone and on each pair, with the fast protocol (--fast-* options), and the
-            full trio with the same fast protocol, to show it matches the paper protocol within noise;
-4. probe    logistic regression on each backbone's standardised features (C chosen on validation);
-5. multilabel the fusion head on multi-label GoEmotions (threshold chosen on validation) and a one-vs-rest
-            logistic-regression probe on the best single backbone.
+1. extract    all splits of ED, go_emotion and go_emotions_multilabel (extract_features.extract, cached per shard);
+2. probe      logistic regression on each backbone's standardised features (C chosen on validation);
+3. ablation   the head with standardised features on every subset of the backbones (each alone, each pair, all
+              three), fast protocol (--fast-* options), --ablation-seeds seeds;
+4. fusion     all three backbones with the paper protocol (Adam 1e-4, batch 10, early stopping 10), --seeds seeds:
+              the head with standardised features, then the paper's exact head;
+5. multilabel one-vs-rest logistic-regression probes, and the standardised head (fast protocol) on multi-label
+              GoEmotions, thresholds chosen on validation.
 
 Tables (paper format: accuracy and weighted-F1, mean +- population std over seeds) are printed and written to
 WORK_DIR/results.json and WORK_DIR/results.md, with the wall time of each stage.
@@ -145,7 +147,7 @@ def fmt(stat: dict | float) -> str:
     return f"{100 * stat:.2f}"
 
 
-def tables(results: dict, seeds: int, fast_protocol: str) -> str:
+def tables(results: dict, fast_protocol: str) -> str:
     lines = ["## Single-label: accuracy and weighted-F1 (%), test split", ""]
     lines += [
         "| data set | model | protocol | seeds | accuracy | weighted-F1 |",
@@ -157,7 +159,7 @@ def tables(results: dict, seeds: int, fast_protocol: str) -> str:
                      f"{paper['accuracy'][0]:.2f} +- {paper['accuracy'][1]:.2f} | "
                      f"{paper['weighted_f1'][0]:.2f} +- {paper['weighted_f1'][1]:.2f} |")  # fmt: skip
         for key, row in results.get(dataset, {}).items():
-            protocol = "paper" if key == "fusion" else fast_protocol if key.startswith("head") else "probe"
+            protocol = "paper" if key.startswith("fusion") else fast_protocol if key.startswith("head") else "probe"
             count = len(row.get("runs", [])) or "-"
             test = row["test"]
             lines.append(f"| {dataset} | {key} | {protocol} | {count} | {fmt(test['accuracy'])} | "
@@ -178,14 +180,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "reproduce"))
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke version)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds of each trained row (paper: 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the headline fusion rows (paper: 5)")
+    parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds of each ablation row")
     parser.add_argument("--epochs", type=int, default=200, help="maximum epochs (paper: 200)")
     parser.add_argument("--fast-batch-size", type=int, default=100)
     parser.add_argument("--fast-learning-rate", type=float, default=1e-3)
-    parser.add_argument(
-        "--dtype", default="float32", help="extraction compute dtype; bfloat16 is ~2x faster on AMX CPUs"
-    )
-    parser.add_argument("--stages", nargs="+", default=["extract", "fusion", "ablation", "probe", "multilabel"])
+    parser.add_argument("--dtype", default="float32", help="extraction compute dtype; bfloat16 is ~2x faster on AMX")
+    parser.add_argument("--stages", nargs="+", default=["extract", "probe", "ablation", "fusion", "multilabel"])
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL))
     args = parser.parse_args()
 
@@ -195,6 +196,7 @@ def main() -> None:
     paper = ["--num_train_epochs", str(args.epochs)]
     fast = [*paper, "--per_device_train_batch_size", str(args.fast_batch_size),
             "--learning_rate", str(args.fast_learning_rate)]  # fmt: skip
+    standardized = ["--standardize_features", "true"]
     fast_protocol = f"fast (batch {args.fast_batch_size}, lr {args.fast_learning_rate:g})"
     datasets = [*args.datasets, *(["go_emotions_multilabel"] if "multilabel" in args.stages else [])]
     results: dict[str, dict] = {}
@@ -202,43 +204,43 @@ def main() -> None:
     for dataset in datasets:
         if "extract" in args.stages or not (work / "features" / dataset).exists():
             stages.run(f"extract-{dataset}", extract_stage, dataset, work / "features" / dataset, folders, args)
+    # Cheapest and most telling first: a session that stops early still leaves whole rows behind.
     for dataset in args.datasets:
         features = work / "features" / dataset
         rows = results.setdefault(dataset, {})
-        if "fusion" in args.stages:
-            rows["fusion"] = stages.run(f"fusion-{dataset}", train_head, features, work / "fusion" / dataset,
-                                        dataset, args.seeds, None, paper)  # fmt: skip
-        if "ablation" in args.stages:
-            subsets = [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]
-            for subset in subsets:
-                key = "head: " + " + ".join(subset)
-                rows[key] = stages.run(f"ablation-{dataset}-{'-'.join(subset)}", train_head, features,
-                                       work / "ablation" / dataset / "-".join(subset), dataset, args.seeds, subset,
-                                       fast)  # fmt: skip
         if "probe" in args.stages:
             for name in BACKBONES:
                 rows[f"probe: logistic regression on {name}"] = stages.run(
                     f"probe-{dataset}-{name}", logistic_probe, features, name, False
                 )
+        if "ablation" in args.stages:  # the standardised head on every subset of the backbones, fast protocol
+            for subset in [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]:
+                rows["head (standardised): " + " + ".join(subset)] = stages.run(
+                    f"ablation-{dataset}-{'-'.join(subset)}", train_head, features,
+                    work / "ablation" / dataset / "-".join(subset), dataset, args.ablation_seeds, subset,
+                    [*fast, *standardized],
+                )  # fmt: skip
+        if "fusion" in args.stages:  # the paper protocol: the standardised head, then the paper's exact head
+            rows["fusion (standardised features)"] = stages.run(
+                f"fusion-standardized-{dataset}", train_head, features, work / "fusion-standardized" / dataset,
+                dataset, args.seeds, None, [*paper, *standardized],
+            )  # fmt: skip
+            rows["fusion (paper configuration)"] = stages.run(
+                f"fusion-{dataset}", train_head, features, work / "fusion" / dataset, dataset, args.seeds, None, paper
+            )
     if "multilabel" in args.stages:
         features = work / "features" / "go_emotions_multilabel"
         rows = results.setdefault("go_emotions_multilabel", {})
-        rows["fusion (llama + bert + roberta)"] = stages.run(
-            "multilabel-fusion",
-            train_head,
-            features,
-            work / "multilabel",
-            "go_emotions_multilabel",
-            args.seeds,
-            None,
-            paper,
-        )
         probes = {name: stages.run(f"multilabel-probe-{name}", logistic_probe, features, name, True)
                   for name in BACKBONES}  # fmt: skip
         best = max(probes, key=lambda name: probes[name]["test"]["macro_f1"])
         rows[f"probe: one-vs-rest logistic regression on {best} (best single backbone)"] = probes[best]
+        rows[f"fusion (standardised features), {fast_protocol}"] = stages.run(
+            "multilabel-fusion", train_head, features, work / "multilabel", "go_emotions_multilabel",
+            args.ablation_seeds, None, [*fast, *standardized],
+        )  # fmt: skip
 
-    text = tables(results, args.seeds, fast_protocol)
+    text = tables(results, fast_protocol)
     text += "\n\n## Wall time of each stage (s)\n\n| stage | s |\n| --- | --- |\n"
     text += "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in stages.wall_times.items())
     print(text)

@@ -13,20 +13,22 @@ pytestmark = pytest.mark.real
 
 
 def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_path):
-    command = [sys.executable, "bench/reproduce.py", "--limit", "30", "--seeds", "2", "--epochs", "1",
-               "--work-dir", str(tmp_path)]  # fmt: skip
+    command = [sys.executable, "bench/reproduce.py", "--limit", "30", "--seeds", "2", "--ablation-seeds", "1",
+               "--epochs", "1", "--work-dir", str(tmp_path)]  # fmt: skip
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     for dataset in ("ED", "go_emotion"):
         rows = results[dataset]
-        assert len(rows) == 1 + 7 + 3  # fusion, 7 head subsets, 3 probes
-        assert len(rows["fusion"]["runs"]) == 2
+        assert len(rows) == 3 + 7 + 2  # 3 probes, the head on 7 subsets, 2 fusion rows
+        assert len(rows["fusion (paper configuration)"]["runs"]) == 2
+        assert len(rows["head (standardised): bert + roberta"]["runs"]) == 1
         for row in rows.values():
             accuracy = row["test"]["accuracy"]
             assert 0 <= (accuracy["mean"] if isinstance(accuracy, dict) else accuracy) <= 1
     multi = results["go_emotions_multilabel"]
-    assert all(0 < run["threshold"] < 1 for run in multi["fusion (llama + bert + roberta)"]["runs"])
+    fusion = next(row for key, row in multi.items() if key.startswith("fusion"))
+    assert all(0 < run["threshold"] < 1 for run in fusion["runs"])
     assert "| ED | paper: Llama-2-7b-chat" in (tmp_path / "results.md").read_text()
 
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)  # every stage is kept on disk
@@ -38,7 +40,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     from datasets import load_from_disk
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    folder = tmp_path / "fusion" / "ED"
+    folder = tmp_path / "fusion-standardized" / "ED"
     classifier = pipeline("fec", model=str(folder), trust_remote_code=True, backbone_paths=small_models)
     test = load_from_disk(str(tmp_path / "features" / "ED"))["test"].select(range(4))
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
