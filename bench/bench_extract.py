@@ -116,11 +116,13 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder for --llama7b (default: SmolLM2's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 on GPU")
+    parser.add_argument("--naive-dtype", default=None, help="dtype of the naive loop (default: --dtype)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    naive_dtype = getattr(torch, args.naive_dtype) if args.naive_dtype else dtype
     texts = read_texts(Path(args.data), args.texts)
     naive_texts = texts[: args.naive_texts] if args.naive_texts else texts
 
@@ -136,8 +138,8 @@ def main() -> None:
                    for spec in small_trio()]  # fmt: skip
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)}; {device_name}, {dtype}, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)} in {naive_dtype}; {device_name}, "
+          f"{dtype}, torch threads {torch.get_num_threads()}")  # fmt: skip
     rows = []
     for load in loaders:
         backbone = load()
@@ -145,6 +147,8 @@ def main() -> None:
         ours_s = ours(backbone, texts, args.batch_size, args.max_tokens, args.device)
         # Only the LLM loop runs on a slice: its cost per text is constant (every text is padded to 200 tokens).
         sliced = naive_texts if backbone.spec["pooling"] == "layer_mean" else texts
+        if naive_dtype != dtype:
+            backbone.model.to(naive_dtype)
         naive_s = naive(backbone, sliced, args.device) * len(texts) / len(sliced)
         tokens = sum(backbone.count_tokens(texts))
         rows.append({"backbone": backbone.spec["name"], "model": Path(backbone.spec["model"]).name, "ours_s": ours_s,

@@ -88,11 +88,11 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
     """Train `epochs` epochs by `path` ("trainer" or "plain"); the seconds of each epoch and this process's peak
     RSS."""
     import torch
-    from transformers import Trainer, TrainerCallback, default_data_collator, set_seed
+    from transformers import TrainerCallback, default_data_collator, set_seed
 
     from extract_features import load_features
     from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import FusionTrainingArguments, build_config, training_splits
+    from train_fusion import FusionTrainer, FusionTrainingArguments, build_config, training_splits
 
     data, metadata = load_features(features_dir)
     config = build_config(metadata)
@@ -114,7 +114,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
             per_device_train_batch_size=batch_size, eval_strategy="no", save_strategy="no",
             load_best_model_at_end=False, disable_tqdm=True, logging_strategy="no",
         )  # fmt: skip
-        Trainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()]).train()
+        FusionTrainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()]).train()
     else:
         loader = torch.utils.data.DataLoader(
             train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator

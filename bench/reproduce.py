@@ -204,30 +204,34 @@ def main() -> None:
     for dataset in datasets:
         if "extract" in args.stages or not (work / "features" / dataset).exists():
             stages.run(f"extract-{dataset}", extract_stage, dataset, work / "features" / dataset, folders, args)
+
+    def head(stage: str, dataset: str, seeds: int, subset: list[str] | None, protocol: list[str]) -> dict:
+        # The stage name holds its seeds: asking for more later trains only the missing ones (train_fusion resumes).
+        return stages.run(f"{stage}-{seeds}seeds", train_head, work / "features" / dataset, work / "heads" / stage,
+                          dataset, seeds, subset, protocol)  # fmt: skip
+
     # Cheapest and most telling first: a session that stops early still leaves whole rows behind.
     for dataset in args.datasets:
-        features = work / "features" / dataset
         rows = results.setdefault(dataset, {})
         if "probe" in args.stages:
             for name in BACKBONES:
                 rows[f"probe: logistic regression on {name}"] = stages.run(
-                    f"probe-{dataset}-{name}", logistic_probe, features, name, False
+                    f"probe-{dataset}-{name}", logistic_probe, work / "features" / dataset, name, False
                 )
         if "ablation" in args.stages:  # the standardised head on every subset of the backbones, fast protocol
             for subset in [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]:
-                rows["head (standardised): " + " + ".join(subset)] = stages.run(
-                    f"ablation-{dataset}-{'-'.join(subset)}", train_head, features,
-                    work / "ablation" / dataset / "-".join(subset), dataset, args.ablation_seeds, subset,
+                rows["head (standardised): " + " + ".join(subset)] = head(
+                    f"ablation-{dataset}-{'-'.join(subset)}",
+                    dataset,
+                    args.ablation_seeds,
+                    subset,
                     [*fast, *standardized],
-                )  # fmt: skip
+                )
         if "fusion" in args.stages:  # the paper protocol: the standardised head, then the paper's exact head
-            rows["fusion (standardised features)"] = stages.run(
-                f"fusion-standardized-{dataset}", train_head, features, work / "fusion-standardized" / dataset,
-                dataset, args.seeds, None, [*paper, *standardized],
-            )  # fmt: skip
-            rows["fusion (paper configuration)"] = stages.run(
-                f"fusion-{dataset}", train_head, features, work / "fusion" / dataset, dataset, args.seeds, None, paper
+            rows["fusion (standardised features)"] = head(
+                f"fusion-standardized-{dataset}", dataset, args.seeds, None, [*paper, *standardized]
             )
+            rows["fusion (paper configuration)"] = head(f"fusion-{dataset}", dataset, args.seeds, None, paper)
     if "multilabel" in args.stages:
         features = work / "features" / "go_emotions_multilabel"
         rows = results.setdefault("go_emotions_multilabel", {})
@@ -235,10 +239,9 @@ def main() -> None:
                   for name in BACKBONES}  # fmt: skip
         best = max(probes, key=lambda name: probes[name]["test"]["macro_f1"])
         rows[f"probe: one-vs-rest logistic regression on {best} (best single backbone)"] = probes[best]
-        rows[f"fusion (standardised features), {fast_protocol}"] = stages.run(
-            "multilabel-fusion", train_head, features, work / "multilabel", "go_emotions_multilabel",
-            args.ablation_seeds, None, [*fast, *standardized],
-        )  # fmt: skip
+        rows[f"fusion (standardised features), {fast_protocol}"] = head(
+            "multilabel-fusion", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *standardized]
+        )
 
     text = tables(results, fast_protocol)
     text += "\n\n## Wall time of each stage (s)\n\n| stage | s |\n| --- | --- |\n"

@@ -40,7 +40,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     from datasets import load_from_disk
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    folder = tmp_path / "fusion-standardized" / "ED"
+    folder = tmp_path / "heads" / "fusion-standardized-ED"
     classifier = pipeline("fec", model=str(folder), trust_remote_code=True, backbone_paths=small_models)
     test = load_from_disk(str(tmp_path / "features" / "ED"))["test"].select(range(4))
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
