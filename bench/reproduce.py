@@ -58,13 +58,17 @@ def small_model_folders() -> dict[str, str]:
 class Stages:
     """Runs stages once: a stage's result is kept in WORK_DIR/done/NAME.json and reused on the next run."""
 
-    def __init__(self, work_dir: Path):
+    def __init__(self, work_dir: Path, report_only: bool = False):
         self.done = work_dir / "done"
         self.done.mkdir(parents=True, exist_ok=True)
+        self.report_only = report_only
         self.wall_times: dict[str, float] = {}
 
     def run(self, name: str, function, *args, **kwargs):
+        """The stage's result; None for a stage not run yet when only reporting."""
         path = self.done / f"{name}.json"
+        if self.report_only and not path.exists():
+            return None
         if path.exists():
             result = json.loads(path.read_text())
         else:
@@ -188,10 +192,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="extraction compute dtype; bfloat16 is ~2x faster on AMX")
     parser.add_argument("--stages", nargs="+", default=["extract", "probe", "ablation", "fusion", "multilabel"])
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL))
+    parser.add_argument("--report-only", action="store_true", help="tables of the finished stages; run nothing")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
-    stages = Stages(work)
+    stages = Stages(work, args.report_only)
     folders = small_model_folders()
     paper = ["--num_train_epochs", str(args.epochs)]
     fast = [*paper, "--per_device_train_batch_size", str(args.fast_batch_size),
@@ -237,12 +242,17 @@ def main() -> None:
         rows = results.setdefault("go_emotions_multilabel", {})
         probes = {name: stages.run(f"multilabel-probe-{name}", logistic_probe, features, name, True)
                   for name in BACKBONES}  # fmt: skip
-        best = max(probes, key=lambda name: probes[name]["test"]["macro_f1"])
-        rows[f"probe: one-vs-rest logistic regression on {best} (best single backbone)"] = probes[best]
+        probes = {name: probe for name, probe in probes.items() if probe is not None}
+        if probes:
+            best = max(probes, key=lambda name: probes[name]["test"]["macro_f1"])
+            rows[f"probe: one-vs-rest logistic regression on {best} (best single backbone)"] = probes[best]
         rows[f"fusion (standardised features), {fast_protocol}"] = head(
             "multilabel-fusion", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *standardized]
         )
 
+    results = {
+        dataset: {key: row for key, row in rows.items() if row is not None} for dataset, rows in results.items()
+    }
     text = tables(results, fast_protocol)
     text += "\n\n## Wall time of each stage (s)\n\n| stage | s |\n| --- | --- |\n"
     text += "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in stages.wall_times.items())
