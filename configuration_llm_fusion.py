@@ -72,6 +72,11 @@ def normalize_backbone(spec: dict) -> dict:
     }
 
 
+def feature_shape(spec: dict) -> tuple[int, ...]:
+    """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
+    return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] == "layer_mean" else (spec["hidden_size"],)
+
+
 class LLMFusionConfig(PretrainedConfig):
     r"""
     Configuration of [`LLMFusionForSequenceClassification`]: frozen features of several backbones (one decoder LLM
@@ -157,12 +162,7 @@ class LLMFusionConfig(PretrainedConfig):
     @property
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one text's feature for each backbone: `(k, width)` for `layer_mean`, `(width,)` otherwise."""
-        return {
-            spec["name"]: (spec["num_layers"], spec["hidden_size"])
-            if spec["pooling"] == "layer_mean"
-            else (spec["hidden_size"],)
-            for spec in self.backbones
-        }
+        return {spec["name"]: feature_shape(spec) for spec in self.backbones}
 
 
 __all__ = ["LLMFusionConfig", "PRESETS", "POOLINGS"]

@@ -15,9 +15,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 try:
-    from .configuration_llm_fusion import LLMFusionConfig, normalize_backbone
+    from .configuration_llm_fusion import LLMFusionConfig, feature_shape, normalize_backbone
 except ImportError:  # imported from the repository root rather than as a Hub module
-    from configuration_llm_fusion import LLMFusionConfig, normalize_backbone
+    from configuration_llm_fusion import LLMFusionConfig, feature_shape, normalize_backbone
 
 logger = logging.get_logger(__name__)
 
@@ -140,7 +140,7 @@ class FrozenBackbone:
         `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done."""
         texts = validate_texts(texts)
         lengths = self.count_tokens(texts)
-        out = torch.empty((len(texts), *self.feature_shape), dtype=dtype)
+        out = torch.empty((len(texts), *feature_shape(self.spec)), dtype=dtype)
         for indices in length_sorted_batches(lengths, batch_size, max_tokens):
             out[indices] = self([texts[i] for i in indices]).to("cpu", dtype)
             if progress is not None:
@@ -148,11 +148,6 @@ class FrozenBackbone:
         self.texts_seen += len(texts)
         self.tokens_seen += sum(lengths)
         return out
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        spec = self.spec
-        return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] == "layer_mean" else (spec["hidden_size"],)
 
     @property
     def device(self) -> torch.device:
