@@ -104,6 +104,11 @@ class LLMFusionConfig(PretrainedConfig):
             Standardise each feature dimension with the training set's mean and standard deviation (kept in the
             model) before the head sees it. Off in the paper; it tames backbones whose mean hidden states have a few
             huge dimensions, which otherwise dominate the head and saturate the power normalisation.
+        encoders_in_tail (`bool`, *optional*, defaults to `False`):
+            Also concatenate each encoder's vector to the MLP input, after the mean of the LLM layer vectors. In the
+            paper only the LLM's features reach the MLP directly and the encoders enter through their co-occurrence
+            values alone, which suits an LLM stronger than its encoders; with a small LLM the encoders' own features
+            are needed.
     """
 
     model_type = "llm_fusion"
@@ -117,6 +122,7 @@ class LLMFusionConfig(PretrainedConfig):
         mlp_dims: list[int] | tuple[int, ...] = (1024, 256),
         threshold: float = 0.5,
         standardize_features: bool = False,
+        encoders_in_tail: bool = False,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"] if backbones is None else list(backbones))
@@ -143,6 +149,7 @@ class LLMFusionConfig(PretrainedConfig):
         self.mlp_dims = mlp_dims
         self.threshold = float(threshold)
         self.standardize_features = bool(standardize_features)
+        self.encoders_in_tail = bool(encoders_in_tail)
         super().__init__(**kwargs)
 
     @classmethod

@@ -232,6 +232,7 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
                     nn.Identity() if width == config.fusion_dim else nn.Linear(width, config.fusion_dim)
                 )
                 num_vectors += 1
+                tail_width += width if config.encoders_in_tail else 0
         self.fusion_width = num_vectors * num_vectors + tail_width
 
         layers, width_in = [], self.fusion_width
@@ -275,7 +276,8 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
 
     def fuse(self, **features: torch.Tensor) -> torch.Tensor:
         """The vector that enters the MLP: power-normalised co-occurrence values of the stacked vectors (LLM layer
-        vectors first, then the encoders in config order), flattened, then the mean of the raw LLM layer vectors."""
+        vectors first, then the encoders in config order), flattened, then the mean of the raw LLM layer vectors
+        (and, with `encoders_in_tail`, the raw encoder vectors in config order)."""
         features = self._features(features)
         if self.config.standardize_features:
             features = {
@@ -291,6 +293,8 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
                 tails.append(value.mean(dim=1))
             else:
                 encoder_vectors.append(self.encoder_projections[name](value))
+                if self.config.encoders_in_tail:
+                    tails.append(value)
         stacked = torch.stack(llm_vectors + encoder_vectors, dim=1)  # (batch, vectors, fusion_dim)
         co_occurrence = stacked @ stacked.transpose(1, 2)
         normalised = 2 * torch.sigmoid(self.config.sigma * co_occurrence) - 1

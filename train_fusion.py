@@ -103,6 +103,11 @@ class FusionArguments:
         metadata={"help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
                   "the paper; helps backbones with a few huge dimensions, e.g. SmolLM2)."},
     )  # fmt: skip
+    encoders_in_tail: bool = field(
+        default=False,
+        metadata={"help": "Also feed the encoder vectors to the MLP directly (not in the paper, where only the LLM's "
+                  "mean vector does; needed when the encoders are stronger than the LLM)."},
+    )  # fmt: skip
     sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
     license: str | None = field(
         default=None, metadata={"help": "Model card license; defaults to the training data's license."}
@@ -407,7 +412,9 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
     features_dir = args.features_dir or f"features/{args.dataset}"
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
-    config = build_config(metadata, args.backbones, sigma=args.sigma, standardize_features=args.standardize_features)
+    head = {"sigma": args.sigma, "standardize_features": args.standardize_features,
+            "encoders_in_tail": args.encoders_in_tail}  # fmt: skip
+    config = build_config(metadata, args.backbones, **head)
     data = training_splits(data, config)
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
     selection = _selection(training_args, config.problem_type)
@@ -590,6 +597,8 @@ def write_model_card(
         if config.standardize_features
         else ""
     )
+    if config.encoders_in_tail:
+        standardized += " The encoder vectors also go to the MLP directly (`encoders_in_tail=True`; not in the paper)."
     body = f"""
 # {name}
 

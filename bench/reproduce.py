@@ -9,11 +9,12 @@ cheapest first so that an interrupted run still leaves whole rows:
 
 1. extract    all splits of ED, go_emotion and go_emotions_multilabel (extract_features.extract, cached per shard);
 2. probe      logistic regression on each backbone's standardised features (C chosen on validation);
-3. ablation   the head with standardised features on every subset of the backbones (each alone, each pair, all
-              three), fast protocol (--fast-* options), --ablation-seeds seeds;
+3. ablation   the fixed head (standardised features, encoder vectors also fed to the MLP) on every subset of the
+              backbones (each alone, each pair, all three), and the paper's exact head on all three, fast protocol
+              (--fast-* options), --ablation-seeds seeds;
 4. fusion     all three backbones with the paper protocol (Adam 1e-4, batch 10, early stopping 10), --seeds seeds:
-              the head with standardised features, then the paper's exact head;
-5. multilabel one-vs-rest logistic-regression probes, and the standardised head (fast protocol) on multi-label
+              the fixed head, then the paper's exact head;
+5. multilabel one-vs-rest logistic-regression probes, and the fixed head (fast protocol) on multi-label
               GoEmotions, thresholds chosen on validation.
 
 Tables (paper format: accuracy and weighted-F1, mean +- population std over seeds) are printed and written to
@@ -201,7 +202,8 @@ def main() -> None:
     paper = ["--num_train_epochs", str(args.epochs)]
     fast = [*paper, "--per_device_train_batch_size", str(args.fast_batch_size),
             "--learning_rate", str(args.fast_learning_rate)]  # fmt: skip
-    standardized = ["--standardize_features", "true"]
+    # The fix (not in the paper): standardised features, and the encoders' vectors fed to the MLP too.
+    fixed = ["--standardize_features", "true", "--encoders_in_tail", "true"]
     fast_protocol = f"fast (batch {args.fast_batch_size}, lr {args.fast_learning_rate:g})"
     datasets = [*args.datasets, *(["go_emotions_multilabel"] if "multilabel" in args.stages else [])]
     results: dict[str, dict] = {}
@@ -223,18 +225,21 @@ def main() -> None:
                 rows[f"probe: logistic regression on {name}"] = stages.run(
                     f"probe-{dataset}-{name}", logistic_probe, work / "features" / dataset, name, False
                 )
-        if "ablation" in args.stages:  # the standardised head on every subset of the backbones, fast protocol
+        if "ablation" in args.stages:  # the fixed head on every subset of the backbones, fast protocol
             for subset in [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]:
-                rows["head (standardised): " + " + ".join(subset)] = head(
-                    f"ablation-{dataset}-{'-'.join(subset)}",
+                rows["head (fixed): " + " + ".join(subset)] = head(
+                    f"ablation-fixed-{dataset}-{'-'.join(subset)}",
                     dataset,
                     args.ablation_seeds,
                     subset,
-                    [*fast, *standardized],
+                    [*fast, *fixed],
                 )
-        if "fusion" in args.stages:  # the paper protocol: the standardised head, then the paper's exact head
-            rows["fusion (standardised features)"] = head(
-                f"fusion-standardized-{dataset}", dataset, args.seeds, None, [*paper, *standardized]
+            rows["head (paper configuration): llama + bert + roberta"] = head(
+                f"ablation-{dataset}-llama-bert-roberta", dataset, args.ablation_seeds, None, fast
+            )
+        if "fusion" in args.stages:  # the paper protocol: the fixed head, then the paper's exact head
+            rows["fusion (fixed: standardised, encoders in tail)"] = head(
+                f"fusion-fixed-{dataset}", dataset, args.seeds, None, [*paper, *fixed]
             )
             rows["fusion (paper configuration)"] = head(f"fusion-{dataset}", dataset, args.seeds, None, paper)
     if "multilabel" in args.stages:
@@ -246,8 +251,8 @@ def main() -> None:
         if probes:
             best = max(probes, key=lambda name: probes[name]["test"]["macro_f1"])
             rows[f"probe: one-vs-rest logistic regression on {best} (best single backbone)"] = probes[best]
-        rows[f"fusion (standardised features), {fast_protocol}"] = head(
-            "multilabel-fusion", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *standardized]
+        rows[f"fusion (fixed), {fast_protocol}"] = head(
+            "multilabel-fusion-fixed", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *fixed]
         )
 
     results = {

@@ -175,3 +175,13 @@ def test_standardized_features_round_trip(tmp_path):
     torch.testing.assert_close(loaded(**features).logits, model(**features).logits)
     with pytest.raises(ValueError, match="needs a config with standardize_features=True"):
         plain.set_feature_statistics(statistics)
+
+
+def test_encoders_in_tail_appends_the_raw_encoder_vectors():
+    config = LLMFusionConfig(num_labels=3, mlp_dims=[16], encoders_in_tail=True)
+    model = LLMFusionForSequenceClassification(config).eval()
+    assert model.fusion_width == 49 + 4096 + 1024 + 1024
+    features = paper_features(2)
+    fused = model.fuse(**features)
+    torch.testing.assert_close(fused[:, 49 : 49 + 4096], features["llama"].mean(dim=1))
+    torch.testing.assert_close(fused[:, 49 + 4096 :], torch.cat([features["bert"], features["roberta"]], dim=-1))

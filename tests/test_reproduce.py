@@ -20,9 +20,9 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     for dataset in ("ED", "go_emotion"):
         rows = results[dataset]
-        assert len(rows) == 3 + 7 + 2  # 3 probes, the head on 7 subsets, 2 fusion rows
+        assert len(rows) == 3 + 7 + 1 + 2  # 3 probes, the fixed head on 7 subsets, the paper head, 2 fusion rows
         assert len(rows["fusion (paper configuration)"]["runs"]) == 2
-        assert len(rows["head (standardised): bert + roberta"]["runs"]) == 1
+        assert len(rows["head (fixed): bert + roberta"]["runs"]) == 1
         for row in rows.values():
             accuracy = row["test"]["accuracy"]
             assert 0 <= (accuracy["mean"] if isinstance(accuracy, dict) else accuracy) <= 1
@@ -40,7 +40,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     from datasets import load_from_disk
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    folder = tmp_path / "heads" / "fusion-standardized-ED"
+    folder = tmp_path / "heads" / "fusion-fixed-ED"
     classifier = pipeline("fec", model=str(folder), trust_remote_code=True, backbone_paths=small_models)
     test = load_from_disk(str(tmp_path / "features" / "ED"))["test"].select(range(4))
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
