@@ -17,6 +17,7 @@ import json
 import logging as pylogging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, HfArgumentParser
 from transformers.utils import logging
 
-from configuration_llm_fusion import PRESETS, normalize_backbone
+from configuration_llm_fusion import PRESETS, feature_shape, normalize_backbone
 from modeling_llm_fusion import FEATURE_CODE_VERSION, FrozenBackbone, validate_texts
 
 logger = logging.get_logger(__name__)
@@ -340,9 +341,8 @@ def texts_digest(split: Dataset) -> str:
 
 
 def feature_type(spec: dict, dtype: str) -> Array2D | List:
-    if spec["pooling"] == "layer_mean":
-        return Array2D(shape=(spec["num_layers"], spec["hidden_size"]), dtype=dtype)
-    return List(Value(dtype), length=spec["hidden_size"])
+    shape = feature_shape(spec)
+    return Array2D(shape=shape, dtype=dtype) if len(shape) == 2 else List(Value(dtype), length=shape[0])
 
 
 class ShardExtractor:
@@ -508,8 +508,6 @@ def _assemble(data, backbones, keys, cache, shard_size, feature_dtype, output_di
     for split in SPLITS:  # replace the previous result only once the new one is complete
         target = output_dir / split
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         (staging / split).rename(target)
     (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")

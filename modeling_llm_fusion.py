@@ -130,7 +130,7 @@ class FrozenBackbone:
     def extract(
         self,
         texts: Sequence[str],
-        batch_size: int = 32,
+        batch_size: int = 16,
         max_tokens: int | None = None,
         dtype: torch.dtype = torch.float32,
         progress=None,

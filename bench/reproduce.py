@@ -100,7 +100,7 @@ def train_head(features_dir: Path, output_dir: Path, dataset: str, seeds: int, b
     return {"test": results["test"], "runs": [{k: run[k] for k in keep} for run in results["runs"]]}
 
 
-def probe_inputs(data, name: str, multi_label: bool) -> tuple[np.ndarray, ...]:
+def probe_inputs(data, name: str) -> tuple[np.ndarray, ...]:
     """Each split's features of one backbone as a float32 matrix (LLM layers flattened) and its labels."""
     out = []
     for split in ("train", "validation", "test"):
@@ -117,7 +117,7 @@ def logistic_probe(features_dir: Path, name: str, multi_label: bool, limit_iter:
     from sklearn.preprocessing import StandardScaler
 
     data, _ = load_features(features_dir)
-    x_train, y_train, x_val, y_val, x_test, y_test = probe_inputs(data, name, multi_label)
+    x_train, y_train, x_val, y_val, x_test, y_test = probe_inputs(data, name)
     scaler = StandardScaler().fit(x_train)
     x_train, x_val, x_test = scaler.transform(x_train), scaler.transform(x_val), scaler.transform(x_test)
     best = None
