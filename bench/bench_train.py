@@ -92,7 +92,13 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
 
     from extract_features import load_features
     from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import FusionTrainer, FusionTrainingArguments, build_config, training_splits
+    from train_fusion import (
+        FusionTrainer,
+        FusionTrainingArguments,
+        build_config,
+        keep_gradient_memory,
+        training_splits,
+    )
 
     data, metadata = load_features(features_dir)
     config = build_config(metadata)
@@ -119,8 +125,9 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
         loader = torch.utils.data.DataLoader(
             train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator
         )
-        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam), so that only the training
-        # machinery differs between the two paths.
+        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam) and the malloc setting
+        # FusionTrainer makes, so that only the training machinery differs between the two paths.
+        keep_gradient_memory()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
         model.train()
         for _ in range(epochs):
