@@ -1,17 +1,34 @@
-"""Real-data tier: the reproduction script's smoke version, end to end (extraction, training, probes, pipeline)."""
+"""The reproduction script: its probes, and (real-data tier) its smoke version end to end (extraction, training,
+probes, pipeline)."""
 
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from bench.reproduce import one_vs_rest_logistic
 from conftest import REPO
 
-pytestmark = pytest.mark.real
+
+@pytest.mark.parametrize("c", [0.1, 1.0])
+def test_one_vs_rest_probe_matches_sklearn(c):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6)).astype(np.float32)
+    logits = x @ rng.standard_normal((6, 3)) + rng.standard_normal((300, 3))
+    targets = (logits > 0.3).astype(np.float32)
+    linear = one_vs_rest_logistic(torch.from_numpy(x), torch.from_numpy(targets), c)
+    for label in range(3):
+        expected = LogisticRegression(C=c, tol=1e-8, max_iter=10_000).fit(x, targets[:, label])
+        np.testing.assert_allclose(linear.weight[label].numpy(), expected.coef_[0], atol=2e-3)
+        np.testing.assert_allclose(linear.bias[label].item(), expected.intercept_[0], atol=2e-3)
 
 
+@pytest.mark.real
 def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_path):
     command = [sys.executable, "bench/reproduce.py", "--limit", "30", "--seeds", "2", "--ablation-seeds", "1",
                "--epochs", "1", "--work-dir", str(tmp_path)]  # fmt: skip
@@ -27,6 +44,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
             accuracy = row["test"]["accuracy"]
             assert 0 <= (accuracy["mean"] if isinstance(accuracy, dict) else accuracy) <= 1
     multi = results["go_emotions_multilabel"]
+    assert sum(key.startswith("probe: one-vs-rest") for key in multi) == 3
     fusion = next(row for key, row in multi.items() if key.startswith("fusion"))
     assert all(0 < run["threshold"] < 1 for run in fusion["runs"])
     assert "| ED | paper: Llama-2-7b-chat" in (tmp_path / "results.md").read_text()
