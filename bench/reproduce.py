@@ -12,10 +12,10 @@ cheapest first so that an interrupted run still leaves whole rows:
 3. ablation   the fixed head (standardised features, encoder vectors also fed to the MLP) on every subset of the
               backbones (each alone, each pair, all three), and the paper's exact head on all three, fast protocol
               (--fast-* options), --ablation-seeds seeds;
-4. fusion     all three backbones with the paper protocol (Adam 1e-4, batch 10, early stopping 10), --seeds seeds:
-              the fixed head, then the paper's exact head;
-5. multilabel one-vs-rest logistic-regression probes, and the fixed head (fast protocol) on multi-label
-              GoEmotions, thresholds chosen on validation.
+4. multilabel one-vs-rest logistic-regression probes, and the fixed head (fast protocol) on multi-label
+              GoEmotions, thresholds chosen on validation;
+5. fusion     all three backbones with the paper protocol (Adam 1e-4, batch 10, early stopping 10), --seeds seeds:
+              the fixed head on each data set, then the paper's exact head.
 
 Tables (paper format: accuracy and weighted-F1, mean +- population std over seeds) are printed and written to
 WORK_DIR/results.json and WORK_DIR/results.md, with the wall time of each stage.
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--fast-batch-size", type=int, default=100)
     parser.add_argument("--fast-learning-rate", type=float, default=1e-3)
     parser.add_argument("--dtype", default="float32", help="extraction compute dtype; bfloat16 is ~2x faster on AMX")
-    parser.add_argument("--stages", nargs="+", default=["extract", "probe", "ablation", "fusion", "multilabel"])
+    parser.add_argument("--stages", nargs="+", default=["extract", "probe", "ablation", "multilabel", "fusion"])
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL))
     parser.add_argument("--report-only", action="store_true", help="tables of the finished stages; run nothing")
     args = parser.parse_args()
@@ -268,13 +268,6 @@ def main() -> None:
             rows["head (paper configuration): llama + bert + roberta"] = head(
                 f"ablation-{dataset}-llama-bert-roberta", dataset, args.ablation_seeds, None, fast
             )
-    if "fusion" in args.stages:  # the paper protocol: the fixed head on every data set, then the paper's exact head
-        for dataset, rows in single_label.items():
-            rows["fusion (fixed: standardised, encoders in tail)"] = head(
-                f"fusion-fixed-{dataset}", dataset, args.seeds, None, [*paper, *fixed]
-            )
-        for dataset, rows in single_label.items():
-            rows["fusion (paper configuration)"] = head(f"fusion-{dataset}", dataset, args.seeds, None, paper)
     if "multilabel" in args.stages:
         features = work / "features" / "go_emotions_multilabel"
         rows = results.setdefault("go_emotions_multilabel", {})
@@ -285,6 +278,13 @@ def main() -> None:
         rows[f"fusion (fixed), {fast_protocol}"] = head(
             "multilabel-fusion-fixed", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *fixed]
         )
+    if "fusion" in args.stages:  # the paper protocol: the fixed head on every data set, then the paper's exact head
+        for dataset, rows in single_label.items():
+            rows["fusion (fixed: standardised, encoders in tail)"] = head(
+                f"fusion-fixed-{dataset}", dataset, args.seeds, None, [*paper, *fixed]
+            )
+        for dataset, rows in single_label.items():
+            rows["fusion (paper configuration)"] = head(f"fusion-{dataset}", dataset, args.seeds, None, paper)
 
     results = {
         dataset: {key: row for key, row in rows.items() if row is not None} for dataset, rows in results.items()
