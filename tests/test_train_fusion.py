@@ -96,6 +96,29 @@ def test_training_reads_the_arrow_files_in_place(ed_features):
     assert row["llama"].shape == (3, 32) and row["labels"].dtype == torch.int64
 
 
+def test_fusion_trainer_trains_exactly_as_trainer(ed_features, tmp_path):
+    """FusionTrainer's shortcuts (no gradient norm, one Adam group, malloc setting) leave the training itself as is."""
+    from transformers import Trainer
+
+    data, metadata = load_features(ed_features)
+    config = train_fusion.build_config(metadata)
+    train = train_fusion.training_splits(data, config)["train"]
+    weights = []
+    for trainer_class in (Trainer, train_fusion.FusionTrainer):
+        torch.manual_seed(0)
+        model = LLMFusionForSequenceClassification(config)
+        args = train_fusion.FusionTrainingArguments(
+            output_dir=str(tmp_path / trainer_class.__name__), max_steps=6, eval_strategy="no", save_strategy="no",
+            load_best_model_at_end=False, report_to="none", disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        trainer = trainer_class(model=model, args=args, train_dataset=train)
+        trainer.train()
+        weights.append({name: value.clone() for name, value in model.state_dict().items()})
+    assert len([group for group in trainer.optimizer.param_groups if group["params"]]) == 1
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, msg=name)
+
+
 def test_seeds_aggregate(ed_run):
     results, output, _ = ed_run
     assert json.loads((output / "results.json").read_text()) == results
