@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from extract_features import extract, load_features  # noqa: E402
-from train_fusion import parse_args, train  # noqa: E402
+from train_fusion import THRESHOLDS, parse_args, train  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 SINGLE_LABEL = ("ED", "go_emotion")
@@ -167,7 +167,7 @@ def multilabel_probe(features_dir: Path, name: str) -> dict:
     for c in PROBE_CS:
         linear = one_vs_rest_logistic(x_train, torch.from_numpy(y_train.astype(np.float32)), c)
         val_scores, test_scores = linear(x_val).sigmoid().numpy(), linear(x_test).sigmoid().numpy()
-        for threshold in np.arange(0.05, 1.0, 0.05):
+        for threshold in THRESHOLDS:
             val = f1_score(y_val, val_scores > threshold, average="macro", zero_division=0)
             if best is None or val > best[0]:
                 best = (val, c, threshold, test_scores)
