@@ -151,6 +151,15 @@ class FusionTrainingArguments(TrainingArguments):
         metadata={"help": "Keep False: the features are keyword arguments (**features) that the model's forward "
                   "signature does not list, so the Trainer would drop them."},
     )  # fmt: skip
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Keep False on a GPU: the filter reads every step's loss back from the device, which "
+                  "stalls the next step; a NaN or infinite loss then shows in the logs as it is."},
+    )  # fmt: skip
+    dataloader_pin_memory: bool = field(
+        default_factory=torch.accelerator.is_available,
+        metadata={"help": "Pin batches in memory for a fast copy to the accelerator; off where there is none."},
+    )
     metric_for_best_model: str | None = field(
         default="auto",
         metadata={"help": "Validation metric that selects the checkpoint and the saved seed: loss, accuracy, "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -228,7 +229,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="extraction compute dtype; bfloat16 is ~2x faster on AMX")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--datasets", nargs="+", default=list(SINGLE_LABEL))
-    parser.add_argument("--report-only", action="store_true", help="tables of the finished stages; run nothing")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="the tables of what is finished, each row with its most seeds; run nothing",
+    )
     args = parser.parse_args()
 
     work = Path(args.work_dir)
@@ -249,6 +254,9 @@ def main() -> None:
 
     def head(stage: str, dataset: str, seeds: int, subset: list[str] | None, protocol: list[str]) -> dict:
         # The stage name holds its seeds: asking for more later trains only the missing ones (train_fusion resumes).
+        if args.report_only:  # the most seeds finished so far
+            finished = [re.fullmatch(re.escape(stage) + r"-(\d+)seeds", path.stem) for path in stages.done.iterdir()]
+            seeds = max((int(match[1]) for match in finished if match), default=seeds)
         return stages.run(f"{stage}-{seeds}seeds", train_head, work / "features" / dataset, work / "heads" / stage,
                           dataset, seeds, subset, protocol)  # fmt: skip
 

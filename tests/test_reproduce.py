@@ -53,6 +53,11 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Loading weights" not in second.stderr
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
+    # Reporting while asking for more seeds than are finished shows the rows with the seeds they have.
+    report = subprocess.run([*command, "--report-only", "--seeds", "5", "--ablation-seeds", "3"], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == results
 
     # The trained ED model serves through the pipeline with the scores it has on the extracted features.
     from datasets import load_from_disk

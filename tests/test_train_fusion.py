@@ -329,6 +329,9 @@ def test_defaults_are_the_papers_protocol():
     assert training_args.per_device_train_batch_size == 10 and training_args.num_train_epochs == 200
     assert training_args.lr_scheduler_type.value == "constant" and training_args.max_grad_norm == 0
     assert training_args.eval_strategy.value == "epoch" and training_args.load_best_model_at_end
+    # No per-step read-back of the loss from a GPU; pinned batches only where an accelerator can use them.
+    assert not training_args.logging_nan_inf_filter
+    assert training_args.dataloader_pin_memory == torch.accelerator.is_available()
 
 
 def test_standardized_features_use_training_statistics(ed_features, tmp_path):
