@@ -148,7 +148,8 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
     # RSS counts the memory-mapped feature pages read so far; the anonymous part is what the process allocated.
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     anonymous = int(status["RssAnon"].split()[0]) * 1024
-    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": device}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,10 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     # The fastest epochs: the least disturbed by other work on the machine.
     ratio = min(results["trainer"]["epoch_seconds"]) / min(results["plain"]["epoch_seconds"])
-    import torch
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"Trainer / plain loop: {ratio:.2f}x (target <= 1.3x), on {device}")
+    print(f"Trainer / plain loop: {ratio:.2f}x (target <= 1.3x), on {results['plain']['device']}")
     return {"feature_bytes": size, "trainer_over_plain": ratio, **results}
 
 
