@@ -100,6 +100,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
         training_splits,
     )
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
     config = build_config(metadata)
     train = training_splits(data, config)["train"]
@@ -113,7 +114,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
                 self.start = time.perf_counter()
 
             def on_epoch_end(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
+                if device == "cuda":
                     torch.cuda.synchronize()
                 epoch_seconds.append(time.perf_counter() - self.start)
 
@@ -129,10 +130,8 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
         )
         # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam) and the malloc setting
         # FusionTrainer makes, so that only the training machinery differs between the two paths.
-        # On a GPU both paths train there: the Trainer moves the model to it by itself.
         keep_gradient_memory()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model.to(device).train()
+        model.to(device).train()  # the Trainer moves the model by itself
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
         for _ in range(epochs):
             start = time.perf_counter()
@@ -148,8 +147,8 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
     # RSS counts the memory-mapped feature pages read so far; the anonymous part is what the process allocated.
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     anonymous = int(status["RssAnon"].split()[0]) * 1024
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": device}
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": name}
 
 
 def main(argv: list[str] | None = None) -> dict:
