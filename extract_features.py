@@ -257,7 +257,7 @@ def resolve_backbones(
     its config (no weights are loaded), and a too-large `num_layers` is refused here, before any work."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
-    specs = [normalize_backbone(spec) for spec in PRESETS[preset]]
+    specs = [normalize_backbone(spec) for spec in PRESETS[preset]["backbones"]]
     names = [spec["name"] for spec in specs]
     for name, model in _pairs(overrides, "--backbone").items():
         if name not in names:
@@ -427,6 +427,7 @@ def extract(
         "backbones": backbones,
         "feature_dtype": feature_dtype,
         "compute_dtype": dtype,
+        "head": dict(PRESETS[preset]["head"]) if preset in PRESETS else {},
         "rows": {split: len(data[split]) for split in SPLITS},
         "column_keys": keys,
     }
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
     backbones = resolve_backbones(args.preset, args.backbone, args.max_length)
     result = extract(
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
-        backbones=backbones, backbone_paths=_pairs(args.backbone_path, "--backbone-path"),
+        preset=args.preset, backbones=backbones, backbone_paths=_pairs(args.backbone_path, "--backbone-path"),
         output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens,
         device=args.device, device_map=args.device_map, dtype=args.dtype, feature_dtype=args.feature_dtype,
         shard_size=args.shard_size,

@@ -77,7 +77,7 @@ def write_features(folder: Path, rows: int) -> int:
         "dataset": "bench",
         "problem_type": "single_label_classification",
         "label_names": features["label"].names,
-        "backbones": PRESETS["paper"],
+        "backbones": PRESETS["paper"]["backbones"],
         "feature_dtype": "float16",
     }
     (folder / "features" / "fec_features.json").write_text(json.dumps(metadata))

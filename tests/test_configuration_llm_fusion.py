@@ -36,7 +36,7 @@ def test_round_trips(tmp_path):
         assert other.backbones == config.backbones
         assert other.id2label == labels
         assert (other.sigma, other.threshold) == (0.5, 0.3)
-    assert PRESETS["small"][0].get("revision") is None  # the preset itself was not mutated
+    assert PRESETS["small"]["backbones"][0].get("revision") is None  # the preset itself was not mutated
 
 
 @pytest.mark.parametrize(

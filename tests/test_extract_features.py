@@ -8,8 +8,8 @@ import pytest
 from datasets import Array2D, List, Value
 
 import extract_features
-from conftest import REPO
 from extract_features import extract, load_data, load_features, resolve_backbones
+from helpers import REPO
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120

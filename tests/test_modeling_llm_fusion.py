@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from configuration_llm_fusion import LLMFusionConfig
-from conftest import REPO, run_python
+from helpers import REPO, run_python
 from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification
 
 

@@ -13,7 +13,7 @@ from transformers import pipeline
 from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
 
 from configuration_llm_fusion import LLMFusionConfig
-from conftest import REPO, run_python
+from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import FECPipeline, save_for_pipeline
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.reproduce import one_vs_rest_logistic
-from conftest import REPO
+from helpers import REPO
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])

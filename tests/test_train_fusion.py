@@ -13,8 +13,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import train_fusion
 from configuration_llm_fusion import LLMFusionConfig
-from conftest import REPO, run_python
 from extract_features import extract, load_features
+from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from train_fusion import main
 

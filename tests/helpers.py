@@ -1,0 +1,84 @@
+"""Test helpers: tiny random backbones built in code, paths to the real data, and a fresh-process runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaModel,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaModel,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA_DIR = SHARED / "data"
+
+CORPUS = [
+    "i finally got the job i wanted and i am so happy",
+    "my dog died last week and i still miss him",
+    "someone broke into my car, i was furious",
+    "i am nervous about the exam tomorrow",
+    "what a lovely surprise from my friends!",
+] * 4
+
+
+def _tokenizer(specials: list[str], template: str, **special_tokens) -> PreTrainedTokenizerFast:
+    unk = special_tokens["unk_token"]
+    tokenizer = Tokenizer(models.BPE(unk_token=unk))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=96, special_tokens=specials))
+    tokens = template.split()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, tokenizer.token_to_id(t)) for t in tokens if t != "$A"]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=128, **special_tokens)
+
+
+def build_tiny_backbones(root: Path) -> list[dict]:
+    """Save a tiny Llama (no pad token, like Llama-2), BERT and RoBERTa with their tokenizers under `root`."""
+    torch.manual_seed(0)
+    llama_tok = _tokenizer(["<unk>", "<s>", "</s>"], "<s> $A", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    bert_tok = _tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]",
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+    )  # fmt: skip
+    roberta_tok = _tokenizer(
+        ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
+        unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+    )  # fmt: skip
+    small = {"num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}
+    built = {
+        "llama": (LlamaModel(LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=6,
+                                         num_key_value_heads=2, **small)), llama_tok),
+        "bert": (BertModel(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, **small)), bert_tok),
+        "roberta": (RobertaModel(RobertaConfig(vocab_size=96, hidden_size=24, num_hidden_layers=2, pad_token_id=1,
+                                               **{**small, "max_position_embeddings": 130})), roberta_tok),
+    }  # fmt: skip
+    for name, (model, tokenizer) in built.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return [
+        {"name": "llama", "model": str(root / "llama"), "pooling": "layer_mean", "num_layers": 3, "hidden_size": 32,
+         "max_length": 64},
+        {"name": "bert", "model": str(root / "bert"), "pooling": "pooler", "hidden_size": 32, "max_length": 64},
+        {"name": "roberta", "model": str(root / "roberta"), "pooling": "pooler", "hidden_size": 24,
+         "max_length": 64},
+    ]  # fmt: skip
+
+
+def run_python(code: str, cwd: Path | None = None) -> str:
+    """Run `code` in a fresh Python process (nothing of this one imported) and return its stdout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd or "/", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
