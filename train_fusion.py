@@ -17,7 +17,6 @@ import ctypes
 import dataclasses
 import json
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
 from extract_features import load_features
+from fusion_results import RunResults, SeedResult, per_label_scores
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import save_for_pipeline
 
@@ -368,7 +368,7 @@ def train_one_seed(
     early_stopping_patience: int = 10,
     resume_from_checkpoint: str | bool | None = None,
     statistics: dict | None = None,
-) -> dict:
+) -> SeedResult:
     """Train one seed with `Trainer`, keep its best checkpoint by validation, choose the multi-label threshold on
     validation, score the test split once, and save the kept model to `run_dir/model`.
 
@@ -407,23 +407,29 @@ def train_one_seed(
     best_epochs = [
         log["epoch"] for log in state.log_history if "eval_loss" in log and log["step"] == state.best_global_step
     ]
-    result = {
-        "seed": seed,
-        "epochs": round(state.epoch, 2),
-        "best_epoch": round(best_epochs[0], 2) if best_epochs else None,
-        "wall_time_s": round(wall_time, 1),
-        "threshold": threshold if multi_label else None,
-        "validation": {
+    decisions = decide(test.predictions, config.problem_type, threshold)
+    per_label, confusion = per_label_scores(
+        decisions, test.label_ids, [config.id2label[i] for i in range(config.num_labels)]
+    )
+    result = SeedResult(
+        seed=seed,
+        epochs=round(state.epoch, 2),
+        best_epoch=round(best_epochs[0], 2) if best_epochs else None,
+        wall_time_s=round(wall_time, 1),
+        threshold=threshold if multi_label else None,
+        validation={
             **score(metric, validation.predictions, validation.label_ids, threshold),
             "loss": validation.metrics["eval_loss"],
         },
-        "test": score(metric, test.predictions, test.label_ids, threshold),
-    }
+        test=score(metric, test.predictions, test.label_ids, threshold),
+        per_label=per_label,
+        confusion=confusion,
+    )
     model.save_pretrained(run_dir / "model")
     # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
     for checkpoint in run_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    result.save(run_dir / "result.json")
     return result
 
 
@@ -431,24 +437,13 @@ def _compute_metrics(metric: evaluate.EvaluationModule, config: LLMFusionConfig,
     return score(metric, prediction.predictions, prediction.label_ids, config.threshold)
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Mean and population standard deviation (as the paper's logs) of each test score over the seeds."""
-    return {
-        key: {
-            "mean": statistics.fmean(r["test"][key] for r in runs),
-            "std": statistics.pstdev(r["test"][key] for r in runs),
-        }
-        for key in runs[0]["test"]
-    }
-
-
-def best_run(runs: list[dict], selection: str, greater_is_better: bool) -> dict:
+def best_run(runs: list[SeedResult], selection: str, greater_is_better: bool) -> SeedResult:
     """The run with the best validation `selection` score (the first on ties); the test split plays no part."""
     sign = 1 if greater_is_better else -1
-    return max(runs, key=lambda run: sign * run["validation"][selection])
+    return max(runs, key=lambda run: sign * run.validation[selection])
 
 
-def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
+def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
     """Train `args.seeds` seeds on the features, save the best seed's model with its card in
     `training_args.output_dir` (and push it with `--push_to_hub`), and return the results (also in results.json).
 
@@ -478,7 +473,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
         run_dir = output_dir / "runs" / f"seed-{seed}"
         if resume and (run_dir / "result.json").exists():
             logger.info(f"Seed {seed} finished earlier: reusing {run_dir / 'result.json'}.")
-            runs.append(json.loads((run_dir / "result.json").read_text()))
+            runs.append(SeedResult.load(run_dir / "result.json"))
             continue
         checkpoint = None
         if resume:
@@ -493,17 +488,17 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> dict:
             )
         )
     best = best_run(runs, selection, training_args.greater_is_better)
-    results = {
-        "dataset": metadata["dataset"],
-        "problem_type": config.problem_type,
-        "selection_metric": selection,
-        "seeds": [run["seed"] for run in runs],
-        "best_seed": best["seed"],
-        "test": summarize(runs),
-        "runs": runs,
-    }
+    results = RunResults(
+        dataset=metadata["dataset"],
+        problem_type=config.problem_type,
+        selection_metric=selection,
+        early_stopping_metrics=[selection],
+        checkpoint_selection="best",
+        best_seed=best.seed,
+        runs=runs,
+    )
     model = LLMFusionForSequenceClassification.from_pretrained(
-        output_dir / "runs" / f"seed-{best['seed']}" / "model", dtype=torch.float32
+        output_dir / "runs" / f"seed-{best.seed}" / "model", dtype=torch.float32
     )
     save_model_folder(model, output_dir, results, metadata, training_args, args)
     if training_args.push_to_hub:
@@ -525,11 +520,11 @@ def save_model_folder(
     """Write the folder that is shared: weights, config, code (model and pipeline), results.json, the training
     arguments (without local paths or tokens) and the model card."""
     save_for_pipeline(model, output_dir)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results.save(output_dir / "results.json")
     arguments = {k: v for k, v in training_args.to_dict().items() if k not in LOCAL_ARGUMENTS}
     arguments.update(
-        metric_for_best_model=results["selection_metric"],
-        seeds=results["seeds"],
+        metric_for_best_model=results.selection_metric,
+        seeds=results.seeds,
         early_stopping_patience=args.early_stopping_patience,
     )
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
@@ -538,6 +533,7 @@ def save_model_folder(
 
 def format_results_table(results: dict) -> str:
     """Markdown table of the test scores: one row per seed, then mean +- population std."""
+    results = results.to_dict()
     keys = list(results["test"])
     selection = results["selection_metric"]
     header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
@@ -590,6 +586,8 @@ def write_model_card(
     """Write `output_dir/README.md`: a model card whose metadata (model-index) holds the saved model's measured test
     scores, with the results table, the backbones and their pooling, usage, protocol and limitations."""
     config = model.config
+    table = format_results_table(results)
+    results = results.to_dict()
     dataset = results["dataset"]
     known = DATASET_CARDS.get(Path(dataset).name, {})
     title = known.get("title", dataset)
@@ -661,7 +659,7 @@ Test split, scored once per seed, on the checkpoint kept by validation {selectio
 {results["best_seed"]}, the seed with the best validation {selection} (the test split played no part in choosing \
 it); the model-index holds its test scores. The last row is the mean +- population standard deviation over the seeds.
 
-{format_results_table(results)}
+{table}
 
 ## Backbones and features
 
@@ -742,14 +740,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTr
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> RunResults:
     args, training_args = parse_args(argv)
     logging.set_verbosity_info()
     logging.enable_explicit_format()
     results = train(args, training_args)
     print(format_results_table(results))
-    selection = results["selection_metric"]
-    print(f"Saved seed {results['best_seed']} (best validation {selection}) to {training_args.output_dir}")
+    print(f"Saved seed {results.best_seed} (best validation {results.selection_metric}) to {training_args.output_dir}")
     return results
 
 

@@ -100,8 +100,8 @@ def train_head(features_dir: Path, output_dir: Path, dataset: str, seeds: int, b
             "--report_to", "none", *protocol]  # fmt: skip
     if backbones:
         argv += ["--backbones", *backbones]
-    results = train(*parse_args(argv))
-    keep = ("seed", "epochs", "wall_time_s", "threshold", "test")
+    results = train(*parse_args(argv)).to_dict()
+    keep = ("seed", "epochs", "best_epoch", "wall_time_s", "threshold", "test", "history")
     return {"test": results["test"], "runs": [{k: run[k] for k in keep} for run in results["runs"]]}
 
 

@@ -57,7 +57,7 @@ def ed_run(tmp_path_factory, ed_features) -> tuple[dict, Path, list]:
         patch.setattr(HfApi, "upload_folder", upload_folder)
         results = main(
             cli(ed_features, output, "--seeds", "2", "--push-to-hub", "--hub-model-id", REPO_ID, "--hub_token", TOKEN)
-        )
+        ).to_dict()
     return results, output, calls
 
 
@@ -238,7 +238,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(ed_run, ed_features, t
         with pytest.raises(KeyboardInterrupt):
             main(cli(ed_features, output))
     assert [path.name for path in (output / "runs" / "seed-42").glob("checkpoint-*")] == ["checkpoint-4"]
-    resumed = main(cli(ed_features, output, "--resume_from_checkpoint", "true"))
+    resumed = main(cli(ed_features, output, "--resume_from_checkpoint", "true")).to_dict()
     # Identical to the uninterrupted run of the same seed: the checkpoint restored the weights, Adam and the RNGs.
     uninterrupted = next(run for run in ed_run[0]["runs"] if run["seed"] == 42)
     assert resumed["runs"][0]["test"] == uninterrupted["test"]
@@ -250,7 +250,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(ed_run, ed_features, t
     assert resumed["runs"][0]["validation"] == pytest.approx(uninterrupted["validation"])
     # A finished seed is reused, not retrained.
     monkeypatch.setattr(train_fusion, "train_one_seed", lambda *a, **k: pytest.fail("seed 42 had finished"))
-    assert main(cli(ed_features, output, "--resume_from_checkpoint", "true"))["runs"] == resumed["runs"]
+    assert main(cli(ed_features, output, "--resume_from_checkpoint", "true")).to_dict()["runs"] == resumed["runs"]
 
 
 def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_backbones, data_dir, tmp_path):
@@ -258,7 +258,7 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
     extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features,
             limit=LIMIT)  # fmt: skip
     output = tmp_path / "out"
-    results = main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12"))
+    results = main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12")).to_dict()
     assert results["selection_metric"] == "macro_f1" and results["test"].keys() == {"micro_f1", "macro_f1"}
     threshold = results["runs"][0]["threshold"]
     model = LLMFusionForSequenceClassification.from_pretrained(output, dtype=torch.float32).eval()

@@ -1,0 +1,175 @@
+"""What training hands to publishing and to the benchmarks: one seed's result and a run's results (`results.json`).
+
+One definition each, read and written through these types (`RunResults.save` / `RunResults.load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EpochRecord:
+    """One evaluation on validation: what the stopping rule saw.
+
+    Args:
+        epoch (`float`): Epochs done when evaluated.
+        train_loss (`float`, *optional*): Mean training loss since the previous evaluation.
+        validation (`dict[str, float]`): Validation loss and scores (`loss`, `accuracy`, `weighted_f1`, ...).
+        improved (`list[str]`): The stopping metrics that reached a new best at this evaluation.
+    """
+
+    epoch: float
+    train_loss: float | None
+    validation: dict[str, float]
+    improved: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SeedResult:
+    """One seed trained by the protocol and scored once on test.
+
+    Args:
+        seed (`int`): The seed (initialisation, data order, dropout).
+        epochs (`float`): Epochs run before stopping.
+        best_epoch (`float`, *optional*): The epoch whose checkpoint was kept.
+        wall_time_s (`float`): Training and scoring time.
+        threshold (`float`, *optional*): Multi-label decision threshold chosen on validation (None: single-label).
+        validation (`dict[str, float]`): Scores of the kept checkpoint on validation (and its loss).
+        test (`dict[str, float]`): Scores of the kept checkpoint on test, computed once.
+        history (`list[EpochRecord]`): Every evaluation, in order.
+        per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
+        confusion (`list[list[int]]`, *optional*): Test confusion matrix (rows: true label, columns: predicted),
+            single-label problems only.
+    """
+
+    seed: int
+    epochs: float
+    best_epoch: float | None
+    wall_time_s: float
+    threshold: float | None
+    validation: dict[str, float]
+    test: dict[str, float]
+    history: list[EpochRecord] = field(default_factory=list)
+    per_label: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeedResult:
+        history = [EpochRecord(**record) for record in data.get("history", [])]
+        return cls(**{**data, "history": history})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SeedResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RunResults:
+    """The results of `train_fusion.py`: every seed, the saved one, and the test mean +- std over seeds.
+
+    Args:
+        dataset (`str`): The data set's publishable name (never a local path).
+        problem_type (`str`): `single_label_classification` or `multi_label_classification`.
+        selection_metric (`str`): The validation metric that keeps a checkpoint (mode `best`) and picks the seed.
+        early_stopping_metrics (`list[str]`): Patience resets when any of these validation metrics improves.
+        checkpoint_selection (`str`): `best` (best validation `selection_metric`) or `last_improvement` (the last
+            evaluation at which any early-stopping metric improved, the original code's rule).
+        best_seed (`int`): The seed whose model is saved (best validation `selection_metric`).
+        runs (`list[SeedResult]`): One result per seed, in seed order.
+    """
+
+    dataset: str
+    problem_type: str
+    selection_metric: str
+    early_stopping_metrics: list[str]
+    checkpoint_selection: str
+    best_seed: int
+    runs: list[SeedResult]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+    @property
+    def best(self) -> SeedResult:
+        return next(run for run in self.runs if run.seed == self.best_seed)
+
+    @property
+    def test(self) -> dict[str, dict[str, float]]:
+        """Mean and population standard deviation (as the paper's logs) of each test score over the seeds."""
+        return {
+            key: {
+                "mean": statistics.fmean(run.test[key] for run in self.runs),
+                "std": statistics.pstdev(run.test[key] for run in self.runs),
+            }
+            for key in self.runs[0].test
+        }
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {**data, "seeds": self.seeds, "test": self.test}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunResults:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in fields}
+        return cls(**{**values, "runs": [SeedResult.from_dict(run) for run in data["runs"]]})
+
+    def save(self, path: str | os.PathLike) -> None:
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunResults:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def per_label_scores(
+    decisions: np.ndarray, references: np.ndarray, label_names: list[str]
+) -> tuple[dict[str, dict[str, float]], list[list[int]] | None]:
+    """Precision, recall, F1 and support of each label, and the confusion matrix for single-label data.
+
+    `decisions` and `references` are label ids `(n,)` or multi-hot rows `(n, labels)`.
+    """
+    num_labels = len(label_names)
+    confusion = None
+    if decisions.ndim == 1:
+        matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+        np.add.at(matrix, (references.astype(np.int64), decisions.astype(np.int64)), 1)
+        true_positive, predicted, actual = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+        confusion = matrix.tolist()
+    else:
+        hits = (decisions > 0) & (references > 0)
+        true_positive, predicted, actual = hits.sum(0), (decisions > 0).sum(0), (references > 0).sum(0)
+    scores = {}
+    for i, name in enumerate(label_names):
+        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
+        recall = true_positive[i] / actual[i] if actual[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                        "support": int(actual[i])}  # fmt: skip
+    return scores, confusion
+
+
+def _write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write atomically: a reader never sees half a file, and a killed run leaves the previous one."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+
+
+__all__ = ["EpochRecord", "SeedResult", "RunResults", "per_label_scores"]
