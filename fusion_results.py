@@ -48,6 +48,8 @@ class SeedResult:
         per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
         confusion (`list[list[int]]`, *optional*): Test confusion matrix (rows: true label, columns: predicted),
             single-label problems only.
+        trained_with (`list[int]`): The seeds trained together with it as one batched model (itself included);
+            `wall_time_s` is then the whole batch's training time plus this seed's scoring.
     """
 
     seed: int
@@ -60,6 +62,7 @@ class SeedResult:
     history: list[EpochRecord] = field(default_factory=list)
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
+    trained_with: list[int] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> SeedResult:

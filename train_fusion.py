@@ -13,7 +13,6 @@ that checkpoint; the seed with the best validation score is the one saved.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import shutil
@@ -27,11 +26,10 @@ import numpy as np
 import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from torch import nn
 from transformers import (
-    EarlyStoppingCallback,
     EvalPrediction,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -41,6 +39,16 @@ from transformers.utils import logging
 from configuration_llm_fusion import LLMFusionConfig
 from extract_features import load_features
 from fusion_results import RunResults, SeedResult, per_label_scores
+from fusion_trainer import (
+    CHECKPOINT_SELECTIONS,
+    FusionTrainer,
+    ProtocolCallback,
+    SeedProgress,
+    SeedStack,
+    StoppingRule,
+    keep_gradient_memory,
+    load_progress,
+)
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import save_for_pipeline
 
@@ -96,18 +104,35 @@ class FusionArguments:
         metadata={"help": "Seeds to train (--seed, --seed + 1, ...); 5 is the paper's protocol. The seed with the "
                   "best validation score is saved."},
     )  # fmt: skip
-    early_stopping_patience: int = field(
-        default=10, metadata={"help": "Stop after this many evaluations without improvement."}
-    )
-    standardize_features: bool = field(
-        default=False,
-        metadata={"help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
-                  "the paper; helps backbones with a few huge dimensions, e.g. SmolLM2)."},
+    batch_seeds: bool = field(
+        default=True,
+        metadata={"help": "Train the --seeds seeds together as one batched model (one step advances every seed; each "
+                  "keeps its own initialisation, data order, dropout, early stopping and checkpoint); false: one "
+                  "after another."},
     )  # fmt: skip
-    encoders_in_tail: bool = field(
-        default=False,
-        metadata={"help": "Also feed the encoder vectors to the MLP directly (not in the paper, where only the LLM's "
-                  "mean vector does; needed when the encoders are stronger than the LLM)."},
+    early_stopping_patience: int = field(
+        default=10, metadata={"help": "Stop a seed after this many evaluations without improvement."}
+    )
+    early_stopping_metrics: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={"help": "Validation metrics whose improvement resets the patience (any of them: the original's "
+                  "rule); auto: loss and weighted_f1 (single-label) or loss and macro_f1 (multi-label)."},
+    )  # fmt: skip
+    checkpoint_selection: str = field(
+        default="best",
+        metadata={"help": "best: keep the checkpoint with the best validation --metric_for_best_model; "
+                  "last_improvement: the last one at which any early-stopping metric improved (what the original "
+                  "code reported)."},
+    )  # fmt: skip
+    standardize_features: bool | None = field(
+        default=None,
+        metadata={"help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
+                  "the paper). Default: what the features' preset recorded (small: true, paper: false)."},
+    )  # fmt: skip
+    encoders_in_tail: bool | None = field(
+        default=None,
+        metadata={"help": "Also feed the encoder vectors to the MLP directly (not in the paper). Default: what the "
+                  "features' preset recorded (small: true, paper: false)."},
     )  # fmt: skip
     sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
     license: str | None = field(
@@ -267,6 +292,22 @@ def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dic
     return statistics
 
 
+def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) -> None:
+    """Raise `ValueError` naming the split, backbone and first row whose features hold a NaN or an infinity: a head
+    trained on them would be NaN (and saved as if nothing happened)."""
+    for split_name, split in data.items():
+        for start in range(0, len(split), chunk):
+            rows = split[start : start + chunk]
+            for name in config.feature_shapes:
+                finite = torch.isfinite(rows[name]).flatten(start_dim=1).all(dim=1)
+                if not finite.all():
+                    row = start + int((~finite).nonzero()[0])
+                    raise ValueError(
+                        f"Split {split_name!r}, backbone {name!r}, row {row}: the features hold NaN or infinite "
+                        "values. Extract them again (float16 overflows above 65504: try --feature-dtype float32)."
+                    )
+
+
 # ---- metrics ----
 
 
@@ -298,57 +339,6 @@ def choose_threshold(metric: evaluate.EvaluationModule, logits: np.ndarray, labe
 # ---- training ----
 
 
-def keep_gradient_memory() -> None:
-    """Let glibc's malloc serve blocks up to 32 MiB from its heap instead of a fresh `mmap` each.
-
-    With the default (a 128 KiB threshold, raised only by chance as such blocks are freed), the gradients that
-    backward allocates each step come from new mappings that the kernel zero-fills page by page: in `Trainer`, which
-    frees the gradients after the optimizer step, this made each step of the fusion head 1.5x slower on a CPU. The
-    largest gradient, a 4096 x 1024 projection in float32, is 16 MiB. No effect elsewhere than glibc on Linux.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # another C library (musl): nothing to tune
-        return
-    m_mmap_threshold = -3  # from malloc.h
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)
-
-
-class FusionTrainer(Trainer):
-    """`Trainer` without the per-step costs that do not fit a small head trained on a CPU.
-
-    - The gradient norm: `Trainer` computes the norm of all gradients after every step for its logs, even with
-      `max_grad_norm=0`; for this small head that norm (and the no-op rescaling that comes with it) is a sixth of a
-      step on a CPU. It is skipped when gradients are not clipped (the paper's protocol).
-    - Two parameter groups: without weight decay (Adam, the paper's optimizer) the "decay" and "no decay" groups are
-      the same, and one group is one fused AdamW call per step instead of two.
-    - The FLOPs count, which walks all modules each step to leave out embeddings the head does not have.
-    - Gradient memory is kept in the process between steps (`keep_gradient_memory`).
-    """
-
-    def __init__(self, *args, **kwargs):
-        keep_gradient_memory()
-        super().__init__(*args, **kwargs)
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        if grad_norm is None and not self.args.max_grad_norm:
-            return None  # no "grad_norm" in the logs
-        return super()._get_grad_norm(model, grad_norm=grad_norm)
-
-    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
-        if self.args.weight_decay == 0:
-            return [name for name, _ in model.named_parameters()]  # one group: the other one is empty
-        return super().get_decay_parameter_names(model)
-
-    def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
-        # Forward and backward: about 6 FLOPs per parameter and text (the head has no embeddings to leave out).
-        if not hasattr(self, "_head_parameters"):
-            self._head_parameters = self.model.num_parameters()
-        return 6 * len(inputs["labels"]) * self._head_parameters
-
-
 def _selection(args: TrainingArguments, problem_type: str) -> str:
     """The validation metric that selects checkpoints and seeds (`--metric_for_best_model`, "auto" resolved)."""
     metric = args.metric_for_best_model
@@ -359,146 +349,257 @@ def _selection(args: TrainingArguments, problem_type: str) -> str:
     return metric
 
 
-def train_one_seed(
+def stopping_metrics(args: FusionArguments, problem_type: str) -> list[str]:
+    """The validation metrics whose improvement resets the patience ("auto": loss and the data's headline score, the
+    original's rule)."""
+    metrics = args.early_stopping_metrics or ["auto"]
+    if metrics == ["auto"]:
+        return ["loss", SELECTION_METRICS[problem_type]]
+    allowed = ("loss", *METRIC_KEYS[problem_type])
+    unknown = [metric for metric in metrics if metric not in allowed]
+    if unknown:
+        raise ValueError(f"--early_stopping_metrics {unknown} are not scores of {problem_type}; allowed: {allowed}.")
+    return list(dict.fromkeys(metrics))
+
+
+@dataclass
+class Protocol:
+    """How each seed is stopped and which checkpoint it keeps (the arguments, resolved for the data's problem)."""
+
+    metrics: list[str]
+    patience: int
+    selection: str
+    checkpoint_selection: str
+
+    def rule(self) -> StoppingRule:
+        return StoppingRule(self.metrics, self.patience, self.selection, self.checkpoint_selection)
+
+
+def build_model(config: LLMFusionConfig, seed: int, statistics: dict | None) -> LLMFusionForSequenceClassification:
+    """A freshly initialised head for `seed` (the same weights whether the seed trains alone or beside others)."""
+    set_seed(seed)
+    model = LLMFusionForSequenceClassification(config)
+    if config.standardize_features:
+        model.set_feature_statistics(statistics)
+    return model
+
+
+def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
+    """Where seeds trained together keep their checkpoints: `seed-N` for one seed, `seeds-N-M-...` for several."""
+    return runs_dir / (f"seed-{seeds[0]}" if len(seeds) == 1 else "seeds-" + "-".join(map(str, seeds)))
+
+
+def train_seeds(
+    config: LLMFusionConfig,
+    data: DatasetDict,
+    args: TrainingArguments,
+    seeds: list[int],
+    runs_dir: Path,
+    protocol: Protocol,
+    resume_from_checkpoint: str | None = None,
+    statistics: dict | None = None,
+) -> list[SeedResult]:
+    """Train `seeds` with `Trainer`: one model for one seed, one `SeedStack` for several (one step advances them
+    all). Each seed follows `protocol` on its own (own stopping, own kept checkpoint in `runs_dir/seed-N/kept`), then
+    is finished by `finish_seed`. Checkpoints to resume from are written to `runs_dir/<group>/checkpoint-*`."""
+    models = [build_model(config, seed, statistics) for seed in seeds]
+    model = models[0] if len(seeds) == 1 else SeedStack(models)
+    group_dir = group_folder(runs_dir, seeds)
+    metric = load_metric(config.problem_type)
+    scratch = LLMFusionForSequenceClassification(config)  # a single seed's weights, to save them
+
+    def keep(seed: int) -> None:
+        kept = model if model is models[0] else scratch
+        if kept is scratch:
+            scratch.load_state_dict(model.seed_state_dict(seeds.index(seed)))
+        kept.save_pretrained(runs_dir / f"seed-{seed}" / "kept")
+
+    if len(seeds) == 1:
+
+        def compute_metrics(prediction: EvalPrediction) -> dict:
+            return score(metric, prediction.predictions, prediction.label_ids, config.threshold)
+
+        def seed_scores(metrics: dict, seed: int) -> dict[str, float]:
+            keys = ("loss", *METRIC_KEYS[config.problem_type])
+            return {key: metrics[f"eval_{key}"] for key in keys}
+
+    else:
+
+        def compute_metrics(prediction: EvalPrediction) -> dict:
+            logits, labels = prediction.predictions, prediction.label_ids  # logits: (rows, seeds, labels)
+            out = {}
+            for index, seed in enumerate(seeds):
+                scores = score(metric, logits[:, index], labels, config.threshold)
+                scores["loss"] = validation_loss(logits[:, index], labels, config.problem_type)
+                out.update({f"seed{seed}_{key}": value for key, value in scores.items()})
+            return out
+
+        def seed_scores(metrics: dict, seed: int) -> dict[str, float]:
+            prefix = f"eval_seed{seed}_"
+            return {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
+
+    progress = load_progress(resume_from_checkpoint, {seed: protocol.rule() for seed in seeds})
+    callback = ProtocolCallback(
+        progress, seed_scores, keep, model.pop_train_losses if isinstance(model, SeedStack) else lambda: None
+    )
+    group_args = dataclasses.replace(
+        args, output_dir=str(group_dir), seed=seeds[0], metric_for_best_model=None, load_best_model_at_end=False,
+        push_to_hub=False,
+    )  # fmt: skip
+    trainer = FusionTrainer(
+        model=model, args=group_args, train_dataset=data["train"], eval_dataset=data["validation"],
+        compute_metrics=compute_metrics, callbacks=[callback], seeds=seeds,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    training_time = time.perf_counter() - start
+    results = []
+    for seed in seeds:
+        if progress[seed].kept_epoch is None:
+            keep(seed)  # no evaluation ran (e.g. --max_steps shorter than an epoch): the last weights are kept
+        results.append(finish_seed(config, data, args, seed, runs_dir / f"seed-{seed}", progress[seed], seeds,
+                                   training_time))  # fmt: skip
+    if group_dir.exists() and group_dir != runs_dir / f"seed-{seeds[0]}":
+        shutil.rmtree(group_dir)  # its checkpoints only served to resume; every seed has its own folder now
+    return results
+
+
+def validation_loss(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> float:
+    """The loss the model trains on, averaged over rows (what `Trainer` reports as eval_loss for one model)."""
+    logits = torch.from_numpy(logits).float()
+    if problem_type == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels).float()).item()
+    return nn.functional.cross_entropy(logits, torch.from_numpy(labels).long()).item()
+
+
+def finish_seed(
     config: LLMFusionConfig,
     data: DatasetDict,
     args: TrainingArguments,
     seed: int,
     run_dir: Path,
-    early_stopping_patience: int = 10,
-    resume_from_checkpoint: str | bool | None = None,
-    statistics: dict | None = None,
+    progress: SeedProgress,
+    trained_with: list[int],
+    training_time: float,
 ) -> SeedResult:
-    """Train one seed with `Trainer`, keep its best checkpoint by validation, choose the multi-label threshold on
-    validation, score the test split once, and save the kept model to `run_dir/model`.
-
-    Returns the seed's result (also written to `run_dir/result.json`): epochs run, best epoch, wall time, threshold,
-    and the validation and test scores of the kept model.
-    """
-    selection = _selection(args, config.problem_type)
-    args = dataclasses.replace(
-        args, output_dir=str(run_dir), seed=seed, metric_for_best_model=selection, push_to_hub=False
-    )
-    set_seed(seed)
-    model = LLMFusionForSequenceClassification(config)
-    if config.standardize_features:
-        model.set_feature_statistics(statistics)
-    metric = load_metric(config.problem_type)
-    trainer = FusionTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        # Reads the config at call time: the threshold is 0.5 (the config default) while training.
-        compute_metrics=lambda prediction: _compute_metrics(metric, model.config, prediction),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)],
-    )
+    """Load the seed's kept checkpoint, choose the multi-label threshold on validation, score the test split once,
+    save the model to `run_dir/model` and its result to `run_dir/result.json`."""
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
+    predict_args = dataclasses.replace(
+        args, output_dir=str(run_dir), eval_strategy="no", save_strategy="no", push_to_hub=False, report_to="none",
+        load_best_model_at_end=False, metric_for_best_model=None,
+    )  # fmt: skip
+    trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
+    metric = load_metric(config.problem_type)
     validation = trainer.predict(data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
+        selection = progress.rule.selection
         key = SELECTION_METRICS[config.problem_type] if selection == "loss" else selection
         model.config.threshold = choose_threshold(metric, validation.predictions, validation.label_ids, key)
     threshold = model.config.threshold
     test = trainer.predict(data["test"])
-    wall_time = time.perf_counter() - start
-    state = trainer.state
-    best_epochs = [
-        log["epoch"] for log in state.log_history if "eval_loss" in log and log["step"] == state.best_global_step
-    ]
     decisions = decide(test.predictions, config.problem_type, threshold)
-    per_label, confusion = per_label_scores(
-        decisions, test.label_ids, [config.id2label[i] for i in range(config.num_labels)]
-    )
+    label_names = [config.id2label[i] for i in range(config.num_labels)]
+    per_label, confusion = per_label_scores(decisions, test.label_ids, label_names)
     result = SeedResult(
         seed=seed,
-        epochs=round(state.epoch, 2),
-        best_epoch=round(best_epochs[0], 2) if best_epochs else None,
-        wall_time_s=round(wall_time, 1),
+        epochs=progress.history[-1].epoch if progress.history else 0,
+        best_epoch=progress.kept_epoch,
+        wall_time_s=round(training_time + time.perf_counter() - start, 1),
         threshold=threshold if multi_label else None,
         validation={
             **score(metric, validation.predictions, validation.label_ids, threshold),
             "loss": validation.metrics["eval_loss"],
         },
         test=score(metric, test.predictions, test.label_ids, threshold),
+        history=progress.history,
         per_label=per_label,
         confusion=confusion,
+        trained_with=list(trained_with),
     )
     model.save_pretrained(run_dir / "model")
     # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
-    for checkpoint in run_dir.glob("checkpoint-*"):
+    for checkpoint in [*run_dir.glob("checkpoint-*"), run_dir / "kept"]:
         shutil.rmtree(checkpoint)
     result.save(run_dir / "result.json")
     return result
 
 
-def _compute_metrics(metric: evaluate.EvaluationModule, config: LLMFusionConfig, prediction: EvalPrediction) -> dict:
-    return score(metric, prediction.predictions, prediction.label_ids, config.threshold)
-
-
-def best_run(runs: list[SeedResult], selection: str, greater_is_better: bool) -> SeedResult:
+def best_run(runs: list[SeedResult], selection: str) -> SeedResult:
     """The run with the best validation `selection` score (the first on ties); the test split plays no part."""
-    sign = 1 if greater_is_better else -1
-    return max(runs, key=lambda run: sign * run.validation[selection])
+    return max(runs, key=lambda run: run.validation[selection] * (-1 if selection == "loss" else 1))
 
 
 def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
     """Train `args.seeds` seeds on the features, save the best seed's model with its card in
     `training_args.output_dir` (and push it with `--push_to_hub`), and return the results (also in results.json).
 
-    With `training_args.resume_from_checkpoint` set, finished seeds (their `runs/seed-N/result.json`) are reused and
-    the interrupted seed continues from its last checkpoint, or from the checkpoint folder given.
+    The seeds train together as one batched model (`--batch_seeds`, the default) or one after another. With
+    `training_args.resume_from_checkpoint` set, finished seeds (their `runs/seed-N/result.json`) are reused and the
+    interrupted ones continue from their last checkpoint, or from the checkpoint folder given.
     """
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
     features_dir = args.features_dir or f"features/{args.dataset}"
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
-    head = {"sigma": args.sigma, "standardize_features": args.standardize_features,
-            "encoders_in_tail": args.encoders_in_tail}  # fmt: skip
+    preset_head = metadata.get("head") or {}
+    head = {"sigma": args.sigma}
+    for option in ("standardize_features", "encoders_in_tail"):
+        value = getattr(args, option)
+        head[option] = bool(preset_head.get(option, False)) if value is None else value
     config = build_config(metadata, args.backbones, **head)
     data = training_splits(data, config)
+    check_finite(data, config)
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
     selection = _selection(training_args, config.problem_type)
+    if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
+        raise ValueError(
+            f"--checkpoint_selection {args.checkpoint_selection!r}; allowed: {', '.join(CHECKPOINT_SELECTIONS)}."
+        )
+    protocol = Protocol(
+        stopping_metrics(args, config.problem_type), args.early_stopping_patience, selection, args.checkpoint_selection
+    )
     if training_args.push_to_hub:
         check_shareable(config)  # before hours of training, not after
     output_dir = Path(training_args.output_dir)
+    runs_dir = output_dir / "runs"
     resume = training_args.resume_from_checkpoint
     given_checkpoint = resume if resume and Path(resume).is_dir() else None
     if resume and not given_checkpoint and resume.lower() != "true":
         raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
-    runs = []
-    for seed in range(training_args.seed, training_args.seed + args.seeds):
-        run_dir = output_dir / "runs" / f"seed-{seed}"
-        if resume and (run_dir / "result.json").exists():
-            logger.info(f"Seed {seed} finished earlier: reusing {run_dir / 'result.json'}.")
-            runs.append(SeedResult.load(run_dir / "result.json"))
-            continue
+    seeds = list(range(training_args.seed, training_args.seed + args.seeds))
+    finished = {seed: SeedResult.load(runs_dir / f"seed-{seed}" / "result.json") for seed in seeds
+                if resume and (runs_dir / f"seed-{seed}" / "result.json").exists()}  # fmt: skip
+    if finished:
+        logger.info(f"Seeds {sorted(finished)} finished earlier: reusing their results.")
+    pending = [seed for seed in seeds if seed not in finished]
+    groups = [pending] if args.batch_seeds and pending else [[seed] for seed in pending]
+    if not resume and runs_dir.exists():
+        shutil.rmtree(runs_dir)  # a fresh run must not pick up another run's checkpoints
+    for group in groups:
+        group_dir = group_folder(runs_dir, group)
         checkpoint = None
         if resume:
-            checkpoint = given_checkpoint or (get_last_checkpoint(run_dir) if run_dir.is_dir() else None)
-            given_checkpoint = None  # a checkpoint folder given serves the first unfinished seed only
-        elif run_dir.exists():
-            shutil.rmtree(run_dir)  # a fresh run must not pick up another run's checkpoints
-        logger.info(f"Training seed {seed}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
-        runs.append(
-            train_one_seed(
-                config, data, training_args, seed, run_dir, args.early_stopping_patience, checkpoint, statistics
-            )
-        )
-    best = best_run(runs, selection, training_args.greater_is_better)
+            checkpoint = given_checkpoint or (get_last_checkpoint(group_dir) if group_dir.is_dir() else None)
+            given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
+        logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
+        for result in train_seeds(config, data, training_args, group, runs_dir, protocol, checkpoint, statistics):
+            finished[result.seed] = result
+    runs = [finished[seed] for seed in seeds]
     results = RunResults(
         dataset=metadata["dataset"],
         problem_type=config.problem_type,
         selection_metric=selection,
-        early_stopping_metrics=[selection],
-        checkpoint_selection="best",
-        best_seed=best.seed,
+        early_stopping_metrics=protocol.metrics,
+        checkpoint_selection=protocol.checkpoint_selection,
+        best_seed=best_run(runs, selection).seed,
         runs=runs,
     )
     model = LLMFusionForSequenceClassification.from_pretrained(
-        output_dir / "runs" / f"seed-{best.seed}" / "model", dtype=torch.float32
+        runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32
     )
     save_model_folder(model, output_dir, results, metadata, training_args, args)
     if training_args.push_to_hub:
@@ -742,6 +843,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTr
 
 def main(argv: list[str] | None = None) -> RunResults:
     args, training_args = parse_args(argv)
+    keep_gradient_memory()
     logging.set_verbosity_info()
     logging.enable_explicit_format()
     results = train(args, training_args)

@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 import train_fusion
 from configuration_llm_fusion import LLMFusionConfig
 from extract_features import extract, load_features
+from fusion_trainer import FusionTrainer, ProtocolCallback
 from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from train_fusion import main
@@ -97,14 +98,19 @@ def test_training_reads_the_arrow_files_in_place(ed_features):
 
 
 def test_fusion_trainer_trains_exactly_as_trainer(ed_features, tmp_path):
-    """FusionTrainer's shortcuts (no gradient norm, one Adam group, malloc setting) leave the training itself as is."""
+    """FusionTrainer's shortcuts (no gradient norm, one Adam group, rows served from memory) leave the training itself
+    as is."""
     from transformers import Trainer
+
+    class ReferenceTrainer(Trainer):  # the plain Trainer, reading the rows in the protocol's order
+        seeds = [0]
+        get_train_dataloader = FusionTrainer.get_train_dataloader
 
     data, metadata = load_features(ed_features)
     config = train_fusion.build_config(metadata)
     train = train_fusion.training_splits(data, config)["train"]
     weights = []
-    for trainer_class in (Trainer, train_fusion.FusionTrainer):
+    for trainer_class in (ReferenceTrainer, FusionTrainer):
         torch.manual_seed(0)
         model = LLMFusionForSequenceClassification(config)
         args = train_fusion.FusionTrainingArguments(
@@ -226,31 +232,37 @@ def test_push_refuses_backbones_named_by_local_paths(tiny_backbones, tmp_path, m
         train_fusion.push_to_hub(tmp_path, REPO_ID, args)
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(ed_run, ed_features, tmp_path, monkeypatch):
+@pytest.mark.parametrize("seeds", ["1", "2"])
+def test_interrupted_run_resumes_from_its_last_checkpoint(ed_features, tmp_path, monkeypatch, seeds):
+    save = ProtocolCallback.on_save
+
     def on_save(self, args, state, control, **kwargs):
+        save(self, args, state, control, **kwargs)
         raise KeyboardInterrupt  # right after the first checkpoint is complete
 
-    # Same class name: the Trainer stores the early-stopping state in the checkpoint under it.
-    interrupting = type("EarlyStoppingCallback", (train_fusion.EarlyStoppingCallback,), {"on_save": on_save})
+    group = "seed-42" if seeds == "1" else "seeds-42-43"
     output = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr(train_fusion, "EarlyStoppingCallback", interrupting)
+        patch.setattr(ProtocolCallback, "on_save", on_save)
         with pytest.raises(KeyboardInterrupt):
-            main(cli(ed_features, output))
-    assert [path.name for path in (output / "runs" / "seed-42").glob("checkpoint-*")] == ["checkpoint-4"]
-    resumed = main(cli(ed_features, output, "--resume_from_checkpoint", "true")).to_dict()
-    # Identical to the uninterrupted run of the same seed: the checkpoint restored the weights, Adam and the RNGs.
-    uninterrupted = next(run for run in ed_run[0]["runs"] if run["seed"] == 42)
-    assert resumed["runs"][0]["test"] == uninterrupted["test"]
-    weights = [
-        load_file(folder / "runs" / "seed-42" / "model" / "model.safetensors") for folder in (output, ed_run[1])
-    ]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
-    assert resumed["runs"][0]["validation"] == pytest.approx(uninterrupted["validation"])
-    # A finished seed is reused, not retrained.
-    monkeypatch.setattr(train_fusion, "train_one_seed", lambda *a, **k: pytest.fail("seed 42 had finished"))
-    assert main(cli(ed_features, output, "--resume_from_checkpoint", "true")).to_dict()["runs"] == resumed["runs"]
+            main(cli(ed_features, output, "--seeds", seeds))
+    assert [path.name for path in (output / "runs" / group).glob("checkpoint-*")] == ["checkpoint-4"]
+    resumed = main(cli(ed_features, output, "--seeds", seeds, "--resume_from_checkpoint", "true")).to_dict()
+    # Identical to the uninterrupted run: the checkpoint restored the weights, Adam, the RNGs and the stopping rules.
+    uninterrupted = main(cli(ed_features, tmp_path / "uninterrupted", "--seeds", seeds)).to_dict()
+    for run, reference in zip(resumed["runs"], uninterrupted["runs"], strict=True):
+        assert run["test"] == reference["test"] and run["history"] == reference["history"]
+        assert run["validation"] == pytest.approx(reference["validation"])
+        weights = [
+            load_file(folder / "runs" / f"seed-{run['seed']}" / "model" / "model.safetensors")
+            for folder in (output, tmp_path / "uninterrupted")
+        ]
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # Finished seeds are reused, not retrained.
+    monkeypatch.setattr(train_fusion, "train_seeds", lambda *a, **k: pytest.fail("every seed had finished"))
+    again = main(cli(ed_features, output, "--seeds", seeds, "--resume_from_checkpoint", "true")).to_dict()
+    assert again["runs"] == resumed["runs"]
 
 
 def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_backbones, data_dir, tmp_path):

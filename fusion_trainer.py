@@ -1,0 +1,404 @@
+"""The training engine of the fusion head: the original's stopping rule, the protocol's data order, and several
+seeds trained together as one batched model inside `Trainer`.
+
+Read top to bottom: the stopping rule of one seed (`StoppingRule`) -> the order each seed reads the training rows in
+(`SeedOrderBatches`, served from memory by `InMemoryBatches`) -> N seeds as one model (`SeedStack`) -> the `Trainer`
+subclass (`FusionTrainer`) and the callback that applies the rule to every seed at each evaluation
+(`ProtocolCallback`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from fusion_results import EpochRecord
+from modeling_llm_fusion import LLMFusionForSequenceClassification
+
+CHECKPOINT_SELECTIONS = ("best", "last_improvement")
+PROTOCOL_FILE = "protocol.json"  # the stopping rules' state, saved in each checkpoint folder to resume
+
+
+class NonFiniteError(ValueError):
+    """Training produced a NaN or infinite loss: the run stops and nothing of it is saved as a result."""
+
+
+# ---- the stopping rule of one seed ----
+
+
+def improves(metric: str, value: float, previous: float | None) -> bool:
+    """Whether `value` is a strictly better validation `metric` than `previous` (loss: lower; scores: higher)."""
+    if previous is None:
+        return True
+    return value < previous if metric == "loss" else value > previous
+
+
+@dataclass
+class StoppingRule:
+    """Early stopping and checkpoint keeping for one seed, as in the original code (LLM-FusionClassifier `main.py`).
+
+    The original tracks the best validation loss and the best validation weighted-F1 separately; an evaluation that
+    improves either resets the patience count, and training stops once `patience` evaluations in a row improved
+    neither. `metrics` generalises the pair.
+
+    Args:
+        metrics (`list[str]`): Validation metrics whose improvement resets the patience (original: loss, weighted_f1).
+        patience (`int`): Evaluations in a row without improvement after which the seed stops.
+        selection (`str`): The metric whose best value keeps a checkpoint with `checkpoint_selection="best"`.
+        checkpoint_selection (`str`): `"best"` keeps the checkpoint with the best validation `selection`;
+            `"last_improvement"` keeps the last one at which any of `metrics` improved (what the original reported).
+    """
+
+    metrics: list[str]
+    patience: int
+    selection: str
+    checkpoint_selection: str = "best"
+    best: dict[str, float] = field(default_factory=dict)
+    wait: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.wait >= self.patience
+
+    def update(self, scores: dict[str, float]) -> tuple[list[str], bool]:
+        """Apply one evaluation's validation `scores`: returns the metrics that improved and whether to keep it."""
+        improved = []
+        for metric in dict.fromkeys([*self.metrics, self.selection]):
+            if improves(metric, scores[metric], self.best.get(metric)):
+                self.best[metric] = scores[metric]
+                improved.append(metric)
+        resets = any(metric in improved for metric in self.metrics)
+        self.wait = 0 if resets else self.wait + 1
+        keep = self.selection in improved if self.checkpoint_selection == "best" else resets
+        return improved, keep
+
+
+# ---- the data order ----
+
+
+def epoch_order(seed: int, epoch: int, num_rows: int) -> torch.Tensor:
+    """The order in which `seed` reads the training rows in `epoch`: one fixed permutation per (seed, epoch), the
+    same whether the seed trains alone or beside others."""
+    generator = torch.Generator().manual_seed(seed * 2**20 + epoch)
+    return torch.randperm(num_rows, generator=generator)
+
+
+class SeedOrderBatches:
+    """The rows of each step: `batch_size` rows of every seed, each seed in its own `epoch_order`, seeds one after the
+    other (`(num_seeds * batch_size,)` indices; the last step of an epoch may be shorter, equally for every seed)."""
+
+    def __init__(self, num_rows: int, batch_size: int, seeds: list[int]):
+        self.num_rows, self.batch_size, self.seeds = num_rows, batch_size, list(seeds)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        orders = torch.stack([epoch_order(seed, self.epoch, self.num_rows) for seed in self.seeds])
+        for start in range(0, self.num_rows, self.batch_size):
+            yield orders[:, start : start + self.batch_size].reshape(-1)
+
+
+class InMemoryBatches:
+    """The training split held as tensors on the training device, served in `SeedOrderBatches` order.
+
+    Replaces the Arrow-backed `DataLoader` during training: no per-row reads or collation, and on a GPU the features
+    are copied to the device once and every batch is indexed there (one small index copy per epoch, nothing read back
+    to the host). With several seeds, each tensor of a batch gets a leading seed dimension `(seeds, batch, ...)`.
+    """
+
+    def __init__(self, split, batches: SeedOrderBatches, device: torch.device, stacked: bool):
+        self.dataset = split  # `Trainer.num_examples` reads its length
+        self.batches, self.stacked = batches, stacked
+        table = split.with_format("torch")[:]
+        self.columns = {name: table[name].to(device) for name in split.column_names}
+        self.device = device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        num_seeds = len(self.batches.seeds)
+        for indices in [index.to(self.device) for index in self.batches]:
+            batch = {name: column[indices] for name, column in self.columns.items()}
+            if self.stacked:
+                batch = {name: value.view(num_seeds, -1, *value.shape[1:]) for name, value in batch.items()}
+            yield batch
+
+
+# ---- N seeds as one model ----
+
+
+class SeedStack(nn.Module):
+    """Several fusion heads of one config trained together: their parameters stacked along a leading seed dimension
+    and one forward for all of them (`torch.func.vmap` over `functional_call`), each with its own dropout masks.
+
+    Training inputs carry a seed dimension (`(seeds, batch, ...)`: every seed its own rows); evaluation inputs do
+    not (every seed scores the same rows). The loss is the sum of the seeds' losses, so each seed's gradients are its
+    own loss's, and Adam (elementwise) updates each seed as if it trained alone. Logits come as `(batch, seeds,
+    labels)`, so that `Trainer` gathers them along the batch like any model's.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, models: list[LLMFusionForSequenceClassification]):
+        super().__init__()
+        params, buffers = torch.func.stack_module_state(models)
+        self.names = list(params)
+        self.params = nn.ParameterDict({_key(name): nn.Parameter(value) for name, value in params.items()})
+        for name, value in buffers.items():
+            self.register_buffer(_key(name), value)
+        self.buffer_names = list(buffers)
+        self.num_seeds = len(models)
+        # The module whose forward runs (with the stacked tensors in place of its own); not a registered submodule,
+        # so the optimizer and the checkpoints see the stacked parameters only.
+        object.__setattr__(self, "template", models[0])
+        self.config = models[0].config
+        self.main_input_name = models[0].main_input_name
+        self.train_loss_sums = torch.zeros(self.num_seeds)
+        self.train_steps = 0
+
+    def train(self, mode: bool = True) -> SeedStack:
+        super().train(mode)
+        self.template.train(mode)
+        return self
+
+    def forward(self, labels: torch.Tensor | None = None, **features: torch.Tensor) -> SequenceClassifierOutput:
+        shapes = self.config.feature_shapes
+        names = list(shapes)
+        stacked = features[names[0]].dim() == len(shapes[names[0]]) + 2
+        params = {name: self.params[_key(name)] for name in self.names}
+        buffers = {name: getattr(self, _key(name)) for name in self.buffer_names}
+
+        def one_seed(params, buffers, labels, *values):
+            inputs = dict(zip(names, values), labels=labels, return_dict=False)
+            return torch.func.functional_call(self.template, (params, buffers), args=(), kwargs=inputs)
+
+        data_dim = 0 if stacked else None
+        outputs = torch.func.vmap(
+            one_seed,
+            in_dims=(0, 0, None if labels is None else data_dim, *[data_dim] * len(names)),
+            randomness="different",
+        )(params, buffers, labels, *[features[name] for name in names])
+        logits = outputs[-1]
+        if stacked:  # training: (seeds, batch, labels) stays as it is
+            loss = None if labels is None else outputs[0]
+            if loss is not None and self.training:
+                self.train_loss_sums = self.train_loss_sums.to(loss.device) + loss.detach()
+                self.train_steps += 1
+            return SequenceClassifierOutput(loss=None if loss is None else loss.sum(), logits=logits)
+        loss = None if labels is None else outputs[0].sum()
+        return SequenceClassifierOutput(loss=loss, logits=logits.transpose(0, 1))
+
+    def pop_train_losses(self) -> list[float] | None:
+        """Each seed's mean training loss since the last call (one read from the device per epoch)."""
+        if not self.train_steps:
+            return None
+        losses = (self.train_loss_sums / self.train_steps).tolist()
+        self.train_loss_sums, self.train_steps = torch.zeros(self.num_seeds), 0
+        return losses
+
+    def seed_state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """The state dict of seed number `index` as a single `LLMFusionForSequenceClassification`."""
+        state = {name: self.params[_key(name)][index].detach() for name in self.names}
+        state.update({name: getattr(self, _key(name))[index] for name in self.buffer_names})
+        return state
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # module attribute names cannot hold dots
+
+
+# ---- the Trainer ----
+
+
+def keep_gradient_memory() -> None:
+    """Let glibc's malloc serve blocks up to 32 MiB from its heap instead of a fresh `mmap` each.
+
+    With the default (a 128 KiB threshold, raised only by chance as such blocks are freed), the gradients that
+    backward allocates each step come from new mappings that the kernel zero-fills page by page: in `Trainer`, which
+    frees the gradients after the optimizer step, this made each step of the fusion head 1.5x slower on a CPU. The
+    largest gradient, a 4096 x 1024 projection in float32, is 16 MiB. Process-wide: call it from a script's `main`.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # another C library (musl): nothing to tune
+        return
+    m_mmap_threshold = -3  # from malloc.h
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+
+
+class FusionTrainer(Trainer):
+    """`Trainer` for the fusion head (one seed, or a `SeedStack` of several) under the paper protocol.
+
+    - Data order: each seed reads the training rows in its own `epoch_order`, from tensors held in memory
+      (`InMemoryBatches`); `seeds` names the seeds (the model's seed dimension, in order).
+    - No gradient norm when gradients are not clipped (the paper's protocol): `Trainer` would compute it after every
+      step for its logs, a sixth of a step of this small head on a CPU.
+    - One parameter group without weight decay (Adam, the paper's optimizer): one fused AdamW call per step, not two.
+    - A cheap FLOPs count (the head has no embeddings to leave out).
+    """
+
+    def __init__(self, *args, seeds: list[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seeds = seeds or [self.args.seed]
+
+    def get_train_dataloader(self) -> InMemoryBatches:
+        batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds)
+        return InMemoryBatches(self.train_dataset, batches, self.args.device, isinstance(self.model, SeedStack))
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and not self.args.max_grad_norm:
+            return None  # no "grad_norm" in the logs
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        if self.args.weight_decay == 0:
+            return [name for name, _ in model.named_parameters()]  # one group: the other one is empty
+        return super().get_decay_parameter_names(model)
+
+    def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
+        # Forward and backward: about 6 FLOPs per parameter and text.
+        if not hasattr(self, "_head_parameters"):
+            self._head_parameters = sum(p.numel() for p in self.model.parameters())
+        return 6 * inputs["labels"].shape[-1 if isinstance(self.model, SeedStack) else 0] * self._head_parameters
+
+
+# ---- the protocol, applied at each evaluation ----
+
+
+@dataclass
+class SeedProgress:
+    """Where one seed stands: its rule, every evaluation so far, and the epoch of its kept checkpoint."""
+
+    rule: StoppingRule
+    history: list[EpochRecord] = field(default_factory=list)
+    kept_epoch: float | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeedProgress:
+        return cls(
+            rule=StoppingRule(**data["rule"]),
+            history=[EpochRecord(**record) for record in data["history"]],
+            kept_epoch=data["kept_epoch"],
+        )
+
+
+class ProtocolCallback(TrainerCallback):
+    """Applies each seed's `StoppingRule` after every evaluation: records the evaluation, keeps the seed's
+    checkpoint when the rule says so (`keep(seed)`), and stops training once every seed has stopped. A seed that has
+    stopped is no longer updated, so nothing later changes what was kept for it.
+
+    Args:
+        progress (`dict[int, SeedProgress]`): Per seed, its rule and record (restored from a checkpoint to resume).
+        scores (`Callable`): `scores(metrics, seed)` -> that seed's validation scores (with `loss`).
+        keep (`Callable`): `keep(seed)` saves that seed's current weights as its kept checkpoint.
+        train_losses (`Callable`): `train_losses()` -> each seed's mean training loss this epoch, or None.
+    """
+
+    def __init__(
+        self,
+        progress: dict[int, SeedProgress],
+        scores: Callable[[dict, int], dict[str, float]],
+        keep: Callable[[int], None],
+        train_losses: Callable[[], list[float] | None],
+    ):
+        self.progress, self.scores, self.keep, self.train_losses = progress, scores, keep, train_losses
+        self.logged_loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.logged_loss = logs["loss"]
+            if not math.isfinite(logs["loss"]):
+                raise NonFiniteError(
+                    f"The training loss became {logs['loss']} by step {state.global_step} (epoch {state.epoch:g}): "
+                    "nothing of this run is saved. Check the features for extreme values, or lower --learning_rate."
+                )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        losses = self.train_losses()
+        for index, (seed, progress) in enumerate(self.progress.items()):
+            if progress.rule.stopped:
+                continue
+            scores = self.scores(metrics, seed)
+            if not math.isfinite(scores["loss"]):
+                raise NonFiniteError(
+                    f"Seed {seed}: the validation loss became {scores['loss']} at epoch {state.epoch:g}: nothing of "
+                    "this run is saved. Check the features for extreme values, or lower --learning_rate."
+                )
+            improved, keep = progress.rule.update(scores)
+            train_loss = losses[index] if losses else self.logged_loss
+            progress.history.append(EpochRecord(round(state.epoch, 2), train_loss, scores, improved))
+            if keep:
+                self.keep(seed)
+                progress.kept_epoch = round(state.epoch, 2)
+        if all(progress.rule.stopped for progress in self.progress.values()):
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            state_file = {str(seed): progress.to_dict() for seed, progress in self.progress.items()}
+            (checkpoint / PROTOCOL_FILE).write_text(json.dumps(state_file, indent=2) + "\n")
+
+
+def load_progress(checkpoint: str | Path | None, rules: dict[int, StoppingRule]) -> dict[int, SeedProgress]:
+    """Each seed's progress: fresh, or as saved in `checkpoint` (refused if it was made with another rule)."""
+    if checkpoint is None:
+        return {seed: SeedProgress(rule) for seed, rule in rules.items()}
+    path = Path(checkpoint) / PROTOCOL_FILE
+    if not path.exists():
+        raise ValueError(f"{checkpoint} has no {PROTOCOL_FILE}: it was not written by this version of train_fusion.")
+    saved = {int(seed): SeedProgress.from_dict(data) for seed, data in json.loads(path.read_text()).items()}
+    if sorted(saved) != sorted(rules):
+        raise ValueError(f"{checkpoint} holds seeds {sorted(saved)}, but this run trains {sorted(rules)}.")
+    for seed, rule in rules.items():
+        old = saved[seed].rule
+        if (old.metrics, old.patience, old.selection, old.checkpoint_selection) != (
+            rule.metrics, rule.patience, rule.selection, rule.checkpoint_selection,
+        ):  # fmt: skip
+            raise ValueError(
+                f"{checkpoint} was trained with early stopping on {old.metrics} (patience {old.patience}, keeping "
+                f"{old.checkpoint_selection} by {old.selection}), not {rule.metrics} (patience {rule.patience}, "
+                f"keeping {rule.checkpoint_selection} by {rule.selection}): start a new run or pass the same options."
+            )
+    return saved
+
+
+__all__ = [
+    "CHECKPOINT_SELECTIONS",
+    "FusionTrainer",
+    "InMemoryBatches",
+    "NonFiniteError",
+    "ProtocolCallback",
+    "SeedOrderBatches",
+    "SeedProgress",
+    "SeedStack",
+    "StoppingRule",
+    "epoch_order",
+    "keep_gradient_memory",
+    "load_progress",
+]
