@@ -1,8 +1,13 @@
 """Seconds per epoch and peak RSS of training the fusion head: `Trainer` (as train_fusion.py runs it) against a plain
-PyTorch loop with the same model, data and batch size.
+PyTorch loop with the same model, data and batch size; and `--seeds N` trained together as one batched model against
+one seed alone.
 
     python bench/bench_train.py               # paper size: 17,802 rows of 5 x 4096 + 2 x 1024 float16 (~800 MB)
     python bench/bench_train.py --rows 500    # a quick check
+    python bench/bench_train.py --features-dir runs/reproduce/features/ED --paths trainer batched   # real features
+
+Seeds trained one after another are independent runs of the same cost, so `--seeds N` sequentially takes N times
+one seed's epoch; the batched path trains the N seeds in one `SeedStack` and is timed as it runs.
 
 Random float16 features in the paper's shapes are written to Arrow (as extract_features.py saves them) and each
 path trains in its own process reading them memory-mapped, so each peak RSS is that path's alone. Targets: the
@@ -39,7 +44,14 @@ class BenchArguments:
     epochs: int = field(default=2, metadata={"help": "Epochs timed per path (the fastest one is compared)."})
     batch_size: int = field(default=10, metadata={"help": "Batch size of both paths (paper: 10)."})
     workdir: str | None = field(default=None, metadata={"help": "Keep the features here (default: a temp folder)."})
-    measure: str | None = field(default=None, metadata={"help": "Internal: time one path (trainer or plain)."})
+    seeds: int = field(default=5, metadata={"help": "Seeds of the batched path (paper protocol: 5)."})
+    paths: list[str] = field(
+        default_factory=lambda: ["plain", "trainer", "batched"], metadata={"help": "Paths to time, in this order."}
+    )
+    features_dir: str | None = field(
+        default=None, metadata={"help": "Time on these extracted features instead of random paper-size ones."}
+    )
+    measure: str | None = field(default=None, metadata={"help": "Internal: time one path."})
 
 
 def write_features(folder: Path, rows: int) -> int:
@@ -84,30 +96,31 @@ def write_features(folder: Path, rows: int) -> int:
     return sum(path.stat().st_size for path in (folder / "features" / "train").glob("*.arrow"))
 
 
-def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict:
-    """Train `epochs` epochs by `path` ("trainer" or "plain"); the seconds of each epoch and this process's peak
-    RSS."""
+def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: int) -> dict:
+    """Train `epochs` epochs by `path` ("plain", "trainer" or "batched": `seeds` seeds as one model); the seconds of
+    each epoch and this process's peak RSS."""
     import torch
     from transformers import TrainerCallback, default_data_collator, set_seed
 
     from extract_features import load_features
+    from fusion_trainer import FusionTrainer, SeedStack, keep_gradient_memory
     from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import (
-        FusionTrainer,
-        FusionTrainingArguments,
-        build_config,
-        keep_gradient_memory,
-        training_splits,
-    )
+    from train_fusion import FusionTrainingArguments, build_config, build_model, training_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
-    config = build_config(metadata)
+    config = build_config(metadata, **metadata.get("head", {}))
     train = training_splits(data, config)["train"]
+    statistics = None
+    if config.standardize_features:
+        from train_fusion import feature_statistics
+
+        statistics = feature_statistics(train, config)
     set_seed(0)
     model = LLMFusionForSequenceClassification(config)
+    keep_gradient_memory()
     epoch_seconds = []  # each epoch from its first batch to its last step: set-up costs are not per epoch
-    if path == "trainer":
+    if path in ("trainer", "batched"):
 
         class EpochTimer(TrainerCallback):
             def on_epoch_begin(self, args, state, control, **kwargs):
@@ -123,14 +136,18 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int) -> dict
             per_device_train_batch_size=batch_size, eval_strategy="no", save_strategy="no",
             load_best_model_at_end=False, disable_tqdm=True, logging_strategy="no",
         )  # fmt: skip
-        FusionTrainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()]).train()
+        names = list(range(seeds)) if path == "batched" else [0]
+        models = [build_model(config, seed, statistics) for seed in names]
+        model = models[0] if path == "trainer" else SeedStack(models)
+        FusionTrainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()], seeds=names).train()
     else:
         loader = torch.utils.data.DataLoader(
             train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator
         )
-        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam) and the malloc setting
-        # FusionTrainer makes, so that only the training machinery differs between the two paths.
-        keep_gradient_memory()
+        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam), so that only the training
+        # machinery differs between the two paths.
+        if statistics:
+            model.set_feature_statistics(statistics)
         model.to(device).train()  # the Trainer moves the model by itself
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
         for _ in range(epochs):
@@ -156,18 +173,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, Path(args.workdir) / "features", args.epochs, args.batch_size)))
+        features = Path(args.features_dir or Path(args.workdir) / "features")
+        print(json.dumps(measure(args.measure, features, args.epochs, args.batch_size, args.seeds)))
         return {}
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(args.workdir or temporary)
-        start = time.perf_counter()
-        size = write_features(workdir, args.rows)
-        print(f"{args.rows:,} rows of 5 x 4096 + 2 x 1024 float16: {size / 2**20:,.0f} MiB of Arrow, written in "
-              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        if args.features_dir:
+            features = Path(args.features_dir)
+            size = sum(path.stat().st_size for path in (features / "train").glob("*.arrow"))
+            print(f"{features}: {size / 2**20:,.0f} MiB of Arrow in the train split")
+        else:
+            start = time.perf_counter()
+            size = write_features(workdir, args.rows)
+            features = workdir / "features"
+            print(f"{args.rows:,} rows of 5 x 4096 + 2 x 1024 float16: {size / 2**20:,.0f} MiB of Arrow, written in "
+                  f"{time.perf_counter() - start:.0f} s")  # fmt: skip
         results = {}
-        for path in ("plain", "trainer"):
-            command = [sys.executable, __file__, "--measure", path, "--workdir", str(workdir),
-                       "--epochs", str(args.epochs), "--batch_size", str(args.batch_size)]  # fmt: skip
+        for path in args.paths:
+            command = [sys.executable, __file__, "--measure", path, "--workdir", str(workdir), "--features_dir",
+                       str(features), "--epochs", str(args.epochs), "--batch_size", str(args.batch_size),
+                       "--seeds", str(args.seeds)]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[path] = json.loads(output.strip().splitlines()[-1])
     for path, result in results.items():
@@ -177,9 +202,19 @@ def main(argv: list[str] | None = None) -> dict:
             f"{rss / 2**20:7,.0f} MiB = {rss / size:.2f}x the features ({anonymous / 2**20:,.0f} MiB anonymous)"
         )
     # The fastest epochs: the least disturbed by other work on the machine.
-    ratio = min(results["trainer"]["epoch_seconds"]) / min(results["plain"]["epoch_seconds"])
-    print(f"Trainer / plain loop: {ratio:.2f}x (target <= 1.3x), on {results['plain']['device']}")
-    return {"feature_bytes": size, "trainer_over_plain": ratio, **results}
+    fastest = {path: min(result["epoch_seconds"]) for path, result in results.items()}
+    device = next(iter(results.values()))["device"]
+    summary = {"feature_bytes": size, **results}
+    if "plain" in fastest and "trainer" in fastest:
+        summary["trainer_over_plain"] = fastest["trainer"] / fastest["plain"]
+        print(f"Trainer / plain loop: {summary['trainer_over_plain']:.2f}x (target <= 1.3x), on {device}")
+    if "trainer" in fastest and "batched" in fastest:
+        one, batched = fastest["trainer"], fastest["batched"]
+        summary["batched_over_one_seed"] = batched / one
+        print(f"--seeds {args.seeds}: batched {batched:.1f} s/epoch, sequential {args.seeds} x {one:.1f} = "
+              f"{args.seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
+              f"{args.seeds * one / batched:.1f}x faster than sequential, on {device}")  # fmt: skip
+    return summary
 
 
 if __name__ == "__main__":
