@@ -8,7 +8,12 @@ import pytest
 from datasets import Array2D, List, Value
 
 import extract_features
-from extract_features import extract, load_data, load_features, resolve_backbones
+from extract_features import (
+    extract,
+    load_data,
+    load_features,
+    resolve_backbones,
+)
 from helpers import REPO
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
@@ -21,16 +26,16 @@ def features_dir(tmp_path_factory, tiny_backbones, data_dir):
     result = extract(
         "ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=out, limit=LIMIT, shard_size=50
     )
-    assert result["computed"] == ["llama", "bert", "roberta"]
+    assert result.computed == ["llama", "bert", "roberta"]
     return out
 
 
 def test_columns_shapes_and_dtypes(features_dir, tiny_backbones):
     data, metadata = load_features(features_dir)
     assert sorted(data) == ["test", "train", "validation"]
-    assert metadata["dataset"] == "ED" and metadata["problem_type"] == "single_label_classification"
-    assert len(metadata["label_names"]) == 32 and metadata["label_names"][0] == "sad"
-    assert [b["name"] for b in metadata["backbones"]] == ["llama", "bert", "roberta"]
+    assert metadata.dataset == "ED" and metadata.problem_type == "single_label_classification"
+    assert len(metadata.label_names) == 32 and metadata.label_names[0] == "sad"
+    assert [b["name"] for b in metadata.backbones] == ["llama", "bert", "roberta"]
     for split in data.values():
         assert split.column_names == ["text", "label", "llama", "bert", "roberta"]
         assert len(split) == LIMIT
@@ -39,7 +44,7 @@ def test_columns_shapes_and_dtypes(features_dir, tiny_backbones):
         assert split.features["roberta"] == List(Value("float16"), length=24)
         row = split.with_format("numpy")[0]
         assert row["llama"].shape == (3, 32) and row["bert"].shape == (32,) and row["roberta"].shape == (24,)
-    assert data["train"].features["label"].names == metadata["label_names"]
+    assert data["train"].features["label"].names == metadata.label_names
 
 
 def test_features_equal_the_core_feature_code(features_dir, tiny_backbones):
@@ -57,7 +62,7 @@ def test_second_run_loads_no_model(features_dir, tiny_backbones, data_dir, monke
     monkeypatch.setattr(FrozenBackbone, "load", refuse)
     result = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
                      shard_size=50)  # fmt: skip
-    assert result["computed"] == []
+    assert result.computed == []
 
 
 def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbones, data_dir, tmp_path):
@@ -67,14 +72,14 @@ def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbone
     changed[1]["max_length"] = 8  # truncating BERT's input changes BERT's features only
     result = extract("ED", data_dir=str(data_dir), backbones=changed, output_dir=features_dir, limit=LIMIT,
                      shard_size=50)  # fmt: skip
-    assert result["computed"] == ["bert"]
+    assert result.computed == ["bert"]
     after = load_features(features_dir)[0]["train"].with_format("numpy")[:]
     np.testing.assert_array_equal(after["llama"], before["llama"])
     np.testing.assert_array_equal(after["roberta"], before["roberta"])
     assert not np.array_equal(after["bert"], before["bert"])
     restored = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
                        shard_size=50)  # fmt: skip
-    assert restored["computed"] == []  # the first BERT column is still cached: nothing to recompute
+    assert restored.computed == []  # the first BERT column is still cached: nothing to recompute
 
 
 def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch):
@@ -96,9 +101,9 @@ def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch
     monkeypatch.setattr(FrozenBackbone, "__call__", original)
     result = extract("ED", **kwargs)
     # 3 splits x 40 rows = 120 texts; the two shards finished before the interruption are not redone.
-    assert result["throughput"]["llama"]["texts"] == 100
+    assert result.throughput["llama"]["texts"] == 100
     fresh = extract("ED", **{**kwargs, "output_dir": tmp_path / "fresh"})
-    assert fresh["throughput"]["llama"]["texts"] == 120
+    assert fresh.throughput["llama"]["texts"] == 120
     resumed, _ = load_features(out)
     uninterrupted, _ = load_features(tmp_path / "fresh")
     for split in ("train", "validation", "test"):
@@ -109,7 +114,7 @@ def test_multi_label_go_emotions(tiny_backbones, data_dir, tmp_path):
     extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones[1:2], output_dir=tmp_path,
             limit=30)  # fmt: skip
     data, metadata = load_features(tmp_path)
-    assert metadata["problem_type"] == "multi_label_classification" and len(metadata["label_names"]) == 28
+    assert metadata.problem_type == "multi_label_classification" and len(metadata.label_names) == 28
     labels = np.array(data["validation"]["label"])
     assert labels.shape == (30, 28) and set(np.unique(labels)) <= {0.0, 1.0}
     first = (data_dir / "go_emotions_multilabel" / "dev.tsv").read_text().splitlines()[0].split("\t")[1]
@@ -127,7 +132,7 @@ def test_length_sorted_batches():
 def test_two_processes_equal_one(tiny_backbones, data_dir, tmp_path):
     overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
     args = ["extract_features.py", "--dataset", "ED", "--data-dir", str(data_dir), "--preset", "small",
-            "--limit", "30", "--shard-size", "10"]  # fmt: skip
+            "--limit", "30", "--shard-size", "10", "--log-level", "info"]  # fmt: skip
     args += ["--backbone", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--output-dir", str(tmp_path / "one")], cwd=REPO, env=env,
@@ -220,16 +225,16 @@ def test_real_small_trio(small_models, data_dir, tmp_path):
                      limit=12)  # fmt: skip
     data, metadata = load_features(tmp_path)
     # The config names the Hub models; the local folders were only where they were read from.
-    assert [b["model"] for b in metadata["backbones"]] == [
+    assert [b["model"] for b in metadata.backbones] == [
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "sentence-transformers/all-MiniLM-L6-v2",
         "sentence-transformers/all-mpnet-base-v2",
     ]
-    assert result["computed"] == ["llama", "bert", "roberta"]
+    assert result.computed == ["llama", "bert", "roberta"]
     rows = data["test"].with_format("numpy")[:]
     assert (
         rows["llama"].shape == (12, 5, 576) and rows["bert"].shape == (12, 384) and rows["roberta"].shape == (12, 768)
     )
-    for spec in metadata["backbones"]:
+    for spec in metadata.backbones:
         expected = FrozenBackbone.load(spec, small_models[spec["name"]])(list(rows["text"])).numpy()
         np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-2, rtol=2e-2)
