@@ -1,7 +1,10 @@
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,6 +220,163 @@ def test_metadata_is_json(features_dir):
     metadata = json.loads((features_dir / extract_features.METADATA_FILE).read_text())
     assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {"train": LIMIT, "validation": LIMIT,
                                                                            "test": LIMIT}  # fmt: skip
+
+
+# ---- the cache decides on content, and verifies before it trusts ----
+
+ROWS = [(f"text number {i} is about a day", i % 3) for i in range(12)]
+
+
+def columns(features_dir) -> dict[str, dict]:
+    """Every split of a features folder as numpy columns."""
+    data, _ = load_features(features_dir)
+    return {split: data[split].with_format("numpy")[:] for split in ("train", "validation", "test")}
+
+
+def assert_same_columns(a: dict, b: dict) -> None:
+    for split in a:
+        assert a[split].keys() == b[split].keys()
+        for column in a[split]:
+            np.testing.assert_array_equal(a[split][column], b[split][column])
+
+
+def refuse_model_loads(monkeypatch) -> None:
+    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("the shards were good: no model load"))
+
+
+@pytest.fixture
+def small_run(tmp_path, tiny_backbones):
+    """A local CSV data set (12 rows a split) and an `extract` of it with the tiny BERT, 3 shards a split."""
+    folder = write_csv_dataset(tmp_path / "mine", ROWS)
+    kwargs = {"backbones": tiny_backbones[1:2], "output_dir": tmp_path / "out", "shard_size": 4}
+
+    def run(**overrides):
+        return extract(str(folder), **{**kwargs, **overrides})
+
+    run.folder, run.out = folder, tmp_path / "out"
+    return run
+
+
+def test_corrected_label_is_picked_up_without_recomputing(small_run, monkeypatch):
+    small_run()
+    train = small_run.folder / "train.csv"
+    train.write_text(train.read_text().replace('"text number 5 is about a day",2', '"text number 5 is about a day",0'))
+    refuse_model_loads(monkeypatch)
+    result = small_run()
+    assert result.computed == []  # the features depend on the texts only: the cache serves them
+    data, metadata = load_features(small_run.out)
+    assert data["train"]["label"][5] == 0 and data["validation"]["label"][5] == 2
+    assert metadata.data_digests["train"] != metadata.data_digests["validation"]
+
+
+def test_other_shard_size_after_an_interrupted_run(tiny_backbones, data_dir, tmp_path, monkeypatch):
+    kwargs = {"data_dir": str(data_dir), "backbones": tiny_backbones[1:2], "limit": 20, "batch_size": 8}
+    original = FrozenBackbone.__call__
+    calls = {"n": 0}
+
+    def interrupt_after_one_batch(self, texts):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return original(self, texts)
+
+    monkeypatch.setattr(FrozenBackbone, "__call__", interrupt_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract("ED", output_dir=tmp_path / "ED", shard_size=8, **kwargs)  # leaves one shard of 8 rows
+    monkeypatch.setattr(FrozenBackbone, "__call__", original)
+    extract("ED", output_dir=tmp_path / "ED", **kwargs)  # the default shard size: other shards
+    extract("ED", output_dir=tmp_path / "fresh", **kwargs)
+    assert_same_columns(columns(tmp_path / "ED"), columns(tmp_path / "fresh"))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _change_a_byte(path):
+    content = bytearray(path.read_bytes())
+    content[-100] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def _drop_record(path):
+    path.with_suffix(".json").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _change_a_byte, _drop_record])
+def test_damaged_cache_shard_is_recomputed(small_run, caplog, damage):
+    small_run()
+    before = columns(small_run.out)
+    (shard,) = small_run.out.glob("cache/train/bert-*/shard-00001.arrow")
+    damage(shard)
+    shutil.rmtree(small_run.out / "train")  # the output must be rebuilt, from the cache
+    with caplog.at_level("WARNING"):
+        result = small_run()
+    assert f"Cache shard {shard} cannot be trusted" in caplog.text
+    assert result.computed == ["bert"] and result.throughput["bert"]["texts"] == 4  # that shard only
+    assert_same_columns(columns(small_run.out), before)
+
+
+def test_damaged_output_is_rebuilt_from_the_cache(small_run, caplog, monkeypatch):
+    small_run()
+    before = columns(small_run.out)
+    (arrow,) = (small_run.out / "train").glob("data-*.arrow")
+    _truncate(arrow)
+    refuse_model_loads(monkeypatch)
+    with caplog.at_level("WARNING"):
+        assert small_run().computed == []
+    assert "split 'train' does not match its checksum" in caplog.text
+    assert_same_columns(columns(small_run.out), before)
+
+
+def test_killed_assembly_leaves_nothing_trusted_and_the_rerun_rebuilds(small_run, monkeypatch):
+    small_run()
+    train = small_run.folder / "train.csv"
+    train.write_text(train.read_text().replace('"text number 5 is about a day",2', '"text number 5 is about a day",0'))
+    rename = Path.rename
+
+    def killed_after_the_first_split(self, target):
+        if self.parent.name == "_saving" and self.name == "validation":
+            raise KeyboardInterrupt  # train is already replaced, validation and test are not
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_after_the_first_split)
+    with pytest.raises(KeyboardInterrupt):
+        small_run()
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ValueError, match=r"no fec_features\.json\) \(its extraction did not finish\)"):
+        load_features(small_run.out)
+    load = FrozenBackbone.load
+    refuse_model_loads(monkeypatch)
+    assert small_run().computed == []
+    data, _ = load_features(small_run.out)
+    assert data["train"]["label"][5] == 0 and all(len(data[split]) == 12 for split in data)
+    assert not (small_run.out / "_saving").exists()
+    monkeypatch.setattr(FrozenBackbone, "load", load)
+    fresh = small_run(output_dir=small_run.out.parent / "fresh")
+    assert_same_columns(columns(small_run.out), columns(fresh.output_dir))
+
+
+@pytest.mark.parametrize("where", ["shard", "assembly"])
+def test_full_disk_is_one_line_and_leaves_no_temporary_file(small_run, monkeypatch, where):
+    from datasets.arrow_writer import ArrowWriter
+
+    write_table = ArrowWriter.write_table
+
+    def full(self, *args, **kwargs):
+        if str(small_run.out / ("cache" if where == "shard" else "_saving")) in str(self._path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_table(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArrowWriter, "write_table", full)
+    with pytest.raises(ValueError, match=r"^No space left on the device while writing .*: free some space") as error:
+        small_run()
+    assert "\n" not in str(error.value)
+    leftovers = [p for p in small_run.out.rglob("*") if p.name.endswith(".tmp") or p.name == "_saving"]
+    assert leftovers == [] and not (small_run.out / extract_features.METADATA_FILE).exists()
+    monkeypatch.setattr(ArrowWriter, "write_table", write_table)
+    assert small_run().computed == ([] if where == "assembly" else ["bert"])  # finished shards are kept
+    load_features(small_run.out)
 
 
 @pytest.mark.real
