@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from datasets import Array2D, List, Value
 
 import extract_features
 from extract_features import (
+    dataset_name,
+    default_features_dir,
     extract,
     load_data,
     load_features,
     resolve_backbones,
 )
-from helpers import REPO
+from helpers import REPO, run_python
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
@@ -377,6 +380,72 @@ def test_full_disk_is_one_line_and_leaves_no_temporary_file(small_run, monkeypat
     monkeypatch.setattr(ArrowWriter, "write_table", write_table)
     assert small_run().computed == ([] if where == "assembly" else ["bert"])  # finished shards are kept
     load_features(small_run.out)
+
+
+# ---- paths ----
+
+
+def test_dataset_name_and_default_features_dir(tmp_path, monkeypatch):
+    (tmp_path / "some" / "dir").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert dataset_name("ED") == "ED" and dataset_name("go_emotions_multilabel") == "go_emotions_multilabel"
+    assert dataset_name("org/name") == "org--name"
+    assert dataset_name("some/dir/..") == "some" and dataset_name(str(tmp_path / "some" / "dir")) == "dir"
+    assert dataset_name(f"train={tmp_path}/some/dir/train.csv,validation=v.csv,test=t.csv") == "dir"
+    assert dataset_name("/") == "dataset" and dataset_name("..") == tmp_path.parent.name
+    assert dataset_name("my data (v2)!") == "my-data-v2-"
+    for name in ("ED", "org/name", "/", "..", ".", "../../x y", "a/../.."):
+        slug = dataset_name(name)
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", slug) and slug not in (".", "..")
+        assert default_features_dir(name) == Path("features") / slug
+        assert default_features_dir(name).resolve().parent == (tmp_path / "features").resolve()
+
+
+def test_training_defaults_to_the_same_features_folder(tmp_path):
+    import train_fusion
+
+    for dataset in ("go_emotion", str(tmp_path / "mine"), "org/name"):
+        args, _ = train_fusion.parse_args(["--dataset", dataset])
+        assert args.features_dir == str(default_features_dir(dataset))
+
+
+def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
+    folder = write_csv_dataset(tmp_path / "data" / "mine", ROWS)
+    overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
+    command = [sys.executable, str(REPO / "extract_features.py"), "--dataset", str(folder), "--preset", "small",
+               "--limit", "4", "--backbone", *overrides]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0].endswith("-> features/mine")
+    assert (tmp_path / "features" / "mine" / extract_features.METADATA_FILE).exists()
+    assert "INFO" not in result.stderr  # warnings at most, unless --log-level info
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys, extract_features\n"
+        "try:\n    extract_features.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'datasets', 'transformers', 'numpy') if m in sys.modules])"
+    )
+    out = run_python(code, cwd=REPO)
+    assert "--backbone-path" in out and out.splitlines()[-1] == "[]"
+
+
+def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):
+    import tqdm
+
+    shown = []
+    init = tqdm.std.tqdm.__init__
+
+    def record(self, *args, **kwargs):
+        if kwargs.get("disable") is not True:  # None: shown on a terminal
+            shown.append(kwargs.get("desc"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", record)
+    small_run(backbones=tiny_backbones[1:])
+    assert shown == ["bert", "roberta"]
 
 
 @pytest.mark.real
