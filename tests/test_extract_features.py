@@ -13,11 +13,14 @@ from datasets import Array2D, List, Value
 
 import extract_features
 from extract_features import (
+    ExtractionResult,
+    FeatureMetadata,
     dataset_name,
     default_features_dir,
     extract,
     load_data,
     load_features,
+    read_metadata,
     resolve_backbones,
 )
 from helpers import REPO, run_python
@@ -446,6 +449,28 @@ def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):
     monkeypatch.setattr(tqdm.std.tqdm, "__init__", record)
     small_run(backbones=tiny_backbones[1:])
     assert shown == ["bert", "roberta"]
+
+
+# ---- the typed contract ----
+
+
+def test_metadata_is_a_typed_record(small_run):
+    result = small_run()
+    metadata = read_metadata(small_run.out)
+    assert isinstance(result, ExtractionResult) and isinstance(metadata, FeatureMetadata)
+    assert result.metadata == metadata and result.output_dir == small_run.out
+    assert metadata.dataset == str(small_run.folder) and metadata.dataset_name == "mine"
+    assert metadata.head == {"standardize_features": False, "encoders_in_tail": False}  # the paper preset's
+    assert metadata.rows == {"train": 12, "validation": 12, "test": 12}
+    assert metadata.split_checksums == {
+        split: extract_features.split_checksum(small_run.out / split) for split in ("train", "validation", "test")
+    }
+    assert list(metadata.column_keys["bert"]) == ["train", "validation", "test"]
+    record = json.loads((small_run.out / extract_features.METADATA_FILE).read_text())
+    assert FeatureMetadata.from_dict(record) == metadata
+    (small_run.out / extract_features.METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))
+    with pytest.raises(ValueError, match=r"is not metadata this version can read \(unknown keys \['surprise'\]"):
+        load_features(small_run.out)
 
 
 @pytest.mark.real
