@@ -6,37 +6,42 @@
 
 Every split gets one feature column per backbone (named after it). Work is written shard by shard under
 `OUTPUT_DIR/cache/`, keyed by everything that changes a feature, so a rerun skips finished shards (an interrupted
-run resumes) and a changed backbone recomputes only its own column.
+run resumes) and a changed backbone recomputes only its own column. Every shard and every saved split carries a
+checksum: what does not match its record is recomputed or rebuilt, never trusted.
+
+The heavy libraries (torch, datasets, transformers) are imported by the functions that use them, so that
+`--help` answers at once and importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import datetime
+import errno
 import hashlib
 import json
-import logging as pylogging
+import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-import numpy as np
-import torch
-from datasets import Array2D, ClassLabel, Dataset, DatasetDict, List, Value
-from tqdm.auto import tqdm
-from transformers import AutoConfig, HfArgumentParser
-from transformers.utils import logging
+if typing.TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
-from configuration_llm_fusion import PRESETS, feature_shape, normalize_backbone
-from modeling_llm_fusion import FEATURE_CODE_VERSION, FrozenBackbone, validate_texts
-
-logger = logging.get_logger(__name__)
+# What transformers' `logging.get_logger(__name__)` returns for a module outside transformers (a standard logger of
+# that name), taken from the standard library so that importing this module does not import transformers.
+logger = logging.getLogger(__name__)
 
 METADATA_FILE = "fec_features.json"
+FEATURES_ROOT = Path("features")
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
                  "test": "test"}  # fmt: skip
@@ -52,6 +57,14 @@ BUILTIN_DATASETS = {
                                "files": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
                                "labels": "labels.txt", "multilabel": True},
 }  # fmt: skip
+# Data file formats by suffix: the `datasets` builder that reads them, its options, and the format's name.
+FILE_FORMATS = {
+    ".csv": ("csv", {}, "CSV"),
+    ".tsv": ("csv", {"sep": "\t"}, "TSV"),
+    ".json": ("json", {}, "JSON"),
+    ".jsonl": ("json", {}, "JSON"),
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass
@@ -66,7 +79,11 @@ class ExtractArguments:
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the texts."})
     label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
-    preset: str = field(default="paper", metadata={"help": f"Backbones: {' | '.join(PRESETS)}."})
+    preset: str = field(
+        default="paper",
+        metadata={"help": "Backbones and head options: a preset of configuration_llm_fusion.PRESETS, e.g. paper (the "
+                  "paper's backbones) or small (laptop-size stand-ins)."},
+    )  # fmt: skip
     backbone: list[str] = field(
         default_factory=list,
         metadata={"help": "NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).", "action": "extend"},
@@ -76,8 +93,10 @@ class ExtractArguments:
         metadata={"help": "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).",
                   "action": "extend"},
     )  # fmt: skip
-    output_dir: str | None = field(default=None, metadata={"help": "Defaults to features/<dataset>."})
-    limit: int | None = field(default=None, metadata={"help": "Only the first N rows of each split."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Defaults to features/<data set name> (see `dataset_name`)."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Only the first N rows of each split (N >= 1)."})
     batch_size: int = field(default=16, metadata={"help": "Texts per forward pass (at most; 16 is fastest on CPU)."})
     max_tokens: int | None = field(
         default=None, metadata={"help": "Token budget per forward pass (padded length x texts), e.g. 16384 on a GPU."}
@@ -90,50 +109,291 @@ class ExtractArguments:
     )
     feature_dtype: str = field(default="float16", metadata={"help": "Stored feature dtype: float16 or float32."})
     shard_size: int = field(default=1024, metadata={"help": "Rows per resumable unit of work."})
+    log_level: str = field(
+        default="warning",
+        metadata={"help": "How much to log (info: what is computed and why).", "choices": LOG_LEVELS},
+    )
+
+
+@dataclass
+class FeatureMetadata:
+    """What `fec_features.json` records beside the features: where they come from, what they are, how to check them.
+
+    Args:
+        dataset (`str`):
+            The data set as it was given to `extract` (a built-in name, a folder, a `split=file` list or a Hub id).
+        dataset_name (`str`):
+            Its slug, `dataset_name(dataset)`: the default features folder's name, and the name to publish (a local
+            path never is).
+        problem_type (`str`):
+            `"single_label_classification"` or `"multi_label_classification"`.
+        label_names (`list[str]`):
+            The label names; label id `i` is `label_names[i]`.
+        backbones (`list[dict]`):
+            The backbone descriptions (`LLMFusionConfig.backbones` entries, revisions resolved where possible).
+        feature_dtype (`str`, *optional*, defaults to `"float16"`):
+            The dtype the features are stored in.
+        compute_dtype (`str`, *optional*):
+            The dtype the backbones ran in.
+        head (`dict`, *optional*):
+            The preset's head options (`LLMFusionConfig` keywords); training uses them unless a flag says otherwise.
+        rows (`dict[str, int]`, *optional*):
+            Rows of each split.
+        column_keys (`dict[str, dict[str, str]]`, *optional*):
+            Cache key of each backbone's column (`column_keys[backbone][split]`).
+        data_digests (`dict[str, str]`, *optional*):
+            sha256 of each split's texts and labels (`data_digest`): a corrected label changes it.
+        split_checksums (`dict[str, str]`, *optional*):
+            sha256 of each split's files as saved (`split_checksum`), recorded when the splits were assembled.
+    """
+
+    dataset: str
+    dataset_name: str
+    problem_type: str
+    label_names: list[str]
+    backbones: list[dict]
+    feature_dtype: str = "float16"
+    compute_dtype: str | None = None
+    head: dict = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    column_keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    data_digests: dict[str, str] = field(default_factory=dict)
+    split_checksums: dict[str, str] = field(default_factory=dict)
+
+    REQUIRED: typing.ClassVar[tuple[str, ...]] = ("dataset", "problem_type", "label_names", "backbones")
+
+    @classmethod
+    def from_dict(cls, record: dict) -> FeatureMetadata:
+        """The metadata a JSON record holds; `ValueError` naming unknown or missing keys."""
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        missing = [key for key in cls.REQUIRED if key not in record]
+        if unknown or missing:
+            raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
+        return cls(**{"dataset_name": dataset_name(str(record["dataset"])), **record})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """Everything that decides the output's content (the checksums of a saved output only verify it), in its
+        JSON form so that a record read back compares equal."""
+        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k != "split_checksums"}))
+
+
+@dataclass
+class ExtractionResult:
+    """What `extract` returns.
+
+    Args:
+        metadata (`FeatureMetadata`): What `OUTPUT_DIR/fec_features.json` records.
+        output_dir (`Path`): Where the features are.
+        computed (`list[str]`): The backbones whose features were computed in this call (empty on a cache hit, when
+            no model is loaded at all).
+        throughput (`dict[str, dict[str, float]]`): Of each computed backbone: texts, texts/s and tokens/s.
+    """
+
+    metadata: FeatureMetadata
+    output_dir: Path
+    computed: list[str] = field(default_factory=list)
+    throughput: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# ---- paths ----
+
+
+def dataset_name(dataset: str) -> str:
+    """The name of a data set as a folder name: the default features folder is `features/<dataset_name>`.
+
+    Built-in names stay as they are, a Hub id `org/name` becomes `org--name`, a local folder gives the name of the
+    folder it resolves to (`some/dir/..` gives `some`), a `split=file,...` list the name of the folder holding its
+    train file. Only `[A-Za-z0-9._-]` is kept; the result is never empty, `.` or `..`.
+    """
+    if dataset in BUILTIN_DATASETS:
+        name = dataset
+    elif "=" in dataset:
+        pairs = [item.partition("=") for item in dataset.split(",")]
+        paths = {SPLIT_ALIASES.get(split.strip(), split.strip()): path for split, _, path in pairs}
+        name = Path(paths.get("train") or next(iter(paths.values()))).resolve().parent.name
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).is_dir():
+        name = dataset.replace("/", "--")
+    else:
+        name = Path(dataset).resolve().name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip(".") or "dataset"
+
+
+def default_features_dir(dataset: str) -> Path:
+    """The features folder of a data set when none is given: `features/<dataset_name(dataset)>`."""
+    return FEATURES_ROOT / dataset_name(dataset)
 
 
 # ---- data ----
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _first_non_utf8_line(path: str) -> int | None:
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """An error and the errors it was raised from, outermost first."""
+    causes = []
+    while error is not None and error not in causes:
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    return causes
+
+
+def _read_error(path: str, error: BaseException) -> str:
+    """One line saying why a data file could not be read, naming the file and the fix."""
+    if _is_url(path):
+        detail = _one_line(error)
+        reason = f" ({detail})" if detail and path not in detail else ""
+        return f"could not download {path}{reason}; pass --data-dir DIR with a local copy of the data set's files."
+    causes = _causes(error)
+    kind = FILE_FORMATS.get(Path(path).suffix, (None, None, "text"))[2]
+    if isinstance(causes[0], FileNotFoundError) or not Path(path).exists():
+        return f"Data file {path} not found."
+    if Path(path).stat().st_size == 0:
+        return f"Data file {path} is empty: add its rows (after a header line in a CSV or TSV file)."
+    for cause in causes:
+        if isinstance(cause, UnicodeDecodeError):
+            line = _first_non_utf8_line(path)
+            where = f"line {line}" if line else "it"
+            return (
+                f"Data file {path} is not UTF-8 text ({where} has byte 0x{cause.object[cause.start]:02x}); "
+                "the expected encoding is UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8`."
+            )
+        if type(cause).__name__ == "ParserError":  # pandas: an unclosed quote, a row with extra fields
+            detail = _one_line(cause).removeprefix("Error tokenizing data. C error: ")
+            return f"Data file {path} is not valid {kind}: {detail}. Close the quote or fix the row's fields."
+        if "corresponds to no data" in str(cause):
+            return f"Data file {path} has no rows (at most a header): add its rows."
+    return f"Data file {path} could not be read as {kind}: {_one_line(causes[-1])}"
+
+
+def _read_file(path: str, label_column: str | None = None, **options) -> Dataset:
+    """One data file (local or URL) as a `Dataset`, or a `ValueError` that says in one line what is wrong with it."""
+    import datasets
+
+    builder, defaults, _ = FILE_FORMATS[Path(path).suffix]
+    if builder == "csv":
+        # Texts such as "NaN", "null" or "None" are texts: only an empty label cell is a missing value.
+        defaults = {**defaults, "keep_default_na": False, "na_values": {label_column: [""]} if label_column else None}
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the reader's own error log: ours says it in one line
+    try:
+        data = datasets.load_dataset(builder, data_files={"train": path}, split="train", **{**defaults, **options})
+    except Exception as error:  # the readers raise many types; the message classifies them
+        if any(isinstance(cause, OSError) and cause.errno == errno.ENOSPC for cause in _causes(error)):
+            raise  # a full disk (the `datasets` cache) is not the file's fault
+        raise ValueError(_read_error(path, error)) from error
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    if len(data) == 0:
+        raise ValueError(f"Data file {path} has no rows (at most a header): add its rows.")
+    return data
+
+
 def _read_label_names(path: str) -> list[str]:
     import fsspec  # datasets' own file layer: local paths and URLs alike
 
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
-        rows = [line.split() for line in handle if line.strip()]
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as handle:
+            rows = [line.split() for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(_read_error(path, error)) from error
     if all(len(row) == 2 and row[1].isdigit() for row in rows):  # "name id" lines (label2idx.txt)
         names = {int(i): name for name, i in rows}
+        if sorted(names) != list(range(len(names))):
+            raise ValueError(f"{path}: the label ids must be 0..{len(names) - 1}, each once; got {sorted(names)}.")
         return [names[i] for i in range(len(names))]
     return [" ".join(row) for row in rows]  # one name per line, line i = id i (labels.txt)
 
 
-def _builtin(name: str, data_dir: str | None) -> tuple[DatasetDict, list[str], bool]:
+def _builtin(name: str, data_dir: str | None) -> tuple[dict[str, str], dict, list[str], bool]:
+    """A built-in data set's files ({split: path or URL}), the options to read them, its label names and whether
+    it is multi-label."""
+    import datasets
+
     spec = BUILTIN_DATASETS[name]
     base = str(Path(data_dir) / name) if data_dir and (Path(data_dir) / name).is_dir() else (data_dir or spec["base"])
     files = {split: f"{base}/{file}" for split, file in spec["files"].items()}
+    options = {}
     if spec.get("multilabel"):
         # text<TAB>comma-separated label ids<TAB>comment id, no header, no quoting.
-        columns = datasets.Features({"text": Value("string"), "label": Value("string"), "id": Value("string")})
-        data = datasets.load_dataset(
-            "csv", data_files=files, sep="\t", header=None, quoting=3, column_names=list(columns), features=columns
-        )
-    else:
-        data = datasets.load_dataset("csv", data_files=files)
-    return data, _read_label_names(f"{base}/{spec['labels']}"), bool(spec.get("multilabel"))
+        columns = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string"),
+                                     "id": datasets.Value("string")})  # fmt: skip
+        options = {"header": None, "quoting": 3, "column_names": list(columns), "features": columns}
+    return files, options, _read_label_names(f"{base}/{spec['labels']}"), bool(spec.get("multilabel"))
 
 
 def _local_files(dataset: str) -> dict[str, str] | None:
-    """`split=path,...` pairs or a folder of train/valid/test files, as {split: path}; None if neither."""
+    """`split=path,...` pairs or a folder of train/valid/test files, as {split: path}; None if neither. Refuses
+    two files for one split, a file type that cannot be read and a mix of formats."""
     if "=" in dataset:
-        pairs = dict(item.split("=", 1) for item in dataset.split(","))
-        return {SPLIT_ALIASES.get(split, split): path for split, path in pairs.items()}
-    folder = Path(dataset)
-    if not folder.is_dir():
+        files = {}
+        for item in dataset.split(","):
+            split, sep, path = item.partition("=")
+            if not sep or not split.strip() or not path.strip():
+                raise ValueError(f"{dataset!r}: expected split=file pairs separated by commas, got {item!r}.")
+            files[SPLIT_ALIASES.get(split.strip(), split.strip())] = path.strip()
+    elif Path(dataset).is_dir():
+        files = {}
+        for path in sorted(Path(dataset).iterdir()):
+            if path.suffix in FILE_FORMATS and path.stem in SPLIT_ALIASES:
+                split = SPLIT_ALIASES[path.stem]
+                if split in files:
+                    raise ValueError(f"Both {files[split]} and {path} are the {split!r} split; keep one of them.")
+                files[split] = str(path)
+        if not files:
+            raise ValueError(f"No train/valid/test .csv, .tsv, .json or .jsonl files in {dataset!r}.")
+    else:
         return None
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix in (".csv", ".tsv", ".json", ".jsonl") and path.stem in SPLIT_ALIASES:
-            files[SPLIT_ALIASES[path.stem]] = str(path)
+    unknown = [path for path in files.values() if Path(path).suffix not in FILE_FORMATS]
+    if unknown:
+        raise ValueError(f"Cannot read {unknown[0]}: data files must be .csv, .tsv, .json or .jsonl.")
+    files = dict(sorted(files.items(), key=lambda item: SPLITS.index(item[0]) if item[0] in SPLITS else len(SPLITS)))
+    formats = {split: FILE_FORMATS[Path(path).suffix][2] for split, path in files.items()}
+    if len(set(formats.values())) > 1:
+        mix = ", ".join(f"{Path(files[split]).name} is {kind}" for split, kind in formats.items())
+        raise ValueError(f"The data files of {dataset!r} mix formats ({mix}): use one format for every split.")
     return files
+
+
+def _label_names_beside(path: str) -> list[str] | None:
+    for candidate in ("label2idx.txt", "labels.txt"):
+        if (Path(path).parent / candidate).exists():
+            return _read_label_names(str(Path(path).parent / candidate))
+    return None
+
+
+def _label_ids(value, label_names: list[str], multilabel: bool) -> list[int] | int | None:
+    """A raw label as a label id, or a list of them for multi-label data (None where the value is not one). A
+    single-label value that is no label name nor integer comes back as it is, for the caller to refuse."""
+    if multilabel:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            return [int(part) for part in parts] if all(part.isdigit() for part in parts) else None
+        return list(value) if isinstance(value, list) else None
+    if isinstance(value, str) and value in label_names:
+        return label_names.index(value)
+    if isinstance(value, float) and value.is_integer():  # an integer column with a missing cell is read as floats
+        return int(value)
+    return value
 
 
 def load_data(
@@ -146,49 +406,56 @@ def load_data(
     """Load a data set as a `DatasetDict` with columns `text` and `label`, its label names and its problem type.
 
     Single-label labels are integer ids; multi-label ones (comma-separated ids in one column, or lists) become
-    multi-hot float vectors. Raises `ValueError` naming the problem for a missing split or column, an empty text or
-    a label outside the label set, before any model is loaded.
+    multi-hot float vectors. Raises `ValueError` in one line naming the file (or split) and row for a file that
+    cannot be read, a missing split or column, an empty text or a label outside the label set, before any model is
+    loaded. Texts are read as they are written: "NaN" or "null" in a CSV is a text, not a missing value.
     """
+    import datasets
+    import numpy as np
+    from datasets import ClassLabel, Dataset, DatasetDict, List, Value
+
+    from modeling_llm_fusion import validate_texts
+
+    _check_at_least_one("--limit", limit, " (leave it out to use every row)")
     multilabel = False
     label_names = None
     if dataset in BUILTIN_DATASETS:
-        data, label_names, multilabel = _builtin(dataset, data_dir)
+        files, options, label_names, multilabel = _builtin(dataset, data_dir)
+        data = {split: _read_file(path, label_column, **options) for split, path in files.items()}
     elif (files := _local_files(dataset)) is not None:
-        if not files:
-            raise ValueError(f"No train/valid/test .csv, .tsv, .json or .jsonl files in {dataset!r}.")
-        suffix = Path(next(iter(files.values()))).suffix
-        builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}[suffix]
-        data = datasets.load_dataset(builder, data_files=files, **({"sep": "\t"} if suffix == ".tsv" else {}))
-        for candidate in ("label2idx.txt", "labels.txt"):
-            if (Path(next(iter(files.values()))).parent / candidate).exists():
-                label_names = _read_label_names(str(Path(next(iter(files.values()))).parent / candidate))
+        data = {split: _read_file(path, label_column) for split, path in files.items()}
+        label_names = _label_names_beside(next(iter(files.values())))
     elif "/" in dataset and not Path(dataset).suffix:  # a Hub data set id, ORG/NAME
         try:
             data = datasets.load_dataset(dataset)
         except Exception as error:  # the Hub answers with many error types
             raise ValueError(
                 f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, not a local folder or "
-                f"split=file list, and it could not be loaded from the Hub ({error})."
+                f"split=file list, and it could not be loaded from the Hub ({_one_line(error)})."
             ) from error
+        files = {}
     else:
         raise ValueError(
             f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, a local folder, a "
             "split=file list or a Hub id (ORG/NAME)."
         )
 
-    data = DatasetDict({SPLIT_ALIASES.get(name, name): split for name, split in data.items()})
+    data = {SPLIT_ALIASES.get(name, name): split for name, split in data.items()}
+    files = {SPLIT_ALIASES.get(name, name): path for name, path in files.items()}
     missing = [split for split in SPLITS if split not in data]
     if missing:
         raise ValueError(f"Data set {dataset!r} has splits {sorted(data)}; missing {missing}.")
-    data = DatasetDict({split: data[split] for split in SPLITS})
-    for name, split in data.items():
+    where = {split: files.get(split, dataset) for split in SPLITS}  # what an error names: the file, or the data set
+    for name in SPLITS:
         for column in (text_column, label_column):
-            if column not in split.column_names:
+            if column not in data[name].column_names:
                 raise ValueError(
-                    f"Split {name!r} of {dataset!r} has no column {column!r}; it has {split.column_names}."
+                    f"Split {name!r} ({where[name]}) has no column {column!r}; it has {data[name].column_names}. "
+                    "Pass --text-column/--label-column, or add the column."
                 )
+    data = {name: data[name] for name in SPLITS}
     if limit is not None:
-        data = DatasetDict({name: split.select(range(min(limit, len(split)))) for name, split in data.items()})
+        data = {name: split.select(range(min(limit, len(split)))) for name, split in data.items()}
 
     label_feature = data["train"].features[label_column]
     if label_names is None and isinstance(label_feature, ClassLabel):
@@ -197,52 +464,72 @@ def load_data(
         multilabel = True
         if isinstance(label_feature.feature, ClassLabel):
             label_names = label_feature.feature.names
+    raw_labels = {name: split[label_column] for name, split in data.items()}
+    if label_names is None and multilabel:  # lists of ids without names: ids 0..the largest
+        ids = [i for labels in raw_labels.values() for v in labels for i in _label_ids(v, [], True) or []]
+        label_names = [str(i) for i in range(max((i for i in ids if isinstance(i, int)), default=-1) + 1)]
     if label_names is None:
-        values = sorted({v for split in data.values() for v in split[label_column]}, key=str)
-        if all(isinstance(v, int) for v in values):
+        values = {_label_ids(v, [], False) for labels in raw_labels.values() for v in labels if v is not None}
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             label_names = [str(i) for i in range(max(values) + 1)]
         else:  # string labels: ids in sorted order
-            label_names = [str(v) for v in values]
-
-    def normalise(batch: dict) -> dict:
-        labels = []
-        for value in batch[label_column]:
-            if multilabel:
-                ids = [int(v) for v in str(value).split(",")] if isinstance(value, str) else list(value)
-                labels.append(ids)
-            else:
-                labels.append(label_names.index(value) if isinstance(value, str) and value in label_names else value)
-        return {"text": batch[text_column], "label": labels}
+            label_names = sorted({str(v) for v in values})
 
     out = DatasetDict()
     for name, split in data.items():
-        split = split.map(normalise, batched=True, remove_columns=split.column_names, desc=f"Reading {name}")
+        texts = split[text_column]
         try:
-            validate_texts(split["text"])
+            validate_texts(texts)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"Split {name!r} of {dataset!r}: {error} (row index = position)") from None
-        for row, label in enumerate(split["label"]):
-            ids = label if multilabel else [label]
-            if not ids or any(not isinstance(i, int) or not 0 <= i < len(label_names) for i in ids):
+            raise ValueError(f"Split {name!r} ({where[name]}): {error} (row index = position)") from None
+        labels = []
+        for row, value in enumerate(raw_labels[name]):
+            if value is None:
+                raise ValueError(f"Split {name!r} ({where[name]}), row {row}: the label is missing.")
+            ids = _label_ids(value, label_names, multilabel)
+            if multilabel and ids is None:
                 raise ValueError(
-                    f"Split {name!r} of {dataset!r}, row {row}: label {label!r} is outside the label set "
+                    f"Split {name!r} ({where[name]}), row {row}: label {value!r} is not a comma-separated list of "
+                    f"label ids (ids 0..{len(label_names) - 1})."
+                )
+            checked = ids if multilabel else [ids]
+            if not checked or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(label_names) for i in checked
+            ):
+                raise ValueError(
+                    f"Split {name!r} ({where[name]}), row {row}: label {value!r} is outside the label set "
                     f"(ids 0..{len(label_names) - 1}: {', '.join(label_names[:5])}, ...)."
                 )
+            labels.append(ids)
         if multilabel:
-
-            def multi_hot(batch: dict) -> dict:
-                hot = np.zeros((len(batch["label"]), len(label_names)), dtype=np.float32)
-                for row, ids in enumerate(batch["label"]):
-                    hot[row, ids] = 1.0
-                return {"label": hot}
-
-            features = datasets.Features({"text": Value("string"), "label": List(Value("float32"), len(label_names))})
-            split = split.map(multi_hot, batched=True, features=features, desc=f"Multi-hot {name}")
+            hot = np.zeros((len(labels), len(label_names)), dtype=np.float32)
+            for row, ids in enumerate(labels):
+                hot[row, ids] = 1.0
+            labels, label_type = hot, List(Value("float32"), len(label_names))
         else:
-            split = split.cast_column("label", ClassLabel(names=label_names))
-        out[name] = split
+            label_type = ClassLabel(names=label_names)
+        features = datasets.Features({"text": Value("string"), "label": label_type})
+        out[name] = Dataset.from_dict({"text": texts, "label": labels}, features=features)
     problem_type = "multi_label_classification" if multilabel else "single_label_classification"
     return out, label_names, problem_type
+
+
+def data_digest(split: Dataset) -> str:
+    """sha256 of a split's texts and labels in order: what the saved output must be rebuilt for when it changes."""
+    digest = hashlib.sha256()
+    for text, label in zip(split["text"], split["label"]):
+        digest.update(json.dumps([text, label]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def texts_digest(split: Dataset) -> str:
+    """sha256 of a split's texts in order: the part of the data features depend on (labels are not)."""
+    digest = hashlib.sha256()
+    for text in split["text"]:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 # ---- backbones and cache keys ----
@@ -255,6 +542,9 @@ def resolve_backbones(
 ) -> list[dict]:
     """The preset's backbone descriptions with `NAME=MODEL` overrides; an overridden model's width is read from
     its config (no weights are loaded), and a too-large `num_layers` is refused here, before any work."""
+    from configuration_llm_fusion import PRESETS, normalize_backbone
+    from modeling_llm_fusion import FrozenBackbone
+
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
     specs = [normalize_backbone(spec) for spec in PRESETS[preset]["backbones"]]
@@ -272,8 +562,21 @@ def resolve_backbones(
     return specs
 
 
+def _check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> None:
+    """Refuse a `--backbone-path` that names no backbone or a folder that does not exist."""
+    names = [spec["name"] for spec in backbones]
+    for name, folder in backbone_paths.items():
+        if name not in names:
+            raise ValueError(f"--backbone-path {name}={folder}: no backbone {name!r}; the backbones are {names}.")
+        if not Path(folder).is_dir():
+            model = backbones[names.index(name)]["model"]
+            raise ValueError(f"--backbone-path {name}={folder}: folder not found; it must be a local copy of {model}.")
+
+
 def _model_config(spec: dict, path: str | None):
     """The backbone's model config, read without loading weights; a clear error if it cannot be loaded."""
+    from transformers import AutoConfig
+
     source = path or spec["model"]
     try:
         return AutoConfig.from_pretrained(source, revision=None if path else spec.get("revision"))
@@ -299,8 +602,7 @@ def _folder_digest(folder: Path) -> str:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
             digest.update(str(path.relative_to(folder)).encode())
-            with open(path, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 
@@ -315,51 +617,172 @@ def _resolved_revision(spec: dict) -> str | None:
         return spec["revision"]
 
 
-def column_key(spec: dict, path: str | None, compute_dtype: str, texts_digest: str) -> str:
-    """Cache key of one backbone's feature column: everything that changes the features."""
+def column_key(
+    spec: dict,
+    path: str | None,
+    compute_dtype: str,
+    texts_digest: str,
+    feature_dtype: str = "float16",
+    shard_size: int = 1024,
+) -> str:
+    """Cache key of one backbone's feature column: everything its shards depend on (labels are not)."""
+    from modeling_llm_fusion import FEATURE_CODE_VERSION
+
     source = path or spec["model"]
     weights = _folder_digest(Path(source)) if Path(source).is_dir() else spec["revision"]
     fields = {
         "spec": {k: spec[k] for k in ("model", "revision", "pooling", "num_layers", "hidden_size", "max_length")},
         "weights": weights,
         "dtype": compute_dtype,
+        "feature_dtype": feature_dtype,
         "texts": texts_digest,
+        "shard_size": shard_size,  # shard i holds rows i*shard_size...: another size, other shards
         "feature_code": FEATURE_CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def texts_digest(split: Dataset) -> str:
+# ---- files and their checksums ----
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def split_checksum(folder: Path) -> str:
+    """sha256 of a saved split: its data files and their descriptions (not the cache files `map` may add)."""
     digest = hashlib.sha256()
-    for text in split["text"]:
-        digest.update(text.encode())
-        digest.update(b"\0")
+    for path in sorted([*folder.glob("data-*.arrow"), folder / "state.json", folder / "dataset_info.json"]):
+        digest.update(path.name.encode() + b"\0" + (bytes.fromhex(file_sha256(path)) if path.exists() else b""))
     return digest.hexdigest()
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Write a JSON file atomically: a reader sees the old file or the whole new one, never a part."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(output_dir: Path):
+    """Turn a full disk into one line: what was being written, and what to do."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise ValueError(
+            f"No space left on the device while writing {error.filename or output_dir}: free some space or pass "
+            "--output-dir on another disk, then rerun (finished shards are kept)."
+        ) from error
+
+
+@contextlib.contextmanager
+def _library_progress_bars_off():
+    """`datasets` shows a bar for every file read and every map, transformers one for every model's weights; ours
+    (one per backbone) say enough. Downloads keep theirs (huggingface_hub's)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    shown = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            datasets.enable_progress_bars()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
 
 
 # ---- extraction ----
 
 
-def feature_type(spec: dict, dtype: str) -> Array2D | List:
+def feature_type(spec: dict, dtype: str):
+    """The `datasets` feature of one backbone's column: `Array2D` for an LLM's layers, a fixed-length `List`."""
+    from datasets import Array2D, List, Value
+
+    from configuration_llm_fusion import feature_shape
+
     shape = feature_shape(spec)
     return Array2D(shape=shape, dtype=dtype) if len(shape) == 2 else List(Value(dtype), length=shape[0])
 
 
-class ShardExtractor:
-    """`datasets.map` function adding a backbone's feature column to a batch of texts."""
+def _shard_file(cache: Path, split: str, name: str, key: str, index: int) -> Path:
+    return cache / split / f"{name}-{key}" / f"shard-{index:05d}.arrow"
 
-    def __init__(self, backbone: FrozenBackbone, batch_size: int, max_tokens: int | None, dtype: str, progress):
-        self.backbone, self.batch_size, self.max_tokens = backbone, batch_size, max_tokens
-        self.dtype, self.progress = getattr(torch, dtype), progress
 
-    def __call__(self, batch: dict) -> dict:
-        features = self.backbone.extract(batch["text"], self.batch_size, self.max_tokens, self.dtype, self.progress)
-        return {self.backbone.spec["name"]: features.numpy()}
+def _shard_record(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def _shard_problem(shard: Path, rows: int) -> str | None:
+    """Why a finished shard cannot be trusted (its record of rows and checksum missing or not matching), or None."""
+    try:
+        record = json.loads(_shard_record(shard).read_text())
+    except (OSError, ValueError):
+        return "it has no record of its rows and checksum"
+    if record.get("rows") != rows:
+        return f"its record says {record.get('rows')} rows, expected {rows}"
+    if record.get("sha256") != file_sha256(shard):
+        return "its content does not match its checksum"
+    return None
+
+
+def _write_shard(shard: Path, name: str, values, feature) -> None:
+    """Write one shard's features: the Arrow file under a temporary name moved into place when complete, then its
+    record (rows and sha256), so that a shard is trusted only once both are written."""
+    from datasets import Features
+    from datasets.arrow_writer import ArrowWriter
+
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    _shard_record(shard).unlink(missing_ok=True)
+    temporary = shard.with_name(f".{shard.name}.tmp")
+    try:
+        with ArrowWriter(features=Features({name: feature}), path=str(temporary)) as writer:
+            writer.write_batch({name: values})
+            writer.finalize()
+        checksum = file_sha256(temporary)
+        os.replace(temporary, shard)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _write_json(_shard_record(shard), {"rows": len(values), "sha256": checksum})
+
+
+def _output_problem(output_dir: Path, metadata: FeatureMetadata) -> str | None:
+    """Why the saved splits do not match what `metadata` records of them, or None."""
+    if not (output_dir / "dataset_dict.json").exists():
+        return "dataset_dict.json is missing"
+    for split in SPLITS:
+        if not (output_dir / split).is_dir():
+            return f"split {split!r} is missing"
+        if split_checksum(output_dir / split) != metadata.split_checksums.get(split):
+            return f"split {split!r} does not match its checksum"
+    return None
+
+
+def _previous_metadata(output_dir: Path) -> FeatureMetadata | None:
+    """The metadata of what is in `output_dir`, or None where there is none that this version can read."""
+    try:
+        return read_metadata(output_dir) if (output_dir / METADATA_FILE).exists() else None
+    except ValueError as error:
+        logger.warning(f"{error}")
+        return None
 
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size), from the variables torchrun and accelerate launch set (accelerate's own state can say
     one process on CPU under torchrun); the process group is set up on first use."""
+    import torch
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -369,8 +792,16 @@ def _distributed() -> tuple[int, int]:
 
 
 def _barrier(world: int) -> None:
+    import torch
+
     if world > 1:
         torch.distributed.barrier()
+
+
+def _check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
+    """Refuse a size that cannot be meant (0 or less), naming the flag; None means the flag was left out."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")
 
 
 def extract(
@@ -390,64 +821,118 @@ def extract(
     dtype: str | None = None,
     feature_dtype: str = "float16",
     shard_size: int = 1024,
-) -> dict:
+) -> ExtractionResult:
     """Extract (or load from cache) the features of every split and save them as a `DatasetDict`.
 
-    Returns the metadata written to `OUTPUT_DIR/fec_features.json`, plus `"computed"`: the backbones whose
-    features were computed in this call (empty on a full cache hit, when no model is loaded at all) and
-    `"throughput"`: texts/s and tokens/s of each.
+    The output in `output_dir` (default `default_features_dir(dataset)`) is up to date when its metadata records the
+    same data (texts and labels), backbones and dtypes, and its splits match their checksums; otherwise it is
+    rebuilt, from the cache where the shards are good (no model is loaded). Returns an `ExtractionResult`: the
+    metadata written to `OUTPUT_DIR/fec_features.json`, the backbones computed in this call and their throughput.
+    Raises `ValueError` in one line for bad arguments, data or backbones, and for a full disk.
     """
-    rank, world = _distributed()
-    output_dir = Path(output_dir or Path("features") / Path(dataset.rstrip("/")).name)
+    from configuration_llm_fusion import PRESETS, normalize_backbone
+
+    _check_at_least_one("--limit", limit, " (leave it out to use every row)")
+    _check_at_least_one("--batch-size", batch_size)
+    _check_at_least_one("--max-tokens", max_tokens, " (leave it out for no token budget)")
+    _check_at_least_one("--shard-size", shard_size)
+    if feature_dtype not in ("float16", "float32"):
+        raise ValueError(f"--feature-dtype must be float16 or float32, got {feature_dtype!r}.")
     backbones = [normalize_backbone(spec) for spec in (backbones or resolve_backbones(preset))]
     backbone_paths = dict(backbone_paths or {})
-    if feature_dtype not in ("float16", "float32"):
-        raise ValueError(f"feature_dtype must be float16 or float32, got {feature_dtype!r}.")
+    _check_backbone_paths(backbone_paths, backbones)
+    output_dir = Path(output_dir) if output_dir is not None else default_features_dir(dataset)
+    with _library_progress_bars_off(), _disk_full_is_an_error(output_dir):
+        data, label_names, problem_type = load_data(dataset, data_dir, text_column, label_column, limit)
+        metadata = FeatureMetadata(
+            dataset=dataset,
+            dataset_name=dataset_name(dataset),
+            problem_type=problem_type,
+            label_names=label_names,
+            backbones=backbones,
+            feature_dtype=feature_dtype,
+            head=dict(PRESETS.get(preset, {}).get("head", {})),
+        )
+        return _extract(
+            data, metadata, backbone_paths, output_dir, batch_size, max_tokens, device, device_map, dtype, shard_size
+        )
+
+
+def _extract(
+    data: DatasetDict,
+    metadata: FeatureMetadata,
+    backbone_paths: dict[str, str],
+    output_dir: Path,
+    batch_size: int,
+    max_tokens: int | None,
+    device: str | None,
+    device_map: str | None,
+    dtype: str | None,
+    shard_size: int,
+) -> ExtractionResult:
+    """`extract` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from modeling_llm_fusion import FrozenBackbone
+
+    rank, world = _distributed()
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    backbones, feature_dtype = metadata.backbones, metadata.feature_dtype
 
-    data, label_names, problem_type = load_data(dataset, data_dir, text_column, label_column, limit)
     digests = {name: texts_digest(split) for name, split in data.items()}
     for spec in backbones:
         if spec["revision"] is None and spec["name"] not in backbone_paths and not Path(spec["model"]).is_dir():
             spec["revision"] = _resolved_revision(spec)
     keys = {
-        spec["name"]: {split: column_key(spec, backbone_paths.get(spec["name"]), dtype, digests[split])
-                       for split in SPLITS}
+        spec["name"]: {
+            split: column_key(spec, backbone_paths.get(spec["name"]), dtype, digests[split], feature_dtype, shard_size)
+            for split in SPLITS
+        }
         for spec in backbones
-    }  # fmt: skip
-    metadata = {
-        "dataset": dataset,
-        "problem_type": problem_type,
-        "label_names": label_names,
-        "backbones": backbones,
-        "feature_dtype": feature_dtype,
-        "compute_dtype": dtype,
-        "head": dict(PRESETS[preset]["head"]) if preset in PRESETS else {},
-        "rows": {split: len(data[split]) for split in SPLITS},
-        "column_keys": keys,
     }
-    previous = read_metadata(output_dir) if (output_dir / METADATA_FILE).exists() else None
-    if previous is not None and {k: previous.get(k) for k in metadata} == metadata:
-        logger.info(f"Features in {output_dir} are up to date: nothing to compute.")
-        return {**metadata, "computed": [], "throughput": {}}
+    metadata = dataclasses.replace(
+        metadata,
+        compute_dtype=dtype,
+        rows={split: len(data[split]) for split in SPLITS},
+        column_keys=keys,
+        data_digests={split: data_digest(data[split]) for split in SPLITS},
+    )
+    previous = _previous_metadata(output_dir)
+    if previous is not None and previous.identity() == metadata.identity():
+        problem = _output_problem(output_dir, previous)
+        if problem is None:
+            logger.info(f"Features in {output_dir} are up to date: nothing to compute.")
+            return ExtractionResult(previous, output_dir)
+        logger.warning(f"Features in {output_dir}: {problem}; rebuilding them (from the cache where it is good).")
 
     for spec in backbones:  # refuse a backbone that cannot give these features before any work is done
         FrozenBackbone.check_config(spec, _model_config(spec, backbone_paths.get(spec["name"])))
     cache = output_dir / "cache"
-    computed, throughput = [], {}
+
+    def shard_rows(split: str, i: int) -> int:
+        return min(shard_size, len(data[split]) - i * shard_size)
+
+    verified, computed, throughput = set(), [], {}
     for spec in backbones:
         name = spec["name"]
         # Shards of all splits are dealt round-robin over the processes.
         everything = [(split, i) for split in SPLITS for i in range(math.ceil(len(data[split]) / shard_size))]
         pending = {split: [] for split in SPLITS}
         for split, i in everything[rank::world]:
-            if not _shard_file(cache, split, name, keys[name][split], i).exists():
+            shard = _shard_file(cache, split, name, keys[name][split], i)
+            if not shard.exists():
                 pending[split].append(i)
+            elif problem := _shard_problem(shard, shard_rows(split, i)):
+                logger.warning(f"Cache shard {shard} cannot be trusted ({problem}): recomputing it.")
+                pending[split].append(i)
+            else:
+                verified.add(shard)
         if not any(pending.values()):
             continue
         computed.append(name)
@@ -455,24 +940,17 @@ def extract(
         backbone = FrozenBackbone.load(
             spec, backbone_paths.get(name), device=device, dtype=getattr(torch, dtype), device_map=device_map
         )
-        total = sum(min(shard_size, len(data[s]) - i * shard_size) for s, shards in pending.items() for i in shards)
+        total = sum(shard_rows(split, i) for split, shards in pending.items() for i in shards)
         start = time.perf_counter()
         desc = name if world == 1 else f"{name} [rank {rank}/{world}]"
         with tqdm(total=total, desc=desc, unit="text", disable=None) as progress:
-            extractor = ShardExtractor(backbone, batch_size, max_tokens, feature_dtype, progress)
             for split, shards in pending.items():
                 for i in shards:
-                    target = _shard_file(cache, split, name, keys[name][split], i)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    part = data[split].select(range(i * shard_size, min((i + 1) * shard_size, len(data[split]))))
-                    # map writes to a temporary file and moves it into place when done: a killed run leaves
-                    # either a finished shard or none, and the rerun starts at the first missing one.
-                    part.map(
-                        extractor, batched=True, batch_size=len(part), remove_columns=part.column_names,
-                        features=datasets.Features({name: feature_type(spec, feature_dtype)}),
-                        cache_file_name=str(target), load_from_cache_file=False,
-                        new_fingerprint=f"{target.parent.name}-{i}",
-                    )  # fmt: skip
+                    shard = _shard_file(cache, split, name, keys[name][split], i)
+                    texts = data[split][i * shard_size : i * shard_size + shard_rows(split, i)]["text"]
+                    values = backbone.extract(texts, batch_size, max_tokens, getattr(torch, feature_dtype), progress)
+                    _write_shard(shard, name, values.numpy(), feature_type(spec, feature_dtype))
+                    verified.add(shard)
         seconds = time.perf_counter() - start
         throughput[name] = {
             "texts": backbone.texts_seen,
@@ -482,59 +960,126 @@ def extract(
         del backbone
     _barrier(world)
     if rank == 0:
-        _assemble(data, backbones, keys, cache, shard_size, feature_dtype, output_dir, metadata)
+        shards = {
+            (split, spec["name"]): [
+                _shard_file(cache, split, spec["name"], keys[spec["name"]][split], i)
+                for i in range(math.ceil(len(data[split]) / shard_size))
+            ]
+            for split in SPLITS
+            for spec in backbones
+        }
+        for (split, _), files in shards.items():  # the other processes' shards
+            for i, shard in enumerate(files):
+                if shard not in verified and (problem := _shard_problem(shard, shard_rows(split, i))):
+                    raise ValueError(f"Cache shard {shard} cannot be trusted ({problem}): rerun to recompute it.")
+        metadata = _assemble(data, shards, output_dir, metadata)
     _barrier(world)
-    return {**metadata, "computed": computed, "throughput": throughput}
+    return ExtractionResult(metadata, output_dir, computed, throughput)
 
 
-def _shard_file(cache: Path, split: str, name: str, key: str, index: int) -> Path:
-    return cache / split / f"{name}-{key}" / f"shard-{index:05d}.arrow"
+def _assemble(
+    data: DatasetDict, shards: dict[tuple[str, str], list[Path]], output_dir: Path, metadata: FeatureMetadata
+) -> FeatureMetadata:
+    """Join the shards into one `DatasetDict` with a column per backbone and save it in `output_dir`, replacing what
+    was there; returns `metadata` with the checksums of the saved splits.
 
+    The metadata file is removed before the first split is replaced and written (atomically) after the last: a run
+    killed in between leaves a folder without metadata, which no reader trusts and the next run rebuilds.
+    """
+    import datasets
+    from datasets import Dataset, DatasetDict
 
-def _assemble(data, backbones, keys, cache, shard_size, feature_dtype, output_dir: Path, metadata: dict) -> None:
-    """Join the finished shards into one `DatasetDict` with a column per backbone and save it."""
     splits = {}
     for split in SPLITS:
         columns = [data[split]]
-        for spec in backbones:
-            name = spec["name"]
-            count = math.ceil(len(data[split]) / shard_size)
-            shards = [
-                Dataset.from_file(str(_shard_file(cache, split, name, keys[name][split], i))) for i in range(count)
-            ]
-            columns.append(datasets.concatenate_datasets(shards))
+        for spec in metadata.backbones:
+            files = shards[split, spec["name"]]
+            columns.append(datasets.concatenate_datasets([Dataset.from_file(str(path)) for path in files]))
         splits[split] = datasets.concatenate_datasets(columns, axis=1)
     staging = output_dir / "_saving"
-    DatasetDict(splits).save_to_disk(staging)
-    for split in SPLITS:  # replace the previous result only once the new one is complete
+    try:
+        if staging.exists():  # left by a killed run
+            shutil.rmtree(staging)
+        DatasetDict(splits).save_to_disk(staging)
+        checksums = {split: split_checksum(staging / split) for split in SPLITS}
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
+    for split in SPLITS:
         target = output_dir / split
         if target.exists():
             shutil.rmtree(target)
         (staging / split).rename(target)
     (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
     staging.rmdir()
-    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata = dataclasses.replace(metadata, split_checksums=checksums)
+    _write_json(output_dir / METADATA_FILE, metadata.to_dict())
+    return metadata
 
 
-def read_metadata(features_dir: str | os.PathLike) -> dict:
+def read_metadata(features_dir: str | os.PathLike) -> FeatureMetadata:
+    """The `FeatureMetadata` of a features folder; `ValueError` naming the folder and the fix where there is none."""
     path = Path(features_dir) / METADATA_FILE
     if not path.exists():
+        unfinished = " (its extraction did not finish)" if (Path(features_dir) / "dataset_dict.json").exists() else ""
         raise ValueError(
-            f"{features_dir} is not a features folder (no {METADATA_FILE}); create one with "
+            f"{features_dir} is not a features folder (no {METADATA_FILE}){unfinished}; create one with "
             "`python extract_features.py --dataset NAME --output-dir DIR`."
         )
-    return json.loads(path.read_text())
+    try:
+        return FeatureMetadata.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not metadata this version can read ({_one_line(error)}); rebuild the folder with "
+            "`python extract_features.py --dataset NAME --output-dir DIR`."
+        ) from error
 
 
-def load_features(features_dir: str | os.PathLike) -> tuple[DatasetDict, dict]:
+def load_features(features_dir: str | os.PathLike) -> tuple[DatasetDict, FeatureMetadata]:
     """The features `extract` saved (memory-mapped Arrow) and their metadata."""
+    import datasets
+
     metadata = read_metadata(features_dir)
-    return datasets.load_from_disk(str(features_dir)), metadata
+    data = datasets.load_from_disk(str(features_dir))
+    for split, rows in metadata.rows.items():
+        if split in data and len(data[split]) != rows:
+            raise ValueError(
+                f"Split {split!r} in {features_dir} has {len(data[split])} rows, but {METADATA_FILE} records {rows}: "
+                "rerun extract_features.py to rebuild it."
+            )
+    return data, metadata
 
 
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(ExtractArguments).parse_args_into_dataclasses(args=argv)
-    pylogging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=pylogging.INFO)
+# ---- command line ----
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    """The parser of `ExtractArguments`, built from its fields the way `HfArgumentParser` builds one (`--flag_name`
+    and `--flag-name`, help and defaults from the field) but without importing transformers: `--help` is instant."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(ExtractArguments)
+    for spec in dataclasses.fields(ExtractArguments):
+        kind, options = hints[spec.name], dict(spec.metadata)
+        if typing.get_origin(kind) is list:
+            kind, options["nargs"] = typing.get_args(kind)[0], "+"
+        elif type(None) in typing.get_args(kind):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        flags = dict.fromkeys([f"--{spec.name}", f"--{spec.name.replace('_', '-')}"])
+        parser.add_argument(*flags, dest=spec.name, type=kind, default=default, **options)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> ExtractArguments:
+    return ExtractArguments(**vars(_argument_parser().parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> ExtractionResult:
+    args = parse_args(argv)
+    logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
     backbones = resolve_backbones(args.preset, args.backbone, args.max_length)
     result = extract(
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
@@ -544,11 +1089,11 @@ def main(argv: list[str] | None = None) -> dict:
         shard_size=args.shard_size,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
-        rows = ", ".join(f"{split} {n}" for split, n in result["rows"].items())
-        print(f"Features of {result['dataset']} ({rows}) -> {args.output_dir or 'features/' + args.dataset}")
-        if not result["computed"]:
+        rows = ", ".join(f"{split} {n}" for split, n in result.metadata.rows.items())
+        print(f"Features of {result.metadata.dataset} ({rows}) -> {result.output_dir}")
+        if not result.computed:
             print("Cache hit: every column was up to date, no model was loaded.")
-        for name, speed in result["throughput"].items():
+        for name, speed in result.throughput.items():
             print(f"  {name:10s} {speed['texts_per_s']:9.1f} texts/s {speed['tokens_per_s']:11.1f} tokens/s")
     return result
 

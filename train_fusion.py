@@ -37,7 +37,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import load_features
+from extract_features import FeatureMetadata, dataset_name, default_features_dir, load_features
 from fusion_results import RunResults, SeedResult, per_label_scores
 from fusion_trainer import (
     CHECKPOINT_SELECTIONS,
@@ -195,29 +195,29 @@ class FusionTrainingArguments(TrainingArguments):
 # ---- features -> config and training data ----
 
 
-def check_dataset(metadata: dict, dataset: str, features_dir: str | Path) -> None:
+def check_dataset(metadata: FeatureMetadata, dataset: str, features_dir: str | Path) -> None:
     """Raise `ValueError` if the features come from another data set than `dataset`."""
-    source = str(metadata.get("dataset", ""))
-    if dataset not in (source, Path(source.rstrip("/")).name):
+    source = metadata.dataset
+    if dataset != source and dataset_name(dataset) != metadata.dataset_name:
         raise ValueError(
             f"The features in {features_dir} are from the data set {source!r}, not {dataset!r}; pass "
             f"--dataset {source} or the features folder of {dataset!r}."
         )
 
 
-def build_config(metadata: dict, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
+def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
     """The model config for the features `metadata` describes: their backbones (all, or those named in
     `backbones`, in that order), labels and problem type; the head has the paper's shape unless `head` (config
     keywords such as `sigma` or `standardize_features`) says otherwise."""
-    label_names = metadata.get("label_names")
+    label_names = metadata.label_names
     if not label_names:
         raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
-    problem_type = metadata.get("problem_type")
+    problem_type = metadata.problem_type
     if problem_type not in PROBLEM_TYPES:
         raise ValueError(
             f"Unknown problem_type {problem_type!r} in the features; allowed: {', '.join(PROBLEM_TYPES)}."
         )
-    specs = {spec["name"]: spec for spec in metadata.get("backbones", [])}
+    specs = {spec["name"]: spec for spec in metadata.backbones}
     missing = [name for name in backbones or [] if name not in specs]
     if missing:
         raise ValueError(f"The features have no backbone(s) {missing}; they hold {list(specs)}.")
@@ -542,7 +542,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
     """
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
-    features_dir = args.features_dir or f"features/{args.dataset}"
+    features_dir = args.features_dir or default_features_dir(args.dataset)
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
     preset_head = metadata.get("head") or {}
@@ -590,7 +590,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
             finished[result.seed] = result
     runs = [finished[seed] for seed in seeds]
     results = RunResults(
-        dataset=metadata["dataset"],
+        dataset=metadata.dataset,
         problem_type=config.problem_type,
         selection_metric=selection,
         early_stopping_metrics=protocol.metrics,
@@ -614,7 +614,7 @@ def save_model_folder(
     model: LLMFusionForSequenceClassification,
     output_dir: Path,
     results: dict,
-    metadata: dict,
+    metadata: FeatureMetadata,
     training_args: TrainingArguments,
     args: FusionArguments,
 ) -> None:
@@ -680,7 +680,7 @@ def write_model_card(
     output_dir: Path,
     model: LLMFusionForSequenceClassification,
     results: dict,
-    metadata: dict,
+    metadata: FeatureMetadata,
     training_args: TrainingArguments,
     args: FusionArguments,
 ) -> ModelCard:
@@ -768,7 +768,7 @@ it); the model-index holds its test scores. The last row is the mean +- populati
 | --- | --- | --- | --- |
 {backbones}
 
-Features were extracted once and stored as {metadata.get("feature_dtype", "float16")}.{standardized} \
+Features were extracted once and stored as {metadata.feature_dtype}.{standardized} \
 Each LLM layer vector is projected to {config.fusion_dim} by its own Linear+ReLU+Dropout and stacked with the \
 encoder vectors; the co-occurrence matrix of the stacked vectors is power-normalised \
 (`2 * sigmoid({config.sigma:g} * x) - 1`), flattened and followed by the mean of the raw LLM layer vectors; an MLP \
@@ -836,7 +836,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTr
     # --features-dir and --output-dir default to the data set --dataset names.
     dataset = parser.parse_known_args(argv)[0].dataset
     parser.set_defaults(
-        features_dir=f"features/{dataset}", output_dir=f"outputs/llm-fusion-{dataset.lower().replace('_', '-')}"
+        features_dir=str(default_features_dir(dataset)),
+        output_dir=f"outputs/llm-fusion-{dataset.lower().replace('_', '-')}",
     )
     return parser.parse_args_into_dataclasses(args=argv)
 

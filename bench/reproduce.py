@@ -89,7 +89,7 @@ class Stages:
 def extract_stage(dataset: str, output_dir: Path, folders: dict[str, str], args: argparse.Namespace) -> dict:
     result = extract(dataset, data_dir=str(DATA_DIR), preset="small", backbone_paths=folders, output_dir=output_dir,
                      limit=args.limit, dtype=args.dtype)  # fmt: skip
-    return {"rows": result["rows"], "throughput": result["throughput"]}
+    return {"rows": result.metadata.rows, "throughput": result.throughput}
 
 
 def train_head(features_dir: Path, output_dir: Path, dataset: str, seeds: int, backbones: list[str] | None,

@@ -1,15 +1,29 @@
+import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Array2D, List, Value
 
 import extract_features
-from extract_features import extract, load_data, load_features, resolve_backbones
-from helpers import REPO
+from extract_features import (
+    ExtractionResult,
+    FeatureMetadata,
+    dataset_name,
+    default_features_dir,
+    extract,
+    load_data,
+    load_features,
+    read_metadata,
+    resolve_backbones,
+)
+from helpers import REPO, run_python
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
@@ -21,16 +35,16 @@ def features_dir(tmp_path_factory, tiny_backbones, data_dir):
     result = extract(
         "ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=out, limit=LIMIT, shard_size=50
     )
-    assert result["computed"] == ["llama", "bert", "roberta"]
+    assert result.computed == ["llama", "bert", "roberta"]
     return out
 
 
 def test_columns_shapes_and_dtypes(features_dir, tiny_backbones):
     data, metadata = load_features(features_dir)
     assert sorted(data) == ["test", "train", "validation"]
-    assert metadata["dataset"] == "ED" and metadata["problem_type"] == "single_label_classification"
-    assert len(metadata["label_names"]) == 32 and metadata["label_names"][0] == "sad"
-    assert [b["name"] for b in metadata["backbones"]] == ["llama", "bert", "roberta"]
+    assert metadata.dataset == "ED" and metadata.problem_type == "single_label_classification"
+    assert len(metadata.label_names) == 32 and metadata.label_names[0] == "sad"
+    assert [b["name"] for b in metadata.backbones] == ["llama", "bert", "roberta"]
     for split in data.values():
         assert split.column_names == ["text", "label", "llama", "bert", "roberta"]
         assert len(split) == LIMIT
@@ -39,7 +53,7 @@ def test_columns_shapes_and_dtypes(features_dir, tiny_backbones):
         assert split.features["roberta"] == List(Value("float16"), length=24)
         row = split.with_format("numpy")[0]
         assert row["llama"].shape == (3, 32) and row["bert"].shape == (32,) and row["roberta"].shape == (24,)
-    assert data["train"].features["label"].names == metadata["label_names"]
+    assert data["train"].features["label"].names == metadata.label_names
 
 
 def test_features_equal_the_core_feature_code(features_dir, tiny_backbones):
@@ -57,7 +71,7 @@ def test_second_run_loads_no_model(features_dir, tiny_backbones, data_dir, monke
     monkeypatch.setattr(FrozenBackbone, "load", refuse)
     result = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
                      shard_size=50)  # fmt: skip
-    assert result["computed"] == []
+    assert result.computed == []
 
 
 def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbones, data_dir, tmp_path):
@@ -67,14 +81,14 @@ def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbone
     changed[1]["max_length"] = 8  # truncating BERT's input changes BERT's features only
     result = extract("ED", data_dir=str(data_dir), backbones=changed, output_dir=features_dir, limit=LIMIT,
                      shard_size=50)  # fmt: skip
-    assert result["computed"] == ["bert"]
+    assert result.computed == ["bert"]
     after = load_features(features_dir)[0]["train"].with_format("numpy")[:]
     np.testing.assert_array_equal(after["llama"], before["llama"])
     np.testing.assert_array_equal(after["roberta"], before["roberta"])
     assert not np.array_equal(after["bert"], before["bert"])
     restored = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
                        shard_size=50)  # fmt: skip
-    assert restored["computed"] == []  # the first BERT column is still cached: nothing to recompute
+    assert restored.computed == []  # the first BERT column is still cached: nothing to recompute
 
 
 def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch):
@@ -96,9 +110,9 @@ def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch
     monkeypatch.setattr(FrozenBackbone, "__call__", original)
     result = extract("ED", **kwargs)
     # 3 splits x 40 rows = 120 texts; the two shards finished before the interruption are not redone.
-    assert result["throughput"]["llama"]["texts"] == 100
+    assert result.throughput["llama"]["texts"] == 100
     fresh = extract("ED", **{**kwargs, "output_dir": tmp_path / "fresh"})
-    assert fresh["throughput"]["llama"]["texts"] == 120
+    assert fresh.throughput["llama"]["texts"] == 120
     resumed, _ = load_features(out)
     uninterrupted, _ = load_features(tmp_path / "fresh")
     for split in ("train", "validation", "test"):
@@ -109,7 +123,7 @@ def test_multi_label_go_emotions(tiny_backbones, data_dir, tmp_path):
     extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones[1:2], output_dir=tmp_path,
             limit=30)  # fmt: skip
     data, metadata = load_features(tmp_path)
-    assert metadata["problem_type"] == "multi_label_classification" and len(metadata["label_names"]) == 28
+    assert metadata.problem_type == "multi_label_classification" and len(metadata.label_names) == 28
     labels = np.array(data["validation"]["label"])
     assert labels.shape == (30, 28) and set(np.unique(labels)) <= {0.0, 1.0}
     first = (data_dir / "go_emotions_multilabel" / "dev.tsv").read_text().splitlines()[0].split("\t")[1]
@@ -127,7 +141,7 @@ def test_length_sorted_batches():
 def test_two_processes_equal_one(tiny_backbones, data_dir, tmp_path):
     overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
     args = ["extract_features.py", "--dataset", "ED", "--data-dir", str(data_dir), "--preset", "small",
-            "--limit", "30", "--shard-size", "10"]  # fmt: skip
+            "--limit", "30", "--shard-size", "10", "--log-level", "info"]  # fmt: skip
     args += ["--backbone", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--output-dir", str(tmp_path / "one")], cwd=REPO, env=env,
@@ -214,22 +228,353 @@ def test_metadata_is_json(features_dir):
                                                                            "test": LIMIT}  # fmt: skip
 
 
+# ---- the cache decides on content, and verifies before it trusts ----
+
+ROWS = [(f"text number {i} is about a day", i % 3) for i in range(12)]
+
+
+def columns(features_dir) -> dict[str, dict]:
+    """Every split of a features folder as numpy columns."""
+    data, _ = load_features(features_dir)
+    return {split: data[split].with_format("numpy")[:] for split in ("train", "validation", "test")}
+
+
+def assert_same_columns(a: dict, b: dict) -> None:
+    for split in a:
+        assert a[split].keys() == b[split].keys()
+        for column in a[split]:
+            np.testing.assert_array_equal(a[split][column], b[split][column])
+
+
+def refuse_model_loads(monkeypatch) -> None:
+    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("the shards were good: no model load"))
+
+
+@pytest.fixture
+def small_run(tmp_path, tiny_backbones):
+    """A local CSV data set (12 rows a split) and an `extract` of it with the tiny BERT, 3 shards a split."""
+    folder = write_csv_dataset(tmp_path / "mine", ROWS)
+    kwargs = {"backbones": tiny_backbones[1:2], "output_dir": tmp_path / "out", "shard_size": 4}
+
+    def run(**overrides):
+        return extract(str(folder), **{**kwargs, **overrides})
+
+    run.folder, run.out = folder, tmp_path / "out"
+    return run
+
+
+def test_corrected_label_is_picked_up_without_recomputing(small_run, monkeypatch):
+    small_run()
+    train = small_run.folder / "train.csv"
+    train.write_text(train.read_text().replace('"text number 5 is about a day",2', '"text number 5 is about a day",0'))
+    refuse_model_loads(monkeypatch)
+    result = small_run()
+    assert result.computed == []  # the features depend on the texts only: the cache serves them
+    data, metadata = load_features(small_run.out)
+    assert data["train"]["label"][5] == 0 and data["validation"]["label"][5] == 2
+    assert metadata.data_digests["train"] != metadata.data_digests["validation"]
+
+
+def test_other_shard_size_after_an_interrupted_run(tiny_backbones, data_dir, tmp_path, monkeypatch):
+    kwargs = {"data_dir": str(data_dir), "backbones": tiny_backbones[1:2], "limit": 20, "batch_size": 8}
+    original = FrozenBackbone.__call__
+    calls = {"n": 0}
+
+    def interrupt_after_one_batch(self, texts):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return original(self, texts)
+
+    monkeypatch.setattr(FrozenBackbone, "__call__", interrupt_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract("ED", output_dir=tmp_path / "ED", shard_size=8, **kwargs)  # leaves one shard of 8 rows
+    monkeypatch.setattr(FrozenBackbone, "__call__", original)
+    extract("ED", output_dir=tmp_path / "ED", **kwargs)  # the default shard size: other shards
+    extract("ED", output_dir=tmp_path / "fresh", **kwargs)
+    assert_same_columns(columns(tmp_path / "ED"), columns(tmp_path / "fresh"))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _change_a_byte(path):
+    content = bytearray(path.read_bytes())
+    content[-100] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def _drop_record(path):
+    path.with_suffix(".json").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _change_a_byte, _drop_record])
+def test_damaged_cache_shard_is_recomputed(small_run, caplog, damage):
+    small_run()
+    before = columns(small_run.out)
+    (shard,) = small_run.out.glob("cache/train/bert-*/shard-00001.arrow")
+    damage(shard)
+    shutil.rmtree(small_run.out / "train")  # the output must be rebuilt, from the cache
+    with caplog.at_level("WARNING"):
+        result = small_run()
+    assert f"Cache shard {shard} cannot be trusted" in caplog.text
+    assert result.computed == ["bert"] and result.throughput["bert"]["texts"] == 4  # that shard only
+    assert_same_columns(columns(small_run.out), before)
+
+
+def test_damaged_output_is_rebuilt_from_the_cache(small_run, caplog, monkeypatch):
+    small_run()
+    before = columns(small_run.out)
+    (arrow,) = (small_run.out / "train").glob("data-*.arrow")
+    _truncate(arrow)
+    refuse_model_loads(monkeypatch)
+    with caplog.at_level("WARNING"):
+        assert small_run().computed == []
+    assert "split 'train' does not match its checksum" in caplog.text
+    assert_same_columns(columns(small_run.out), before)
+
+
+def test_killed_assembly_leaves_nothing_trusted_and_the_rerun_rebuilds(small_run, monkeypatch):
+    small_run()
+    train = small_run.folder / "train.csv"
+    train.write_text(train.read_text().replace('"text number 5 is about a day",2', '"text number 5 is about a day",0'))
+    rename = Path.rename
+
+    def killed_after_the_first_split(self, target):
+        if self.parent.name == "_saving" and self.name == "validation":
+            raise KeyboardInterrupt  # train is already replaced, validation and test are not
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_after_the_first_split)
+    with pytest.raises(KeyboardInterrupt):
+        small_run()
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ValueError, match=r"no fec_features\.json\) \(its extraction did not finish\)"):
+        load_features(small_run.out)
+    load = FrozenBackbone.load
+    refuse_model_loads(monkeypatch)
+    assert small_run().computed == []
+    data, _ = load_features(small_run.out)
+    assert data["train"]["label"][5] == 0 and all(len(data[split]) == 12 for split in data)
+    assert not (small_run.out / "_saving").exists()
+    monkeypatch.setattr(FrozenBackbone, "load", load)
+    fresh = small_run(output_dir=small_run.out.parent / "fresh")
+    assert_same_columns(columns(small_run.out), columns(fresh.output_dir))
+
+
+@pytest.mark.parametrize("where", ["shard", "assembly"])
+def test_full_disk_is_one_line_and_leaves_no_temporary_file(small_run, monkeypatch, where):
+    from datasets.arrow_writer import ArrowWriter
+
+    write_table = ArrowWriter.write_table
+
+    def full(self, *args, **kwargs):
+        if str(small_run.out / ("cache" if where == "shard" else "_saving")) in str(self._path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_table(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArrowWriter, "write_table", full)
+    with pytest.raises(ValueError, match=r"^No space left on the device while writing .*: free some space") as error:
+        small_run()
+    assert "\n" not in str(error.value)
+    leftovers = [p for p in small_run.out.rglob("*") if p.name.endswith(".tmp") or p.name == "_saving"]
+    assert leftovers == [] and not (small_run.out / extract_features.METADATA_FILE).exists()
+    monkeypatch.setattr(ArrowWriter, "write_table", write_table)
+    assert small_run().computed == ([] if where == "assembly" else ["bert"])  # finished shards are kept
+    load_features(small_run.out)
+
+
+# ---- paths ----
+
+
+def test_dataset_name_and_default_features_dir(tmp_path, monkeypatch):
+    (tmp_path / "some" / "dir").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert dataset_name("ED") == "ED" and dataset_name("go_emotions_multilabel") == "go_emotions_multilabel"
+    assert dataset_name("org/name") == "org--name"
+    assert dataset_name("some/dir/..") == "some" and dataset_name(str(tmp_path / "some" / "dir")) == "dir"
+    assert dataset_name(f"train={tmp_path}/some/dir/train.csv,validation=v.csv,test=t.csv") == "dir"
+    assert dataset_name("/") == "dataset" and dataset_name("..") == tmp_path.parent.name
+    assert dataset_name("my data (v2)!") == "my-data-v2-"
+    for name in ("ED", "org/name", "/", "..", ".", "../../x y", "a/../.."):
+        slug = dataset_name(name)
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", slug) and slug not in (".", "..")
+        assert default_features_dir(name) == Path("features") / slug
+        assert default_features_dir(name).resolve().parent == (tmp_path / "features").resolve()
+
+
+def test_training_defaults_to_the_same_features_folder(tmp_path):
+    import train_fusion
+
+    for dataset in ("go_emotion", str(tmp_path / "mine"), "org/name"):
+        args, _ = train_fusion.parse_args(["--dataset", dataset])
+        assert args.features_dir == str(default_features_dir(dataset))
+
+
+def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
+    folder = write_csv_dataset(tmp_path / "data" / "mine", ROWS)
+    overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
+    command = [sys.executable, str(REPO / "extract_features.py"), "--dataset", str(folder), "--preset", "small",
+               "--limit", "4", "--backbone", *overrides]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0].endswith("-> features/mine")
+    assert (tmp_path / "features" / "mine" / extract_features.METADATA_FILE).exists()
+    assert "INFO" not in result.stderr  # warnings at most, unless --log-level info
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys, extract_features\n"
+        "try:\n    extract_features.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'datasets', 'transformers', 'numpy') if m in sys.modules])"
+    )
+    out = run_python(code, cwd=REPO)
+    assert "--backbone-path" in out and out.splitlines()[-1] == "[]"
+
+
+def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):
+    import tqdm
+
+    shown = []
+    init = tqdm.std.tqdm.__init__
+
+    def record(self, *args, **kwargs):
+        if kwargs.get("disable") is not True:  # None: shown on a terminal
+            shown.append(kwargs.get("desc"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", record)
+    small_run(backbones=tiny_backbones[1:])
+    assert shown == ["bert", "roberta"]
+
+
+# ---- the typed contract ----
+
+
+def test_metadata_is_a_typed_record(small_run):
+    result = small_run()
+    metadata = read_metadata(small_run.out)
+    assert isinstance(result, ExtractionResult) and isinstance(metadata, FeatureMetadata)
+    assert result.metadata == metadata and result.output_dir == small_run.out
+    assert metadata.dataset == str(small_run.folder) and metadata.dataset_name == "mine"
+    assert metadata.head == {"standardize_features": False, "encoders_in_tail": False}  # the paper preset's
+    assert metadata.rows == {"train": 12, "validation": 12, "test": 12}
+    assert metadata.split_checksums == {
+        split: extract_features.split_checksum(small_run.out / split) for split in ("train", "validation", "test")
+    }
+    assert list(metadata.column_keys["bert"]) == ["train", "validation", "test"]
+    record = json.loads((small_run.out / extract_features.METADATA_FILE).read_text())
+    assert FeatureMetadata.from_dict(record) == metadata
+    (small_run.out / extract_features.METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))
+    with pytest.raises(ValueError, match=r"is not metadata this version can read \(unknown keys \['surprise'\]"):
+        load_features(small_run.out)
+
+
+# ---- bad data files and arguments: one line, naming the file (split, row, flag) and the fix ----
+
+HEADER = "text,label\n"
+GOOD = HEADER + "fine,0\nalso fine,1\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"valid.csv": HEADER + '"fine,0\nok,1\n'}, r"valid\.csv is not valid CSV: EOF inside string starting at row"),
+        ({"test.csv": HEADER + "fine,0\na,b,1\n"}, r"test\.csv is not valid CSV: Expected 2 fields in line 3, saw 3"),
+        ({"test.csv": "text\nfine\n"}, r"Split 'test' \(.*test\.csv\) has no column 'label'; it has \['text'\]"),
+        ({"train.csv": (HEADER + "caf\xe9,0\n").encode("latin-1")},
+         r"train\.csv is not UTF-8 text \(line 2 has byte 0xe9\); the expected encoding is UTF-8"),
+        ({"valid.csv": HEADER}, r"valid\.csv has no rows"),
+        ({"train.csv": None, "valid.csv": None, "test.csv": None, "train.jsonl": "",
+          "valid.jsonl": '{"text": "a", "label": 0}\n', "test.jsonl": '{"text": "a", "label": 0}\n'},
+         r"train\.jsonl is empty"),
+        ({"valid.csv": None, "valid.jsonl": '{"text": "a", "label": 0}\n'},
+         r"mix formats \(train\.csv is CSV, valid\.jsonl is JSON, test\.csv is CSV\): use one format"),
+    ],
+    ids=["unterminated-quote", "extra-fields", "missing-column", "latin-1", "header-only", "empty-jsonl", "mixed"],
+)  # fmt: skip
+def test_bad_data_files_are_named_in_one_line(tmp_path, capfd, files, message):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.csv").write_text(GOOD)
+    for name, content in files.items():
+        if content is None:
+            (folder / name).unlink()
+        elif isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_data(str(folder))
+    assert "\n" not in str(error.value)
+    assert str(folder) not in capfd.readouterr().err  # nothing else reports the file (no reader's log)
+
+
+def test_texts_that_look_like_missing_values_are_texts(tmp_path):
+    folder = write_csv_dataset(tmp_path / "na", [("NaN", 0), ("null", 1), ("None", 2), ("NA", 0), ("n/a", 1)])
+    data, _, _ = load_data(str(folder))
+    assert data["test"]["text"] == ["NaN", "null", "None", "NA", "n/a"] and data["test"]["label"] == [0, 1, 2, 0, 1]
+
+
+def test_malformed_multi_label_id_names_split_and_row(data_dir, tmp_path):
+    folder = tmp_path / "go_emotions_multilabel"
+    folder.mkdir()
+    shutil.copy(data_dir / "go_emotions_multilabel" / "labels.txt", folder)
+    for name in ("train", "dev", "test"):
+        (folder / f"{name}.tsv").write_text("so happy\t17\tid1\nwhat\t3,x\tid2\n" if name == "dev" else "ok\t1\tid\n")
+    with pytest.raises(ValueError, match=r"Split 'validation' \(.*dev\.tsv\), row 1: label '3,x' is not a comma-sep"):
+        load_data("go_emotions_multilabel", data_dir=str(tmp_path))
+
+
+def test_offline_without_data_dir(monkeypatch):
+    unreachable = {**extract_features.BUILTIN_DATASETS["ED"], "base": "http://127.0.0.1:9/ED"}
+    monkeypatch.setitem(extract_features.BUILTIN_DATASETS, "ED", unreachable)
+    with pytest.raises(
+        ValueError,
+        match=r"^could not download http://127\.0\.0\.1:9/ED/\S+( \(.*\))?; pass --data-dir DIR with a local copy",
+    ):
+        load_data("ED")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--limit", "0"], r"--limit must be an integer of at least 1 \(leave it out to use every row\), got 0"),
+        (["--shard-size", "0"], r"--shard-size must be an integer of at least 1, got 0"),
+        (["--batch-size", "0"], r"--batch-size must be an integer of at least 1, got 0"),
+        (["--max-tokens", "-5"], r"--max-tokens must be an integer of at least 1 \(leave it out for no token "),
+        (["--backbone-path", "gpt=/tmp"], r"--backbone-path gpt=/tmp: no backbone 'gpt'; the backbones are \['llama', "
+                                          r"'bert', 'roberta'\]"),
+        (["--backbone-path", "bert=/missing"], r"--backbone-path bert=/missing: folder not found; it must be a local "
+                                               r"copy of sentence-transformers/all-MiniLM-L6-v2"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_refused_before_any_work(monkeypatch, argv, message):
+    monkeypatch.setattr(extract_features, "load_data", lambda *a, **k: pytest.fail("must fail before reading data"))
+    with pytest.raises(ValueError, match=message):
+        extract_features.main(["--preset", "small", *argv])
+
+
 @pytest.mark.real
 def test_real_small_trio(small_models, data_dir, tmp_path):
     result = extract("ED", data_dir=str(data_dir), preset="small", backbone_paths=small_models, output_dir=tmp_path,
                      limit=12)  # fmt: skip
     data, metadata = load_features(tmp_path)
     # The config names the Hub models; the local folders were only where they were read from.
-    assert [b["model"] for b in metadata["backbones"]] == [
+    assert [b["model"] for b in metadata.backbones] == [
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "sentence-transformers/all-MiniLM-L6-v2",
         "sentence-transformers/all-mpnet-base-v2",
     ]
-    assert result["computed"] == ["llama", "bert", "roberta"]
+    assert result.computed == ["llama", "bert", "roberta"]
     rows = data["test"].with_format("numpy")[:]
     assert (
         rows["llama"].shape == (12, 5, 576) and rows["bert"].shape == (12, 384) and rows["roberta"].shape == (12, 768)
     )
-    for spec in metadata["backbones"]:
+    for spec in metadata.backbones:
         expected = FrozenBackbone.load(spec, small_models[spec["name"]])(list(rows["text"])).numpy()
         np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-2, rtol=2e-2)
