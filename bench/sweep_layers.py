@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> SweepResult:
     if args.results:
         Path(args.results).write_text(json.dumps(asdict(result), indent=2) + "\n")
     print(
-        f"Layers of {result.backbone}: validation {result.metric} of a logistic-regression probe trained on train "
-        f"({result.train_rows} rows, scored on {result.validation_rows}); a window's input: "
+        f"Layers of {result.backbone}: {result.metric} on the validation split ({result.validation_rows} rows) of a "
+        f"logistic-regression probe trained on the train split ({result.train_rows} rows); a window's input: "
         f"{'the mean of its layer vectors' if result.combine == 'mean' else 'its layer vectors concatenated'}."
     )
     print(table(result))
