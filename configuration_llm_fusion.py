@@ -6,14 +6,27 @@ import copy
 
 from transformers import PretrainedConfig
 
-POOLINGS = ("layer_mean", "pooler", "cls")
+POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls")
 """How a backbone's hidden states become one feature:
 
-- ``layer_mean``: for each of the last ``num_layers`` hidden layers (last layer first), the mean over the text's
-  real tokens (padding excluded) -> ``(num_layers, hidden_size)``. Used for the decoder LLM.
+- ``layer_mean``: for each selected hidden layer (``layers``; by default the last ``num_layers`` layers, last layer
+  first), the mean over the text's real tokens (padding excluded) -> ``(num_layers, hidden_size)``. Used for the
+  decoder LLM.
+- ``layer_last_token``: for each selected hidden layer, the hidden state of the text's last real token (the last
+  token before the padding; with a ``template`` it is the template's last token, as in PromptEOL)
+  -> ``(num_layers, hidden_size)``. For decoders, whose last token has attended to the whole text.
 - ``pooler``: the encoder's pooled [CLS] output (``pooler_output``), as the original method used -> ``(hidden_size,)``.
 - ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
+
+Any pooling can read its texts through a prompt ``template`` (a string with one ``{text}`` slot), filled in before
+tokenization.
 """
+
+LAYER_POOLINGS = ("layer_mean", "layer_last_token")
+"""The poolings that give one vector per selected hidden layer, `(num_layers, hidden_size)`: the LLM's features."""
+
+TEXT_SLOT = "{text}"
+"""The slot of a backbone's `template` that each text fills."""
 
 PRESETS: dict[str, dict] = {
     # The paper's backbones (Llama-2-7b-chat, BERT-large, RoBERTa-large) and its exact head.
@@ -47,10 +60,14 @@ RESERVED_NAMES = {"labels", "return_dict", "self"}
 
 
 def normalize_backbone(spec: dict) -> dict:
-    """Return a complete backbone description with defaults filled in, or raise `ValueError` naming the bad value."""
+    """Return a complete backbone description with defaults filled in, or raise `ValueError` naming the bad value.
+
+    Whether `layers` exist in the model is checked when the model's config is at hand
+    (`FrozenBackbone.check_config`)."""
     if not isinstance(spec, dict):
         raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
-    unknown = set(spec) - {"name", "model", "revision", "pooling", "num_layers", "hidden_size", "max_length"}
+    unknown = set(spec) - {"name", "model", "revision", "pooling", "num_layers", "layers", "template", "hidden_size",
+                           "max_length"}  # fmt: skip
     if unknown:
         raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {spec!r}.")
     name = spec.get("name")
@@ -64,9 +81,25 @@ def normalize_backbone(spec: dict) -> dict:
     pooling = spec.get("pooling", "pooler")
     if pooling not in POOLINGS:
         raise ValueError(f"Backbone {name!r}: unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}.")
-    num_layers = spec.get("num_layers", 5 if pooling == "layer_mean" else 1)
-    if pooling != "layer_mean" and num_layers != 1:
-        raise ValueError(f"Backbone {name!r}: num_layers={num_layers!r} needs pooling 'layer_mean', not {pooling!r}.")
+    layers = spec.get("layers")
+    if layers is not None:
+        layers = _normalize_layers(name, pooling, layers)
+        if spec.get("num_layers", len(layers)) != len(layers):
+            raise ValueError(
+                f"Backbone {name!r}: num_layers={spec['num_layers']!r} contradicts layers={layers} "
+                f"({len(layers)} layers); leave num_layers out."
+            )
+    num_layers = len(layers) if layers is not None else spec.get("num_layers", 5 if pooling in LAYER_POOLINGS else 1)
+    if pooling not in LAYER_POOLINGS and num_layers != 1:
+        raise ValueError(
+            f"Backbone {name!r}: num_layers={num_layers!r} needs pooling {' or '.join(map(repr, LAYER_POOLINGS))}, "
+            f"not {pooling!r}."
+        )
+    template = spec.get("template")
+    if template is not None and (not isinstance(template, str) or template.count(TEXT_SLOT) != 1):
+        raise ValueError(
+            f"Backbone {name!r}: template must be a string with exactly one {TEXT_SLOT} slot, got {template!r}."
+        )
     for key, value in (("num_layers", num_layers), ("hidden_size", spec.get("hidden_size")),
                        ("max_length", spec.get("max_length", 512))):  # fmt: skip
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -77,14 +110,61 @@ def normalize_backbone(spec: dict) -> dict:
         "revision": spec.get("revision"),
         "pooling": pooling,
         "num_layers": num_layers,
+        "layers": layers,
+        "template": template,
         "hidden_size": spec["hidden_size"],
         "max_length": spec.get("max_length", 512),
     }
 
 
+def _normalize_layers(name: str, pooling: str, layers) -> list[int]:
+    """`layers` as a list of hidden-state indices, or a `ValueError` naming what is wrong with it."""
+    if pooling not in LAYER_POOLINGS:
+        raise ValueError(
+            f"Backbone {name!r}: layers needs pooling {' or '.join(map(repr, LAYER_POOLINGS))}, not {pooling!r}."
+        )
+    if isinstance(layers, str) or not isinstance(layers, list | tuple):
+        raise ValueError(f"Backbone {name!r}: layers must be a list of hidden-state indices, got {layers!r}.")
+    if not layers:
+        raise ValueError(f"Backbone {name!r}: layers is empty; name at least one hidden-state index, or leave it out.")
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers):
+        raise ValueError(f"Backbone {name!r}: layers must be integers (hidden-state indices), got {list(layers)!r}.")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"Backbone {name!r}: layers {list(layers)} name a hidden state twice.")
+    return list(layers)
+
+
+def layer_indices(spec: dict) -> list[int]:
+    """The hidden-state indices a layer-pooled backbone reads, in feature order (`outputs.hidden_states[i]`;
+    `hidden_states[0]` is the embeddings, negative indices count from the top): its `layers`, or by default the last
+    `num_layers` layers, last first."""
+    return list(spec["layers"]) if spec.get("layers") is not None else [-1 - i for i in range(spec["num_layers"])]
+
+
+def describe_pooling(spec: dict) -> str:
+    """In words, how a backbone turns a text into its feature (for model cards and reports)."""
+    if spec["pooling"] in LAYER_POOLINGS:
+        if spec.get("layers") is None:
+            which = f"each of the last {spec['num_layers']} hidden layers (last first)"
+        else:
+            which = f"each of the hidden layers {spec['layers']} (`hidden_states[i]`, in that order)"
+        token = (
+            "the mean over the text's tokens (padding excluded)"
+            if spec["pooling"] == "layer_mean"
+            else "the hidden state of the text's last token"
+        )
+        described = f"for {which}, {token} -> {spec['num_layers']} x {spec['hidden_size']}"
+    else:
+        source = "pooled [CLS] output (`pooler_output`)" if spec["pooling"] == "pooler" else "[CLS] hidden state"
+        described = f"{source} -> {spec['hidden_size']}"
+    if spec.get("template") is not None:
+        described += f"; each text read through the template {spec['template']!r}"
+    return described
+
+
 def feature_shape(spec: dict) -> tuple[int, ...]:
     """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
-    return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] == "layer_mean" else (spec["hidden_size"],)
+    return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] in LAYER_POOLINGS else (spec["hidden_size"],)
 
 
 class LLMFusionConfig(PretrainedConfig):
@@ -96,9 +176,14 @@ class LLMFusionConfig(PretrainedConfig):
     Args:
         backbones (`list[dict]`, *optional*, defaults to the `"paper"` preset):
             The backbones in order. Each dict has `name` (feature column and forward keyword), `model` (Hub id or
-            local folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`, `"pooler"`,
-            `"cls"`), `num_layers` (k, last hidden layers averaged by `"layer_mean"`), `hidden_size` (feature
-            width) and `max_length` (tokens; longer texts are truncated).
+            local folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`,
+            `"layer_last_token"`, `"pooler"`, `"cls"`; see `POOLINGS`), `num_layers` (k, the number of hidden layers
+            a layer pooling reads; by default the last k, last first), `layers` (optional, layer poolings only: the
+            hidden-state indices to read, in feature order, as in `outputs.hidden_states[i]`, where 0 is the
+            embeddings and negative indices count from the top; `num_layers` is then their number), `template`
+            (optional: a prompt with one `{text}` slot that each text fills before tokenization, e.g. PromptEOL's
+            `'This sentence : "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length`
+            (tokens; longer texts, template included, are truncated at the end).
         fusion_dim (`int`, *optional*, defaults to 1024):
             Width of the vectors whose co-occurrence matrix is taken. LLM layers are projected to it by
             Linear+ReLU+Dropout; an encoder of another width by a Linear layer.
@@ -178,8 +263,8 @@ class LLMFusionConfig(PretrainedConfig):
 
     @property
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of one text's feature for each backbone: `(k, width)` for `layer_mean`, `(width,)` otherwise."""
+        """Shape of one text's feature for each backbone: `(k, width)` for the layer poolings, `(width,)` otherwise."""
         return {spec["name"]: feature_shape(spec) for spec in self.backbones}
 
 
-__all__ = ["LLMFusionConfig", "PRESETS", "POOLINGS"]
+__all__ = ["LAYER_POOLINGS", "LLMFusionConfig", "PRESETS", "POOLINGS"]

@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,32 @@ class ExtractArguments:
         default_factory=list,
         metadata={"help": "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).",
                   "action": "extend"},
+    )  # fmt: skip
+    backbone_spec: list[str] = field(
+        default_factory=list,
+        metadata={"help": "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
+                  "preset's backbone of the same name (repeatable).", "action": "extend"},
+    )  # fmt: skip
+    layers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=I,J,K: the hidden states a layer-pooled backbone reads, in feature order "
+                  "(hidden_states[i]: 0 = embeddings, negative = from the top; default: the last num_layers, last "
+                  "first) (repeatable).", "action": "extend"},
+    )  # fmt: skip
+    pooling: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=POOLING: layer_mean, layer_last_token, pooler or cls (repeatable).",
+                  "action": "extend"},
+    )  # fmt: skip
+    template: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
+                  "'llama=This sentence : \"{text}\" means in one word:\"' (repeatable).", "action": "extend"},
+    )  # fmt: skip
+    all_layers: bool = field(
+        default=False,
+        metadata={"help": "Read every hidden state (the embeddings and each layer) of each layer-pooled backbone, in "
+                  "one pass: the features bench/sweep_layers.py chooses layers from."},
     )  # fmt: skip
     output_dir: str | None = field(
         default=None, metadata={"help": "Defaults to features/<data set name> (see `dataset_name`)."}
@@ -562,6 +589,80 @@ def resolve_backbones(
     return specs
 
 
+def customize_backbones(
+    specs: list[dict],
+    spec_files: Sequence[str | os.PathLike] = (),
+    layers: list[str] | dict[str, list[int]] = (),
+    pooling: list[str] | dict[str, str] = (),
+    template: list[str] | dict[str, str] = (),
+    all_layers: bool = False,
+    backbone_paths: dict[str, str] | None = None,
+    max_length: int | None = None,
+) -> list[dict]:
+    """The backbone descriptions `specs` with the feature options of the command line, applied in this order:
+
+    - `spec_files`: JSON files, each a backbone description (or a list of them) that replaces the backbone of the
+      same name entirely (what `bench/sweep_layers.py` writes);
+    - `pooling` (`NAME=POOLING`), `layers` (`NAME=I,J,K`: hidden-state indices in feature order; `num_layers`
+      follows) and `template` (`NAME=TEMPLATE`, with one `{text}` slot);
+    - `all_layers`: every layer-pooled backbone reads all its hidden states, top first (`[-1, -2, ..., -(L + 1)]`
+      for L layers; the last is the embeddings), in one forward pass; the model's config (not its weights) is read,
+      from `backbone_paths` where given;
+    - `max_length` for every backbone.
+
+    Bad values raise `ValueError` naming them, before any weights are loaded.
+    """
+    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
+    from modeling_llm_fusion import FrozenBackbone
+
+    specs = [dict(spec) for spec in specs]
+    names = [spec["name"] for spec in specs]
+
+    def position(name: str, flag: str) -> int:
+        if name not in names:
+            raise ValueError(f"{flag} {name}=...: no backbone {name!r}; the backbones are {names}.")
+        return names.index(name)
+
+    for file in spec_files:
+        try:
+            described = json.loads(Path(file).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--backbone-spec {file}: not a readable JSON backbone description ({error}).") from None
+        for spec in described if isinstance(described, list) else [described]:
+            spec = normalize_backbone(spec)
+            specs[position(spec["name"], "--backbone-spec")] = spec
+    for name, value in _pairs(pooling, "--pooling").items():
+        spec = specs[position(name, "--pooling")]
+        spec["pooling"] = value
+        if value not in LAYER_POOLINGS:  # an encoder pooling gives one vector
+            spec.update(layers=None, num_layers=1)
+    chosen = _pairs(layers, "--layers")
+    for name, value in chosen.items():
+        if isinstance(value, str):
+            try:
+                value = [int(index) for index in value.split(",")]
+            except ValueError:
+                raise ValueError(f"--layers expects NAME=I,J,K with integer indices, got {name}={value}.") from None
+        specs[position(name, "--layers")].update(layers=list(value), num_layers=len(value))
+    for name, value in _pairs(template, "--template").items():
+        specs[position(name, "--template")]["template"] = value
+    specs = [normalize_backbone(spec) for spec in specs]
+    if all_layers:
+        layered = [spec for spec in specs if spec["pooling"] in LAYER_POOLINGS]
+        if not layered:
+            raise ValueError(f"--all-layers: no backbone has a layer pooling ({', '.join(LAYER_POOLINGS)}).")
+        for spec in layered:
+            if spec["name"] in chosen:
+                raise ValueError(f"--all-layers and --layers {spec['name']}=... contradict each other; use one.")
+            config = _model_config(spec, (backbone_paths or {}).get(spec["name"]))
+            count = FrozenBackbone.hidden_state_count(config)
+            spec.update(layers=[-1 - i for i in range(count)], num_layers=count)
+    if max_length is not None:
+        for spec in specs:
+            spec["max_length"] = max_length
+    return [normalize_backbone(spec) for spec in specs]
+
+
 def _check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> None:
     """Refuse a `--backbone-path` that names no backbone or a folder that does not exist."""
     names = [spec["name"] for spec in backbones]
@@ -631,7 +732,9 @@ def column_key(
     source = path or spec["model"]
     weights = _folder_digest(Path(source)) if Path(source).is_dir() else spec["revision"]
     fields = {
-        "spec": {k: spec[k] for k in ("model", "revision", "pooling", "num_layers", "hidden_size", "max_length")},
+        "spec": {k: spec[k] for k in ("model", "revision", "pooling", "num_layers", "hidden_size", "max_length")}
+        # Keys that came later enter only when set, so that columns cached before them keep their keys.
+        | {k: spec[k] for k in ("layers", "template") if spec.get(k) is not None},
         "weights": weights,
         "dtype": compute_dtype,
         "feature_dtype": feature_dtype,
@@ -1067,10 +1170,20 @@ def _argument_parser() -> argparse.ArgumentParser:
             kind, options["nargs"] = typing.get_args(kind)[0], "+"
         elif type(None) in typing.get_args(kind):
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if kind is bool:  # `--flag` alone or `--flag true|false`, as HfArgumentParser takes it
+            kind, options["nargs"], options["const"] = _boolean, "?", True
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         flags = dict.fromkeys([f"--{spec.name}", f"--{spec.name.replace('_', '-')}"])
         parser.add_argument(*flags, dest=spec.name, type=kind, default=default, **options)
     return parser
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> ExtractArguments:
@@ -1080,10 +1193,14 @@ def parse_args(argv: list[str] | None = None) -> ExtractArguments:
 def main(argv: list[str] | None = None) -> ExtractionResult:
     args = parse_args(argv)
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
-    backbones = resolve_backbones(args.preset, args.backbone, args.max_length)
+    backbone_paths = _pairs(args.backbone_path, "--backbone-path")
+    backbones = customize_backbones(
+        resolve_backbones(args.preset, args.backbone), args.backbone_spec, args.layers, args.pooling, args.template,
+        args.all_layers, backbone_paths, args.max_length,
+    )  # fmt: skip
     result = extract(
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
-        preset=args.preset, backbones=backbones, backbone_paths=_pairs(args.backbone_path, "--backbone-path"),
+        preset=args.preset, backbones=backbones, backbone_paths=backbone_paths,
         output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens,
         device=args.device, device_map=args.device_map, dtype=args.dtype, feature_dtype=args.feature_dtype,
         shard_size=args.shard_size,

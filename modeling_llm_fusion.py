@@ -15,9 +15,23 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 try:
-    from .configuration_llm_fusion import LLMFusionConfig, feature_shape, normalize_backbone
+    from .configuration_llm_fusion import (
+        LAYER_POOLINGS,
+        TEXT_SLOT,
+        LLMFusionConfig,
+        feature_shape,
+        layer_indices,
+        normalize_backbone,
+    )
 except ImportError:  # imported from the repository root rather than as a Hub module
-    from configuration_llm_fusion import LLMFusionConfig, feature_shape, normalize_backbone
+    from configuration_llm_fusion import (
+        LAYER_POOLINGS,
+        TEXT_SLOT,
+        LLMFusionConfig,
+        feature_shape,
+        layer_indices,
+        normalize_backbone,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -112,6 +126,11 @@ class FrozenBackbone:
         return cls(spec, model, tokenizer)
 
     @staticmethod
+    def hidden_state_count(config) -> int:
+        """Number of hidden states a model returns with `output_hidden_states=True`: the embeddings and each layer."""
+        return config.get_text_config().num_hidden_layers + 1
+
+    @staticmethod
     def check_config(spec: dict, config) -> None:
         """Raise `ValueError` if a model config (loaded or not) does not give the features `spec` describes."""
         config = config.get_text_config()
@@ -121,10 +140,25 @@ class FrozenBackbone:
                 f"Backbone {name!r} ({spec['model']}) has hidden size {config.hidden_size}, "
                 f"but the config expects {width}."
             )
-        if layers > config.num_hidden_layers:
+        if spec.get("layers") is None:
+            if layers > config.num_hidden_layers:
+                raise ValueError(
+                    f"Backbone {name!r} ({spec['model']}) has {config.num_hidden_layers} layers, "
+                    f"fewer than num_layers={layers}."
+                )
+            return
+        count = FrozenBackbone.hidden_state_count(config)
+        outside = [i for i in spec["layers"] if not -count <= i < count]
+        if outside:
             raise ValueError(
-                f"Backbone {name!r} ({spec['model']}) has {config.num_hidden_layers} layers, "
-                f"fewer than num_layers={layers}."
+                f"Backbone {name!r} ({spec['model']}) has {count} hidden states (embeddings and "
+                f"{count - 1} layers: indices 0..{count - 1} or {-count}..-1); layers {outside} are out of range."
+            )
+        resolved = [i % count for i in spec["layers"]]
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(
+                f"Backbone {name!r}: layers {spec['layers']} name the same hidden state twice in a model with "
+                f"{count} hidden states."
             )
 
     def extract(
@@ -153,29 +187,43 @@ class FrozenBackbone:
     def device(self) -> torch.device:
         return self.model.device
 
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        """What the tokenizer reads: each text, or the spec's `template` with the text in its `{text}` slot."""
+        template = self.spec["template"]
+        if template is None:
+            return list(texts)
+        # str.replace, not str.format: other braces in a template are plain text.
+        return [template.replace(TEXT_SLOT, text) for text in texts]
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens each text has after truncation (to sort texts into batches of similar length)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(self.prompts(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(row) for row in ids]
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """Features of `texts`, float32 on the backbone's device: `(batch, k, width)` or `(batch, width)`."""
         texts = validate_texts(texts)
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            self.prompts(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         pooling = self.spec["pooling"]
-        outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=pooling == "layer_mean"
-        )
-        if pooling == "layer_mean":
-            # Mean over the real tokens only: padding never enters a text's features.
-            mask = attention_mask.unsqueeze(-1).float()
-            count = mask.sum(dim=1, keepdim=True)
-            # Last layer first, as the original: index i is always the i-th layer from the top, whatever k is.
-            layers = outputs.hidden_states[::-1][: self.spec["num_layers"]]
-            return torch.stack([(layer.float() * mask).sum(dim=1) for layer in layers], dim=1) / count
+        by_layer = pooling in LAYER_POOLINGS
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=by_layer)
+        if by_layer:
+            # In feature order: by default the last k layers, last first (index i is the i-th layer from the top).
+            layers = [outputs.hidden_states[i] for i in layer_indices(self.spec)]
+            if pooling == "layer_mean":
+                # Mean over the real tokens only: padding never enters a text's features.
+                mask = attention_mask.unsqueeze(-1).float()
+                count = mask.sum(dim=1, keepdim=True)
+                return torch.stack([(layer.float() * mask).sum(dim=1) for layer in layers], dim=1) / count
+            # Right padding: a text's last real token sits at (its number of real tokens - 1).
+            last = attention_mask.sum(dim=1) - 1
+            rows = torch.arange(len(last), device=last.device)
+            return torch.stack([layer[rows, last].float() for layer in layers], dim=1)
         if pooling == "pooler":
             if getattr(outputs, "pooler_output", None) is None:
                 raise ValueError(f"Backbone {self.spec['name']!r} has no pooler; use pooling 'cls' instead.")
@@ -200,7 +248,8 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
     """Fusion head over frozen backbone features.
 
     The features of each text, one keyword per backbone (`config.backbones[i]["name"]`):
-    `layer_mean` backbones give `(batch, k, width)`, encoders `(batch, width)`, in any float dtype.
+    layer-pooled backbones (`layer_mean`, `layer_last_token`) give `(batch, k, width)`, encoders `(batch, width)`,
+    in any float dtype.
     Each LLM layer vector goes through its own Linear+ReLU+Dropout to `fusion_dim`; encoder vectors are used as they
     are (or linearly projected when their width differs). The stacked vectors V give the co-occurrence matrix V V^T,
     power-normalised by `2 * sigmoid(sigma * x) - 1` and flattened, followed by the mean of the raw LLM layer
@@ -220,7 +269,7 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         num_vectors, tail_width = 0, 0
         for spec in config.backbones:
             name, width = spec["name"], spec["hidden_size"]
-            if spec["pooling"] == "layer_mean":
+            if spec["pooling"] in LAYER_POOLINGS:
                 self.layer_projections[name] = nn.ModuleList(
                     block(width, config.fusion_dim) for _ in range(spec["num_layers"])
                 )
@@ -287,7 +336,7 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         llm_vectors, encoder_vectors, tails = [], [], []
         for spec in self.config.backbones:
             name, value = spec["name"], features[spec["name"]]
-            if spec["pooling"] == "layer_mean":
+            if spec["pooling"] in LAYER_POOLINGS:
                 projections = self.layer_projections[name]
                 llm_vectors += [projection(value[:, i]) for i, projection in enumerate(projections)]
                 tails.append(value.mean(dim=1))

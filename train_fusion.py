@@ -36,7 +36,7 @@ from transformers import (
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
 
-from configuration_llm_fusion import LLMFusionConfig
+from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from extract_features import FeatureMetadata, dataset_name, default_features_dir, load_features
 from fusion_results import RunResults, SeedResult, per_label_scores
 from fusion_trainer import (
@@ -666,16 +666,6 @@ def check_shareable(config: LLMFusionConfig) -> None:
         )
 
 
-def _pooling(spec: dict) -> str:
-    if spec["pooling"] == "layer_mean":
-        return (
-            f"for each of the last {spec['num_layers']} hidden layers (last first), the mean over the text's tokens "
-            f"(padding excluded) -> {spec['num_layers']} x {spec['hidden_size']}"
-        )
-    source = "pooled [CLS] output (`pooler_output`)" if spec["pooling"] == "pooler" else "[CLS] hidden state"
-    return f"{source} -> {spec['hidden_size']}"
-
-
 def write_model_card(
     output_dir: Path,
     model: LLMFusionForSequenceClassification,
@@ -723,7 +713,7 @@ def write_model_card(
     selection = results["selection_metric"]
     names = ", ".join(spec["name"] for spec in config.backbones)
     backbones = "\n".join(
-        f"| {spec['name']} | `{spec['model']}` | {spec['revision'] or '-'} | {_pooling(spec)} |"
+        f"| {spec['name']} | `{spec['model']}` | {spec['revision'] or '-'} | {describe_pooling(spec)} |"
         for spec in config.backbones
     )
     threshold = (

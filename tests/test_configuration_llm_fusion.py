@@ -63,3 +63,58 @@ def test_bad_values_raise(kwargs, message):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="Unknown preset 'huge'; allowed: paper, small"):
         LLMFusionConfig.from_preset("huge")
+
+
+# ---- layer choice, last-token pooling, prompt template ----
+
+PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
+
+
+def test_presets_read_the_last_layers_by_default():
+    from configuration_llm_fusion import layer_indices
+
+    for preset in PRESETS:
+        llama = LLMFusionConfig.from_preset(preset).backbone("llama")
+        assert (llama["layers"], llama["template"]) == (None, None)
+        assert layer_indices(llama) == [-1, -2, -3, -4, -5]
+
+
+def test_layers_pooling_and_template_round_trip(tmp_path):
+    llama = {key: value for key, value in PRESETS["small"]["backbones"][0].items() if key != "num_layers"}
+    llama.update(pooling="layer_last_token", layers=(-12, 0, 7), template=PROMPT_EOL)
+    config = LLMFusionConfig(backbones=[llama, *PRESETS["small"]["backbones"][1:]], num_labels=3)
+    spec = config.backbone("llama")
+    assert (spec["layers"], spec["num_layers"], spec["pooling"], spec["template"]) == (
+        [-12, 0, 7], 3, "layer_last_token", PROMPT_EOL,
+    )  # fmt: skip
+    assert config.feature_shapes["llama"] == (3, 576)
+    config.save_pretrained(tmp_path)
+    for other in (LLMFusionConfig.from_dict(config.to_dict()), LLMFusionConfig.from_pretrained(tmp_path)):
+        assert other.backbones == config.backbones
+    # An explicit num_layers that agrees with layers is accepted.
+    assert LLMFusionConfig(backbones=[{**llama, "num_layers": 3}]).backbones[0]["num_layers"] == 3
+
+
+def llm(**keys) -> dict:
+    return {"backbones": [{"name": "x", "model": "m", "pooling": "layer_mean", "hidden_size": 8, **keys}]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (llm(layers=[]), r"layers is empty"),
+        (llm(layers=[-1, -2], num_layers=5), r"num_layers=5 contradicts layers=\[-1, -2\] \(2 layers\)"),
+        (llm(layers=[-1, -1]), r"layers \[-1, -1\] name a hidden state twice"),
+        (llm(layers=[-1, 2.0]), r"layers must be integers"),
+        (llm(layers=[True]), r"layers must be integers"),
+        (llm(layers="-1,-2"), r"layers must be a list of hidden-state indices"),
+        (llm(pooling="pooler", layers=[-1]), r"layers needs pooling 'layer_mean' or 'layer_last_token'"),
+        (llm(template="no slot"), r"template must be a string with exactly one \{text\} slot, got 'no slot'"),
+        (llm(template="{text} and {text}"), r"exactly one \{text\} slot"),
+        (llm(template=["{text}"]), r"exactly one \{text\} slot"),
+        (llm(pooling="last_token"), r"unknown pooling 'last_token'; allowed: layer_mean, layer_last_token, pooler"),
+    ],
+)  # fmt: skip
+def test_bad_layer_choices_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LLMFusionConfig(**kwargs)

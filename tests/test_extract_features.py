@@ -12,9 +12,12 @@ import pytest
 from datasets import Array2D, List, Value
 
 import extract_features
+from configuration_llm_fusion import normalize_backbone
 from extract_features import (
     ExtractionResult,
     FeatureMetadata,
+    column_key,
+    customize_backbones,
     dataset_name,
     default_features_dir,
     extract,
@@ -578,3 +581,56 @@ def test_real_small_trio(small_models, data_dir, tmp_path):
     for spec in metadata.backbones:
         expected = FrozenBackbone.load(spec, small_models[spec["name"]])(list(rows["text"])).numpy()
         np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-2, rtol=2e-2)
+
+
+# ---- layer choice, poolings and templates ----
+
+
+def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):
+    llama = normalize_backbone(tiny_backbones[0])
+    variants = [
+        llama,
+        {**llama, "layers": [-1, -3, -2]},
+        {**llama, "layers": [-1, -2, -4]},
+        {**llama, "pooling": "layer_last_token"},
+        {**llama, "template": "{text}!"},
+        {**llama, "template": "Text: {text}"},
+    ]
+    keys = [column_key(spec, None, "float32", "texts") for spec in variants]
+    assert len(set(keys)) == len(keys)
+    # A description written before these keys existed keeps its cached columns.
+    older = {k: v for k, v in llama.items() if k not in ("layers", "template")}
+    assert column_key(older, None, "float32", "texts") == keys[0]
+
+
+def test_customize_backbones(tiny_backbones, tmp_path):
+    specs = [dict(spec) for spec in tiny_backbones]
+    chosen = customize_backbones(specs, layers=["llama=-2,0,4"], pooling=["llama=layer_last_token"],
+                                 template=['llama=Text: "{text}" means'], max_length=32)  # fmt: skip
+    assert (chosen[0]["layers"], chosen[0]["num_layers"], chosen[0]["pooling"]) == ([-2, 0, 4], 3, "layer_last_token")
+    assert chosen[0]["template"] == 'Text: "{text}" means' and {s["max_length"] for s in chosen} == {32}
+    assert specs == tiny_backbones  # the input is not mutated
+    every = customize_backbones(specs, all_layers=True)
+    assert every[0]["layers"] == [-1, -2, -3, -4, -5, -6, -7]  # the tiny Llama's 6 layers, then its embeddings
+    assert every[1:] == [normalize_backbone(spec) for spec in specs[1:]]
+    (tmp_path / "spec.json").write_text(json.dumps({**tiny_backbones[0], "num_layers": 1, "layers": [3]}))
+    assert customize_backbones(specs, spec_files=[tmp_path / "spec.json"])[0]["layers"] == [3]
+    for kwargs, message in [
+        ({"layers": ["gpt=-1"]}, r"--layers gpt=...: no backbone 'gpt'; the backbones are \['llama', 'bert'"),
+        ({"layers": ["llama=-1,x"]}, r"--layers expects NAME=I,J,K with integer indices, got llama=-1,x"),
+        ({"layers": ["llama=-1,-1"]}, r"name a hidden state twice"),
+        ({"layers": ["bert=-1"]}, r"'bert': layers needs pooling 'layer_mean' or 'layer_last_token', not 'pooler'"),
+        ({"template": ["llama=no slot"]}, r"exactly one \{text\} slot"),
+        ({"all_layers": True, "layers": ["llama=-1"]}, r"--all-layers and --layers llama=... contradict"),
+        ({"all_layers": True, "pooling": ["llama=cls"]}, r"--all-layers: no backbone has a layer pooling"),
+        ({"spec_files": [tmp_path / "missing.json"]}, r"--backbone-spec .*missing.json: not a readable JSON"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            customize_backbones(specs, **kwargs)
+
+
+def test_layers_outside_the_model_fail_before_any_work(tiny_backbones, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("must fail before loading weights"))
+    deep = [{**tiny_backbones[0], "num_layers": 2, "layers": [-1, 7]}]
+    with pytest.raises(ValueError, match=r"has 7 hidden states .*layers \[7\] are out of range"):
+        extract("ED", data_dir=str(data_dir), backbones=deep, output_dir=tmp_path, limit=5)

@@ -132,6 +132,69 @@ def test_llm_features_are_the_per_layer_token_mean(tiny_backbones):
         torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
 
 
+PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
+
+
+def llm_spec(tiny_backbones, **keys) -> dict:
+    """The tiny Llama (6 layers, 7 hidden states) with other feature keys; num_layers follows `layers`."""
+    return {**{k: v for k, v in tiny_backbones[0].items() if k != "num_layers"}, **keys}
+
+
+@pytest.mark.parametrize("pooling", ["layer_mean", "layer_last_token"])
+@pytest.mark.parametrize("template", [None, PROMPT_EOL])
+def test_chosen_layers_poolings_and_template_equal_an_independent_computation(tiny_backbones, pooling, template):
+    layers = [0, -1, 3, -6]  # the embeddings, the top layer, and two in between, in this order
+    backbone = FrozenBackbone.load(llm_spec(tiny_backbones, layers=layers, pooling=pooling, template=template))
+    texts = ["my dog died last week", "what a lovely surprise from my friends and family!", "so happy"]
+    features = backbone(texts)  # one padded batch: the short texts are padded on the right
+    assert features.shape == (3, 4, 32)
+    prefix, suffix = template.split("{text}") if template else ("", "")
+    for row, text in enumerate(texts):
+        ids = backbone.tokenizer(prefix + text + suffix, return_tensors="pt")  # alone: no padding at all
+        with torch.no_grad():
+            hidden = backbone.model(**ids, output_hidden_states=True).hidden_states
+        assert len(hidden) == 7
+        pooled = [hidden[i][0].mean(dim=0) if pooling == "layer_mean" else hidden[i][0, -1] for i in layers]
+        torch.testing.assert_close(features[row], torch.stack(pooled), atol=1e-5, rtol=1e-5)
+    # Batches are sorted by the length of what the model reads, template included.
+    assert backbone.count_tokens(texts) == [len(backbone.tokenizer(prefix + t + suffix)["input_ids"]) for t in texts]
+
+
+def test_the_default_layers_are_the_last_ones_last_first(tiny_backbones):
+    texts = ["my dog died last week", "what a lovely surprise"]
+    default = FrozenBackbone.load(tiny_backbones[0])(texts)  # num_layers=3, no layers
+    explicit = FrozenBackbone.load(llm_spec(tiny_backbones, layers=[-1, -2, -3]))(texts)
+    assert torch.equal(default, explicit)
+
+
+def test_layers_outside_the_model_raise(tiny_backbones):
+    with pytest.raises(ValueError, match=r"has 7 hidden states .*indices 0..6 or -7..-1\); layers \[7\] are out"):
+        FrozenBackbone.load(llm_spec(tiny_backbones, layers=[-1, 7]))
+    with pytest.raises(ValueError, match=r"layers \[-8\] are out of range"):
+        FrozenBackbone.load(llm_spec(tiny_backbones, layers=[-8]))
+    with pytest.raises(ValueError, match=r"layers \[1, -6\] name the same hidden state twice"):
+        FrozenBackbone.load(llm_spec(tiny_backbones, layers=[1, -6]))
+
+
+def test_head_and_saved_model_with_chosen_layers(tiny_backbones, tmp_path):
+    llama = llm_spec(tiny_backbones, layers=[2, -1], pooling="layer_last_token", template=PROMPT_EOL)
+    config = LLMFusionConfig(backbones=[llama, *tiny_backbones[1:]], fusion_dim=16, mlp_dims=[8], num_labels=3)
+    model = LLMFusionForSequenceClassification(config).eval()
+    assert len(model.layer_projections["llama"]) == 2
+    assert model.fusion_width == (2 + 2) ** 2 + 32  # 2 LLM layers + 2 encoders, then the LLM mean
+    texts = ["i finally got the job", "my dog died"]
+    features = model.extract_features(texts)
+    assert features["llama"].shape == (2, 2, 32)
+    logits = model(**features).logits
+    model.save_pretrained(tmp_path)
+    loaded = LLMFusionForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.backbone("llama") == model.config.backbone("llama")
+    # The saved config alone makes the loaded model compute the same features (as the pipeline does).
+    again = loaded.extract_features(texts)
+    torch.testing.assert_close(again["llama"], FrozenBackbone.load(llama)(texts))
+    torch.testing.assert_close(loaded(**again).logits, logits)
+
+
 def test_backbone_mismatches_raise(tiny_backbones):
     llama, bert = tiny_backbones[0], tiny_backbones[1]
     with pytest.raises(ValueError, match=r"has hidden size 32, but the config expects 64"):

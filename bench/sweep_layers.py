@@ -1,0 +1,239 @@
+"""Choose which hidden layers of the LLM feed the head, on the validation split: a cheap probe scores each layer and
+each window of k consecutive layers, and the winner is written as a backbone description that extraction reads.
+
+    python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-all-layers
+    python bench/sweep_layers.py features/ED-all-layers --window 5 --output llama-layers.json
+    python extract_features.py --dataset ED --preset small --backbone-spec llama-layers.json
+
+The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
+on the train split: multinomial for single-label data, one-vs-rest for multi-label data. Its input for a window is
+the mean of the window's layer vectors (`--combine mean`: the vector the head feeds its MLP directly, and as wide as
+one layer, so that every candidate is probed at the same width) or their concatenation (`--combine concat`). Each
+candidate is scored on the validation split with the metric training selects models by (weighted-F1 single-label,
+macro-F1 multi-label at the threshold of 0.05, ..., 0.95 that scores best). Only the train and validation splits are
+read: the test split plays no part in the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.reproduce import one_vs_rest_logistic  # noqa: E402
+from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
+from extract_features import read_metadata  # noqa: E402
+from train_fusion import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
+
+SWEEP_SPLITS = ("train", "validation")
+"""The splits a sweep reads. Never the test split: the choice of layers is part of the model."""
+COMBINES = ("mean", "concat")
+READ_ROWS = 4096  # rows read at a time, so that only the float16 features (not float32 copies) are held whole
+
+
+@dataclass
+class LayerScore:
+    """One candidate of a sweep: the hidden states it reads (feature order, top first) and its validation score."""
+
+    layers: list[int]
+    score: float
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found: every candidate ranked best first, and the winner as a backbone description."""
+
+    backbone: str
+    metric: str
+    combine: str
+    train_rows: int
+    validation_rows: int
+    scores: list[LayerScore]
+    best_spec: dict
+
+
+def read_split(features_dir: str | Path, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split's features of backbone `name`, `(rows, layers, width)` as stored (float16 or float32), and labels."""
+    if split not in SWEEP_SPLITS:
+        raise ValueError(f"A layer sweep reads only {SWEEP_SPLITS}, not {split!r}.")
+    data = datasets.load_from_disk(str(Path(features_dir) / split)).with_format("numpy", columns=[name, "label"])
+    first = data[:1][name]
+    features = np.empty((len(data), *first.shape[1:]), dtype=first.dtype)
+    labels = []
+    for start in range(0, len(data), READ_ROWS):
+        chunk = data[start : start + READ_ROWS]
+        features[start : start + len(chunk[name])] = chunk[name]
+        labels.append(np.asarray(chunk["label"]))
+    return features, np.concatenate(labels)
+
+
+def candidates(indices: list[int], window: int) -> list[list[int]]:
+    """Each single hidden state, then each window of `window` consecutive ones, among the hidden-state `indices`
+    the features hold; a candidate lists its indices top first (the order of the default layers)."""
+    if window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}.")
+    if min(indices) < 0 <= max(indices):
+        raise ValueError(
+            f"The features mix negative and non-negative hidden-state indices {indices}, whose order is unknown "
+            "without the model; extract them with --all-layers."
+        )
+    ordered = sorted(indices, reverse=True)
+    out = [[i] for i in ordered]
+    if window > 1:
+        for start in range(len(ordered) - window + 1):
+            run = ordered[start : start + window]
+            if run[0] - run[-1] == window - 1:  # consecutive hidden states only
+                out.append(run)
+    return out
+
+
+def multinomial_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float, iterations: int = 200):
+    """Multinomial logistic regression minimising sklearn's objective (C x the summed log-loss + half the squared
+    weights; the intercept is not penalised), fitted by L-BFGS."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(x.shape[1], num_classes, device=x.device)
+    optimizer = torch.optim.LBFGS(
+        linear.parameters(), max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> torch.Tensor:  # divided by C x rows, which leaves the minimum where it is
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(x), labels, reduction="sum")
+        loss = (loss + linear.weight.square().sum() / (2 * c)) / len(labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    return linear.requires_grad_(False)
+
+
+def probe_input(features: np.ndarray, positions: list[int], combine: str, device: torch.device) -> torch.Tensor:
+    """The probe's input for the layers at `positions` of `features` `(rows, layers, width)`, float32."""
+    chosen = torch.from_numpy(features[:, positions]).to(device, torch.float32)
+    return chosen.mean(dim=1) if combine == "mean" else chosen.flatten(start_dim=1)
+
+
+def validation_score(
+    x_train: torch.Tensor,
+    y_train: np.ndarray,
+    x_val: torch.Tensor,
+    y_val: np.ndarray,
+    problem_type: str,
+    num_labels: int,
+    c: float,
+    metric,
+) -> float:
+    """Fit the probe on standardised training features; its validation score by the selection metric."""
+    key = SELECTION_METRICS[problem_type]
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    with torch.device(x_train.device):  # the probes' weights live where the features are
+        if problem_type == "multi_label_classification":
+            targets = torch.from_numpy(y_train.astype(np.float32)).to(x_train.device)
+            linear = one_vs_rest_logistic(x_train, targets, c)
+        else:
+            targets = torch.from_numpy(y_train.astype(np.int64)).to(x_train.device)
+            linear = multinomial_logistic(x_train, targets, num_labels, c)
+    logits = linear(x_val).float().cpu().numpy()
+    threshold = 0.5
+    if problem_type == "multi_label_classification":
+        threshold = choose_threshold(metric, logits, y_val, key)
+    return float(score(metric, logits, y_val, threshold)[key])
+
+
+def sweep(
+    features_dir: str | Path,
+    backbone: str | None = None,
+    window: int = 5,
+    combine: str = "mean",
+    c: float = 1.0,
+    device: str | None = None,
+) -> SweepResult:
+    """Score every single layer and every window of `window` consecutive layers of a layer-pooled backbone's
+    features (best extracted with `--all-layers`) by a probe trained on train and scored on validation."""
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}.")
+    metadata = read_metadata(features_dir)
+    layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
+    if backbone is None:
+        if len(layered) != 1:
+            raise ValueError(f"Name the backbone to sweep (--backbone): layer-pooled ones are {layered}.")
+        spec = layered[0]
+    else:
+        spec = next((s for s in layered if s["name"] == backbone), None)
+        if spec is None:
+            raise ValueError(
+                f"No layer-pooled backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in layered]}."
+            )
+    spec = normalize_backbone(spec)
+    indices = layer_indices(spec)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    problem_type, num_labels = metadata.problem_type, len(metadata.label_names)
+    metric = load_metric(problem_type)
+    train_features, y_train = read_split(features_dir, "train", spec["name"])
+    val_features, y_val = read_split(features_dir, "validation", spec["name"])
+    scores = []
+    for layers in candidates(indices, window):
+        positions = [indices.index(i) for i in layers]
+        x_train = probe_input(train_features, positions, combine, device)
+        x_val = probe_input(val_features, positions, combine, device)
+        value = validation_score(x_train, y_train, x_val, y_val, problem_type, num_labels, c, metric)
+        scores.append(LayerScore(layers=layers, score=value))
+    scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))
+    best = normalize_backbone({**spec, "layers": scores[0].layers, "num_layers": len(scores[0].layers)})
+    return SweepResult(
+        backbone=spec["name"], metric=SELECTION_METRICS[problem_type], combine=combine,
+        train_rows=len(y_train), validation_rows=len(y_val), scores=scores, best_spec=best,
+    )  # fmt: skip
+
+
+def table(result: SweepResult) -> str:
+    """The ranked candidates as a text table, score in %."""
+    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  layers (hidden_states[i], feature order)"
+    lines = [header]
+    for rank, row in enumerate(result.scores, 1):
+        lines.append(f"{rank:>4}  {len(row.layers):>2}  {100 * row.score:>16.2f}  {', '.join(map(str, row.layers))}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> SweepResult:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("features_dir", help="features extracted by extract_features.py (best with --all-layers)")
+    parser.add_argument("--backbone", help="the layer-pooled backbone to sweep (default: the only one)")
+    parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
+    parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
+    parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
+    parser.add_argument("--output", help="the winning backbone description (default: FEATURES_DIR/best-NAME.json)")
+    parser.add_argument("--results", help="also write every candidate's score to this JSON file")
+    args = parser.parse_args(argv)
+    result = sweep(args.features_dir, args.backbone, args.window, args.combine, args.c, args.device)
+    output = Path(args.output or Path(args.features_dir) / f"best-{result.backbone}.json")
+    output.write_text(json.dumps(result.best_spec, indent=2) + "\n")
+    if args.results:
+        Path(args.results).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    print(
+        f"Layers of {result.backbone}: {result.metric} on the validation split ({result.validation_rows} rows) of a "
+        f"logistic-regression probe trained on the train split ({result.train_rows} rows); a window's input: "
+        f"{'the mean of its layer vectors' if result.combine == 'mean' else 'its layer vectors concatenated'}."
+    )
+    print(table(result))
+    print(f"Best: layers {result.best_spec['layers']} -> {output}")
+    print(f"Extract with them: python extract_features.py ... --backbone-spec {output}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:
+        sys.exit(f"error: {error}")

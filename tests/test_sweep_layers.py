@@ -1,0 +1,114 @@
+"""The layer sweep (bench/sweep_layers.py): its probe, its candidates, that it finds the informative layer from train
+and validation alone, and end to end from an --all-layers extraction to an extraction of the chosen layers."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
+
+import extract_features
+from bench import sweep_layers
+from bench.sweep_layers import candidates, multinomial_logistic, sweep
+from extract_features import load_features
+
+
+@pytest.mark.parametrize("c", [0.1, 1.0])
+def test_multinomial_probe_matches_sklearn(c):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6)).astype(np.float32)
+    labels = (x @ rng.standard_normal((6, 4)) + rng.standard_normal((300, 4))).argmax(axis=1)
+    linear = multinomial_logistic(torch.from_numpy(x), torch.from_numpy(labels), 4, c)
+    expected = LogisticRegression(C=c, tol=1e-8, max_iter=10_000).fit(x, labels)
+    np.testing.assert_allclose(linear.weight.numpy(), expected.coef_, atol=2e-3)
+    probabilities = linear(torch.from_numpy(x)).softmax(-1).numpy()
+    np.testing.assert_allclose(probabilities, expected.predict_proba(x), atol=1e-3)
+
+
+def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
+    assert candidates([-1, -2, -3, -4], 3) == [[-1], [-2], [-3], [-4], [-1, -2, -3], [-2, -3, -4]]
+    assert candidates([0, 1, 2, 5, 6], 2) == [[6], [5], [2], [1], [0], [6, 5], [2, 1], [1, 0]]  # no 5..2 window
+    assert candidates([-1, -2], 1) == [[-1], [-2]]
+    with pytest.raises(ValueError, match=r"mix negative and non-negative hidden-state indices"):
+        candidates([0, -1], 2)
+    with pytest.raises(ValueError, match=r"only \('train', 'validation'\), not 'test'"):
+        sweep_layers.read_split("anywhere", "test", "llama")
+
+
+def synthetic_features(folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240):
+    """A features folder without a test split, whose LLM features carry the labels in one hidden state only."""
+    rng = np.random.default_rng(0)
+    width, num_labels = 8, 3
+    multi = problem_type == "multi_label_classification"
+    directions = rng.standard_normal((num_labels, width))
+    for split in ("train", "validation"):
+        if multi:
+            labels = (rng.random((rows, num_labels)) < 0.4).astype(np.float32)
+            signal = labels @ directions
+        else:
+            labels = rng.integers(0, num_labels, rows)
+            signal = directions[labels]
+        features = rng.standard_normal((rows, len(layers), width)).astype(np.float32)
+        features[:, layers.index(informative)] += 2 * signal
+        label_type = List(Value("float32"), num_labels) if multi else ClassLabel(names=["a", "b", "c"])
+        columns = Features({"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")})
+        Dataset.from_dict({"label": labels.tolist(), "llama": features.astype(np.float16)}, features=columns)\
+            .save_to_disk(folder / split)  # fmt: skip
+    spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "layers": list(layers), "hidden_size": width}
+    metadata = {
+        "dataset": "synthetic",
+        "problem_type": problem_type,
+        "label_names": ["a", "b", "c"],
+        "backbones": [spec],
+    }
+    (folder / extract_features.METADATA_FILE).write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
+def test_sweep_finds_the_informative_layer(tmp_path, problem_type):
+    folder = synthetic_features(tmp_path, problem_type, informative=-3)
+    result = sweep(folder, window=2, device="cpu")
+    assert result.metric == ("weighted_f1" if problem_type.startswith("single") else "macro_f1")
+    assert len(result.scores) == 4 + 3
+    singles = [row for row in result.scores if len(row.layers) == 1]
+    assert singles[0].layers == [-3] and singles[0].score > singles[1].score + 0.2
+    assert -3 in result.scores[0].layers
+    assert result.best_spec["layers"] == result.scores[0].layers
+    assert result.best_spec["num_layers"] == len(result.scores[0].layers)
+    concat = sweep(folder, window=2, combine="concat", device="cpu")
+    assert -3 in concat.scores[0].layers
+
+
+def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_path, capsys):
+    common = ["--dataset", "ED", "--data-dir", str(data_dir), "--preset", "small", "--limit", "60", "--backbone",
+              *(f"{spec['name']}={spec['model']}" for spec in tiny_backbones)]  # fmt: skip
+    everything = extract_features.main([*common, "--all-layers", "--output-dir", str(tmp_path / "all")])
+    llama = everything.metadata.backbones[0]
+    assert llama["layers"] == [-1, -2, -3, -4, -5, -6, -7] and llama["num_layers"] == 7  # 6 layers + embeddings
+    all_layers = load_features(tmp_path / "all")[0]["train"].with_format("numpy")[:]["llama"]
+    assert all_layers.shape == (60, 7, 32)
+
+    shutil.rmtree(tmp_path / "all" / "test")  # the sweep must not need it: it never reads the test split
+    spec_file = tmp_path / "llama-layers.json"
+    result = sweep_layers.main([str(tmp_path / "all"), "--window", "3", "--output", str(spec_file), "--results",
+                                str(tmp_path / "scores.json"), "--device", "cpu"])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(printed) if line.split()[:4] == ["rank", "k", "weighted_f1", "(%)"])
+    ranked = printed[header + 1 : header + 13]
+    assert [line.split()[0] for line in ranked] == [str(rank) for rank in range(1, 13)]
+    assert printed[header + 13] == f"Best: layers {result.scores[0].layers} -> {spec_file}"
+    assert len(result.scores) == 7 + 5 == len(json.loads((tmp_path / "scores.json").read_text())["scores"])
+    chosen = json.loads(spec_file.read_text())
+    assert chosen["layers"] == result.scores[0].layers and chosen["model"] == tiny_backbones[0]["model"]
+
+    again = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "one")])
+    assert again.metadata.backbones[0] == chosen
+    features = load_features(tmp_path / "one")[0]["train"].with_format("numpy")[:]["llama"]
+    # The chosen layers' features are the all-layers features at those hidden states: one feature code path.
+    positions = [llama["layers"].index(i) for i in chosen["layers"]]
+    np.testing.assert_array_equal(features, all_layers[:, positions])
