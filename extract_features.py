@@ -88,6 +88,11 @@ class ExtractArguments:
     dtype: str | None = field(
         default=None, metadata={"help": "Compute dtype (default float32 on CPU, bfloat16 on GPU)."}
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "8bit or 4bit: load the LLM (layer_mean backbones) quantized by bitsandbytes; needs a CUDA "
+                  "GPU. Recorded with the features, so the trained model is served the same way."},
+    )  # fmt: skip
     feature_dtype: str = field(default="float16", metadata={"help": "Stored feature dtype: float16 or float32."})
     shard_size: int = field(default=1024, metadata={"help": "Rows per resumable unit of work."})
 
@@ -326,6 +331,8 @@ def column_key(spec: dict, path: str | None, compute_dtype: str, texts_digest: s
         "texts": texts_digest,
         "feature_code": FEATURE_CODE_VERSION,
     }
+    if spec.get("quantization"):  # only when set, so that the caches of full-precision weights keep their keys
+        fields["quantization"] = spec["quantization"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -388,6 +395,7 @@ def extract(
     device: str | None = None,
     device_map: str | None = None,
     dtype: str | None = None,
+    quantization: str | None = None,
     feature_dtype: str = "float16",
     shard_size: int = 1024,
 ) -> dict:
@@ -409,6 +417,11 @@ def extract(
     dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    for spec in backbones:  # recorded with the features and in the trained model's config: serving computes alike
+        spec["dtype"] = dtype
+        if quantization is not None and spec["pooling"] == "layer_mean":
+            spec["quantization"] = quantization
+        normalize_backbone(spec)  # a bad dtype or quantization is refused here, before any work
 
     data, label_names, problem_type = load_data(dataset, data_dir, text_column, label_column, limit)
     digests = {name: texts_digest(split) for name, split in data.items()}
@@ -540,8 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
         preset=args.preset, backbones=backbones, backbone_paths=_pairs(args.backbone_path, "--backbone-path"),
         output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        device=args.device, device_map=args.device_map, dtype=args.dtype, feature_dtype=args.feature_dtype,
-        shard_size=args.shard_size,
+        device=args.device, device_map=args.device_map, dtype=args.dtype, quantization=args.quantization,
+        feature_dtype=args.feature_dtype, shard_size=args.shard_size,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         rows = ", ".join(f"{split} {n}" for split, n in result["rows"].items())
