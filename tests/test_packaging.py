@@ -19,6 +19,11 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 COMMANDS = PYPROJECT["project"]["scripts"]
 
 
+def test_every_module_of_the_repository_root_is_installed():
+    # A script that imports a new module (train_fusion -> fusion_trainer) fails once installed if it is not listed.
+    assert sorted(path.stem for path in REPO.glob("*.py")) == sorted(PYPROJECT["tool"]["setuptools"]["py-modules"])
+
+
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run outside the repository and without its folders on the path: only the installed copy can be imported."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
