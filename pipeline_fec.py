@@ -123,7 +123,7 @@ class FECPipeline(Pipeline):
             postprocess_params["top_k"] = top_k
         return {}, {}, postprocess_params
 
-    def __call__(self, inputs: str | list[str], **kwargs) -> dict | list:
+    def __call__(self, inputs: str | list[str], **kwargs) -> list | Iterator[dict | list]:
         """Classify one text or a list of texts.
 
         Args:
