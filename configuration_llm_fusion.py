@@ -56,6 +56,13 @@ PRESETS: dict[str, dict] = {
 """Named backbone sets with the head options (`LLMFusionConfig` keywords) that suit them. Extraction records the
 preset's head options with the features, and training uses them unless a flag says otherwise."""
 
+DTYPES = ("float32", "bfloat16", "float16")
+"""Compute dtypes a backbone can be recorded with (its `dtype` key); `None` means float32."""
+
+QUANTIZATIONS = ("8bit", "4bit")
+"""Weight quantizations a backbone can be recorded with (its `quantization` key, through bitsandbytes); `None` means
+none."""
+
 RESERVED_NAMES = {"labels", "return_dict", "self"}
 
 
@@ -67,7 +74,7 @@ def normalize_backbone(spec: dict) -> dict:
     if not isinstance(spec, dict):
         raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
     unknown = set(spec) - {"name", "model", "revision", "pooling", "num_layers", "layers", "template", "hidden_size",
-                           "max_length"}  # fmt: skip
+                           "max_length", "dtype", "quantization"}  # fmt: skip
     if unknown:
         raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {spec!r}.")
     name = spec.get("name")
@@ -114,6 +121,7 @@ def normalize_backbone(spec: dict) -> dict:
         "template": template,
         "hidden_size": spec["hidden_size"],
         "max_length": spec.get("max_length", 512),
+        **normalize_precision(spec),
     }
 
 
@@ -162,6 +170,19 @@ def describe_pooling(spec: dict) -> str:
     return described
 
 
+def normalize_precision(spec: dict) -> dict:
+    """The `dtype` and `quantization` a backbone was extracted with (`None` if not recorded: float32, no
+    quantization), or raise `ValueError` naming the bad value. Both change the features, so serving uses them too."""
+    name, dtype, quantization = spec.get("name"), spec.get("dtype"), spec.get("quantization")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"Backbone {name!r}: unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)} or None.")
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Backbone {name!r}: unknown quantization {quantization!r}; allowed: {', '.join(QUANTIZATIONS)} or None."
+        )
+    return {"dtype": dtype, "quantization": quantization}
+
+
 def feature_shape(spec: dict) -> tuple[int, ...]:
     """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
     return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] in LAYER_POOLINGS else (spec["hidden_size"],)
@@ -183,7 +204,11 @@ class LLMFusionConfig(PretrainedConfig):
             embeddings and negative indices count from the top; `num_layers` is then their number), `template`
             (optional: a prompt with one `{text}` slot that each text fills before tokenization, e.g. PromptEOL's
             `'This sentence : "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length`
-            (tokens; longer texts, template included, are truncated at the end).
+            (tokens; longer texts, template included, are truncated at the end), `dtype` (the compute dtype the
+            features were extracted with: `"float32"`, `"bfloat16"` or `"float16"`; `None` means float32) and
+            `quantization` (`None`, `"8bit"` or `"4bit"`: the backbone's weights loaded quantized by
+            bitsandbytes, which needs a CUDA GPU). The pipeline loads each backbone with its recorded dtype and
+            quantization.
         fusion_dim (`int`, *optional*, defaults to 1024):
             Width of the vectors whose co-occurrence matrix is taken. LLM layers are projected to it by
             Linear+ReLU+Dropout; an encoder of another width by a Linear layer.
@@ -267,4 +292,4 @@ class LLMFusionConfig(PretrainedConfig):
         return {spec["name"]: feature_shape(spec) for spec in self.backbones}
 
 
-__all__ = ["LAYER_POOLINGS", "LLMFusionConfig", "PRESETS", "POOLINGS"]
+__all__ = ["DTYPES", "LAYER_POOLINGS", "LLMFusionConfig", "POOLINGS", "PRESETS", "QUANTIZATIONS"]

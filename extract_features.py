@@ -134,6 +134,11 @@ class ExtractArguments:
     dtype: str | None = field(
         default=None, metadata={"help": "Compute dtype (default float32 on CPU, bfloat16 on GPU)."}
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={"help": "8bit or 4bit: load the LLM (layer_mean backbones) quantized by bitsandbytes; needs a CUDA "
+                  "GPU. Recorded with the features, so the trained model is served the same way."},
+    )  # fmt: skip
     feature_dtype: str = field(default="float16", metadata={"help": "Stored feature dtype: float16 or float32."})
     shard_size: int = field(default=1024, metadata={"help": "Rows per resumable unit of work."})
     log_level: str = field(
@@ -742,6 +747,8 @@ def column_key(
         "shard_size": shard_size,  # shard i holds rows i*shard_size...: another size, other shards
         "feature_code": FEATURE_CODE_VERSION,
     }
+    if spec.get("quantization"):  # only when set, so that the caches of full-precision weights keep their keys
+        fields["quantization"] = spec["quantization"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -922,6 +929,7 @@ def extract(
     device: str | None = None,
     device_map: str | None = None,
     dtype: str | None = None,
+    quantization: str | None = None,
     feature_dtype: str = "float16",
     shard_size: int = 1024,
 ) -> ExtractionResult:
@@ -957,7 +965,17 @@ def extract(
             head=dict(PRESETS.get(preset, {}).get("head", {})),
         )
         return _extract(
-            data, metadata, backbone_paths, output_dir, batch_size, max_tokens, device, device_map, dtype, shard_size
+            data,
+            metadata,
+            backbone_paths,
+            output_dir,
+            batch_size,
+            max_tokens,
+            device,
+            device_map,
+            dtype,
+            quantization,
+            shard_size,
         )
 
 
@@ -971,12 +989,14 @@ def _extract(
     device: str | None,
     device_map: str | None,
     dtype: str | None,
+    quantization: str | None,
     shard_size: int,
 ) -> ExtractionResult:
     """`extract` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
     import torch
     from tqdm.auto import tqdm
 
+    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
     from modeling_llm_fusion import FrozenBackbone
 
     rank, world = _distributed()
@@ -987,6 +1007,11 @@ def _extract(
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
     backbones, feature_dtype = metadata.backbones, metadata.feature_dtype
+    for spec in backbones:  # recorded with the features and in the trained model's config: serving computes alike
+        spec["dtype"] = dtype
+        if quantization is not None and spec["pooling"] in LAYER_POOLINGS:
+            spec["quantization"] = quantization
+        normalize_backbone(spec)  # a bad dtype or quantization is refused here, before any work
 
     digests = {name: texts_digest(split) for name, split in data.items()}
     for spec in backbones:
@@ -1202,8 +1227,8 @@ def main(argv: list[str] | None = None) -> ExtractionResult:
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
         preset=args.preset, backbones=backbones, backbone_paths=backbone_paths,
         output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens,
-        device=args.device, device_map=args.device_map, dtype=args.dtype, feature_dtype=args.feature_dtype,
-        shard_size=args.shard_size,
+        device=args.device, device_map=args.device_map, dtype=args.dtype, quantization=args.quantization,
+        feature_dtype=args.feature_dtype, shard_size=args.shard_size,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         rows = ", ".join(f"{split} {n}" for split, n in result.metadata.rows.items())

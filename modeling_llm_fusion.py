@@ -6,11 +6,12 @@ where features are computed, used by extraction and by the pipeline) -> fusion v
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
@@ -73,6 +74,40 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: i
     return batches
 
 
+def compute_dtype(spec: dict) -> torch.dtype:
+    """The dtype a backbone computes its features in: the one its spec records (`dtype`), float32 if none."""
+    return getattr(torch, spec.get("dtype") or "float32")
+
+
+def quantization_config(
+    spec: dict, dtype: torch.dtype, device: str | torch.device | None = None
+) -> BitsAndBytesConfig | None:
+    """The `quantization_config` that loads a backbone's weights as its spec records (`quantization`: `"8bit"` or
+    `"4bit"`, through bitsandbytes), or `None` for full-precision weights.
+
+    bitsandbytes is only looked for (never imported here) when a spec asks for it, so CPU-only installs without it
+    work; without it, or without a CUDA GPU, this raises a `ValueError` saying what is needed.
+    """
+    quantization = spec.get("quantization")
+    if quantization is None:
+        return None
+    bits = quantization.removesuffix("bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing = "bitsandbytes is not installed"
+    elif not torch.cuda.is_available():
+        missing = "no CUDA GPU is available"
+    elif device is not None and torch.device(device).type != "cuda":
+        missing = f"the device is {device}"
+    else:
+        if quantization == "4bit":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(
+        f"Backbone {spec['name']!r}: {bits}-bit quantization needs bitsandbytes and a CUDA GPU: "
+        f"pip install bitsandbytes ({missing})."
+    )
+
+
 class FrozenBackbone:
     """A frozen backbone with its tokenizer and pooling: texts in, one pooled feature per text out.
 
@@ -106,19 +141,28 @@ class FrozenBackbone:
         spec: dict,
         path: str | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
     ) -> FrozenBackbone:
         """Load the backbone `spec` names (or the local folder `path` instead) with its tokenizer.
 
-        `dtype` is the compute dtype (pinned: transformers otherwise loads in the checkpoint's dtype).
-        `device_map="auto"` spreads a model larger than one GPU over the available devices.
+        `dtype` is the compute dtype (pinned: transformers otherwise loads in the checkpoint's dtype); by default the
+        one `spec` records (`compute_dtype`). With a recorded `quantization` the weights are loaded quantized by
+        bitsandbytes (`quantization_config`), on a CUDA GPU. `device_map="auto"` spreads a model larger than one GPU
+        over the available devices.
         """
         source = path or spec["model"]
         revision = None if path else spec.get("revision")
+        dtype = dtype if dtype is not None else compute_dtype(spec)
+        quantization = quantization_config(spec, dtype, device)
+        if quantization is not None and device_map is None:
+            # bitsandbytes places the weights while loading; a quantized model cannot be moved afterwards.
+            device_map = {"": str(torch.device(device or "cuda"))}
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-            model = AutoModel.from_pretrained(source, revision=revision, dtype=dtype, device_map=device_map)
+            model = AutoModel.from_pretrained(
+                source, revision=revision, dtype=dtype, device_map=device_map, quantization_config=quantization
+            )
         except (OSError, ValueError) as error:
             raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}: {error}") from error
         if device_map is None and device is not None:
@@ -379,10 +423,14 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         self,
         paths: dict[str, str] | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
     ) -> dict[str, FrozenBackbone]:
-        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder."""
+        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder.
+
+        Each backbone computes in the dtype its spec records (the one its training features were extracted with,
+        float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
+        """
         paths = dict(paths or {})
         unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
         if unknown:
@@ -407,9 +455,11 @@ LLMFusionConfig.register_for_auto_class()
 LLMFusionForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
+    "compute_dtype",
     "FrozenBackbone",
     "length_sorted_batches",
     "LLMFusionForSequenceClassification",
     "LLMFusionPreTrainedModel",
+    "quantization_config",
     "validate_texts",
 ]

@@ -3,12 +3,13 @@
 ```python
 from transformers import pipeline
 
-classifier = pipeline("fec", model="org/llm-fusion-ed", trust_remote_code=True)
-classifier("I finally got the job!")  # {"label": "joyful", "score": 0.91}
+classifier = pipeline("text-classification", model="org/llm-fusion-ed", trust_remote_code=True)  # or "fec"
+classifier("I finally got the job!")  # [{"label": "joyful", "score": 0.91}]
 ```
 
 This file travels with the model (`save_for_pipeline` copies it and names it in `config.json`'s
-`custom_pipelines`), so `pipeline()` finds it with `trust_remote_code=True` wherever the model is.
+`custom_pipelines` for both tasks, `"fec"` and `"text-classification"`), so `pipeline()` finds it with
+`trust_remote_code=True` wherever the model is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ except ImportError:  # imported from the repository root rather than as a Hub mo
     from modeling_llm_fusion import validate_texts
 
 TASK = "fec"
+TASKS = (TASK, "text-classification")
+"""The tasks `config.json` maps to `FECPipeline`: `"fec"`, and `"text-classification"`, the model card's
+`pipeline_tag`, which the Hub's "Use this model" snippet names."""
+TASK_NOTE = (
+    'Name the task when you build the pipeline, "text-classification" (as the Hub\'s snippet does) or "fec": the '
+    "model declares both, and transformers refuses to guess between them, so `pipeline(model=..., "
+    "trust_remote_code=True)` without a task raises a RuntimeError."
+)
+"""One sentence for the model card and the README on building this model's pipeline."""
 FUNCTIONS = ("softmax", "sigmoid", "none")
 _NOT_GIVEN = object()  # `top_k=None` means "all labels", so "not given" needs its own marker
 
@@ -42,10 +52,13 @@ class FECPipeline(Pipeline):
     text into features with the model's own feature code (`model.extract_features`, the code that extracted the
     training features) and runs the fusion head on them. It answers like the `"text-classification"` pipeline:
 
-    - a string gives the top `{"label": str, "score": float}`; a list of strings gives a list of answers;
-    - `top_k=k` gives the `k` best labels, `top_k=None` all labels, sorted by score;
+    - a string gives a list holding its top `{"label": str, "score": float}`; a list of strings gives one
+      `{"label", "score"}` dict per text;
+    - `top_k=k` gives the `k` best labels, `top_k=None` all labels, sorted by score: a list of dicts for a string, a
+      list of such lists for a list of strings;
     - for a multi-label model (`config.problem_type == "multi_label_classification"`) the default answer is the
-      list of labels whose sigmoid score is above `config.threshold` (possibly empty), sorted by score.
+      list of labels whose sigmoid score is above `config.threshold` (possibly empty), sorted by score (a list for
+      a string, a list of lists for a list of strings).
 
     Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
     non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs.
@@ -57,9 +70,13 @@ class FECPipeline(Pipeline):
             Local folders to load backbones from instead of the Hub ids in the config, by backbone name, e.g.
             `{"llama": "/models/Llama-2-7b-chat-hf"}` for offline machines or mirrors.
         dtype (`torch.dtype` or `str`, *optional*):
-            Compute dtype of the backbones and the head; by default the head's dtype (`float32` as saved).
+            Compute dtype of the backbones and the head. By default each backbone computes in the dtype its features
+            were extracted with (its `dtype` in `config.backbones`, float32 if none; a recorded `quantization` is
+            used too) and the head keeps its saved dtype.
         device (`int`, `str` or `torch.device`, *optional*):
             Where the backbones and the head run, as for every pipeline.
+        batch_size (`int`, *optional*, defaults to 1):
+            Texts run through the backbones together; a positive integer.
         function_to_apply (`str`, *optional*):
             `"softmax"` (default for single-label models), `"sigmoid"` (default for multi-label models) or `"none"`
             (raw logits).
@@ -81,12 +98,15 @@ class FECPipeline(Pipeline):
         **kwargs,
     ):
         super().__init__(model=model, **kwargs)
+        if self._batch_size is not None:
+            check_batch_size(self._batch_size)
         # Dropout must be off whatever mode the model was handed over in.
         self.model.eval()
         if isinstance(dtype, str) and dtype != "auto":
             dtype = getattr(torch, dtype)
-        # `pipeline()` passes dtype="auto" by default: the head then keeps its saved dtype, and the backbones follow.
-        backbone_dtype = dtype if isinstance(dtype, torch.dtype) else self.model.dtype
+        # `pipeline()` passes dtype="auto" by default: the head then keeps its saved dtype, and each backbone computes
+        # in the dtype it was extracted with (None below), as training saw it.
+        backbone_dtype = dtype if isinstance(dtype, torch.dtype) else None
         self.model.load_backbones(backbone_paths, device=self.device, dtype=backbone_dtype)
 
     def _sanitize_parameters(
@@ -103,7 +123,7 @@ class FECPipeline(Pipeline):
             postprocess_params["top_k"] = top_k
         return {}, {}, postprocess_params
 
-    def __call__(self, inputs: str | list[str], **kwargs) -> dict | list:
+    def __call__(self, inputs: str | list[str], **kwargs) -> list | Iterator[dict | list]:
         """Classify one text or a list of texts.
 
         Args:
@@ -114,12 +134,16 @@ class FECPipeline(Pipeline):
             function_to_apply (`str`, *optional*):
                 `"softmax"`, `"sigmoid"` or `"none"`; the default depends on the model's problem type.
             batch_size (`int`, *optional*, defaults to 1):
-                Texts run through the backbones together.
+                Texts run through the backbones together; a positive integer.
 
         Return:
-            For each text, a `{"label", "score"}` dict (single-label default), or a list of them (with `top_k`, or
-            the labels above the threshold for a multi-label model). Labels are `str`, scores `float`.
+            As the `"text-classification"` pipeline: for a string, a list of `{"label", "score"}` dicts (its top
+            label by default; the `top_k` best with `top_k`; the labels above the threshold for a multi-label
+            model); for a list of strings, one answer per text: a dict (single-label default) or a list of dicts.
+            Labels are `str`, scores `float`.
         """
+        if kwargs.get("batch_size") is not None:
+            check_batch_size(kwargs["batch_size"])
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list):
@@ -129,7 +153,13 @@ class FECPipeline(Pipeline):
                 return []
         elif not isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset)):  # streams: see get_iterator
             validate_texts([inputs])
-        return super().__call__(inputs, **kwargs)
+        answers = super().__call__(inputs, **kwargs)
+        # The text-classification pipeline answers a lone string with a list, its top label included.
+        return [answers] if isinstance(inputs, str) and isinstance(answers, dict) else answers
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save the model with this pipeline, as `save_for_pipeline` does (`kwargs` go to `model.save_pretrained`)."""
+        save_for_pipeline(self.model, save_directory, **kwargs)
 
     def preprocess(self, inputs: str | list[str]) -> dict[str, list[str]]:
         # Tokenizing is the backbones' business (each has its own tokenizer, inside `extract_features`).
@@ -188,22 +218,32 @@ class FECPipeline(Pipeline):
         return [{"label": config.id2label[i], "score": scores[i]} for i in chosen]
 
 
-def save_for_pipeline(model: PreTrainedModel, save_directory: str | os.PathLike) -> None:
-    """Save `model` (weights, config, modeling code) with this pipeline, for
-    `pipeline("fec", model=save_directory, trust_remote_code=True)`.
+def check_batch_size(batch_size: Any) -> None:
+    """Raise `ValueError` unless `batch_size` is a positive integer (0 would answer nothing, -1 fail deep inside)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
 
-    Writes `custom_pipelines` into `config.json` and copies this file next to it, as `FECPipeline.save_pretrained`
-    does. To publish, upload the whole folder (e.g. `huggingface_hub.upload_folder`): `model.push_to_hub` alone
-    would leave this file out.
-    """
-    model.config.custom_pipelines = {
-        TASK: {
-            "impl": f"{Path(__file__).stem}.{FECPipeline.__name__}",
-            "pt": [AutoModelForSequenceClassification.__name__],
-            "type": "text",
-        }
+
+def custom_pipelines() -> dict[str, dict]:
+    """`config.json`'s `custom_pipelines`: every task in `TASKS` runs `FECPipeline` from this file."""
+    entry = {
+        "impl": f"{Path(__file__).stem}.{FECPipeline.__name__}",
+        "pt": [AutoModelForSequenceClassification.__name__],
+        "type": "text",
     }
-    model.save_pretrained(save_directory)
+    return {task: dict(entry) for task in TASKS}
+
+
+def save_for_pipeline(model: PreTrainedModel, save_directory: str | os.PathLike, **kwargs) -> None:
+    """Save `model` (weights, config, modeling code) with this pipeline, for
+    `pipeline("text-classification", model=save_directory, trust_remote_code=True)` (or `"fec"`).
+
+    Writes `custom_pipelines` (`custom_pipelines()`) into `config.json` and copies this file next to it;
+    `FECPipeline.save_pretrained` does the same. `kwargs` go to `model.save_pretrained`. To publish, upload the whole
+    folder (e.g. `huggingface_hub.upload_folder`): `model.push_to_hub` alone would leave this file out.
+    """
+    model.config.custom_pipelines = custom_pipelines()
+    model.save_pretrained(save_directory, **kwargs)
     shutil.copyfile(__file__, Path(save_directory) / Path(__file__).name)
 
 
@@ -211,4 +251,4 @@ PIPELINE_REGISTRY.register_pipeline(
     TASK, pipeline_class=FECPipeline, pt_model=AutoModelForSequenceClassification, type="text"
 )
 
-__all__ = ["FECPipeline", "save_for_pipeline"]
+__all__ = ["FECPipeline", "TASK_NOTE", "TASKS", "check_batch_size", "custom_pipelines", "save_for_pipeline"]

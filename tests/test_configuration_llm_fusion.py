@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from configuration_llm_fusion import PRESETS, LLMFusionConfig
@@ -39,6 +41,20 @@ def test_round_trips(tmp_path):
     assert PRESETS["small"]["backbones"][0].get("revision") is None  # the preset itself was not mutated
 
 
+def test_backbone_dtype_and_quantization_round_trip(tmp_path):
+    backbones = copy.deepcopy(PRESETS["paper"]["backbones"])
+    backbones[0].update(dtype="bfloat16", quantization="4bit")
+    backbones[1]["dtype"] = "float16"
+    config = LLMFusionConfig(backbones=backbones)
+    config.save_pretrained(tmp_path)
+    for other in (config, LLMFusionConfig.from_dict(config.to_dict()), LLMFusionConfig.from_pretrained(tmp_path)):
+        assert [(b["dtype"], b["quantization"]) for b in other.backbones] == [
+            ("bfloat16", "4bit"),
+            ("float16", None),
+            (None, None),  # not recorded: float32, full precision
+        ]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -50,6 +66,10 @@ def test_round_trips(tmp_path):
         ({"backbones": [{"name": "labels", "model": "m", "hidden_size": 8}]}, "'labels' must be a Python identifier"),
         ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8}] * 2}, "must be unique"),
         ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "width": 3}]}, "Unknown backbone keys"),
+        ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "dtype": "float64"}]},
+         "unknown dtype 'float64'; allowed: float32, bfloat16, float16 or None"),
+        ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "quantization": "3bit"}]},
+         "unknown quantization '3bit'; allowed: 8bit, 4bit or None"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"sigma": 0}, "sigma must be positive"),
         ({"mlp_dims": [64, 0]}, "mlp_dims must be positive"),

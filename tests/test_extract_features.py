@@ -229,6 +229,8 @@ def test_metadata_is_json(features_dir):
     metadata = json.loads((features_dir / extract_features.METADATA_FILE).read_text())
     assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {"train": LIMIT, "validation": LIMIT,
                                                                            "test": LIMIT}  # fmt: skip
+    # Each backbone records how it computed, so that the trained model is served the same way.
+    assert [(b["dtype"], b["quantization"]) for b in metadata["backbones"]] == [(metadata["compute_dtype"], None)] * 3
 
 
 # ---- the cache decides on content, and verifies before it trusts ----

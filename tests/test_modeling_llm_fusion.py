@@ -1,9 +1,13 @@
+import importlib.machinery
+import importlib.util
+import re
+
 import pytest
 import torch
 
 from configuration_llm_fusion import LLMFusionConfig
 from helpers import REPO, run_python
-from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification
+from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification, quantization_config
 
 
 def paper_features(batch: int = 4) -> dict[str, torch.Tensor]:
@@ -203,6 +207,27 @@ def test_backbone_mismatches_raise(tiny_backbones):
         FrozenBackbone.load({**llama, "num_layers": 7})
     with pytest.raises(ValueError, match=r"could not be loaded from '/nonexistent/model'"):
         FrozenBackbone.load({**bert, "model": "/nonexistent/model"})
+
+
+@pytest.mark.parametrize(
+    ("bitsandbytes_installed", "gpu", "reason"),
+    [(False, True, "bitsandbytes is not installed"), (True, False, "no CUDA GPU is available")],
+)
+def test_quantization_without_bitsandbytes_or_a_gpu_is_refused(monkeypatch, bitsandbytes_installed, gpu, reason):
+    find_spec = importlib.util.find_spec
+
+    def find_spec_without_gpu_packages(name: str, *args):
+        if name == "bitsandbytes":  # a stand-in for its spec when "installed": only its presence is asked
+            return importlib.machinery.ModuleSpec(name, None) if bitsandbytes_installed else None
+        return find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec_without_gpu_packages)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "hidden_size": 8, "quantization": "4bit"}
+    message = "Backbone 'llama': 4-bit quantization needs bitsandbytes and a CUDA GPU: pip install bitsandbytes"
+    with pytest.raises(ValueError, match=re.escape(f"{message} ({reason})")):
+        FrozenBackbone.load(spec)  # refused before anything is loaded: "m" is not a model anywhere
+    assert quantization_config({**spec, "quantization": None}, torch.float32) is None
 
 
 def test_model_extracts_then_classifies(tiny_backbones):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 import types
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from transformers.pipelines.text_classification import ClassificationFunction, T
 from configuration_llm_fusion import LLMFusionConfig
 from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
-from pipeline_fec import FECPipeline, save_for_pipeline
+from pipeline_fec import TASK_NOTE, TASKS, FECPipeline, save_for_pipeline
 
 EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised", "proud", "lonely", "grateful"]
 TEXTS = ["i finally got the job i wanted", "my dog died last week", "someone broke into my car", "what a surprise!"]
@@ -82,6 +85,8 @@ def test_saved_model_loads_in_fresh_process_with_trust_remote_code(
     configs = [json.loads((saved / "config.json").read_text()) for saved in (folder, folder_from_pipe)]
     assert configs[0]["custom_pipelines"] == configs[1]["custom_pipelines"]
     assert configs[0]["custom_pipelines"]["fec"]["impl"] == "pipeline_fec.FECPipeline"
+    # The Hub's snippet for a text-classification model names that task: it must reach the same pipeline.
+    assert configs[0]["custom_pipelines"]["text-classification"] == configs[0]["custom_pipelines"]["fec"]
 
     paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
     code = f"""
@@ -94,8 +99,13 @@ answers = {{}}
 for name, folder in (("saved", {str(folder)!r}), ("saved_by_pipeline", {str(folder_from_pipe)!r})):
     pipe = pipeline("fec", model=folder, trust_remote_code=True, backbone_paths=paths, device="cpu")
     answers[name] = {{"one": pipe(texts[0]), "all": pipe(texts, top_k=None, batch_size=5)}}
-inferred = pipeline(model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, device="cpu")
-answers["inferred_task"] = inferred.task
+hub = pipeline("text-classification", model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths,
+               device="cpu")
+answers["hub_snippet"] = {{"class": type(hub).__name__, "one": hub(texts[0]), "all": hub(texts, top_k=None)}}
+try:  # no task: transformers does not choose between the two tasks the config declares
+    pipeline(model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, device="cpu")
+except RuntimeError as error:
+    answers["inferred_task"] = str(error)
 half = pipeline("fec", model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, dtype=torch.bfloat16)
 answers["bfloat16"] = [str(half.model.dtype)] + [str(b.model.dtype) for b in half.model.load_backbones().values()]
 errors = []
@@ -117,8 +127,16 @@ print(json.dumps(answers))
             assert [a["label"] for a in text_answers] == [EMOTIONS[i] for i in expected.argsort(descending=True)]
             scores = torch.tensor([a["score"] for a in sorted(text_answers, key=lambda a: EMOTIONS.index(a["label"]))])
             torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
-        assert_same_answers(answers[name]["one"], answers[name]["all"][0][0])  # alone vs in a padded batch
-    assert answers["inferred_task"] == "fec"
+        assert_same_answers(answers[name]["one"], answers[name]["all"][0][:1])  # alone vs in a padded batch
+    # pipeline("text-classification", ...), as the Hub writes it, is this pipeline: same answers as "fec".
+    assert answers["hub_snippet"]["class"] == "FECPipeline"
+    assert_same_answers(answers["hub_snippet"]["one"], answers["saved"]["one"])
+    for hub_answer, fec_answer in zip(answers["hub_snippet"]["all"], answers["saved"]["all"], strict=True):
+        assert_same_answers(hub_answer, fec_answer)
+    # Without a task transformers refuses to guess, naming both tasks: what TASK_NOTE tells users.
+    assert "multiple tasks available" in answers["inferred_task"]
+    assert all(task in answers["inferred_task"] for task in TASKS)
+    assert all(f'"{task}"' in TASK_NOTE for task in TASKS) and "RuntimeError" in TASK_NOTE
     assert answers["bfloat16"] == ["torch.bfloat16"] * 4
     refused_silently, refused, offline = answers["errors"]
     for message in (refused_silently, refused):
@@ -154,8 +172,10 @@ def test_top_k_and_function_to_apply_as_text_classification(model, function_to_a
 def test_single_label_default_is_the_top_label(single_label_model):
     pipe = pipeline("fec", model=single_label_model, device="cpu")
     logits = model_logits(single_label_model, TEXTS)
-    # transformers wraps a lone text's answer in a list; the "fec" pipeline answers a string with one dict.
-    assert_same_answers(pipe(TEXTS[0]), transformers_answer(single_label_model, logits[0]))
+    # As transformers' pipeline, a lone text's answer comes in a list; a list of texts gets one dict per text.
+    answer = pipe(TEXTS[0])
+    assert isinstance(answer, list) and len(answer) == 1
+    assert_same_answers(answer, [transformers_answer(single_label_model, logits[0])])
     for answer, text_logits in zip(pipe(TEXTS), logits):
         assert_same_answers(answer, transformers_answer(single_label_model, text_logits))
 
@@ -213,7 +233,7 @@ def test_bad_inputs_are_refused_naming_input_and_position(single_label_model, in
     ["😭😭😭", "我今天终于找到工作了", "أنا سعيد جدا", "Ich bin so glücklich!", "\u200b", "[PAD] <unk> </s>", "a"],
 )
 def test_unusual_texts_get_a_prediction(single_label_model, text):
-    answer = pipeline("fec", model=single_label_model, device="cpu")(text)
+    (answer,) = pipeline("fec", model=single_label_model, device="cpu")(text)
     assert answer["label"] in EMOTIONS and 0 < answer["score"] < 1
 
 
@@ -240,3 +260,82 @@ def test_bad_parameters_are_refused(single_label_model, kwargs, message):
 
 def test_pipeline_class_is_registered_for_the_fec_task(single_label_model):
     assert isinstance(pipeline("fec", model=single_label_model, device="cpu"), FECPipeline)
+
+
+class TextClassificationOnFusionLogits(TextClassificationPipeline):
+    """transformers' own text-classification pipeline (its `__call__`, parameters and `postprocess`) run on the fusion
+    model's logits: what the "fec" pipeline must answer, shape and numbers."""
+
+    def preprocess(self, inputs: str, **tokenizer_kwargs) -> dict[str, list[str]]:
+        return {"texts": [inputs]}
+
+    def _forward(self, model_inputs: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+        return {"logits": model_logits(self.model, model_inputs["texts"])}
+
+
+def assert_same_shape_and_answers(actual: Any, expected: Any) -> None:
+    """The same nesting of lists and dicts, the same labels, the same scores."""
+    assert type(actual) is type(expected), (actual, expected)
+    if isinstance(expected, list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_shape_and_answers(a, e)
+    else:
+        assert_same_answers(actual, expected)
+
+
+@pytest.mark.parametrize("inputs", [TEXTS[0], TEXTS], ids=["string", "list"])
+@pytest.mark.parametrize("kwargs", [{}, {"top_k": 1}, {"top_k": 3}, {"top_k": None}], ids=str)
+def test_answers_have_the_shape_of_text_classification(single_label_model, inputs, kwargs):
+    reference = TextClassificationOnFusionLogits(model=single_label_model, task="text-classification", device="cpu")
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    assert_same_shape_and_answers(pipe(inputs, **kwargs), reference(inputs, **kwargs))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "4", True])
+def test_bad_batch_size_is_refused(single_label_model, batch_size):
+    message = f"batch_size must be a positive integer, got {batch_size!r}"
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    for inputs in (TEXTS[:2], TEXTS[0], (t for t in TEXTS)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pipe(inputs, batch_size=batch_size)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline("fec", model=single_label_model, device="cpu", batch_size=batch_size)
+
+
+def test_backbones_compute_in_their_recorded_dtype(tiny_backbones):
+    """A model whose features were extracted in bfloat16 is served in bfloat16, unless `dtype=` says otherwise."""
+    config = build_model(tiny_backbones, "single_label_classification").config
+    config.backbones = [{**spec, "dtype": "bfloat16"} for spec in config.backbones]
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+
+    def served(**kwargs) -> tuple[LLMFusionForSequenceClassification, set[torch.dtype], list]:
+        torch.manual_seed(0)
+        model = LLMFusionForSequenceClassification(config).eval()
+        pipe = pipeline("fec", model=model, device="cpu", backbone_paths=paths, **kwargs)
+        params = {p.dtype for b in model.load_backbones().values() for p in b.model.parameters()}
+        return model, params, pipe(TEXTS, top_k=None)
+
+    model, params, answers = served()
+    assert params == {torch.bfloat16} and model.dtype == torch.float32  # the head keeps its saved dtype
+    # The same answers as the model with its backbones loaded in bfloat16 by hand.
+    reference = LLMFusionForSequenceClassification(config).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.load_backbones(paths, device="cpu", dtype=torch.bfloat16)
+    for answer, logits in zip(answers, model_logits(reference, TEXTS), strict=True):
+        assert_same_answers(answer, transformers_answer(reference, logits, top_k=None, _legacy=False))
+    _, params, _ = served(dtype=torch.float32)
+    assert params == {torch.float32}
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_backbone_without_bitsandbytes_or_gpu_is_refused(tiny_backbones, monkeypatch, quantization):
+    config = build_model(tiny_backbones, "single_label_classification").config
+    config.backbones[0] = {**config.backbones[0], "quantization": quantization}
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bits = quantization.removesuffix("bit")
+    message = f"{bits}-bit quantization needs bitsandbytes and a CUDA GPU: pip install bitsandbytes"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline("fec", model=LLMFusionForSequenceClassification(config), device="cpu", backbone_paths=paths)
+    assert "bitsandbytes" not in sys.modules  # asking for it never imports it on a machine that cannot use it

@@ -1,0 +1,286 @@
+"""Label a file of texts with a trained model: the input's rows come back with the predicted label and score.
+
+    fec-predict --model outputs/llm-fusion-ed --input posts.csv               # -> posts.predictions.csv
+    fec-predict --model org/llm-fusion-ed --input posts.jsonl --text-column body --top-k 3
+    fec-predict --model outputs/llm-fusion-ed --input lines.txt --output labels.jsonl \\
+        --backbone-path llama=/models/Llama-2-7b-chat-hf
+
+(`python predict.py ...` from the repository works the same.) A row whose text cannot be labelled (empty, only
+whitespace, not a string, not valid JSON) is reported with its line number on stderr and written with an empty label;
+the other rows are labelled all the same. The exit status is 0 when every row was labelled, 1 when some were not,
+2 when nothing was done (bad arguments, unreadable input, a model that cannot be loaded).
+
+torch and transformers are imported only once the arguments are read, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+TXT_COLUMN = "text"  # the one column of a .txt input, one text per line
+
+
+@dataclass
+class Row:
+    """One row of the input file.
+
+    Args:
+        line (`int`): Line of the input file where the row starts (1-based, as editors count).
+        fields (`dict[str, Any]`): The row's columns, written back unchanged beside the prediction.
+        text (`Any`): The text to label, as the file holds it (checked before anything is labelled).
+        problem (`str`, *optional*): Why the row cannot be labelled; `None` if it can.
+    """
+
+    line: int
+    fields: dict[str, Any]
+    text: Any
+    problem: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fec-predict",
+        description="Label the texts of a CSV, JSONL or TXT file (one text per line) with a trained fusion model. "
+        "The output holds the input's rows and columns plus `label` and `score` (`labels` and `scores` lists with "
+        "--top-k or for a multi-label model; prefixed `predicted_` if the input has such columns already). It runs "
+        "this package's code: no trust_remote_code.",
+        epilog="Exit status: 0 every row labelled; 1 some rows could not be labelled (reported by line on stderr, "
+        "written with an empty label); 2 nothing done.",
+    )
+    parser.add_argument("--model", required=True, help="A model folder (e.g. outputs/llm-fusion-ed) or a Hub id.")
+    parser.add_argument("--input", required=True, type=Path, help="The texts: a .csv, .jsonl or .txt file.")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="A .csv or .jsonl file (default: beside the input, INPUT.predictions.csv, or .jsonl for a .jsonl input).",
+    )
+    parser.add_argument("--text-column", default="text", help="Column (CSV) or field (JSONL) of the texts.")
+    parser.add_argument(
+        "--top-k", type=top_k, help="Give the K best labels of each text with their scores ('all': every label)."
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="Texts run through the backbones together.")
+    parser.add_argument(
+        "--backbone-path",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="Load backbone NAME from a local folder instead of the Hub (repeatable).",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if there is one).")
+    parser.add_argument(
+        "--dtype", help="Compute dtype of every backbone and the head (default: each backbone's recorded one)."
+    )
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    try:
+        args.backbone_paths = backbone_paths(args.backbone_path)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def top_k(value: str) -> int | str:
+    """`--top-k`: a positive integer, or `all` (every label)."""
+    if value == "all":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return int(value)
+
+
+def backbone_paths(items: list[str]) -> dict[str, str]:
+    """`NAME=FOLDER` items as a dict, or `ValueError` naming the bad one."""
+    paths = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--backbone-path expects NAME=FOLDER, got {item!r}.")
+        paths[name] = folder
+    return paths
+
+
+def default_output(input_path: Path) -> Path:
+    """Where the labelled rows go when `--output` is not given: beside the input, in its format (CSV for TXT)."""
+    suffix = ".jsonl" if input_path.suffix == ".jsonl" else ".csv"
+    return input_path.with_name(f"{input_path.stem}.predictions{suffix}")
+
+
+# ---- reading ----
+
+
+def read_rows(path: Path, text_column: str) -> tuple[list[str], list[Row]]:
+    """The input's column names (in order) and rows. Raises `ValueError` for a file that cannot be read at all:
+    an unknown format, or a text column that no row has."""
+    if path.suffix not in INPUT_SUFFIXES:
+        raise ValueError(f"{path} is not a {', '.join(INPUT_SUFFIXES)} file.")
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist.")
+    with open(path, newline="" if path.suffix == ".csv" else None, encoding="utf-8-sig") as handle:
+        if path.suffix == ".csv":
+            return _csv_rows(handle, path, text_column)
+        if path.suffix == ".jsonl":
+            return _jsonl_rows(handle, path, text_column)
+        rows = [Row(line, {TXT_COLUMN: text}, text) for line, text in enumerate(handle.read().splitlines(), 1)]
+        return [TXT_COLUMN], rows
+
+
+def _csv_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row]]:
+    reader = csv.reader(handle)
+    columns = next(reader, [])
+    if text_column not in columns:
+        raise ValueError(f"{path} has no column {text_column!r}; its header is {columns}.")
+    rows, end = [], reader.line_num
+    for values in reader:
+        start, end = end + 1, reader.line_num  # a quoted text may span several lines
+        if not values:  # a blank line is no row
+            continue
+        fields = dict(zip(columns, values))  # a short row lacks its last columns
+        text = fields.get(text_column)
+        problem = None if text is not None else f"no {text_column!r} value (the row has {len(values)} fields)"
+        rows.append(Row(start, fields, text, problem))
+    return columns, rows
+
+
+def _jsonl_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row]]:
+    columns, rows = {}, []  # a dict keeps the fields in order of first appearance
+    for line, content in enumerate(handle, 1):
+        if not content.strip():
+            continue
+        try:
+            fields = json.loads(content)
+        except json.JSONDecodeError as error:
+            rows.append(Row(line, {}, None, f"not valid JSON ({error})"))
+            continue
+        if not isinstance(fields, dict):
+            rows.append(Row(line, {}, None, f"not a JSON object but {type(fields).__name__}"))
+            continue
+        columns.update(dict.fromkeys(fields))
+        problem = None if text_column in fields else f"no {text_column!r} field"
+        rows.append(Row(line, fields, fields.get(text_column), problem))
+    if rows and text_column not in columns:
+        raise ValueError(f"No row of {path} has a {text_column!r} field; they have {list(columns)}.")
+    return list(columns), rows
+
+
+def text_problem(text: Any) -> str | None:
+    """Why `text` cannot be labelled (the pipeline's own check), or `None`."""
+    from modeling_llm_fusion import validate_texts
+
+    try:
+        validate_texts([text])
+    except (TypeError, ValueError) as error:
+        return str(error).replace("Text at position 0 is", "the text is", 1)
+    return None
+
+
+# ---- labelling and writing ----
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
+    import torch
+
+    from modeling_llm_fusion import LLMFusionForSequenceClassification
+    from pipeline_fec import FECPipeline
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.dtype and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
+    model = LLMFusionForSequenceClassification.from_pretrained(args.model, **({"dtype": dtype} if dtype else {}))
+    return FECPipeline(
+        model=model, backbone_paths=args.backbone_paths, device=args.device, dtype=dtype, batch_size=args.batch_size
+    )
+
+
+def prediction_columns(columns: list[str], listed: bool) -> tuple[str, str]:
+    """Names of the label and score columns: `label`/`score`, `labels`/`scores` for lists of labels, prefixed with
+    `predicted_` when the input has a column of that name already (e.g. the gold labels of a test split)."""
+    names = ("labels", "scores") if listed else ("label", "score")
+    return tuple(f"predicted_{name}" for name in names) if set(names) & set(columns) else names
+
+
+def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[int, Any]) -> None:
+    """Write every input row with its answer (`answers[row index]`: a dict, or a list of dicts), in input order.
+    Rows without an answer get an empty label and no score."""
+    listed = any(isinstance(answer, list) for answer in answers.values())
+    label_column, score_column = prediction_columns(columns, listed)
+    records = []
+    for i, row in enumerate(rows):
+        answer = answers.get(i)
+        if answer is None:
+            label, score = "", None
+        elif listed:
+            label, score = [a["label"] for a in answer], [a["score"] for a in answer]
+        else:
+            label, score = answer["label"], answer["score"]
+        records.append({**row.fields, label_column: label, score_column: score})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="" if path.suffix == ".csv" else None, encoding="utf-8") as handle:
+        if path.suffix == ".jsonl":
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        writer = csv.DictWriter(handle, [*columns, label_column, score_column])
+        writer.writeheader()
+        for record in records:
+            # Lists (top-k labels and scores, or a JSONL input's nested values) are written as JSON.
+            writer.writerow(
+                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for k, v in record.items()}
+            )
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Label `args.input` into the output file; return the exit status (0: every row labelled, 1: some not)."""
+    output = args.output or default_output(args.input)
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
+    if output.resolve() == args.input.resolve():
+        raise ValueError(f"--output {output} is the input file; choose another.")
+    columns, rows = read_rows(args.input, args.text_column)
+    for row in rows:
+        row.problem = row.problem or text_problem(row.text)
+        if row.problem:
+            print(f"{args.input}:{row.line}: {row.problem}", file=sys.stderr)
+    labellable = [i for i, row in enumerate(rows) if row.problem is None]
+
+    answers = {}
+    if labellable:
+        from tqdm.auto import tqdm
+
+        pipe = load_pipeline(args)
+        kwargs = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else args.top_k}
+        stream = pipe((rows[i].text for i in labellable), batch_size=args.batch_size, **kwargs)
+        progress = tqdm(stream, total=len(labellable), desc="Labelling", unit="text", file=sys.stderr, disable=None)
+        answers = dict(zip(labellable, progress, strict=True))
+    write_rows(output, columns, rows, answers)
+
+    bad = [row.line for row in rows if row.problem]
+    print(f"Labelled {len(labellable)} of {len(rows)} rows of {args.input} -> {output}")
+    if bad:
+        lines = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+        summary = f"{len(bad)} of {len(rows)} rows could not be labelled (lines {lines})"
+        print(f"{summary}; they have an empty label in {output}.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return predict(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The predict command: labels every good row of a file as the pipeline does, reports the bad ones by line and keeps
+going, and answers --help without importing torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import predict
+from configuration_llm_fusion import LLMFusionConfig
+from helpers import REPO, run_python
+from modeling_llm_fusion import LLMFusionForSequenceClassification
+from pipeline_fec import FECPipeline, save_for_pipeline
+
+EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory, tiny_backbones):
+    """A model saved as training saves it, its config naming Hub ids (the backbones come from --backbone-path)."""
+    torch.manual_seed(0)
+    config = LLMFusionConfig(
+        backbones=[{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones],
+        fusion_dim=16,
+        mlp_dims=[16],
+        num_labels=len(EMOTIONS),
+        id2label=dict(enumerate(EMOTIONS)),
+        label2id={label: i for i, label in enumerate(EMOTIONS)},
+    )
+    folder = tmp_path_factory.mktemp("model")
+    save_for_pipeline(LLMFusionForSequenceClassification(config), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backbone_args(tiny_backbones) -> list[str]:
+    return [arg for spec in tiny_backbones for arg in ("--backbone-path", f"{spec['name']}={spec['model']}")]
+
+
+@pytest.fixture(scope="module")
+def pipe(model_folder, tiny_backbones) -> FECPipeline:
+    """The pipeline on the same model: the reference for every label and score the command writes."""
+    model = LLMFusionForSequenceClassification.from_pretrained(model_folder)
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+    return FECPipeline(model=model, backbone_paths=paths, device="cpu")
+
+
+def test_labels_a_csv_with_bad_rows(tmp_path, model_folder, backbone_args, pipe, capsys):
+    source = tmp_path / "posts.csv"
+    source.write_text(
+        "id,text,label\n"
+        "1,i finally got the job i wanted,joyful\n"
+        "2,,sad\n"  # line 3: empty text
+        '3,"my dog died\nlast week",sad\n'  # lines 4-5: a quoted text over two lines
+        "4,   ,angry\n"  # line 6: only whitespace
+        "5,someone broke into my car,angry\n",
+        encoding="utf-8",
+    )
+    status = predict.main(["--model", str(model_folder), "--input", str(source), "--batch-size", "2", *backbone_args])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"{source}:3: the text is empty" in err and f"{source}:6: the text is empty" in err
+    assert "2 of 5 rows could not be labelled (lines 3, 6)" in err
+    with open(tmp_path / "posts.predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # Every input row and column comes back in order; the gold `label` column is kept, the prediction is beside it.
+    assert [row["id"] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert list(rows[0]) == ["id", "text", "label", "predicted_label", "predicted_score"]
+    assert [row["label"] for row in rows] == ["joyful", "sad", "sad", "angry", "angry"]
+    assert rows[2]["text"] == "my dog died\nlast week"
+    for row in (rows[1], rows[3]):
+        assert row["predicted_label"] == "" and row["predicted_score"] == ""
+    for row in (rows[0], rows[2], rows[4]):
+        (expected,) = pipe(row["text"])
+        assert row["predicted_label"] == expected["label"]
+        assert float(row["predicted_score"]) == pytest.approx(expected["score"], abs=1e-6)
+
+
+def test_top_k_from_jsonl(tmp_path, model_folder, backbone_args, pipe, capsys):
+    source, output = tmp_path / "posts.jsonl", tmp_path / "out" / "labels.jsonl"
+    lines = [
+        json.dumps({"body": "what a lovely surprise", "id": 1}),
+        json.dumps({"body": 42, "id": 2}),
+        "{not json",
+        "",  # blank lines are no rows
+        json.dumps({"id": 5}),
+        json.dumps({"body": "i am nervous about the exam", "id": 6}),
+    ]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["--model", str(model_folder), "--input", str(source), "--output", str(output), "--text-column", "body"]
+    assert predict.main([*args, "--top-k", "2", *backbone_args]) == 1
+    err = capsys.readouterr().err
+    for line, problem in ((2, "the text is int (42), not a string"), (3, "not valid JSON"), (5, "no 'body' field")):
+        assert f"{source}:{line}: {problem}" in err
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [record.get("id") for record in records] == [1, 2, None, 5, 6]
+    assert [record["labels"] for record in records[1:4]] == ["", "", ""]
+    for record in (records[0], records[4]):
+        expected = pipe(record["body"], top_k=2)
+        assert record["labels"] == [a["label"] for a in expected]
+        assert record["scores"] == pytest.approx([a["score"] for a in expected], abs=1e-6)
+
+
+def test_all_rows_labelled_exits_0(tmp_path, model_folder, backbone_args):
+    source = tmp_path / "texts.txt"
+    source.write_text("i finally got the job\nmy dog died\n", encoding="utf-8")
+    assert predict.main(["--model", str(model_folder), "--input", str(source), *backbone_args]) == 0
+    with open(tmp_path / "texts.predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["text"] for row in rows] == ["i finally got the job", "my dog died"]
+    assert all(row["label"] in EMOTIONS for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("body\nhello\n", [], "has no column 'text'; its header is ['body']"),
+        ("text\nhello\n", ["--output", "out.tsv"], "--output must end in .csv or .jsonl"),
+    ],
+)
+def test_unusable_input_is_refused_before_loading_the_model(tmp_path, capsys, monkeypatch, content, extra, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    (tmp_path / "in.csv").write_text(content, encoding="utf-8")
+    assert predict.main(["--model", "no/such-model", "--input", "in.csv", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import predict
+try:
+    predict.main(["--help"])
+except SystemExit as exit:
+    assert exit.code == 0
+print(sorted(name for name in ("torch", "transformers", "datasets") if name in sys.modules))
+"""
+    output = run_python(code)
+    assert "--backbone-path NAME=FOLDER" in output and "--top-k" in output
+    assert output.strip().splitlines()[-1] == "[]"
