@@ -82,6 +82,23 @@ def normalize_backbone(spec: dict) -> dict:
     }
 
 
+def describe_pooling(spec: dict) -> str:
+    """In words, how a backbone turns a text into its feature, ending with the feature's shape (for model cards and
+    reports). Every pooling in `POOLINGS` has its sentence here."""
+    pooling, width = spec["pooling"], spec["hidden_size"]
+    if pooling == "layer_mean":
+        layers = spec["num_layers"]
+        return (
+            f"for each of the last {layers} hidden layers (last first), the mean over the text's tokens (padding "
+            f"excluded) -> {layers} x {width}"
+        )
+    if pooling == "pooler":
+        return f"pooled [CLS] output (`pooler_output`) -> {width}"
+    if pooling == "cls":
+        return f"[CLS] hidden state -> {width}"
+    raise ValueError(f"No description for pooling {pooling!r}; allowed: {', '.join(POOLINGS)}.")
+
+
 def feature_shape(spec: dict) -> tuple[int, ...]:
     """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
     return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] == "layer_mean" else (spec["hidden_size"],)
