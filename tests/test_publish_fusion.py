@@ -233,6 +233,7 @@ def test_card_features_snippet_runs(tmp_path, tiny_backbones):
     folder = tmp_path / "model"
     spec = PublishSpec(make_results(), make_args(tmp_path, hub_model_id=str(folder)), "ED", early_stopping_patience=3)
     save_model_folder(make_model(tiny_backbones), folder, spec)
+    assert ModelCard.load(folder / "README.md").data.base_model is None  # a local folder is no base model
     snippet = python_blocks((folder / "README.md").read_text())[1]
     report = "import json\nprint(json.dumps({n: list(t.shape) for n, t in (features | {'': logits}).items()}))"
     shapes = json.loads(run_python(snippet + report).strip().splitlines()[-1])
