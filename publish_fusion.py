@@ -110,14 +110,15 @@ HUB_METRICS = {
     "macro_f1": HubMetric("f1", "macro", "Macro F1"),
     "micro_f1": HubMetric("f1", "micro", "Micro F1"),
 }
-CHECKPOINT_SELECTIONS = {
+CHECKPOINT_SELECTION_TEXTS = {
     "best": "the checkpoint with the best validation {selection} is kept",
     "last_improvement": (
         "the checkpoint of the last evaluation at which any early-stopping metric improved is kept (the original "
         "code's rule)"
     ),
 }
-"""How each `RunResults.checkpoint_selection` mode picks a seed's checkpoint, in words."""
+"""How each `RunResults.checkpoint_selection` mode (`fusion_trainer.CHECKPOINT_SELECTIONS`) picks a seed's
+checkpoint, in words."""
 
 
 @dataclass
@@ -448,9 +449,10 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         "budget": f"{args.max_steps} steps" if args.max_steps > 0 else f"at most {args.num_train_epochs:g} epochs",
         "evaluation": _evaluation(args),
         "early_stopping_patience": spec.early_stopping_patience,
-        "checkpoint_selection": CHECKPOINT_SELECTIONS.get(
+        "checkpoint_selection": CHECKPOINT_SELECTION_TEXTS.get(
             results.checkpoint_selection, f"checkpoint selection `{results.checkpoint_selection}`"
         ).format(selection=results.selection_metric),
+        "batches": sorted({tuple(run.trained_with) for run in results.runs if len(run.trained_with) > 1}),
         "versions": framework_versions(),
     }
     card_data = model_card_data(config, spec, variables["model_name"])

@@ -18,9 +18,11 @@ from transformers import TrainingArguments
 
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from fusion_results import RunResults, SeedResult, per_label_scores
+from fusion_trainer import CHECKPOINT_SELECTIONS
 from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from publish_fusion import (
+    CHECKPOINT_SELECTION_TEXTS,
     PublishSpec,
     check_shareable,
     confusion_matrix_png,
@@ -68,7 +70,7 @@ def make_results(problem_type: str = SINGLE, dataset: str = "ED", **protocol) ->
         runs.append(
             SeedResult(seed=seed, epochs=14, best_epoch=4, wall_time_s=12.5, threshold=None if problem_type == SINGLE
                        else 0.35, validation={selection: validation, "loss": 1.2}, test=test, per_label=per_label,
-                       confusion=confusion)
+                       confusion=confusion, trained_with=[42, 43])
         )  # fmt: skip
     defaults = {"early_stopping_metrics": [selection], "checkpoint_selection": "best"}
     return RunResults(dataset=dataset, problem_type=problem_type, selection_metric=selection, best_seed=43, runs=runs,
@@ -308,6 +310,7 @@ def test_card_states_the_protocol_as_trained_the_head_and_the_versions(tmp_path,
     for fact in ("learning rate 0.0003", "constant schedule", "batch size 16", "at most 50 epochs",
                  "no gradient clipping", "after 7 evaluations without improvement of validation weighted_f1 or loss",
                  "the last evaluation at which any early-stopping metric improved", "Seeds 42, 43",
+                 "Seeds 42+43 were trained together as one batched model",
                  "`standardize_features=False`", "`encoders_in_tail=True`", "followed by the mean of the raw llama "
                  "layer vectors and the raw encoder vectors", "MLP (32 -> 6 labels)"):  # fmt: skip
         assert fact in text, fact
@@ -326,6 +329,10 @@ def test_card_states_the_protocol_as_trained_the_head_and_the_versions(tmp_path,
     assert paper["year"] == "2024" and "Association for Computational Linguistics" in paper["booktitle"]
     assert entries[1].count("{") == entries[1].count("}")
     assert "https://github.com/havelhakimi/LLM-FusionClassifier" in entries[1]
+
+
+def test_every_checkpoint_selection_is_described():
+    assert set(CHECKPOINT_SELECTION_TEXTS) == set(CHECKPOINT_SELECTIONS)
 
 
 def test_results_table_has_each_seed_and_the_mean():
