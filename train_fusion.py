@@ -14,7 +14,6 @@ that checkpoint; the seed with the best validation score is the one saved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -25,7 +24,6 @@ import evaluate
 import numpy as np
 import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from torch import nn
 from transformers import (
     EvalPrediction,
@@ -36,7 +34,7 @@ from transformers import (
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
 
-from configuration_llm_fusion import LLMFusionConfig, describe_pooling
+from configuration_llm_fusion import LLMFusionConfig
 from extract_features import FeatureMetadata, dataset_name, default_features_dir, load_features
 from fusion_results import RunResults, SeedResult, per_label_scores
 from fusion_trainer import (
@@ -50,7 +48,7 @@ from fusion_trainer import (
     load_progress,
 )
 from modeling_llm_fusion import LLMFusionForSequenceClassification
-from pipeline_fec import save_for_pipeline
+from publish_fusion import PublishSpec, check_shareable, format_results_table, push_to_hub, save_model_folder
 
 logger = logging.get_logger(__name__)
 
@@ -67,25 +65,6 @@ METRIC_KEYS = {
 SELECTION_METRICS = {"single_label_classification": "weighted_f1", "multi_label_classification": "macro_f1"}
 # Multi-label decision thresholds tried on validation.
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-# The Hub data sets the built-in splits come from, and their licenses (which the trained head inherits).
-DATASET_CARDS = {
-    "ED": {"hub_id": "facebook/empathetic_dialogues", "title": "Empathetic Dialogues",
-           "license": "cc-by-nc-4.0"},
-    "go_emotion": {"hub_id": "google-research-datasets/go_emotions",
-                   "title": "GoEmotions, single-label subset", "license": "apache-2.0"},
-    "go_emotions_multilabel": {"hub_id": "google-research-datasets/go_emotions",
-                               "title": "GoEmotions", "license": "apache-2.0"},
-}  # fmt: skip
-# Hub metric types of the metric module's scores (`type` and `args.average` in the model-index).
-HUB_METRICS = {
-    "accuracy": ("accuracy", None, "Accuracy"),
-    "weighted_f1": ("f1", "weighted", "Weighted F1"),
-    "macro_f1": ("f1", "macro", "Macro F1"),
-    "micro_f1": ("f1", "micro", "Micro F1"),
-}
-# Training arguments that hold local paths or secrets: never written into the shared folder.
-LOCAL_ARGUMENTS = ("output_dir", "logging_dir", "resume_from_checkpoint", "hub_token")
-UPLOAD_IGNORE = ["runs/*"]  # per-seed checkpoints and models stay local
 
 
 @dataclass
@@ -545,7 +524,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
     features_dir = args.features_dir or default_features_dir(args.dataset)
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
-    preset_head = metadata.get("head") or {}
+    preset_head = metadata.head or {}
     head = {"sigma": args.sigma}
     for option in ("standardize_features", "encoders_in_tail"):
         value = getattr(args, option)
@@ -590,7 +569,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
             finished[result.seed] = result
     runs = [finished[seed] for seed in seeds]
     results = RunResults(
-        dataset=metadata.dataset,
+        dataset=metadata.dataset_name,
         problem_type=config.problem_type,
         selection_metric=selection,
         early_stopping_metrics=protocol.metrics,
@@ -601,224 +580,24 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
     model = LLMFusionForSequenceClassification.from_pretrained(
         runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32
     )
-    save_model_folder(model, output_dir, results, metadata, training_args, args)
-    if training_args.push_to_hub:
-        push_to_hub(output_dir, training_args.hub_model_id or output_dir.name, training_args)
-    return results
-
-
-# ---- the output folder: model, code, card ----
-
-
-def save_model_folder(
-    model: LLMFusionForSequenceClassification,
-    output_dir: Path,
-    results: dict,
-    metadata: FeatureMetadata,
-    training_args: TrainingArguments,
-    args: FusionArguments,
-) -> None:
-    """Write the folder that is shared: weights, config, code (model and pipeline), results.json, the training
-    arguments (without local paths or tokens) and the model card."""
-    save_for_pipeline(model, output_dir)
-    results.save(output_dir / "results.json")
-    arguments = {k: v for k, v in training_args.to_dict().items() if k not in LOCAL_ARGUMENTS}
-    arguments.update(
-        metric_for_best_model=results.selection_metric,
-        seeds=results.seeds,
+    publish = PublishSpec(
+        results=results,
+        training_args=training_args,
+        dataset_name=metadata.dataset_name,  # the publishable name, never a local folder
         early_stopping_patience=args.early_stopping_patience,
+        license=args.license,
+        feature_dtype=metadata.feature_dtype,
     )
-    (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
-    write_model_card(output_dir, model, results, metadata, training_args, args)
-
-
-def format_results_table(results: dict) -> str:
-    """Markdown table of the test scores: one row per seed, then mean +- population std."""
-    results = results.to_dict()
-    keys = list(results["test"])
-    selection = results["selection_metric"]
-    header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for run in results["runs"]:
-        seed = f"{run['seed']} (saved)" if run["seed"] == results["best_seed"] else str(run["seed"])
-        best_epoch = f"{run['best_epoch']:g}" if run["best_epoch"] is not None else "-"
-        cells = [seed, f"{run['epochs']:g}", best_epoch, f"{run['wall_time_s']:.0f}",
-                 f"{run['validation'][selection]:.4f}", *[f"{run['test'][k]:.4f}" for k in keys]]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    summary = [f"{results['test'][k]['mean']:.4f} +- {results['test'][k]['std']:.4f}" for k in keys]
-    seeds = f"{len(results['runs'])} seed{'s' if len(results['runs']) > 1 else ''}"
-    lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
-    return "\n".join(lines)
-
-
-def _is_local(model: str) -> bool:
-    return Path(model).is_absolute() or model.startswith((".", "~")) or Path(model).exists()
-
-
-def check_shareable(config: LLMFusionConfig) -> None:
-    """Refuse a model whose config names a backbone by a local path: nobody else could load its backbones."""
-    local = [spec["model"] for spec in config.backbones if _is_local(spec["model"])]
-    if local:
-        raise ValueError(
-            f"Backbone(s) {local} are local paths: a pushed model could not load them anywhere else. Extract the "
-            "features with Hub ids (extract_features.py --backbone-path NAME=FOLDER reads a local copy of a Hub "
-            "model) and train again."
+    written = save_model_folder(model, output_dir, publish)
+    if training_args.push_to_hub:
+        push_to_hub(
+            output_dir,
+            written,
+            training_args.hub_model_id or output_dir.name,
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
         )
-
-
-def write_model_card(
-    output_dir: Path,
-    model: LLMFusionForSequenceClassification,
-    results: dict,
-    metadata: FeatureMetadata,
-    training_args: TrainingArguments,
-    args: FusionArguments,
-) -> ModelCard:
-    """Write `output_dir/README.md`: a model card whose metadata (model-index) holds the saved model's measured test
-    scores, with the results table, the backbones and their pooling, usage, protocol and limitations."""
-    config = model.config
-    table = format_results_table(results)
-    results = results.to_dict()
-    dataset = results["dataset"]
-    known = DATASET_CARDS.get(Path(dataset).name, {})
-    title = known.get("title", dataset)
-    name = training_args.hub_model_id or output_dir.name
-    best = next(run for run in results["runs"] if run["seed"] == results["best_seed"])
-    eval_results = [
-        EvalResult(
-            task_type="text-classification",
-            dataset_type=known.get("hub_id", dataset),
-            dataset_name=title,
-            dataset_split="test",
-            metric_type=HUB_METRICS[key][0],
-            metric_args={"average": HUB_METRICS[key][1]} if HUB_METRICS[key][1] else None,
-            metric_name=HUB_METRICS[key][2],
-            metric_value=value,
-        )
-        for key, value in best["test"].items()
-    ]
-    card_data = ModelCardData(
-        model_name=name,
-        language="en",
-        license=args.license or known.get("license", "other"),
-        library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["emotion-classification", "llm-fusion", "custom_code"],
-        datasets=[known["hub_id"]] if known else None,
-        base_model=[spec["model"] for spec in config.backbones if not _is_local(spec["model"])] or None,
-        metrics=sorted({HUB_METRICS[key][0] for key in best["test"]}),
-        eval_results=eval_results,
-    )
-    multi_label = config.problem_type == "multi_label_classification"
-    selection = results["selection_metric"]
-    names = ", ".join(spec["name"] for spec in config.backbones)
-    backbones = "\n".join(
-        f"| {spec['name']} | `{spec['model']}` | {spec['revision'] or '-'} | {describe_pooling(spec)} |"
-        for spec in config.backbones
-    )
-    threshold = (
-        f"- Multi-label decisions: sigmoid score > {config.threshold} (`config.threshold`), the threshold among "
-        f"{THRESHOLDS[0]}, {THRESHOLDS[1]}, ..., {THRESHOLDS[-1]} with the best validation score.\n"
-        if multi_label
-        else ""
-    )
-    budget = (
-        f"{training_args.max_steps} steps"
-        if training_args.max_steps > 0
-        else f"at most {training_args.num_train_epochs:g} epochs"
-    )
-    seeds = ", ".join(str(seed) for seed in results["seeds"])
-    standardized = (
-        " Each feature dimension is standardised with the training set's mean and standard deviation (kept in the "
-        "model, `standardize_features=True`; not in the paper)."
-        if config.standardize_features
-        else ""
-    )
-    if config.encoders_in_tail:
-        standardized += " The encoder vectors also go to the MLP directly (`encoders_in_tail=True`; not in the paper)."
-    body = f"""
-# {name}
-
-Fine-grained emotion classification on {title} ({config.num_labels} labels, \
-{"multi-label" if multi_label else "single-label"}): a small fusion head over the **frozen** features of \
-{len(config.backbones)} backbones ({names}), the method of LLM-FusionClassifier (after LLMEmbed, ACL 2024). Only the \
-head ({model.num_parameters():,} parameters) was trained.
-
-## Results
-
-Test split, scored once per seed, on the checkpoint kept by validation {selection}. The saved model is seed \
-{results["best_seed"]}, the seed with the best validation {selection} (the test split played no part in choosing \
-it); the model-index holds its test scores. The last row is the mean +- population standard deviation over the seeds.
-
-{table}
-
-## Backbones and features
-
-| name | model | revision | feature of a text |
-| --- | --- | --- | --- |
-{backbones}
-
-Features were extracted once and stored as {metadata.feature_dtype}.{standardized} \
-Each LLM layer vector is projected to {config.fusion_dim} by its own Linear+ReLU+Dropout and stacked with the \
-encoder vectors; the co-occurrence matrix of the stacked vectors is power-normalised \
-(`2 * sigmoid({config.sigma:g} * x) - 1`), flattened and followed by the mean of the raw LLM layer vectors; an MLP \
-({" -> ".join(map(str, config.mlp_dims))} -> labels) classifies it.
-
-## How to use
-
-```python
-from transformers import pipeline
-
-classifier = pipeline("fec", model="{name}", trust_remote_code=True)  # loads the backbones above
-classifier("I finally got the job I wanted!")
-classifier(["I miss my dog.", "What a lovely surprise!"], top_k=3)
-```
-
-`pipeline(..., backbone_paths={{"{config.backbones[0]["name"]}": "/path/to/a/local/copy"}})` loads a backbone from a \
-local folder. On precomputed features, one keyword per backbone ({names}):
-
-```python
-from transformers import AutoModelForSequenceClassification
-
-model = AutoModelForSequenceClassification.from_pretrained("{name}", trust_remote_code=True)
-logits = model(**features).logits
-```
-
-## Training protocol
-
-- Adam (AdamW with weight decay {training_args.weight_decay:g}), learning rate {training_args.learning_rate:g}, \
-{training_args.lr_scheduler_type.value} schedule, batch size {training_args.per_device_train_batch_size}, {budget}.
-- Evaluation on validation after every epoch; training stops after {args.early_stopping_patience} evaluations \
-without improvement of validation {selection}, and the best checkpoint by validation {selection} is kept.
-{threshold}- Seeds {seeds}; the test split is scored once per seed, on the kept checkpoint.
-
-## Limitations
-
-- Trained on {title} only: English, short texts of that domain; other domains and languages will score lower. \
-Emotion labels are subjective, and the annotators' biases carry over.
-- The head only understands features of exactly the backbones above (same revisions, same pooling); running it \
-needs those backbones, and a 7B LLM needs a GPU (or much memory and time on a CPU).
-- Use of this model is bound by the license of its training data ({card_data.license}) and by the licenses of the \
-backbones (e.g. the Llama 2 Community License for Llama-2 models).
-"""
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
-    card.save(output_dir / "README.md")
-    return card
-
-
-def push_to_hub(folder: Path, repo_id: str, training_args: TrainingArguments) -> str:
-    """Create `repo_id` (if needed) and upload the model folder, without its local `runs/`. Returns the commit URL."""
-    check_shareable(LLMFusionConfig.from_pretrained(folder))
-    api = HfApi(token=training_args.hub_token)
-    api.create_repo(repo_id, private=training_args.hub_private_repo, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        ignore_patterns=UPLOAD_IGNORE,
-        commit_message="Upload the LLM fusion head trained by train_fusion.py",
-    )
-    logger.info(f"Pushed {folder} to {repo_id}.")
-    return commit.commit_url
+    return results
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTrainingArguments]:

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from configuration_llm_fusion import PRESETS, LLMFusionConfig
+from configuration_llm_fusion import POOLINGS, PRESETS, LLMFusionConfig, describe_pooling, normalize_backbone
 
 
 def test_defaults_are_the_papers():
@@ -138,3 +138,13 @@ def llm(**keys) -> dict:
 def test_bad_layer_choices_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LLMFusionConfig(**kwargs)
+
+
+def test_every_pooling_is_described_with_its_feature_shape():
+    for pooling in POOLINGS:
+        spec = normalize_backbone({"name": "b", "model": "org/b", "pooling": pooling, "hidden_size": 48,
+                                   "num_layers": 3 if pooling == "layer_mean" else 1})  # fmt: skip
+        shape = " x ".join(map(str, LLMFusionConfig(backbones=[spec]).feature_shapes["b"]))
+        assert describe_pooling(spec).endswith(f"-> {shape}"), pooling
+    assert "mean over the text's tokens" in describe_pooling(PRESETS["paper"]["backbones"][0])
+    assert "pooler_output" in describe_pooling(normalize_backbone(PRESETS["paper"]["backbones"][1]))
