@@ -9,6 +9,7 @@ subclass (`FusionTrainer`) and the callback that applies the rule to every seed 
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import dataclasses
 import json
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from fusion_results import EpochRecord
@@ -262,6 +264,16 @@ class FusionTrainer(Trainer):
     def __init__(self, *args, seeds: list[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.seeds = seeds or [self.args.seed]
+        self._seed_model: LLMFusionForSequenceClassification | None = None
+
+    def seed_model(self, seed: int) -> LLMFusionForSequenceClassification:
+        """The current weights of `seed` as a single model (the model itself when it trains one seed)."""
+        if not isinstance(self.model, SeedStack):
+            return self.model
+        if self._seed_model is None:
+            self._seed_model = copy.deepcopy(self.model.template)
+        self._seed_model.load_state_dict(self.model.seed_state_dict(self.seeds.index(seed)))
+        return self._seed_model
 
     def get_train_dataloader(self) -> InMemoryBatches:
         batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds)
@@ -285,6 +297,31 @@ class FusionTrainer(Trainer):
 
 
 # ---- the protocol, applied at each evaluation ----
+
+
+def per_seed_metrics(
+    seeds: list[int], scores: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """`compute_metrics` for `FusionTrainer`: `scores(logits, labels)` of each seed under `seed{N}_{name}` keys, from
+    the logits of one model `(rows, labels)` or of a `SeedStack` `(rows, seeds, labels)`."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions
+        logits = logits[:, None] if logits.ndim == 2 else logits
+        metrics = {}
+        for index, seed in enumerate(seeds):
+            metrics.update(
+                {f"seed{seed}_{key}": value for key, value in scores(logits[:, index], prediction.label_ids).items()}
+            )
+        return metrics
+
+    return compute
+
+
+def seed_scores(metrics: dict[str, float], seed: int) -> dict[str, float]:
+    """One seed's validation scores among an evaluation's metrics (see `per_seed_metrics`)."""
+    prefix = f"eval_seed{seed}_"
+    return {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
 
 
 @dataclass
@@ -314,19 +351,11 @@ class ProtocolCallback(TrainerCallback):
 
     Args:
         progress (`dict[int, SeedProgress]`): Per seed, its rule and record (restored from a checkpoint to resume).
-        scores (`Callable`): `scores(metrics, seed)` -> that seed's validation scores (with `loss`).
         keep (`Callable`): `keep(seed)` saves that seed's current weights as its kept checkpoint.
-        train_losses (`Callable`): `train_losses()` -> each seed's mean training loss this epoch, or None.
     """
 
-    def __init__(
-        self,
-        progress: dict[int, SeedProgress],
-        scores: Callable[[dict, int], dict[str, float]],
-        keep: Callable[[int], None],
-        train_losses: Callable[[], list[float] | None],
-    ):
-        self.progress, self.scores, self.keep, self.train_losses = progress, scores, keep, train_losses
+    def __init__(self, progress: dict[int, SeedProgress], keep: Callable[[int], None]):
+        self.progress, self.keep = progress, keep
         self.logged_loss: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -338,12 +367,12 @@ class ProtocolCallback(TrainerCallback):
                     "nothing of this run is saved. Check the features for extreme values, or lower --learning_rate."
                 )
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        losses = self.train_losses()
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        losses = model.pop_train_losses() if isinstance(model, SeedStack) else None
         for index, (seed, progress) in enumerate(self.progress.items()):
             if progress.rule.stopped:
                 continue
-            scores = self.scores(metrics, seed)
+            scores = seed_scores(metrics, seed)
             if not math.isfinite(scores["loss"]):
                 raise NonFiniteError(
                     f"Seed {seed}: the validation loss became {scores['loss']} at epoch {state.epoch:g}: nothing of "
@@ -401,4 +430,6 @@ __all__ = [
     "epoch_order",
     "keep_gradient_memory",
     "load_progress",
+    "per_seed_metrics",
+    "seed_scores",
 ]

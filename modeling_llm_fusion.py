@@ -275,6 +275,15 @@ class FrozenBackbone:
         return outputs.last_hidden_state[:, 0].float()
 
 
+def decide(logits: torch.Tensor, problem_type: str | None, threshold: float) -> torch.Tensor:
+    """The decisions a model makes from its logits: the top label id of each row, or for multi-label problems the
+    multi-hot rows of labels whose sigmoid score is above `threshold`. Training scores these and the pipeline answers
+    with them: one rule for both."""
+    if problem_type == "multi_label_classification":
+        return (logits.float().sigmoid() > threshold).int()
+    return logits.argmax(dim=-1)
+
+
 class LLMFusionPreTrainedModel(PreTrainedModel):
     config_class = LLMFusionConfig
     base_model_prefix = "fusion"
@@ -418,6 +427,10 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         if not return_dict:
             return (logits,) if loss is None else (loss, logits)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`)."""
+        return decide(logits, self.config.problem_type, self.config.threshold)
 
     def load_backbones(
         self,

@@ -211,7 +211,7 @@ class FECPipeline(Pipeline):
         elif multi_label:
             # The model's decision is its sigmoid scores against the threshold chosen on validation, whatever
             # function the caller wants the scores reported in.
-            predicted = (logits.sigmoid() > config.threshold).tolist()
+            predicted = self.model.decide(logits).tolist()
             chosen = [i for i in ranked if predicted[i]]
         else:
             return {"label": config.id2label[ranked[0]], "score": scores[ranked[0]]}

@@ -36,6 +36,7 @@ logger = logging.get_logger(__name__)
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 RUNS_DIR = "runs"  # per-seed models and results: they stay on this machine
+WRITTEN_FILE = "published.json"  # in RUNS_DIR: the files the last save wrote into the folder
 # Training arguments that hold local paths or secrets: never written into the shared folder.
 LOCAL_ARGUMENTS = ("output_dir", "logging_dir", "resume_from_checkpoint", "hub_token")
 
@@ -257,7 +258,26 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, spe
         written.append(CONFUSION_MATRIX_FILE)
     model_card(model, spec, output_dir.name).save(output_dir / "README.md")
     written.append("README.md")
+    (output_dir / RUNS_DIR).mkdir(exist_ok=True)
+    (output_dir / RUNS_DIR / WRITTEN_FILE).write_text(json.dumps(sorted(written)) + "\n")
     return sorted(written)
+
+
+def check_output_folder(output_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an output folder that holds files this package did not write there (they would sit beside the model and
+    be mistaken for part of it), unless `overwrite` (then they stay, and only this run's files are uploaded)."""
+    output_dir = Path(output_dir)
+    if overwrite or not output_dir.is_dir():
+        return
+    manifest = output_dir / RUNS_DIR / WRITTEN_FILE
+    ours = {RUNS_DIR, *(json.loads(manifest.read_text()) if manifest.exists() else [])}
+    foreign = sorted(path.name for path in output_dir.iterdir() if path.name not in ours)
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"The output folder {output_dir} holds files this run did not write ({listed}): pass another "
+            "--output_dir, or --overwrite_output_dir to write beside them (only this run's files are uploaded)."
+        )
 
 
 def format_results_table(results: RunResults) -> str:

@@ -14,19 +14,17 @@ that checkpoint; the seed with the best validation score is the one saved.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import torch
-from datasets import Array2D, ClassLabel, DatasetDict, List, Value
-from torch import nn
+from datasets import DatasetDict
 from transformers import (
-    EvalPrediction,
     HfArgumentParser,
     TrainingArguments,
     set_seed,
@@ -35,7 +33,16 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import FeatureMetadata, dataset_name, default_features_dir, load_features
+from extract_features import FeatureMetadata, default_features_dir, load_features
+from fusion_data import build_config, check_dataset, check_finite, feature_statistics, training_splits
+from fusion_metrics import (
+    METRIC_KEYS,
+    SELECTION_METRICS,
+    choose_threshold,
+    load_metric,
+    score,
+    validation_loss,
+)
 from fusion_results import RunResults, SeedResult, per_label_scores
 from fusion_trainer import (
     CHECKPOINT_SELECTIONS,
@@ -46,25 +53,20 @@ from fusion_trainer import (
     StoppingRule,
     keep_gradient_memory,
     load_progress,
+    per_seed_metrics,
 )
 from modeling_llm_fusion import LLMFusionForSequenceClassification
-from publish_fusion import PublishSpec, check_shareable, format_results_table, push_to_hub, save_model_folder
+from publish_fusion import (
+    RUNS_DIR,
+    PublishSpec,
+    check_output_folder,
+    check_shareable,
+    format_results_table,
+    push_to_hub,
+    save_model_folder,
+)
 
 logger = logging.get_logger(__name__)
-
-METRICS_PATH = Path(__file__).resolve().parent / "metrics" / "fec_metrics"
-SPLITS = ("train", "validation", "test")
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
-# The scores of the metric module, by problem type.
-METRIC_KEYS = {
-    "single_label_classification": ("accuracy", "weighted_f1", "macro_f1"),
-    "multi_label_classification": ("micro_f1", "macro_f1"),
-}
-# The validation metric that keeps a checkpoint and picks the saved seed when --metric_for_best_model is "auto":
-# the paper's headline metric for single-label data, the usual GoEmotions one for multi-label data.
-SELECTION_METRICS = {"single_label_classification": "weighted_f1", "multi_label_classification": "macro_f1"}
-# Multi-label decision thresholds tried on validation.
-THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 @dataclass
@@ -169,150 +171,11 @@ class FusionTrainingArguments(TrainingArguments):
         metadata={"help": "Validation metric that selects the checkpoint and the saved seed: loss, accuracy, "
                   "weighted_f1, macro_f1, micro_f1; auto: weighted_f1 (single-label) or macro_f1 (multi-label)."},
     )  # fmt: skip
-
-
-# ---- features -> config and training data ----
-
-
-def check_dataset(metadata: FeatureMetadata, dataset: str, features_dir: str | Path) -> None:
-    """Raise `ValueError` if the features come from another data set than `dataset`."""
-    source = metadata.dataset
-    if dataset != source and dataset_name(dataset) != metadata.dataset_name:
-        raise ValueError(
-            f"The features in {features_dir} are from the data set {source!r}, not {dataset!r}; pass "
-            f"--dataset {source} or the features folder of {dataset!r}."
-        )
-
-
-def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
-    """The model config for the features `metadata` describes: their backbones (all, or those named in
-    `backbones`, in that order), labels and problem type; the head has the paper's shape unless `head` (config
-    keywords such as `sigma` or `standardize_features`) says otherwise."""
-    label_names = metadata.label_names
-    if not label_names:
-        raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
-    problem_type = metadata.problem_type
-    if problem_type not in PROBLEM_TYPES:
-        raise ValueError(
-            f"Unknown problem_type {problem_type!r} in the features; allowed: {', '.join(PROBLEM_TYPES)}."
-        )
-    specs = {spec["name"]: spec for spec in metadata.backbones}
-    missing = [name for name in backbones or [] if name not in specs]
-    if missing:
-        raise ValueError(f"The features have no backbone(s) {missing}; they hold {list(specs)}.")
-    return LLMFusionConfig(
-        backbones=[specs[name] for name in backbones] if backbones else list(specs.values()),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        problem_type=problem_type,
-        **head,
-    )
-
-
-def _shape(feature) -> tuple[int, ...] | None:
-    if isinstance(feature, Array2D):
-        return tuple(feature.shape)
-    if isinstance(feature, List) and feature.length not in (None, -1):
-        return (feature.length,)
-    return None
-
-
-def _check_labels(feature, config: LLMFusionConfig, split: str) -> None:
-    if config.problem_type == "multi_label_classification":
-        ok = isinstance(feature, List) and feature.length == config.num_labels
-        expected = f"multi-hot lists of length {config.num_labels}"
-    else:
-        ok = isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith("int"))
-        expected = "integer label ids"
-    if not ok:
-        raise ValueError(f"Split {split!r}: the 'label' column is {feature}, expected {expected}.")
-
-
-def training_splits(data: DatasetDict, config: LLMFusionConfig) -> DatasetDict:
-    """The train/validation/test splits as the model reads them: one torch column per backbone and `labels`, read
-    lazily from the memory-mapped Arrow files (nothing is copied). Raises `ValueError` naming a missing split,
-    backbone or label column, or a feature width that does not match the config."""
-    splits = {}
-    for split in SPLITS:
-        if split not in data:
-            raise ValueError(f"The features have no {split!r} split; they have {list(data)}.")
-        features = data[split].features
-        for name, shape in config.feature_shapes.items():
-            if name not in features:
-                raise ValueError(
-                    f"Split {split!r} has no features for backbone {name!r}; its columns are {list(features)}."
-                )
-            if _shape(features[name]) != shape:
-                raise ValueError(
-                    f"Split {split!r}: backbone {name!r} features are {features[name]}, but the config expects "
-                    f"shape {shape} per text (num_layers, hidden_size in the features' metadata)."
-                )
-        if "label" not in features:
-            raise ValueError(f"Split {split!r} has no 'label' column: the fusion head needs labelled features.")
-        _check_labels(features["label"], config, split)
-        columns = [*config.feature_shapes, "label"]
-        splits[split] = data[split].select_columns(columns).rename_column("label", "labels").with_format("torch")
-    return DatasetDict(splits)
-
-
-def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Per-dimension mean and standard deviation of each backbone's features, read chunk by chunk from the Arrow
-    files (for `standardize_features`)."""
-    sums = {name: (torch.zeros(shape, dtype=torch.float64),) * 2 for name, shape in config.feature_shapes.items()}
-    for start in range(0, len(split), chunk):
-        rows = split[start : start + chunk]
-        for name, (total, squares) in sums.items():
-            values = rows[name].double()
-            sums[name] = (total + values.sum(0), squares + values.square().sum(0))
-    statistics = {}
-    for name, (total, squares) in sums.items():
-        mean = total / len(split)
-        statistics[name] = (mean.float(), (squares / len(split) - mean.square()).clamp_min(0).sqrt().float())
-    return statistics
-
-
-def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) -> None:
-    """Raise `ValueError` naming the split, backbone and first row whose features hold a NaN or an infinity: a head
-    trained on them would be NaN (and saved as if nothing happened)."""
-    for split_name, split in data.items():
-        for start in range(0, len(split), chunk):
-            rows = split[start : start + chunk]
-            for name in config.feature_shapes:
-                finite = torch.isfinite(rows[name]).flatten(start_dim=1).all(dim=1)
-                if not finite.all():
-                    row = start + int((~finite).nonzero()[0])
-                    raise ValueError(
-                        f"Split {split_name!r}, backbone {name!r}, row {row}: the features hold NaN or infinite "
-                        "values. Extract them again (float16 overflows above 65504: try --feature-dtype float32)."
-                    )
-
-
-# ---- metrics ----
-
-
-def load_metric(problem_type: str) -> evaluate.EvaluationModule:
-    """The repository's metric module (`metrics/fec_metrics`), loaded by path: no Hub access needed."""
-    return evaluate.load(str(METRICS_PATH), config_name=problem_type)
-
-
-def decide(logits: np.ndarray, problem_type: str, threshold: float) -> np.ndarray:
-    """The model's decisions: the top label, or the multi-hot labels whose sigmoid score exceeds `threshold` (computed
-    as the pipeline does, so that the scores here are the pipeline's)."""
-    if problem_type == "multi_label_classification":
-        return (torch.from_numpy(logits).float().sigmoid() > threshold).int().numpy()
-    return logits.argmax(axis=-1)
-
-
-def score(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    problem_type = metric.config_name
-    references = labels.astype(np.int32)
-    return metric.compute(predictions=decide(logits, problem_type, threshold), references=references)
-
-
-def choose_threshold(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, key: str) -> float:
-    """The multi-label threshold with the best validation `key` score (ties: the one nearest 0.5)."""
-    scores = {threshold: score(metric, logits, labels, threshold)[key] for threshold in THRESHOLDS}
-    return max(THRESHOLDS, key=lambda t: (scores[t], -abs(t - 0.5)))
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into an output folder that holds files this package did not write (they stay, and "
+                  "are not uploaded)."},
+    )  # fmt: skip
 
 
 # ---- training ----
@@ -368,136 +231,82 @@ def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
     return runs_dir / (f"seed-{seeds[0]}" if len(seeds) == 1 else "seeds-" + "-".join(map(str, seeds)))
 
 
+def protocol_arguments(args: TrainingArguments, output_dir: Path, seed: int) -> TrainingArguments:
+    """The training arguments of one `Trainer`: keeping checkpoints is the protocol's business, not `Trainer`'s."""
+    return dataclasses.replace(args, output_dir=str(output_dir), seed=seed, metric_for_best_model=None,
+                               load_best_model_at_end=False, push_to_hub=False)  # fmt: skip
+
+
 def train_seeds(
-    config: LLMFusionConfig,
-    data: DatasetDict,
-    args: TrainingArguments,
-    seeds: list[int],
-    runs_dir: Path,
-    protocol: Protocol,
-    resume_from_checkpoint: str | None = None,
-    statistics: dict | None = None,
+    setup: Setup, args: TrainingArguments, seeds: list[int], runs_dir: Path, checkpoint: str | None = None
 ) -> list[SeedResult]:
     """Train `seeds` with `Trainer`: one model for one seed, one `SeedStack` for several (one step advances them
-    all). Each seed follows `protocol` on its own (own stopping, own kept checkpoint in `runs_dir/seed-N/kept`), then
-    is finished by `finish_seed`. Checkpoints to resume from are written to `runs_dir/<group>/checkpoint-*`."""
-    models = [build_model(config, seed, statistics) for seed in seeds]
-    model = models[0] if len(seeds) == 1 else SeedStack(models)
-    group_dir = group_folder(runs_dir, seeds)
+    all). Each seed follows the protocol on its own (own stopping, own kept checkpoint in `runs_dir/seed-N/kept`),
+    then `finish_seed` scores it. Checkpoints to resume from go to `group_folder(runs_dir, seeds)`."""
+    config = setup.config
+    models = [build_model(config, seed, setup.statistics) for seed in seeds]
     metric = load_metric(config.problem_type)
-    scratch = LLMFusionForSequenceClassification(config)  # a single seed's weights, to save them
+
+    def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        loss = validation_loss(logits, labels, config.problem_type)
+        return {**score(metric, logits, labels, config.threshold), "loss": loss}
+
+    trainer = FusionTrainer(
+        model=models[0] if len(seeds) == 1 else SeedStack(models), train_dataset=setup.data["train"],
+        args=protocol_arguments(args, group_folder(runs_dir, seeds), seeds[0]), eval_dataset=setup.data["validation"],
+        compute_metrics=per_seed_metrics(seeds, scores), seeds=seeds,
+    )  # fmt: skip
+    progress = load_progress(checkpoint, {seed: setup.protocol.rule() for seed in seeds})
 
     def keep(seed: int) -> None:
-        kept = model if model is models[0] else scratch
-        if kept is scratch:
-            scratch.load_state_dict(model.seed_state_dict(seeds.index(seed)))
-        kept.save_pretrained(runs_dir / f"seed-{seed}" / "kept")
+        trainer.seed_model(seed).save_pretrained(runs_dir / f"seed-{seed}" / "kept")
 
-    if len(seeds) == 1:
-
-        def compute_metrics(prediction: EvalPrediction) -> dict:
-            return score(metric, prediction.predictions, prediction.label_ids, config.threshold)
-
-        def seed_scores(metrics: dict, seed: int) -> dict[str, float]:
-            keys = ("loss", *METRIC_KEYS[config.problem_type])
-            return {key: metrics[f"eval_{key}"] for key in keys}
-
-    else:
-
-        def compute_metrics(prediction: EvalPrediction) -> dict:
-            logits, labels = prediction.predictions, prediction.label_ids  # logits: (rows, seeds, labels)
-            out = {}
-            for index, seed in enumerate(seeds):
-                scores = score(metric, logits[:, index], labels, config.threshold)
-                scores["loss"] = validation_loss(logits[:, index], labels, config.problem_type)
-                out.update({f"seed{seed}_{key}": value for key, value in scores.items()})
-            return out
-
-        def seed_scores(metrics: dict, seed: int) -> dict[str, float]:
-            prefix = f"eval_seed{seed}_"
-            return {key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)}
-
-    progress = load_progress(resume_from_checkpoint, {seed: protocol.rule() for seed in seeds})
-    callback = ProtocolCallback(
-        progress, seed_scores, keep, model.pop_train_losses if isinstance(model, SeedStack) else lambda: None
-    )
-    group_args = dataclasses.replace(
-        args, output_dir=str(group_dir), seed=seeds[0], metric_for_best_model=None, load_best_model_at_end=False,
-        push_to_hub=False,
-    )  # fmt: skip
-    trainer = FusionTrainer(
-        model=model, args=group_args, train_dataset=data["train"], eval_dataset=data["validation"],
-        compute_metrics=compute_metrics, callbacks=[callback], seeds=seeds,
-    )  # fmt: skip
+    trainer.add_callback(ProtocolCallback(progress, keep))
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     training_time = time.perf_counter() - start
-    results = []
     for seed in seeds:
         if progress[seed].kept_epoch is None:
             keep(seed)  # no evaluation ran (e.g. --max_steps shorter than an epoch): the last weights are kept
-        results.append(finish_seed(config, data, args, seed, runs_dir / f"seed-{seed}", progress[seed], seeds,
-                                   training_time))  # fmt: skip
-    if group_dir.exists() and group_dir != runs_dir / f"seed-{seeds[0]}":
-        shutil.rmtree(group_dir)  # its checkpoints only served to resume; every seed has its own folder now
+    results = [finish_seed(setup, args, runs_dir / f"seed-{seed}", progress[seed], seeds, training_time)
+               for seed in seeds]  # fmt: skip
+    if len(seeds) > 1:
+        shutil.rmtree(group_folder(runs_dir, seeds), ignore_errors=True)  # every seed has its own folder now
     return results
 
 
-def validation_loss(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> float:
-    """The loss the model trains on, averaged over rows (what `Trainer` reports as eval_loss for one model)."""
-    logits = torch.from_numpy(logits).float()
-    if problem_type == "multi_label_classification":
-        return nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels).float()).item()
-    return nn.functional.cross_entropy(logits, torch.from_numpy(labels).long()).item()
-
-
 def finish_seed(
-    config: LLMFusionConfig,
-    data: DatasetDict,
-    args: TrainingArguments,
-    seed: int,
-    run_dir: Path,
-    progress: SeedProgress,
-    trained_with: list[int],
+    setup: Setup, args: TrainingArguments, run_dir: Path, progress: SeedProgress, trained_with: list[int],
     training_time: float,
-) -> SeedResult:
+) -> SeedResult:  # fmt: skip
     """Load the seed's kept checkpoint, choose the multi-label threshold on validation, score the test split once,
     save the model to `run_dir/model` and its result to `run_dir/result.json`."""
-    start = time.perf_counter()
+    start, config, seed = time.perf_counter(), setup.config, int(run_dir.name.removeprefix("seed-"))
     model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
-    predict_args = dataclasses.replace(
-        args, output_dir=str(run_dir), eval_strategy="no", save_strategy="no", push_to_hub=False, report_to="none",
-        load_best_model_at_end=False, metric_for_best_model=None,
-    )  # fmt: skip
+    predict_args = dataclasses.replace(protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no")
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     metric = load_metric(config.problem_type)
-    validation = trainer.predict(data["validation"], metric_key_prefix="eval")
+    validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
-        selection = progress.rule.selection
+        selection = setup.protocol.selection
         key = SELECTION_METRICS[config.problem_type] if selection == "loss" else selection
         model.config.threshold = choose_threshold(metric, validation.predictions, validation.label_ids, key)
     threshold = model.config.threshold
-    test = trainer.predict(data["test"])
-    decisions = decide(test.predictions, config.problem_type, threshold)
-    label_names = [config.id2label[i] for i in range(config.num_labels)]
-    per_label, confusion = per_label_scores(decisions, test.label_ids, label_names)
+    test = trainer.predict(setup.data["test"])
+    decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
+    per_label, confusion = per_label_scores(decisions, test.label_ids, [config.id2label[i] for i in config.id2label])
     result = SeedResult(
         seed=seed,
         epochs=progress.history[-1].epoch if progress.history else 0,
         best_epoch=progress.kept_epoch,
         wall_time_s=round(training_time + time.perf_counter() - start, 1),
         threshold=threshold if multi_label else None,
-        validation={
-            **score(metric, validation.predictions, validation.label_ids, threshold),
-            "loss": validation.metrics["eval_loss"],
-        },
+        validation={**score(metric, validation.predictions, validation.label_ids, threshold),
+                    "loss": validation.metrics["eval_loss"]},  # fmt: skip
         test=score(metric, test.predictions, test.label_ids, threshold),
-        history=progress.history,
-        per_label=per_label,
-        confusion=confusion,
-        trained_with=list(trained_with),
-    )
+        history=progress.history, per_label=per_label, confusion=confusion, trained_with=list(trained_with),
+    )  # fmt: skip
     model.save_pretrained(run_dir / "model")
     # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
     for checkpoint in [*run_dir.glob("checkpoint-*"), run_dir / "kept"]:
@@ -511,6 +320,45 @@ def best_run(runs: list[SeedResult], selection: str) -> SeedResult:
     return max(runs, key=lambda run: run.validation[selection] * (-1 if selection == "loss" else 1))
 
 
+@dataclass
+class Setup:
+    """What every seed of a run trains on: the config, the training splits, their statistics and the protocol."""
+
+    metadata: FeatureMetadata
+    config: LLMFusionConfig
+    data: DatasetDict
+    statistics: dict | None
+    protocol: Protocol
+
+
+def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
+    """Read and check the features, build the config (the head options the features' preset recorded, unless a
+    flag says otherwise) and resolve the protocol; every refusal happens here, before any training."""
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    features_dir = args.features_dir or default_features_dir(args.dataset)
+    data, metadata = load_features(features_dir)
+    check_dataset(metadata, args.dataset, features_dir)
+    head = {"sigma": args.sigma}
+    for option in ("standardize_features", "encoders_in_tail"):
+        value = getattr(args, option)
+        head[option] = bool((metadata.head or {}).get(option, False)) if value is None else value
+    config = build_config(metadata, args.backbones, **head)
+    data = training_splits(data, config)
+    check_finite(data, config)
+    selection = _selection(training_args, config.problem_type)
+    if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
+        raise ValueError(
+            f"--checkpoint_selection {args.checkpoint_selection!r}; allowed: {', '.join(CHECKPOINT_SELECTIONS)}."
+        )
+    metrics = stopping_metrics(args, config.problem_type)
+    protocol = Protocol(metrics, args.early_stopping_patience, selection, args.checkpoint_selection)
+    if training_args.push_to_hub:
+        check_shareable(config)  # before hours of training, not after
+    statistics = feature_statistics(data["train"], config) if config.standardize_features else None
+    return Setup(metadata, config, data, statistics, protocol)
+
+
 def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
     """Train `args.seeds` seeds on the features, save the best seed's model with its card in
     `training_args.output_dir` (and push it with `--push_to_hub`), and return the results (also in results.json).
@@ -519,85 +367,81 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
     `training_args.resume_from_checkpoint` set, finished seeds (their `runs/seed-N/result.json`) are reused and the
     interrupted ones continue from their last checkpoint, or from the checkpoint folder given.
     """
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
-    features_dir = args.features_dir or default_features_dir(args.dataset)
-    data, metadata = load_features(features_dir)
-    check_dataset(metadata, args.dataset, features_dir)
-    preset_head = metadata.head or {}
-    head = {"sigma": args.sigma}
-    for option in ("standardize_features", "encoders_in_tail"):
-        value = getattr(args, option)
-        head[option] = bool(preset_head.get(option, False)) if value is None else value
-    config = build_config(metadata, args.backbones, **head)
-    data = training_splits(data, config)
-    check_finite(data, config)
-    statistics = feature_statistics(data["train"], config) if config.standardize_features else None
-    selection = _selection(training_args, config.problem_type)
-    if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
-        raise ValueError(
-            f"--checkpoint_selection {args.checkpoint_selection!r}; allowed: {', '.join(CHECKPOINT_SELECTIONS)}."
-        )
-    protocol = Protocol(
-        stopping_metrics(args, config.problem_type), args.early_stopping_patience, selection, args.checkpoint_selection
-    )
-    if training_args.push_to_hub:
-        check_shareable(config)  # before hours of training, not after
-    output_dir = Path(training_args.output_dir)
-    runs_dir = output_dir / "runs"
-    resume = training_args.resume_from_checkpoint
+    setup = prepare(args, training_args)
+    output_dir, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    runs_dir = output_dir / RUNS_DIR
     given_checkpoint = resume if resume and Path(resume).is_dir() else None
     if resume and not given_checkpoint and resume.lower() != "true":
         raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
+    check_output_folder(output_dir, training_args.overwrite_output_dir or bool(resume))
+    check_run(runs_dir, run_signature(setup, args, training_args), bool(resume))
     seeds = list(range(training_args.seed, training_args.seed + args.seeds))
     finished = {seed: SeedResult.load(runs_dir / f"seed-{seed}" / "result.json") for seed in seeds
-                if resume and (runs_dir / f"seed-{seed}" / "result.json").exists()}  # fmt: skip
-    if finished:
-        logger.info(f"Seeds {sorted(finished)} finished earlier: reusing their results.")
+                if (runs_dir / f"seed-{seed}" / "result.json").exists()}  # fmt: skip
     pending = [seed for seed in seeds if seed not in finished]
-    groups = [pending] if args.batch_seeds and pending else [[seed] for seed in pending]
-    if not resume and runs_dir.exists():
-        shutil.rmtree(runs_dir)  # a fresh run must not pick up another run's checkpoints
-    for group in groups:
-        group_dir = group_folder(runs_dir, group)
+    for group in [pending] if args.batch_seeds and pending else [[seed] for seed in pending]:
         checkpoint = None
         if resume:
+            group_dir = group_folder(runs_dir, group)
             checkpoint = given_checkpoint or (get_last_checkpoint(group_dir) if group_dir.is_dir() else None)
             given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
         logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
-        for result in train_seeds(config, data, training_args, group, runs_dir, protocol, checkpoint, statistics):
-            finished[result.seed] = result
-    runs = [finished[seed] for seed in seeds]
+        finished |= {result.seed: result for result in train_seeds(setup, training_args, group, runs_dir, checkpoint)}
+    runs, protocol = [finished[seed] for seed in seeds], setup.protocol
     results = RunResults(
-        dataset=metadata.dataset_name,
-        problem_type=config.problem_type,
-        selection_metric=selection,
-        early_stopping_metrics=protocol.metrics,
-        checkpoint_selection=protocol.checkpoint_selection,
-        best_seed=best_run(runs, selection).seed,
+        dataset=setup.metadata.dataset_name, problem_type=setup.config.problem_type,
+        selection_metric=protocol.selection, early_stopping_metrics=protocol.metrics,
+        checkpoint_selection=protocol.checkpoint_selection, best_seed=best_run(runs, protocol.selection).seed,
         runs=runs,
-    )
-    model = LLMFusionForSequenceClassification.from_pretrained(
-        runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32
-    )
-    publish = PublishSpec(
-        results=results,
-        training_args=training_args,
-        dataset_name=metadata.dataset_name,  # the publishable name, never a local folder
-        early_stopping_patience=args.early_stopping_patience,
-        license=args.license,
-        feature_dtype=metadata.feature_dtype,
-    )
+    )  # fmt: skip
+    model = LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{results.best_seed}" / "model",
+                                                               dtype=torch.float32)  # fmt: skip
+    publish = PublishSpec(results=results, training_args=training_args, dataset_name=setup.metadata.dataset_name,
+                          early_stopping_patience=args.early_stopping_patience, license=args.license,
+                          feature_dtype=setup.metadata.feature_dtype)  # fmt: skip
     written = save_model_folder(model, output_dir, publish)
     if training_args.push_to_hub:
-        push_to_hub(
-            output_dir,
-            written,
-            training_args.hub_model_id or output_dir.name,
-            token=training_args.hub_token,
-            private=training_args.hub_private_repo,
-        )
+        push_to_hub(output_dir, written, training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
+                    private=training_args.hub_private_repo)  # fmt: skip
     return results
+
+
+def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingArguments) -> dict:
+    """Everything a run's seeds depend on: a run resumed with anything else would mix two runs' results."""
+    keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
+            "lr_scheduler_type", "max_grad_norm", "optim")  # fmt: skip
+    head = {key: getattr(setup.config, key) for key in ("fusion_dim", "sigma", "dropout", "mlp_dims",
+                                                         "standardize_features", "encoders_in_tail")}  # fmt: skip
+    return json.loads(json.dumps({
+        "features": {"dataset": setup.metadata.dataset_name, "labels": setup.metadata.label_names,
+                     "backbones": setup.config.backbones, "columns": setup.metadata.column_keys},
+        "head": head, "protocol": dataclasses.asdict(setup.protocol), "batch_seeds": args.batch_seeds,
+        "training": {key: getattr(training_args, key) for key in keys},
+    }, default=str))  # fmt: skip
+
+
+def _flatten(signature: dict) -> dict:
+    return {f"{part}.{key}": value for part, values in signature.items()
+            for key, value in (values.items() if isinstance(values, dict) else [("", values)])}  # fmt: skip
+
+
+def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:
+    """Start a run's record (`runs/run.json`), or, resuming, refuse a run made from other features or options,
+    naming what differs."""
+    record = runs_dir / "run.json"
+    if resume and record.exists():
+        before, now = _flatten(json.loads(record.read_text())), _flatten(signature)
+        differences = [key for key in now if before.get(key) != now[key]]
+        if differences:
+            raise ValueError(
+                f"--resume_from_checkpoint: the run in {runs_dir} was made with other {', '.join(differences)}; "
+                "resume it with the same features and options, or start a new run (another --output_dir)."
+            )
+        return
+    if runs_dir.exists():
+        shutil.rmtree(runs_dir)  # a fresh run must not pick up another run's checkpoints or results
+    runs_dir.mkdir(parents=True)
+    record.write_text(json.dumps(signature, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTrainingArguments]:

@@ -103,9 +103,10 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     from transformers import TrainerCallback, default_data_collator, set_seed
 
     from extract_features import load_features
+    from fusion_data import build_config, feature_statistics, training_splits
     from fusion_trainer import FusionTrainer, SeedStack, keep_gradient_memory
     from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import FusionTrainingArguments, build_config, build_model, training_splits
+    from train_fusion import FusionTrainingArguments, build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
@@ -113,8 +114,6 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     train = training_splits(data, config)["train"]
     statistics = None
     if config.standardize_features:
-        from train_fusion import feature_statistics
-
         statistics = feature_statistics(train, config)
     set_seed(0)
     model = LLMFusionForSequenceClassification(config)

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from extract_features import extract, load_features  # noqa: E402
-from train_fusion import THRESHOLDS, parse_args, train  # noqa: E402
+from fusion_metrics import THRESHOLDS  # noqa: E402
+from train_fusion import parse_args, train  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 SINGLE_LABEL = ("ED", "go_emotion")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.reproduce import one_vs_rest_logistic  # noqa: E402
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
 from extract_features import read_metadata  # noqa: E402
-from train_fusion import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
+from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
 
 SWEEP_SPLITS = ("train", "validation")
 """The splits a sweep reads. Never the test split: the choice of layers is part of the model."""

@@ -7,7 +7,9 @@ from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState
 
 import train_fusion
+from configuration_llm_fusion import LLMFusionConfig
 from extract_features import extract, load_features
+from fusion_data import build_config, training_splits
 from fusion_trainer import (
     NonFiniteError,
     ProtocolCallback,
@@ -79,12 +81,14 @@ def test_seed_order_is_the_same_alone_and_together():
     assert not torch.equal(epoch_order(5, 0, 23), epoch_order(5, 1, 23))  # a new order every epoch
 
 
-def _callback(progress: dict[int, SeedProgress], scripted: dict[int, list[float]], kept: list):
-    def scores(metrics: dict, seed: int) -> dict[str, float]:
-        loss = scripted[seed][metrics["epoch"] - 1]
-        return {"loss": loss, "weighted_f1": -loss}
-
-    return ProtocolCallback(progress, scores, lambda seed: kept.append(seed), lambda: None)
+def _metrics(scripted: dict[int, list[float]], epoch: int) -> dict[str, float]:
+    """An evaluation's metrics as `per_seed_metrics` names them: each seed's scripted loss (and -loss as F1)."""
+    metrics = {}
+    for seed, losses in scripted.items():
+        if epoch > len(losses):  # a seed that stopped is not scored any more
+            continue
+        metrics |= {f"eval_seed{seed}_loss": losses[epoch - 1], f"eval_seed{seed}_weighted_f1": -losses[epoch - 1]}
+    return metrics
 
 
 def test_each_seed_stops_on_its_own():
@@ -92,11 +96,11 @@ def test_each_seed_stops_on_its_own():
     progress = {1: SeedProgress(rule()), 2: SeedProgress(rule())}
     scripted = {1: [3.0, 2.0, 2.5, 2.6, 1.0, 0.5], 2: [3.0, 2.9, 2.8, 2.7, 2.6, 2.7]}
     kept, state, control = [], TrainerState(), TrainerControl()
-    callback = _callback(progress, scripted, kept)
+    callback = ProtocolCallback(progress, kept.append)
     for epoch in range(1, 7):
         state.epoch = epoch
         kept.clear()
-        callback.on_evaluate(None, state, control, metrics={"epoch": epoch})
+        callback.on_evaluate(None, state, control, metrics=_metrics(scripted, epoch))
         if epoch == 4:  # seed 1 stopped after two evaluations without improvement; seed 2 goes on
             assert progress[1].rule.stopped and not progress[2].rule.stopped and not control.should_training_stop
         if epoch == 5:  # seed 1 would have improved now, but it has stopped: nothing of it changes
@@ -106,21 +110,21 @@ def test_each_seed_stops_on_its_own():
     assert not control.should_training_stop
     state.epoch = 7
     scripted[2].append(2.8)
-    callback.on_evaluate(None, state, control, metrics={"epoch": 7})
+    callback.on_evaluate(None, state, control, metrics=_metrics(scripted, 7))
     assert control.should_training_stop  # both have stopped
 
 
 def test_non_finite_losses_stop_the_run():
-    callback = _callback({1: SeedProgress(StoppingRule(["loss"], 2, "loss"))}, {1: [math.nan]}, [])
+    callback = ProtocolCallback({1: SeedProgress(StoppingRule(["loss"], 2, "loss"))}, lambda seed: None)
     state = TrainerState(epoch=1, global_step=4)
     with pytest.raises(NonFiniteError, match="validation loss became nan at epoch 1"):
-        callback.on_evaluate(None, state, TrainerControl(), metrics={"epoch": 1})
+        callback.on_evaluate(None, state, TrainerControl(), metrics=_metrics({1: [math.nan]}, 1))
     with pytest.raises(NonFiniteError, match="training loss became inf by step 4"):
         callback.on_log(None, state, TrainerControl(), logs={"loss": math.inf})
 
 
 def test_seed_stack_computes_what_each_seed_computes_alone(tiny_backbones):
-    config = train_fusion.LLMFusionConfig(backbones=tiny_backbones, num_labels=5, fusion_dim=16, mlp_dims=[8])
+    config = LLMFusionConfig(backbones=tiny_backbones, num_labels=5, fusion_dim=16, mlp_dims=[8])
     models = [train_fusion.build_model(config, seed, None).eval() for seed in (3, 4)]
     stack = SeedStack(models).eval()
     features = {"llama": torch.randn(2, 6, 3, 32), "bert": torch.randn(2, 6, 32), "roberta": torch.randn(2, 6, 24)}
@@ -147,14 +151,14 @@ def features(tmp_path_factory, tiny_backbones, data_dir):
 
 def test_batched_seeds_train_as_each_seed_alone_without_dropout(features, tmp_path):
     data, metadata = load_features(features)
-    config = train_fusion.build_config(metadata, dropout=0.0)
-    data = train_fusion.training_splits(data, config)
+    config = build_config(metadata, dropout=0.0)
+    protocol = train_fusion.Protocol(["loss", "weighted_f1"], 10, "weighted_f1", "last_improvement")
+    setup = train_fusion.Setup(metadata, config, training_splits(data, config), None, protocol)
     args = train_fusion.FusionTrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, report_to="none",
                                                 disable_tqdm=True)  # fmt: skip
-    protocol = train_fusion.Protocol(["loss", "weighted_f1"], 10, "weighted_f1", "last_improvement")
-    together = train_fusion.train_seeds(config, data, args, [42, 43, 44], tmp_path / "together", protocol)
+    together = train_fusion.train_seeds(setup, args, [42, 43, 44], tmp_path / "together")
     for seed, batched in zip((42, 43, 44), together, strict=True):
-        (alone,) = train_fusion.train_seeds(config, data, args, [seed], tmp_path / f"alone-{seed}", protocol)
+        (alone,) = train_fusion.train_seeds(setup, args, [seed], tmp_path / f"alone-{seed}")
         assert batched.trained_with == [42, 43, 44] and alone.trained_with == [seed]
         assert batched.best_epoch == alone.best_epoch and batched.epochs == alone.epochs == 3
         for one, other in zip(batched.history, alone.history, strict=True):

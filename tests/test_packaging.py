@@ -71,6 +71,7 @@ for entry in importlib.metadata.entry_points(group="console_scripts"):
 purelib = Path(sysconfig.get_paths()["purelib"])
 print(json.dumps({"purelib": str(purelib), "modules": modules, "commands": commands,
                   "metric": (purelib / "metrics" / "fec_metrics" / "fec_metrics.py").is_file(),
+                  "card_template": (purelib / "templates" / "model_card.md").is_file(),
                   "bench": (purelib / "bench").exists(), "tests": (purelib / "tests").exists()}))
 """
     result = run([python, "-c", code], venv)
@@ -82,6 +83,7 @@ print(json.dumps({"purelib": str(purelib), "modules": modules, "commands": comma
                         "fec-predict": "predict:main"}  # fmt: skip
     # train_fusion loads metrics/fec_metrics from beside its own file.
     assert installed["metric"] and not installed["bench"] and not installed["tests"]
+    assert installed["card_template"]  # publish_fusion renders the card from templates/ beside its own file
 
     result = run([venv / "bin" / "fec-predict", "--help"], venv)
     assert result.returncode == 0 and "usage: fec-predict" in result.stdout
@@ -97,7 +99,7 @@ def test_installed_scripts_answer_help(venv, command, flag):
 
 @pytest.mark.real  # slow, as above
 def test_installed_train_fusion_loads_its_metric(venv):
-    code = "import train_fusion; print(sorted(train_fusion.load_metric('single_label_classification').compute("
+    code = "import fusion_metrics; print(sorted(fusion_metrics.load_metric('single_label_classification').compute("
     code += "predictions=[0, 1, 1], references=[0, 1, 2])))"
     result = run([venv / "bin" / "python", "-c", code], venv)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import evaluate
@@ -11,8 +12,10 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 
+import fusion_metrics
 import train_fusion
 from extract_features import extract, load_features
+from fusion_data import build_config, training_splits
 from fusion_trainer import FusionTrainer, ProtocolCallback
 from helpers import REPO, run_python
 from modeling_llm_fusion import LLMFusionForSequenceClassification
@@ -63,7 +66,7 @@ def ed_run(tmp_path_factory, ed_features) -> tuple[dict, Path, list]:
 
 def test_metric_module_agrees_with_sklearn():
     rng = np.random.default_rng(0)
-    single = evaluate.load(str(train_fusion.METRICS_PATH))
+    single = evaluate.load(str(fusion_metrics.METRICS_PATH))
     references = rng.integers(0, 8, 300)
     predictions = np.where(rng.random(300) < 0.4, references, rng.integers(0, 10, 300))  # labels 8, 9 never true
     scores = single.compute(predictions=predictions, references=references)
@@ -73,7 +76,7 @@ def test_metric_module_agrees_with_sklearn():
         expected = f1_score(references, predictions, average=average, zero_division=0)
         assert scores[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
 
-    multi = evaluate.load(str(train_fusion.METRICS_PATH), config_name="multi_label_classification")
+    multi = evaluate.load(str(fusion_metrics.METRICS_PATH), config_name="multi_label_classification")
     references = (rng.random((200, 6)) < 0.3).astype(int)
     references[:, 5] = 0  # a label never true...
     predictions = (rng.random((200, 6)) < 0.3).astype(int)
@@ -87,7 +90,7 @@ def test_metric_module_agrees_with_sklearn():
 
 def test_training_reads_the_arrow_files_in_place(ed_features):
     data, metadata = load_features(ed_features)
-    splits = train_fusion.training_splits(data, train_fusion.build_config(metadata))
+    splits = training_splits(data, build_config(metadata))
     for name, split in splits.items():
         assert split.column_names == ["llama", "bert", "roberta", "labels"]
         # Backed by the features folder's own Arrow files (memory-mapped), not by a copy in RAM.
@@ -106,8 +109,8 @@ def test_fusion_trainer_trains_exactly_as_trainer(ed_features, tmp_path):
         get_train_dataloader = FusionTrainer.get_train_dataloader
 
     data, metadata = load_features(ed_features)
-    config = train_fusion.build_config(metadata)
-    train = train_fusion.training_splits(data, config)["train"]
+    config = build_config(metadata)
+    train = training_splits(data, config)["train"]
     weights = []
     for trainer_class in (ReferenceTrainer, FusionTrainer):
         torch.manual_seed(0)
@@ -278,7 +281,7 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
         labels, predicted = data["label"].numpy().astype(int), (probabilities > t).numpy().astype(int)
         return tuple(f1_score(labels, predicted, average=a, zero_division=0) for a in ("micro", "macro"))
 
-    best = max(scores("validation", t)[1] for t in train_fusion.THRESHOLDS)
+    best = max(scores("validation", t)[1] for t in fusion_metrics.THRESHOLDS)
     assert scores("validation", threshold)[1] == pytest.approx(best, abs=1e-12)
     micro, macro = scores("test", threshold)
     assert results["runs"][0]["test"] == pytest.approx({"micro_f1": micro, "macro_f1": macro}, abs=1e-12)
@@ -353,3 +356,60 @@ def test_standardized_features_use_training_statistics(ed_features, tmp_path):
         expected_std = values.std(0, unbiased=False).float().clamp_min(1e-6)
         torch.testing.assert_close(getattr(model, f"{name}_std"), expected_std, atol=1e-5, rtol=1e-4)
     assert "standardised with the training set's mean" in (output / "README.md").read_text()
+
+
+def test_an_output_folder_with_other_files_is_refused(ed_features, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / ".env").write_text("HF_TOKEN=secret")
+    with pytest.raises(ValueError, match=r"holds files this run did not write \(\.env\).*--overwrite_output_dir"):
+        main(cli(ed_features, output))
+    assert sorted(path.name for path in output.iterdir()) == [".env"]  # refused before anything was written
+    main(cli(ed_features, output, "--overwrite_output_dir", "true"))
+    main(cli(ed_features, output, "--overwrite_output_dir", "true", "--max_steps", "4"))  # its own files: no refusal
+    (output / ".env").unlink()
+    main(cli(ed_features, output, "--max_steps", "4"))  # a folder this package wrote is simply written again
+
+
+@pytest.mark.parametrize(
+    ("changed", "difference"),
+    [
+        (["--standardize_features", "true"], "head.standardize_features"),
+        (["--learning_rate", "0.001"], "training.learning_rate"),
+        (["--early_stopping_metrics", "loss"], "protocol.metrics"),
+    ],
+)
+def test_resuming_with_other_features_or_options_is_refused(ed_features, tmp_path, changed, difference):
+    output = tmp_path / "out"
+    main(cli(ed_features, output, "--max_steps", "4"))
+    with pytest.raises(ValueError, match=rf"made with other {re.escape(difference)}"):
+        main(cli(ed_features, output, "--resume_from_checkpoint", "true", *changed))
+
+
+def test_resuming_on_features_of_another_data_set_is_refused(ed_features, tmp_path):
+    output = tmp_path / "out"
+    main(cli(ed_features, output, "--max_steps", "4"))
+    other = _edited_copy(
+        ed_features,
+        tmp_path / "go_emotion",
+        metadata=lambda m: {**m, "dataset": "go_emotion", "dataset_name": "go_emotion"},
+    )
+    with pytest.raises(ValueError, match=r"made with other features\.dataset"):
+        main(cli(other, output, "--dataset", "go_emotion", "--resume_from_checkpoint", "true"))
+
+
+def test_non_finite_features_are_refused(ed_features, tmp_path):
+    data = load_from_disk(str(ed_features))
+
+    def poison(row, index):
+        if index == 3:
+            row["bert"] = [float("nan")] * len(row["bert"])
+        return row
+
+    data["validation"] = data["validation"].map(poison, with_indices=True)
+    target = tmp_path / "ED"
+    data.save_to_disk(str(target))
+    (target / "fec_features.json").write_text((ed_features / "fec_features.json").read_text())
+    with pytest.raises(ValueError, match="Split 'validation', backbone 'bert', row 3: the features hold NaN"):
+        main(cli(target, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,131 @@
+"""From extracted features to what the fusion head trains on: the model config they call for, the splits as torch
+columns read in place, their statistics, and the checks that refuse features a head cannot be trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Array2D, ClassLabel, DatasetDict, List, Value
+
+from configuration_llm_fusion import LLMFusionConfig
+from extract_features import FeatureMetadata, dataset_name
+
+SPLITS = ("train", "validation", "test")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+
+
+def check_dataset(metadata: FeatureMetadata, dataset: str, features_dir: str | Path) -> None:
+    """Raise `ValueError` if the features come from another data set than `dataset`."""
+    source = metadata.dataset
+    if dataset != source and dataset_name(dataset) != metadata.dataset_name:
+        raise ValueError(
+            f"The features in {features_dir} are from the data set {source!r}, not {dataset!r}; pass "
+            f"--dataset {source} or the features folder of {dataset!r}."
+        )
+
+
+def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
+    """The model config for the features `metadata` describes: their backbones (all, or those named in
+    `backbones`, in that order), labels and problem type; the head has the paper's shape unless `head` (config
+    keywords such as `sigma` or `standardize_features`) says otherwise."""
+    label_names = metadata.label_names
+    if not label_names:
+        raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
+    problem_type = metadata.problem_type
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(
+            f"Unknown problem_type {problem_type!r} in the features; allowed: {', '.join(PROBLEM_TYPES)}."
+        )
+    specs = {spec["name"]: spec for spec in metadata.backbones}
+    missing = [name for name in backbones or [] if name not in specs]
+    if missing:
+        raise ValueError(f"The features have no backbone(s) {missing}; they hold {list(specs)}.")
+    return LLMFusionConfig(
+        backbones=[specs[name] for name in backbones] if backbones else list(specs.values()),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
+        **head,
+    )
+
+
+def _shape(feature) -> tuple[int, ...] | None:
+    if isinstance(feature, Array2D):
+        return tuple(feature.shape)
+    if isinstance(feature, List) and feature.length not in (None, -1):
+        return (feature.length,)
+    return None
+
+
+def _check_labels(feature, config: LLMFusionConfig, split: str) -> None:
+    if config.problem_type == "multi_label_classification":
+        ok = isinstance(feature, List) and feature.length == config.num_labels
+        expected = f"multi-hot lists of length {config.num_labels}"
+    else:
+        ok = isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith("int"))
+        expected = "integer label ids"
+    if not ok:
+        raise ValueError(f"Split {split!r}: the 'label' column is {feature}, expected {expected}.")
+
+
+def training_splits(data: DatasetDict, config: LLMFusionConfig) -> DatasetDict:
+    """The train/validation/test splits as the model reads them: one torch column per backbone and `labels`, read
+    lazily from the memory-mapped Arrow files (nothing is copied). Raises `ValueError` naming a missing split,
+    backbone or label column, or a feature width that does not match the config."""
+    splits = {}
+    for split in SPLITS:
+        if split not in data:
+            raise ValueError(f"The features have no {split!r} split; they have {list(data)}.")
+        features = data[split].features
+        for name, shape in config.feature_shapes.items():
+            if name not in features:
+                raise ValueError(
+                    f"Split {split!r} has no features for backbone {name!r}; its columns are {list(features)}."
+                )
+            if _shape(features[name]) != shape:
+                raise ValueError(
+                    f"Split {split!r}: backbone {name!r} features are {features[name]}, but the config expects "
+                    f"shape {shape} per text (num_layers, hidden_size in the features' metadata)."
+                )
+        if "label" not in features:
+            raise ValueError(f"Split {split!r} has no 'label' column: the fusion head needs labelled features.")
+        _check_labels(features["label"], config, split)
+        columns = [*config.feature_shapes, "label"]
+        splits[split] = data[split].select_columns(columns).rename_column("label", "labels").with_format("torch")
+    return DatasetDict(splits)
+
+
+def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per-dimension mean and standard deviation of each backbone's features, read chunk by chunk from the Arrow
+    files (for `standardize_features`)."""
+    sums = {name: (torch.zeros(shape, dtype=torch.float64),) * 2 for name, shape in config.feature_shapes.items()}
+    for start in range(0, len(split), chunk):
+        rows = split[start : start + chunk]
+        for name, (total, squares) in sums.items():
+            values = rows[name].double()
+            sums[name] = (total + values.sum(0), squares + values.square().sum(0))
+    statistics = {}
+    for name, (total, squares) in sums.items():
+        mean = total / len(split)
+        statistics[name] = (mean.float(), (squares / len(split) - mean.square()).clamp_min(0).sqrt().float())
+    return statistics
+
+
+def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) -> None:
+    """Raise `ValueError` naming the split, backbone and first row whose features hold a NaN or an infinity: a head
+    trained on them would be NaN (and saved as if nothing happened)."""
+    for split_name, split in data.items():
+        for start in range(0, len(split), chunk):
+            rows = split[start : start + chunk]
+            for name in config.feature_shapes:
+                finite = torch.isfinite(rows[name]).flatten(start_dim=1).all(dim=1)
+                if not finite.all():
+                    row = start + int((~finite).nonzero()[0])
+                    raise ValueError(
+                        f"Split {split_name!r}, backbone {name!r}, row {row}: the features hold NaN or infinite "
+                        "values. Extract them again (float16 overflows above 65504: try --feature-dtype float32)."
+                    )
+
+
+__all__ = ["build_config", "check_dataset", "check_finite", "feature_statistics", "training_splits"]
