@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fusion_data import build_config, feature_statistics, training_splits  # noqa: E402
 from extract_features import load_features  # noqa: E402
+from fusion_data import build_config, feature_statistics, training_splits  # noqa: E402
 from train_fusion import build_model  # noqa: E402
 
 HEADS = {
