@@ -581,7 +581,7 @@ def resolve_backbones(
         raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
     specs = [normalize_backbone(spec) for spec in PRESETS[preset]["backbones"]]
     names = [spec["name"] for spec in specs]
-    for name, model in _pairs(overrides, "--backbone").items():
+    for name, model in name_value_pairs(overrides, "--backbone").items():
         if name not in names:
             raise ValueError(f"--backbone {name}=...: no backbone {name!r}; the {preset!r} preset has {names}.")
         spec = specs[names.index(name)]
@@ -636,12 +636,12 @@ def customize_backbones(
         for spec in described if isinstance(described, list) else [described]:
             spec = normalize_backbone(spec)
             specs[position(spec["name"], "--backbone-spec")] = spec
-    for name, value in _pairs(pooling, "--pooling").items():
+    for name, value in name_value_pairs(pooling, "--pooling").items():
         spec = specs[position(name, "--pooling")]
         spec["pooling"] = value
         if value not in LAYER_POOLINGS:  # an encoder pooling gives one vector
             spec.update(layers=None, num_layers=1)
-    chosen = _pairs(layers, "--layers")
+    chosen = name_value_pairs(layers, "--layers")
     for name, value in chosen.items():
         if isinstance(value, str):
             try:
@@ -649,7 +649,7 @@ def customize_backbones(
             except ValueError:
                 raise ValueError(f"--layers expects NAME=I,J,K with integer indices, got {name}={value}.") from None
         specs[position(name, "--layers")].update(layers=list(value), num_layers=len(value))
-    for name, value in _pairs(template, "--template").items():
+    for name, value in name_value_pairs(template, "--template").items():
         specs[position(name, "--template")]["template"] = value
     specs = [normalize_backbone(spec) for spec in specs]
     if all_layers:
@@ -690,7 +690,8 @@ def _model_config(spec: dict, path: str | None):
         raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}: {error}") from error
 
 
-def _pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, str]:
+def name_value_pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` items of a command-line flag as a dict, or `ValueError` naming the bad one."""
     if isinstance(items, dict):
         return dict(items)
     pairs = {}
@@ -1218,7 +1219,7 @@ def parse_args(argv: list[str] | None = None) -> ExtractArguments:
 def main(argv: list[str] | None = None) -> ExtractionResult:
     args = parse_args(argv)
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
-    backbone_paths = _pairs(args.backbone_path, "--backbone-path")
+    backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
     backbones = customize_backbones(
         resolve_backbones(args.preset, args.backbone), args.backbone_spec, args.layers, args.pooling, args.template,
         args.all_layers, backbone_paths, args.max_length,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extract_features import name_value_pairs
+
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 TXT_COLUMN = "text"  # the one column of a .txt input, one text per line
@@ -82,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
     try:
-        args.backbone_paths = backbone_paths(args.backbone_path)
+        args.backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -95,17 +97,6 @@ def top_k(value: str) -> int | str:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
     return int(value)
-
-
-def backbone_paths(items: list[str]) -> dict[str, str]:
-    """`NAME=FOLDER` items as a dict, or `ValueError` naming the bad one."""
-    paths = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise ValueError(f"--backbone-path expects NAME=FOLDER, got {item!r}.")
-        paths[name] = folder
-    return paths
 
 
 def default_output(input_path: Path) -> Path:

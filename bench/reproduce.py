@@ -135,19 +135,25 @@ def logistic_probe(features_dir: Path, name: str) -> dict:
     return {"C": model.C, "threshold": None, "test": test}
 
 
-def one_vs_rest_logistic(x: torch.Tensor, targets: torch.Tensor, c: float, iterations: int = 200) -> torch.nn.Linear:
-    """One logistic regression per target column, each minimising sklearn's objective (C x the summed log-loss + half
-    the squared weights; the intercept is not penalised), fitted together by L-BFGS: their losses add up, so the fits
-    stay independent. On the LLM's features this takes seconds where sklearn's one-vs-rest takes most of an hour."""
+def fit_logistic(x: torch.Tensor, targets: torch.Tensor, c: float, iterations: int = 200) -> torch.nn.Linear:
+    """Logistic regression minimising sklearn's objective (C x the summed log-loss + half the squared weights; the
+    intercept is not penalised), fitted by L-BFGS. Integer `targets` (rows,) give a multinomial regression; multi-hot
+    float `targets` (rows, labels) one regression per column, fitted together: their losses add up, so the fits stay
+    independent. On the LLM's features this takes seconds where sklearn's one-vs-rest takes most of an hour."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(x.shape[1], targets.shape[1])
+    multi_label = targets.is_floating_point()
+    outputs = targets.shape[1] if multi_label else int(targets.max()) + 1
+    linear = torch.nn.Linear(x.shape[1], outputs, device=x.device)
     optimizer = torch.optim.LBFGS(
         linear.parameters(), max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+    log_loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits if multi_label else torch.nn.functional.cross_entropy
     )
 
     def objective() -> torch.Tensor:  # divided by C x rows, which leaves the minimum where it is
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(linear(x), targets, reduction="sum")
+        loss = log_loss(linear(x), targets, reduction="sum")
         loss = (loss + linear.weight.square().sum() / (2 * c)) / len(targets)
         loss.backward()
         return loss
@@ -167,7 +173,7 @@ def multilabel_probe(features_dir: Path, name: str) -> dict:
     x_train, x_val, x_test = (torch.from_numpy((x - mean) / std) for x in (x_train, x_val, x_test))
     best = None
     for c in PROBE_CS:
-        linear = one_vs_rest_logistic(x_train, torch.from_numpy(y_train.astype(np.float32)), c)
+        linear = fit_logistic(x_train, torch.from_numpy(y_train.astype(np.float32)), c)
         val_scores, test_scores = linear(x_val).sigmoid().numpy(), linear(x_test).sigmoid().numpy()
         for threshold in THRESHOLDS:
             val = f1_score(y_val, val_scores > threshold, average="macro", zero_division=0)

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.reproduce import one_vs_rest_logistic  # noqa: E402
+from bench.reproduce import fit_logistic  # noqa: E402
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
 from extract_features import read_metadata  # noqa: E402
 from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
@@ -96,26 +96,6 @@ def candidates(indices: list[int], window: int) -> list[list[int]]:
     return out
 
 
-def multinomial_logistic(x: torch.Tensor, labels: torch.Tensor, num_classes: int, c: float, iterations: int = 200):
-    """Multinomial logistic regression minimising sklearn's objective (C x the summed log-loss + half the squared
-    weights; the intercept is not penalised), fitted by L-BFGS."""
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(x.shape[1], num_classes, device=x.device)
-    optimizer = torch.optim.LBFGS(
-        linear.parameters(), max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-    )
-
-    def objective() -> torch.Tensor:  # divided by C x rows, which leaves the minimum where it is
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(linear(x), labels, reduction="sum")
-        loss = (loss + linear.weight.square().sum() / (2 * c)) / len(labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(objective)
-    return linear.requires_grad_(False)
-
-
 def probe_input(features: np.ndarray, positions: list[int], combine: str, device: torch.device) -> torch.Tensor:
     """The probe's input for the layers at `positions` of `features` `(rows, layers, width)`, float32."""
     chosen = torch.from_numpy(features[:, positions]).to(device, torch.float32)
@@ -139,10 +119,10 @@ def validation_score(
     with torch.device(x_train.device):  # the probes' weights live where the features are
         if problem_type == "multi_label_classification":
             targets = torch.from_numpy(y_train.astype(np.float32)).to(x_train.device)
-            linear = one_vs_rest_logistic(x_train, targets, c)
+            linear = fit_logistic(x_train, targets, c)
         else:
             targets = torch.from_numpy(y_train.astype(np.int64)).to(x_train.device)
-            linear = multinomial_logistic(x_train, targets, num_labels, c)
+            linear = fit_logistic(x_train, targets, c)
     logits = linear(x_val).float().cpu().numpy()
     threshold = 0.5
     if problem_type == "multi_label_classification":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reproduce import one_vs_rest_logistic
+from bench.reproduce import fit_logistic
 from helpers import REPO
 
 
@@ -21,7 +21,7 @@ def test_one_vs_rest_probe_matches_sklearn(c):
     x = rng.standard_normal((300, 6)).astype(np.float32)
     logits = x @ rng.standard_normal((6, 3)) + rng.standard_normal((300, 3))
     targets = (logits > 0.3).astype(np.float32)
-    linear = one_vs_rest_logistic(torch.from_numpy(x), torch.from_numpy(targets), c)
+    linear = fit_logistic(torch.from_numpy(x), torch.from_numpy(targets), c)
     for label in range(3):
         expected = LogisticRegression(C=c, tol=1e-8, max_iter=10_000).fit(x, targets[:, label])
         np.testing.assert_allclose(linear.weight[label].numpy(), expected.coef_[0], atol=2e-3)

@@ -11,7 +11,8 @@ from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 
 import extract_features
 from bench import sweep_layers
-from bench.sweep_layers import candidates, multinomial_logistic, sweep
+from bench.reproduce import fit_logistic
+from bench.sweep_layers import candidates, sweep
 from extract_features import load_features
 
 
@@ -22,7 +23,7 @@ def test_multinomial_probe_matches_sklearn(c):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 6)).astype(np.float32)
     labels = (x @ rng.standard_normal((6, 4)) + rng.standard_normal((300, 4))).argmax(axis=1)
-    linear = multinomial_logistic(torch.from_numpy(x), torch.from_numpy(labels), 4, c)
+    linear = fit_logistic(torch.from_numpy(x), torch.from_numpy(labels), c)
     expected = LogisticRegression(C=c, tol=1e-8, max_iter=10_000).fit(x, labels)
     np.testing.assert_allclose(linear.weight.numpy(), expected.coef_, atol=2e-3)
     probabilities = linear(torch.from_numpy(x)).softmax(-1).numpy()
