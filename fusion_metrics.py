@@ -43,6 +43,28 @@ def choose_threshold(metric: evaluate.EvaluationModule, logits: np.ndarray, labe
     return max(THRESHOLDS, key=lambda t: (scores[t], -abs(t - 0.5)))
 
 
+def selection_metric(name: str | None, problem_type: str) -> str:
+    """The validation metric that keeps checkpoints and picks the saved seed (`--metric_for_best_model`; "auto": the
+    data's headline score)."""
+    metric = SELECTION_METRICS[problem_type] if name in (None, "auto") else name.removeprefix("eval_")
+    allowed = ("loss", *METRIC_KEYS[problem_type])
+    if metric not in allowed:
+        raise ValueError(f"--metric_for_best_model {metric!r} is not a score of {problem_type}; allowed: {allowed}.")
+    return metric
+
+
+def stopping_metrics(names: list[str] | None, problem_type: str) -> list[str]:
+    """The validation metrics whose improvement resets the patience (`--early_stopping_metrics`; "auto": loss and the
+    data's headline score, the original's rule)."""
+    if not names or names == ["auto"]:
+        return ["loss", SELECTION_METRICS[problem_type]]
+    allowed = ("loss", *METRIC_KEYS[problem_type])
+    unknown = [metric for metric in names if metric not in allowed]
+    if unknown:
+        raise ValueError(f"--early_stopping_metrics {unknown} are not scores of {problem_type}; allowed: {allowed}.")
+    return list(dict.fromkeys(names))
+
+
 def validation_loss(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> float:
     """The loss the model trains on, averaged over rows (what `Trainer` reports as eval_loss for one model)."""
     logits = torch.from_numpy(logits).float()
@@ -52,4 +74,4 @@ def validation_loss(logits: np.ndarray, labels: np.ndarray, problem_type: str) -
 
 
 __all__ = ["METRIC_KEYS", "SELECTION_METRICS", "THRESHOLDS", "choose_threshold", "load_metric", "score",
-           "validation_loss"]  # fmt: skip
+           "selection_metric", "stopping_metrics", "validation_loss"]  # fmt: skip

@@ -140,6 +140,11 @@ class RunResults:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def best_seed(runs: list[SeedResult], selection: str) -> int:
+    """The seed with the best validation `selection` score (the first on ties); the test split plays no part."""
+    return max(runs, key=lambda run: run.validation[selection] * (-1 if selection == "loss" else 1)).seed
+
+
 def per_label_scores(
     decisions: np.ndarray, references: np.ndarray, label_names: list[str]
 ) -> tuple[dict[str, dict[str, float]], list[list[int]] | None]:
@@ -175,4 +180,4 @@ def _write_json(path: str | os.PathLike, data: dict) -> None:
     temporary.replace(path)
 
 
-__all__ = ["EpochRecord", "SeedResult", "RunResults", "per_label_scores"]
+__all__ = ["EpochRecord", "RunResults", "SeedResult", "best_seed", "per_label_scores"]

@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback
+from transformers import EvalPrediction, Trainer, TrainerCallback, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from configuration_llm_fusion import LLMFusionConfig
 from fusion_results import EpochRecord
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
@@ -147,6 +149,21 @@ class InMemoryBatches:
 
 
 # ---- N seeds as one model ----
+
+
+def build_model(config: LLMFusionConfig, seed: int, statistics: dict | None) -> LLMFusionForSequenceClassification:
+    """A freshly initialised head for `seed` (the same weights whether the seed trains alone or beside others), with
+    the training set's feature `statistics` when the config standardises features."""
+    set_seed(seed)
+    model = LLMFusionForSequenceClassification(config)
+    if config.standardize_features:
+        model.set_feature_statistics(statistics)
+    return model
+
+
+def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
+    """Where seeds trained together keep their checkpoints: `seed-N` for one seed, `seeds-N-M-...` for several."""
+    return runs_dir / (f"seed-{seeds[0]}" if len(seeds) == 1 else "seeds-" + "-".join(map(str, seeds)))
 
 
 class SeedStack(nn.Module):
@@ -417,6 +434,30 @@ def load_progress(checkpoint: str | Path | None, rules: dict[int, StoppingRule])
     return saved
 
 
+def _flatten(signature: dict) -> dict:
+    return {f"{part}.{key}": value for part, values in signature.items()
+            for key, value in (values.items() if isinstance(values, dict) else [("", values)])}  # fmt: skip
+
+
+def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:
+    """Start a run's record (`runs/run.json`), or, resuming, refuse a run made from other features or options,
+    naming what differs."""
+    record = runs_dir / "run.json"
+    if resume and record.exists():
+        before, now = _flatten(json.loads(record.read_text())), _flatten(signature)
+        differences = [key for key in now if before.get(key) != now[key]]
+        if differences:
+            raise ValueError(
+                f"--resume_from_checkpoint: the run in {runs_dir} was made with other {', '.join(differences)}; "
+                "resume it with the same features and options, or start a new run (another --output_dir)."
+            )
+        return
+    if runs_dir.exists():
+        shutil.rmtree(runs_dir)  # a fresh run must not pick up another run's checkpoints or results
+    runs_dir.mkdir(parents=True)
+    record.write_text(json.dumps(signature, indent=2) + "\n")
+
+
 __all__ = [
     "CHECKPOINT_SELECTIONS",
     "FusionTrainer",
@@ -427,7 +468,10 @@ __all__ = [
     "SeedProgress",
     "SeedStack",
     "StoppingRule",
+    "build_model",
+    "check_run",
     "epoch_order",
+    "group_folder",
     "keep_gradient_memory",
     "load_progress",
     "per_seed_metrics",

@@ -13,6 +13,7 @@ that checkpoint; the seed with the best validation score is the one saved.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -27,7 +28,6 @@ from datasets import DatasetDict
 from transformers import (
     HfArgumentParser,
     TrainingArguments,
-    set_seed,
 )
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
@@ -36,14 +36,15 @@ from configuration_llm_fusion import LLMFusionConfig
 from extract_features import FeatureMetadata, default_features_dir, load_features
 from fusion_data import build_config, check_dataset, check_finite, feature_statistics, training_splits
 from fusion_metrics import (
-    METRIC_KEYS,
     SELECTION_METRICS,
     choose_threshold,
     load_metric,
     score,
+    selection_metric,
+    stopping_metrics,
     validation_loss,
 )
-from fusion_results import RunResults, SeedResult, per_label_scores
+from fusion_results import RunResults, SeedResult, best_seed, per_label_scores
 from fusion_trainer import (
     CHECKPOINT_SELECTIONS,
     FusionTrainer,
@@ -51,6 +52,9 @@ from fusion_trainer import (
     SeedProgress,
     SeedStack,
     StoppingRule,
+    build_model,
+    check_run,
+    group_folder,
     keep_gradient_memory,
     load_progress,
     per_seed_metrics,
@@ -181,56 +185,6 @@ class FusionTrainingArguments(TrainingArguments):
 # ---- training ----
 
 
-def _selection(args: TrainingArguments, problem_type: str) -> str:
-    """The validation metric that selects checkpoints and seeds (`--metric_for_best_model`, "auto" resolved)."""
-    metric = args.metric_for_best_model
-    metric = SELECTION_METRICS[problem_type] if metric in (None, "auto") else metric.removeprefix("eval_")
-    allowed = ("loss", *METRIC_KEYS[problem_type])
-    if metric not in allowed:
-        raise ValueError(f"--metric_for_best_model {metric!r} is not a score of {problem_type}; allowed: {allowed}.")
-    return metric
-
-
-def stopping_metrics(args: FusionArguments, problem_type: str) -> list[str]:
-    """The validation metrics whose improvement resets the patience ("auto": loss and the data's headline score, the
-    original's rule)."""
-    metrics = args.early_stopping_metrics or ["auto"]
-    if metrics == ["auto"]:
-        return ["loss", SELECTION_METRICS[problem_type]]
-    allowed = ("loss", *METRIC_KEYS[problem_type])
-    unknown = [metric for metric in metrics if metric not in allowed]
-    if unknown:
-        raise ValueError(f"--early_stopping_metrics {unknown} are not scores of {problem_type}; allowed: {allowed}.")
-    return list(dict.fromkeys(metrics))
-
-
-@dataclass
-class Protocol:
-    """How each seed is stopped and which checkpoint it keeps (the arguments, resolved for the data's problem)."""
-
-    metrics: list[str]
-    patience: int
-    selection: str
-    checkpoint_selection: str
-
-    def rule(self) -> StoppingRule:
-        return StoppingRule(self.metrics, self.patience, self.selection, self.checkpoint_selection)
-
-
-def build_model(config: LLMFusionConfig, seed: int, statistics: dict | None) -> LLMFusionForSequenceClassification:
-    """A freshly initialised head for `seed` (the same weights whether the seed trains alone or beside others)."""
-    set_seed(seed)
-    model = LLMFusionForSequenceClassification(config)
-    if config.standardize_features:
-        model.set_feature_statistics(statistics)
-    return model
-
-
-def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
-    """Where seeds trained together keep their checkpoints: `seed-N` for one seed, `seeds-N-M-...` for several."""
-    return runs_dir / (f"seed-{seeds[0]}" if len(seeds) == 1 else "seeds-" + "-".join(map(str, seeds)))
-
-
 def protocol_arguments(args: TrainingArguments, output_dir: Path, seed: int) -> TrainingArguments:
     """The training arguments of one `Trainer`: keeping checkpoints is the protocol's business, not `Trainer`'s."""
     return dataclasses.replace(args, output_dir=str(output_dir), seed=seed, metric_for_best_model=None,
@@ -256,7 +210,7 @@ def train_seeds(
         args=protocol_arguments(args, group_folder(runs_dir, seeds), seeds[0]), eval_dataset=setup.data["validation"],
         compute_metrics=per_seed_metrics(seeds, scores), seeds=seeds,
     )  # fmt: skip
-    progress = load_progress(checkpoint, {seed: setup.protocol.rule() for seed in seeds})
+    progress = load_progress(checkpoint, {seed: copy.deepcopy(setup.rule) for seed in seeds})
 
     def keep(seed: int) -> None:
         trainer.seed_model(seed).save_pretrained(runs_dir / f"seed-{seed}" / "kept")
@@ -289,7 +243,7 @@ def finish_seed(
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
-        selection = setup.protocol.selection
+        selection = setup.rule.selection
         key = SELECTION_METRICS[config.problem_type] if selection == "loss" else selection
         model.config.threshold = choose_threshold(metric, validation.predictions, validation.label_ids, key)
     threshold = model.config.threshold
@@ -315,20 +269,15 @@ def finish_seed(
     return result
 
 
-def best_run(runs: list[SeedResult], selection: str) -> SeedResult:
-    """The run with the best validation `selection` score (the first on ties); the test split plays no part."""
-    return max(runs, key=lambda run: run.validation[selection] * (-1 if selection == "loss" else 1))
-
-
 @dataclass
 class Setup:
-    """What every seed of a run trains on: the config, the training splits, their statistics and the protocol."""
+    """What every seed of a run trains on: the config, the training splits, their statistics and the stopping rule."""
 
     metadata: FeatureMetadata
     config: LLMFusionConfig
     data: DatasetDict
     statistics: dict | None
-    protocol: Protocol
+    rule: StoppingRule  # every seed starts from a copy
 
 
 def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
@@ -346,17 +295,17 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     config = build_config(metadata, args.backbones, **head)
     data = training_splits(data, config)
     check_finite(data, config)
-    selection = _selection(training_args, config.problem_type)
+    selection = selection_metric(training_args.metric_for_best_model, config.problem_type)
     if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
         raise ValueError(
             f"--checkpoint_selection {args.checkpoint_selection!r}; allowed: {', '.join(CHECKPOINT_SELECTIONS)}."
         )
-    metrics = stopping_metrics(args, config.problem_type)
-    protocol = Protocol(metrics, args.early_stopping_patience, selection, args.checkpoint_selection)
+    metrics = stopping_metrics(args.early_stopping_metrics, config.problem_type)
+    rule = StoppingRule(metrics, args.early_stopping_patience, selection, args.checkpoint_selection)
     if training_args.push_to_hub:
         check_shareable(config)  # before hours of training, not after
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
-    return Setup(metadata, config, data, statistics, protocol)
+    return Setup(metadata, config, data, statistics, rule)
 
 
 def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
@@ -387,11 +336,11 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
             given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
         logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
         finished |= {result.seed: result for result in train_seeds(setup, training_args, group, runs_dir, checkpoint)}
-    runs, protocol = [finished[seed] for seed in seeds], setup.protocol
+    runs, rule = [finished[seed] for seed in seeds], setup.rule
     results = RunResults(
         dataset=setup.metadata.dataset_name, problem_type=setup.config.problem_type,
-        selection_metric=protocol.selection, early_stopping_metrics=protocol.metrics,
-        checkpoint_selection=protocol.checkpoint_selection, best_seed=best_run(runs, protocol.selection).seed,
+        selection_metric=rule.selection, early_stopping_metrics=rule.metrics,
+        checkpoint_selection=rule.checkpoint_selection, best_seed=best_seed(runs, rule.selection),
         runs=runs,
     )  # fmt: skip
     model = LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{results.best_seed}" / "model",
@@ -415,33 +364,9 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
     return json.loads(json.dumps({
         "features": {"dataset": setup.metadata.dataset_name, "labels": setup.metadata.label_names,
                      "backbones": setup.config.backbones, "columns": setup.metadata.column_keys},
-        "head": head, "protocol": dataclasses.asdict(setup.protocol), "batch_seeds": args.batch_seeds,
+        "head": head, "protocol": dataclasses.asdict(setup.rule), "batch_seeds": args.batch_seeds,
         "training": {key: getattr(training_args, key) for key in keys},
     }, default=str))  # fmt: skip
-
-
-def _flatten(signature: dict) -> dict:
-    return {f"{part}.{key}": value for part, values in signature.items()
-            for key, value in (values.items() if isinstance(values, dict) else [("", values)])}  # fmt: skip
-
-
-def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:
-    """Start a run's record (`runs/run.json`), or, resuming, refuse a run made from other features or options,
-    naming what differs."""
-    record = runs_dir / "run.json"
-    if resume and record.exists():
-        before, now = _flatten(json.loads(record.read_text())), _flatten(signature)
-        differences = [key for key in now if before.get(key) != now[key]]
-        if differences:
-            raise ValueError(
-                f"--resume_from_checkpoint: the run in {runs_dir} was made with other {', '.join(differences)}; "
-                "resume it with the same features and options, or start a new run (another --output_dir)."
-            )
-        return
-    if runs_dir.exists():
-        shutil.rmtree(runs_dir)  # a fresh run must not pick up another run's checkpoints or results
-    runs_dir.mkdir(parents=True)
-    record.write_text(json.dumps(signature, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTrainingArguments]:

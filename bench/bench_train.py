@@ -104,9 +104,9 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
 
     from extract_features import load_features
     from fusion_data import build_config, feature_statistics, training_splits
-    from fusion_trainer import FusionTrainer, SeedStack, keep_gradient_memory
+    from fusion_trainer import FusionTrainer, SeedStack, build_model, keep_gradient_memory
     from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import FusionTrainingArguments, build_model
+    from train_fusion import FusionTrainingArguments
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)

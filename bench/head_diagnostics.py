@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from extract_features import load_features  # noqa: E402
 from fusion_data import build_config, feature_statistics, training_splits  # noqa: E402
-from train_fusion import build_model  # noqa: E402
+from fusion_trainer import build_model  # noqa: E402
 
 HEADS = {
     "exact (paper)": {"standardize_features": False, "encoders_in_tail": False},

@@ -17,6 +17,7 @@ from fusion_trainer import (
     SeedProgress,
     SeedStack,
     StoppingRule,
+    build_model,
     epoch_order,
 )
 
@@ -125,7 +126,7 @@ def test_non_finite_losses_stop_the_run():
 
 def test_seed_stack_computes_what_each_seed_computes_alone(tiny_backbones):
     config = LLMFusionConfig(backbones=tiny_backbones, num_labels=5, fusion_dim=16, mlp_dims=[8])
-    models = [train_fusion.build_model(config, seed, None).eval() for seed in (3, 4)]
+    models = [build_model(config, seed, None).eval() for seed in (3, 4)]
     stack = SeedStack(models).eval()
     features = {"llama": torch.randn(2, 6, 3, 32), "bert": torch.randn(2, 6, 32), "roberta": torch.randn(2, 6, 24)}
     labels = torch.randint(0, 5, (2, 6))
@@ -152,8 +153,8 @@ def features(tmp_path_factory, tiny_backbones, data_dir):
 def test_batched_seeds_train_as_each_seed_alone_without_dropout(features, tmp_path):
     data, metadata = load_features(features)
     config = build_config(metadata, dropout=0.0)
-    protocol = train_fusion.Protocol(["loss", "weighted_f1"], 10, "weighted_f1", "last_improvement")
-    setup = train_fusion.Setup(metadata, config, training_splits(data, config), None, protocol)
+    rule = StoppingRule(["loss", "weighted_f1"], 10, "weighted_f1", "last_improvement")
+    setup = train_fusion.Setup(metadata, config, training_splits(data, config), None, rule)
     args = train_fusion.FusionTrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, report_to="none",
                                                 disable_tqdm=True)  # fmt: skip
     together = train_fusion.train_seeds(setup, args, [42, 43, 44], tmp_path / "together")
