@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import TypedDict
 
 from transformers import PretrainedConfig
 
@@ -66,7 +67,24 @@ none."""
 RESERVED_NAMES = {"labels", "return_dict", "self"}
 
 
-def normalize_backbone(spec: dict) -> dict:
+class BackboneSpec(TypedDict):
+    """One backbone of `LLMFusionConfig.backbones`, as `normalize_backbone` completes it: what `fec_features.json`
+    and `config.json` hold for it, and everything its features depend on."""
+
+    name: str  # feature column and forward keyword
+    model: str  # Hub id or local folder
+    revision: str | None  # pinned revision (a commit once resolved)
+    pooling: str  # one of POOLINGS
+    num_layers: int  # hidden layers a layer pooling reads (1 for an encoder pooling)
+    layers: list[int] | None  # hidden-state indices a layer pooling reads (None: the last num_layers, last first)
+    template: str | None  # prompt with one {text} slot, or None
+    hidden_size: int  # feature width
+    max_length: int  # tokens read of a text
+    dtype: str | None  # compute dtype of the features (None: float32)
+    quantization: str | None  # "8bit", "4bit" or None
+
+
+def normalize_backbone(spec: dict) -> BackboneSpec:
     """Return a complete backbone description with defaults filled in, or raise `ValueError` naming the bad value.
 
     Whether `layers` exist in the model is checked when the model's config is at hand
@@ -149,7 +167,7 @@ def layer_indices(spec: dict) -> list[int]:
     return list(spec["layers"]) if spec.get("layers") is not None else [-1 - i for i in range(spec["num_layers"])]
 
 
-def describe_pooling(spec: dict) -> str:
+def describe_pooling(spec: BackboneSpec) -> str:
     """In words, how a backbone turns a text into its feature (for model cards and reports)."""
     if spec["pooling"] in LAYER_POOLINGS:
         if spec.get("layers") is None:
@@ -183,7 +201,7 @@ def normalize_precision(spec: dict) -> dict:
     return {"dtype": dtype, "quantization": quantization}
 
 
-def feature_shape(spec: dict) -> tuple[int, ...]:
+def feature_shape(spec: BackboneSpec) -> tuple[int, ...]:
     """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
     return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] in LAYER_POOLINGS else (spec["hidden_size"],)
 
@@ -292,4 +310,4 @@ class LLMFusionConfig(PretrainedConfig):
         return {spec["name"]: feature_shape(spec) for spec in self.backbones}
 
 
-__all__ = ["DTYPES", "LAYER_POOLINGS", "LLMFusionConfig", "POOLINGS", "PRESETS", "QUANTIZATIONS"]
+__all__ = ["BackboneSpec", "DTYPES", "LAYER_POOLINGS", "LLMFusionConfig", "POOLINGS", "PRESETS", "QUANTIZATIONS"]

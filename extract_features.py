@@ -37,6 +37,8 @@ from pathlib import Path
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
+    from configuration_llm_fusion import BackboneSpec
+
 # What transformers' `logging.get_logger(__name__)` returns for a module outside transformers (a standard logger of
 # that name), taken from the standard library so that importing this module does not import transformers.
 logger = logging.getLogger(__name__)
@@ -183,7 +185,7 @@ class FeatureMetadata:
     dataset_name: str
     problem_type: str
     label_names: list[str]
-    backbones: list[dict]
+    backbones: list[BackboneSpec]
     feature_dtype: str = "float16"
     compute_dtype: str | None = None
     head: dict = field(default_factory=dict)

@@ -383,7 +383,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTr
 def main(argv: list[str] | None = None) -> RunResults:
     args, training_args = parse_args(argv)
     keep_gradient_memory()
-    logging.set_verbosity_info()
+    # Quiet by default (warnings only); --log_level info shows what Trainer does.
+    logging.set_verbosity(training_args.get_process_log_level())
     logging.enable_explicit_format()
     results = train(args, training_args)
     print(format_results_table(results))

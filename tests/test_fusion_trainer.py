@@ -11,6 +11,7 @@ from configuration_llm_fusion import LLMFusionConfig
 from extract_features import extract, load_features
 from fusion_data import build_config, training_splits
 from fusion_trainer import (
+    FusionTrainer,
     NonFiniteError,
     ProtocolCallback,
     SeedOrderBatches,
@@ -197,3 +198,26 @@ def test_batched_and_sequential_runs_write_the_same_shapes(features, tmp_path):
 
     assert files(batched_dir) == files(sequential_dir)
     assert [record["epoch"] for record in batched["runs"][0]["history"]] == [1, 2]
+
+
+def test_the_gradient_norm_shortcut_still_fits_trainer(features, tmp_path):
+    """FusionTrainer overrides Trainer's private `_get_grad_norm`: fail loudly if transformers changes it."""
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(Trainer._get_grad_norm).parameters) == ["self", "model", "grad_norm"]
+    data, metadata = load_features(features)
+    config = build_config(metadata)
+    logged = {}
+    for clip in (0.0, 1.0):
+        args = train_fusion.FusionTrainingArguments(
+            output_dir=str(tmp_path / str(clip)), max_steps=2, logging_steps=1, logging_strategy="steps",
+            eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, max_grad_norm=clip,
+        )  # fmt: skip
+        trainer = FusionTrainer(model=build_model(config, 0, None), args=args,
+                                train_dataset=training_splits(data, config)["train"])  # fmt: skip
+        trainer.train()
+        logged[clip] = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logged[0.0]) == 2 and not any("grad_norm" in log for log in logged[0.0])  # skipped: nothing clipped
+    assert all(log["grad_norm"] > 0 for log in logged[1.0])  # clipping still computes it
