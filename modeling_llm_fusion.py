@@ -376,10 +376,10 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             # A constant dimension stays constant (0) instead of dividing by zero.
             getattr(self, f"{name}_std").copy_(torch.as_tensor(std).clamp_min(1e-6))
 
-    def fuse(self, **features: torch.Tensor) -> torch.Tensor:
-        """The vector that enters the MLP: power-normalised co-occurrence values of the stacked vectors (LLM layer
-        vectors first, then the encoders in config order), flattened, then the mean of the raw LLM layer vectors
-        (and, with `encoders_in_tail`, the raw encoder vectors in config order)."""
+    def fusion_vectors(self, **features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stacked vectors V `(batch, vectors, fusion_dim)` whose co-occurrence V V^T is taken (LLM layer vectors
+        projected, then the encoders in config order), and the vectors that go to the MLP as they are: the mean of
+        the raw LLM layer vectors (and, with `encoders_in_tail`, the raw encoder vectors in config order)."""
         features = self._features(features)
         if self.config.standardize_features:
             features = {
@@ -397,7 +397,12 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
                 encoder_vectors.append(self.encoder_projections[name](value))
                 if self.config.encoders_in_tail:
                     tails.append(value)
-        stacked = torch.stack(llm_vectors + encoder_vectors, dim=1)  # (batch, vectors, fusion_dim)
+        return torch.stack(llm_vectors + encoder_vectors, dim=1), tails
+
+    def fuse(self, **features: torch.Tensor) -> torch.Tensor:
+        """The vector that enters the MLP: the power-normalised co-occurrence values of `fusion_vectors`, flattened,
+        then the vectors that go to the MLP as they are."""
+        stacked, tails = self.fusion_vectors(**features)
         co_occurrence = stacked @ stacked.transpose(1, 2)
         normalised = 2 * torch.sigmoid(self.config.sigma * co_occurrence) - 1
         return torch.cat([normalised.flatten(start_dim=1), *tails], dim=-1)
