@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback, set_seed
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from configuration_llm_fusion import LLMFusionConfig
@@ -267,6 +267,12 @@ def keep_gradient_memory() -> None:
     libc.mallopt(m_mmap_threshold, 32 * 2**20)
 
 
+def protocol_arguments(args: TrainingArguments, output_dir: Path, seed: int) -> TrainingArguments:
+    """The training arguments of one `Trainer`: keeping checkpoints is the protocol's business, not `Trainer`'s."""
+    return dataclasses.replace(args, output_dir=str(output_dir), seed=seed, metric_for_best_model=None,
+                               load_best_model_at_end=False, push_to_hub=False)  # fmt: skip
+
+
 class FusionTrainer(Trainer):
     """`Trainer` for the fusion head (one seed, or a `SeedStack` of several) under the paper protocol.
 
@@ -475,5 +481,6 @@ __all__ = [
     "keep_gradient_memory",
     "load_progress",
     "per_seed_metrics",
+    "protocol_arguments",
     "seed_scores",
 ]

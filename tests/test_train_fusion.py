@@ -232,6 +232,7 @@ def test_push_uploads_the_folder_without_secrets_or_local_paths(ed_run, tmp_path
 
 @pytest.mark.parametrize("seeds", ["1", "2"])
 def test_interrupted_run_resumes_from_its_last_checkpoint(ed_features, tmp_path, monkeypatch, seeds):
+    together = ["--batch_seeds", "true"]  # two seeds: the batched path (the default on an accelerator)
     save = ProtocolCallback.on_save
 
     def on_save(self, args, state, control, **kwargs):
@@ -243,11 +244,11 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(ed_features, tmp_path,
     with monkeypatch.context() as patch:
         patch.setattr(ProtocolCallback, "on_save", on_save)
         with pytest.raises(KeyboardInterrupt):
-            main(cli(ed_features, output, "--seeds", seeds))
+            main(cli(ed_features, output, "--seeds", seeds, *together))
     assert [path.name for path in (output / "runs" / group).glob("checkpoint-*")] == ["checkpoint-4"]
-    resumed = main(cli(ed_features, output, "--seeds", seeds, "--resume_from_checkpoint", "true")).to_dict()
+    resumed = main(cli(ed_features, output, "--seeds", seeds, *together, "--resume_from_checkpoint", "true")).to_dict()
     # Identical to the uninterrupted run: the checkpoint restored the weights, Adam, the RNGs and the stopping rules.
-    uninterrupted = main(cli(ed_features, tmp_path / "uninterrupted", "--seeds", seeds)).to_dict()
+    uninterrupted = main(cli(ed_features, tmp_path / "uninterrupted", "--seeds", seeds, *together)).to_dict()
     for run, reference in zip(resumed["runs"], uninterrupted["runs"], strict=True):
         assert run["test"] == reference["test"] and run["history"] == reference["history"]
         assert run["validation"] == pytest.approx(reference["validation"])
@@ -259,7 +260,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(ed_features, tmp_path,
         assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     # Finished seeds are reused, not retrained.
     monkeypatch.setattr(train_fusion, "train_seeds", lambda *a, **k: pytest.fail("every seed had finished"))
-    again = main(cli(ed_features, output, "--seeds", seeds, "--resume_from_checkpoint", "true")).to_dict()
+    again = main(cli(ed_features, output, "--seeds", seeds, *together, "--resume_from_checkpoint", "true")).to_dict()
     assert again["runs"] == resumed["runs"]
 
 
@@ -413,3 +414,10 @@ def test_non_finite_features_are_refused(ed_features, tmp_path):
     with pytest.raises(ValueError, match="Split 'validation', backbone 'bert', row 3: the features hold NaN"):
         main(cli(target, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_seeds_train_together_by_default_only_on_an_accelerator():
+    args, _ = train_fusion.parse_args([])
+    assert train_fusion.trains_together(args) == torch.accelerator.is_available()  # on a CPU the batch is slower
+    for flag, expected in (("true", True), ("false", False)):
+        assert train_fusion.trains_together(train_fusion.parse_args(["--batch_seeds", flag])[0]) is expected
