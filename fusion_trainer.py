@@ -200,6 +200,11 @@ class SeedStack(nn.Module):
         self.template.train(mode)
         return self
 
+    def _apply(self, fn, *args, **kwargs):
+        # `.to(device)` and the like move the template too, so that its forward finds its inputs where the stack is.
+        self.template._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, labels: torch.Tensor | None = None, **features: torch.Tensor) -> SequenceClassifierOutput:
         shapes = self.config.feature_shapes
         names = list(shapes)
