@@ -318,10 +318,10 @@ class FusionTrainer(Trainer):
         return super().get_decay_parameter_names(model)
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
-        # Forward and backward: about 6 FLOPs per parameter and text.
+        # Forward and backward: about 6 FLOPs per parameter and text (a SeedStack's labels: (seeds, batch, ...)).
         if not hasattr(self, "_head_parameters"):
             self._head_parameters = sum(p.numel() for p in self.model.parameters())
-        return 6 * inputs["labels"].shape[-1 if isinstance(self.model, SeedStack) else 0] * self._head_parameters
+        return 6 * inputs["labels"].shape[1 if isinstance(self.model, SeedStack) else 0] * self._head_parameters
 
 
 # ---- the protocol, applied at each evaluation ----

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import evaluate
 import numpy as np
 import torch
 from datasets import DatasetDict
@@ -216,7 +217,7 @@ def train_seeds(
     for seed in seeds:
         if progress[seed].kept_epoch is None:
             keep(seed)  # no evaluation ran (e.g. --max_steps shorter than an epoch): the last weights are kept
-    results = [finish_seed(setup, args, runs_dir / f"seed-{seed}", progress[seed], seeds, training_time)
+    results = [finish_seed(setup, args, metric, runs_dir / f"seed-{seed}", progress[seed], seeds, training_time)
                for seed in seeds]  # fmt: skip
     if len(seeds) > 1:
         shutil.rmtree(group_folder(runs_dir, seeds), ignore_errors=True)  # every seed has its own folder now
@@ -224,8 +225,8 @@ def train_seeds(
 
 
 def finish_seed(
-    setup: Setup, args: TrainingArguments, run_dir: Path, progress: SeedProgress, trained_with: list[int],
-    training_time: float,
+    setup: Setup, args: TrainingArguments, metric: evaluate.EvaluationModule, run_dir: Path, progress: SeedProgress,
+    trained_with: list[int], training_time: float,
 ) -> SeedResult:  # fmt: skip
     """Load the seed's kept checkpoint, choose the multi-label threshold on validation, score the test split once,
     save the model to `run_dir/model` and its result to `run_dir/result.json`."""
@@ -233,7 +234,6 @@ def finish_seed(
     model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
     predict_args = dataclasses.replace(protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no")
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
-    metric = load_metric(config.problem_type)
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
