@@ -247,6 +247,9 @@ class LLMFusionConfig(PretrainedConfig):
             paper only the LLM's features reach the MLP directly and the encoders enter through their co-occurrence
             values alone, which suits an LLM stronger than its encoders; with a small LLM the encoders' own features
             are needed.
+        ensemble_size (`int`, *optional*, defaults to 1):
+            Number of heads of this config whose probabilities a seed ensemble
+            (`LLMFusionEnsembleForSequenceClassification`) averages; 1 for a single head.
     """
 
     model_type = "llm_fusion"
@@ -261,6 +264,7 @@ class LLMFusionConfig(PretrainedConfig):
         threshold: float = 0.5,
         standardize_features: bool = False,
         encoders_in_tail: bool = False,
+        ensemble_size: int = 1,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"]["backbones"] if backbones is None else list(backbones))
@@ -281,6 +285,8 @@ class LLMFusionConfig(PretrainedConfig):
             raise ValueError(f"mlp_dims must be positive integers, got {mlp_dims!r}.")
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
+        if not isinstance(ensemble_size, int) or ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be a positive integer, got {ensemble_size!r}.")
         self.fusion_dim = fusion_dim
         self.sigma = float(sigma)
         self.dropout = float(dropout)
@@ -288,6 +294,7 @@ class LLMFusionConfig(PretrainedConfig):
         self.threshold = float(threshold)
         self.standardize_features = bool(standardize_features)
         self.encoders_in_tail = bool(encoders_in_tail)
+        self.ensemble_size = ensemble_size
         super().__init__(**kwargs)
 
     @classmethod

@@ -81,6 +81,27 @@ class SeedResult:
 
 
 @dataclass
+class EnsembleResult:
+    """The seed ensemble a run saved (`--ensemble`): the mean of its members' probabilities, scored once on test.
+
+    Args:
+        members (`list[int]`): The seeds it averages, in order.
+        threshold (`float`, *optional*): Multi-label decision threshold chosen on validation (None: single-label).
+        validation (`dict[str, float]`): Its scores on validation (and its loss).
+        test (`dict[str, float]`): Its scores on test, computed once.
+        per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
+        confusion (`list[list[int]]`, *optional*): Test confusion matrix, single-label problems only.
+    """
+
+    members: list[int]
+    threshold: float | None
+    validation: dict[str, float]
+    test: dict[str, float]
+    per_label: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None
+
+
+@dataclass
 class RunResults:
     """The results of `train_fusion.py`: every seed, the saved one, and the test mean +- std over seeds.
 
@@ -93,6 +114,7 @@ class RunResults:
             evaluation at which any early-stopping metric improved, the original code's rule).
         best_seed (`int`): The seed whose model is saved (best validation `selection_metric`).
         runs (`list[SeedResult]`): One result per seed, in seed order.
+        ensemble (`EnsembleResult`, *optional*): The seed ensemble, when the run saved one instead of the best seed.
     """
 
     dataset: str
@@ -102,6 +124,7 @@ class RunResults:
     checkpoint_selection: str
     best_seed: int
     runs: list[SeedResult]
+    ensemble: EnsembleResult | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -110,6 +133,11 @@ class RunResults:
     @property
     def best(self) -> SeedResult:
         return next(run for run in self.runs if run.seed == self.best_seed)
+
+    @property
+    def saved(self) -> SeedResult | EnsembleResult:
+        """The result of the model the run saved: the ensemble if there is one, else the best seed."""
+        return self.ensemble or self.best
 
     @property
     def test(self) -> dict[str, dict[str, float]]:
@@ -130,7 +158,8 @@ class RunResults:
     def from_dict(cls, data: dict) -> RunResults:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in fields}
-        return cls(**{**values, "runs": [SeedResult.from_dict(run) for run in data["runs"]]})
+        ensemble = EnsembleResult(**values["ensemble"]) if values.get("ensemble") else None
+        return cls(**{**values, "runs": [SeedResult.from_dict(run) for run in data["runs"]], "ensemble": ensemble})
 
     def save(self, path: str | os.PathLike) -> None:
         _write_json(path, self.to_dict())
@@ -180,4 +209,4 @@ def _write_json(path: str | os.PathLike, data: dict) -> None:
     temporary.replace(path)
 
 
-__all__ = ["EpochRecord", "RunResults", "SeedResult", "best_seed", "per_label_scores"]
+__all__ = ["EnsembleResult", "EpochRecord", "RunResults", "SeedResult", "best_seed", "per_label_scores"]

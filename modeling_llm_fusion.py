@@ -7,6 +7,7 @@ where features are computed, used by extraction and by the pipeline) -> fusion v
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Sequence
 
 import torch
@@ -296,6 +297,72 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             module.reset_parameters()
 
+    def __init__(self, config: LLMFusionConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of `logits` against `labels`, by the config's problem type (set from the labels' dtype
+        on first use, as transformers' classification heads do)."""
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+    def output(
+        self, logits: torch.Tensor, labels: torch.Tensor | None, return_dict: bool | None
+    ) -> SequenceClassifierOutput | tuple:
+        """What `forward` returns for `logits`: with the loss when `labels` are given, as a tuple or a dataclass."""
+        loss = None if labels is None else self.loss(logits, labels)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            return (logits,) if loss is None else (loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`)."""
+        return decide(logits, self.config.problem_type, self.config.threshold)
+
+    def load_backbones(
+        self,
+        paths: dict[str, str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        device_map: str | dict | None = None,
+    ) -> dict[str, FrozenBackbone]:
+        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder.
+
+        Each backbone computes in the dtype its spec records (the one its training features were extracted with,
+        float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
+        """
+        paths = dict(paths or {})
+        unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
+        if unknown:
+            raise ValueError(f"backbone_paths names unknown backbone(s) {unknown}.")
+        device = device if device is not None else self.device
+        for spec in self.config.backbones:
+            if spec["name"] not in self._backbones:
+                self._backbones[spec["name"]] = FrozenBackbone.load(
+                    spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
+                )
+        return self._backbones
+
+    def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use)."""
+        texts = validate_texts(texts)
+        backbones = self._backbones or self.load_backbones()
+        # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (e.g. fine-tuning the head).
+        return {name: backbone(texts).clone() for name, backbone in backbones.items()}
+
 
 class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
     """Fusion head over frozen backbone features.
@@ -348,7 +415,6 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             for name, shape in config.feature_shapes.items():
                 self.register_buffer(f"{name}_mean", torch.zeros(shape))
                 self.register_buffer(f"{name}_std", torch.ones(shape))
-        self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
         self.post_init()
 
     def _features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -411,71 +477,65 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
     ) -> SequenceClassifierOutput | tuple:
         """Logits (and loss when `labels` are given) for precomputed features, one keyword per backbone."""
-        logits = self.classifier(self.fuse(**features))
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            if self.config.problem_type is None:
-                if self.num_labels == 1:
-                    self.config.problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    self.config.problem_type = "single_label_classification"
-                else:
-                    self.config.problem_type = "multi_label_classification"
-            if self.config.problem_type == "regression":
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-            elif self.config.problem_type == "single_label_classification":
-                loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not return_dict:
-            return (logits,) if loss is None else (loss, logits)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return self.output(self.classifier(self.fuse(**features)), labels, return_dict)
 
-    def decide(self, logits: torch.Tensor) -> torch.Tensor:
-        """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`)."""
-        return decide(logits, self.config.problem_type, self.config.threshold)
 
-    def load_backbones(
-        self,
-        paths: dict[str, str] | None = None,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        device_map: str | dict | None = None,
-    ) -> dict[str, FrozenBackbone]:
-        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder.
+class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
+    """A seed ensemble: `config.ensemble_size` fusion heads of one config over the same backbone features.
 
-        Each backbone computes in the dtype its spec records (the one its training features were extracted with,
-        float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
-        """
-        paths = dict(paths or {})
-        unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
-        if unknown:
-            raise ValueError(f"backbone_paths names unknown backbone(s) {unknown}.")
-        device = device if device is not None else self.device
-        for spec in self.config.backbones:
-            if spec["name"] not in self._backbones:
-                self._backbones[spec["name"]] = FrozenBackbone.load(
-                    spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
-                )
-        return self._backbones
+    Its probabilities are the mean of its members' (softmax for single-label problems, sigmoid for multi-label ones;
+    regression outputs are averaged), and its logits are their log-odds (`log` of the mean softmax, `logit` of the
+    mean sigmoid), so that the pipeline, `decide` and the loss read it as they read one head. The backbones are loaded
+    once and shared by the members.
+    """
 
-    def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use)."""
-        texts = validate_texts(texts)
-        backbones = self._backbones or self.load_backbones()
-        # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (e.g. fine-tuning the head).
-        return {name: backbone(texts).clone() for name, backbone in backbones.items()}
+    def __init__(self, config: LLMFusionConfig):
+        super().__init__(config)
+        self.members = nn.ModuleList(LLMFusionForSequenceClassification(config) for _ in range(config.ensemble_size))
+        self.main_input_name = config.backbones[0]["name"]
+        self.post_init()
+
+    @classmethod
+    def from_members(
+        cls, members: Sequence[LLMFusionForSequenceClassification]
+    ) -> LLMFusionEnsembleForSequenceClassification:
+        """The ensemble of trained heads of one config (e.g. the seeds of a run), their weights copied."""
+
+        def head(config: LLMFusionConfig) -> dict:  # what the members must share: all but where each was loaded from
+            kept = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
+            return {**kept, "ensemble_size": len(members), "transformers_version": None}
+
+        if any(head(member.config) != head(members[0].config) for member in members):
+            raise ValueError("The members of an ensemble must share one config (backbones, head, labels, threshold).")
+        ensemble = cls(type(members[0].config).from_dict(head(members[0].config)))
+        for target, member in zip(ensemble.members, members):
+            target.load_state_dict(member.state_dict())
+        return ensemble.to(members[0].device, members[0].dtype)
+
+    def forward(
+        self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
+    ) -> SequenceClassifierOutput | tuple:
+        """The ensemble's logits (and loss when `labels` are given) for precomputed features, one keyword per
+        backbone, as `LLMFusionForSequenceClassification.forward`."""
+        logits = torch.stack([member(**features, return_dict=True).logits for member in self.members])
+        if self.config.problem_type == "multi_label_classification":
+            logits = torch.logit(logits.sigmoid().mean(0), eps=1e-7)
+        elif self.config.problem_type == "regression" or self.config.num_labels == 1:
+            logits = logits.mean(0)
+        else:  # the log of the mean softmax, computed stably
+            logits = torch.logsumexp(logits.log_softmax(-1), dim=0) - math.log(len(self.members))
+        return self.output(logits, labels, return_dict)
 
 
 LLMFusionConfig.register_for_auto_class()
 LLMFusionForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+LLMFusionEnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
     "compute_dtype",
     "FrozenBackbone",
     "length_sorted_batches",
+    "LLMFusionEnsembleForSequenceClassification",
     "LLMFusionForSequenceClassification",
     "LLMFusionPreTrainedModel",
     "quantization_config",

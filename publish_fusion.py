@@ -252,7 +252,7 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, spe
     arguments = json.dumps(training_arguments(spec), indent=2, default=str)
     (output_dir / "training_args.json").write_text(arguments + "\n")
     written += ["results.json", "training_args.json"]
-    confusion = spec.results.best.confusion
+    confusion = spec.results.saved.confusion
     if confusion is not None:
         (output_dir / CONFUSION_MATRIX_FILE).write_bytes(confusion_matrix_png(confusion))
         written.append(CONFUSION_MATRIX_FILE)
@@ -287,7 +287,8 @@ def format_results_table(results: RunResults) -> str:
     header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in results.runs:
-        seed = f"{run.seed} (saved)" if run.seed == results.best_seed else str(run.seed)
+        saved = run.seed == results.best_seed and not results.ensemble
+        seed = f"{run.seed} (saved)" if saved else str(run.seed)
         best_epoch = f"{run.best_epoch:g}" if run.best_epoch is not None else "-"
         cells = [seed, f"{run.epochs:g}", best_epoch, f"{run.wall_time_s:.0f}", f"{run.validation[selection]:.4f}",
                  *[f"{run.test[k]:.4f}" for k in keys]]  # fmt: skip
@@ -295,6 +296,11 @@ def format_results_table(results: RunResults) -> str:
     summary = [f"{results.test[k]['mean']:.4f} +- {results.test[k]['std']:.4f}" for k in keys]
     seeds = f"{len(results.runs)} seed{'s' if len(results.runs) > 1 else ''}"
     lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
+    if results.ensemble:
+        ensemble = results.ensemble
+        cells = [f"ensemble of the {len(ensemble.members)} seeds (saved)", "", "", "",
+                 f"{ensemble.validation[selection]:.4f}", *[f"{ensemble.test[k]:.4f}" for k in keys]]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -366,7 +372,7 @@ def model_card_data(config: LLMFusionConfig, spec: PublishSpec, model_name: str)
             metric_name=HUB_METRICS[key].name,
             metric_value=value,
         )
-        for key, value in spec.results.best.test.items()
+        for key, value in spec.results.saved.test.items()
     ]
     llm = language_model(config)["model"]
     base_model = None if is_local_model(llm) else llm
@@ -382,7 +388,7 @@ def model_card_data(config: LLMFusionConfig, spec: PublishSpec, model_name: str)
         # encoders) and needs it to run, which is what the Hub calls an adapter; the body lists every backbone.
         base_model=base_model,
         base_model_relation="adapter" if base_model else None,
-        metrics=sorted({HUB_METRICS[key].type for key in spec.results.best.test}),
+        metrics=sorted({HUB_METRICS[key].type for key in spec.results.saved.test}),
         eval_results=eval_results,
         widget=[{"text": text} for text in (dataset.examples if dataset else DEFAULT_EXAMPLES)],
     )
@@ -441,7 +447,7 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
     labels = [config.id2label[i] for i in range(config.num_labels)]
     model_id = spec.repo_id or f"YOUR_ORG/{folder_name}"
     examples = list(spec.dataset.examples if spec.dataset else DEFAULT_EXAMPLES)
-    best = results.best
+    saved = results.saved
     variables = {
         "model_name": spec.repo_id or folder_name,
         "model_id": model_id,
@@ -457,11 +463,13 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         "feature_shapes": {name: (2, *shape) for name, shape in config.feature_shapes.items()},
         "examples": [json.dumps(text, ensure_ascii=False) for text in examples],
         "results": results,
-        "best": best,
+        "saved_name": f"the ensemble of seeds {', '.join(map(str, results.ensemble.members))}"
+        if results.ensemble
+        else f"seed {results.best_seed}",
         "results_table": format_results_table(results),
-        "per_label": [{"label": label, **best.per_label[label]} for label in labels if label in best.per_label],
-        "confusion_image": CONFUSION_MATRIX_FILE if best.confusion is not None else None,
-        "most_confused": _most_confused(best.confusion, labels),
+        "per_label": [{"label": label, **saved.per_label[label]} for label in labels if label in saved.per_label],
+        "confusion_image": CONFUSION_MATRIX_FILE if saved.confusion is not None else None,
+        "most_confused": _most_confused(saved.confusion, labels),
         "feature_dtype": spec.feature_dtype,
         "optimizer": _optimizer(args),
         "scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),

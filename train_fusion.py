@@ -24,10 +24,7 @@ import evaluate
 import numpy as np
 import torch
 from datasets import DatasetDict
-from transformers import (
-    HfArgumentParser,
-    TrainingArguments,
-)
+from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
 
@@ -43,7 +40,7 @@ from fusion_metrics import (
     stopping_metrics,
     validation_loss,
 )
-from fusion_results import RunResults, SeedResult, best_seed, per_label_scores
+from fusion_results import EnsembleResult, RunResults, SeedResult, best_seed, per_label_scores
 from fusion_trainer import (
     CHECKPOINT_SELECTIONS,
     FusionTrainer,
@@ -59,7 +56,7 @@ from fusion_trainer import (
     per_seed_metrics,
     protocol_arguments,
 )
-from modeling_llm_fusion import LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
 from publish_fusion import (
     RUNS_DIR,
     PublishSpec,
@@ -121,6 +118,12 @@ class FusionArguments:
                   "features' preset recorded (small: true, paper: false)."},
     )  # fmt: skip
     sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
+    ensemble: bool = field(
+        default=False,
+        metadata={"help": "Save the seed ensemble instead of the best seed: one model whose probabilities are the "
+                  "mean of the --seeds seeds' (scored once on test like a seed; the seeds' own rows stay in "
+                  "results.json)."},
+    )  # fmt: skip
     license: str | None = field(
         default=None, metadata={"help": "Model card license; defaults to the training data's license."}
     )
@@ -224,14 +227,13 @@ def train_seeds(
     return results
 
 
-def finish_seed(
-    setup: Setup, args: TrainingArguments, metric: evaluate.EvaluationModule, run_dir: Path, progress: SeedProgress,
-    trained_with: list[int], training_time: float,
-) -> SeedResult:  # fmt: skip
-    """Load the seed's kept checkpoint, choose the multi-label threshold on validation, score the test split once,
-    save the model to `run_dir/model` and its result to `run_dir/result.json`."""
-    start, config, seed = time.perf_counter(), setup.config, int(run_dir.name.removeprefix("seed-"))
-    model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
+def score_kept(
+    setup: Setup, args: TrainingArguments, metric: evaluate.EvaluationModule, model: PreTrainedModel, run_dir: Path,
+    seed: int,
+) -> dict:  # fmt: skip
+    """Score a trained model once: choose the multi-label threshold on validation (set in its config), then score
+    validation and test. Returns `threshold`, `validation`, `test`, `per_label` and `confusion` (the result fields)."""
+    config = setup.config
     predict_args = dataclasses.replace(protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no")
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
@@ -244,16 +246,33 @@ def finish_seed(
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
     per_label, confusion = per_label_scores(decisions, test.label_ids, [config.id2label[i] for i in config.id2label])
+    return {
+        "threshold": threshold if multi_label else None,
+        "validation": {
+            **score(metric, validation.predictions, validation.label_ids, threshold),
+            "loss": validation.metrics["eval_loss"],
+        },  # fmt: skip
+        "test": score(metric, test.predictions, test.label_ids, threshold),
+        "per_label": per_label,
+        "confusion": confusion,
+    }
+
+
+def finish_seed(
+    setup: Setup, args: TrainingArguments, metric: evaluate.EvaluationModule, run_dir: Path, progress: SeedProgress,
+    trained_with: list[int], training_time: float,
+) -> SeedResult:  # fmt: skip
+    """Load the seed's kept checkpoint, score it once (`score_kept`), save the model to `run_dir/model` and its
+    result to `run_dir/result.json`."""
+    start, seed = time.perf_counter(), int(run_dir.name.removeprefix("seed-"))
+    model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
+    scores = score_kept(setup, args, metric, model, run_dir, seed)
     result = SeedResult(
         seed=seed,
         epochs=progress.history[-1].epoch if progress.history else 0,
         best_epoch=progress.kept_epoch,
         wall_time_s=round(training_time + time.perf_counter() - start, 1),
-        threshold=threshold if multi_label else None,
-        validation={**score(metric, validation.predictions, validation.label_ids, threshold),
-                    "loss": validation.metrics["eval_loss"]},  # fmt: skip
-        test=score(metric, test.predictions, test.label_ids, threshold),
-        history=progress.history, per_label=per_label, confusion=confusion, trained_with=list(trained_with),
+        history=progress.history, trained_with=list(trained_with), **scores,
     )  # fmt: skip
     model.save_pretrained(run_dir / "model")
     # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
@@ -261,6 +280,17 @@ def finish_seed(
         shutil.rmtree(checkpoint)
     result.save(run_dir / "result.json")
     return result
+
+
+def ensemble_of(
+    setup: Setup, args: TrainingArguments, runs_dir: Path, seeds: list[int]
+) -> tuple[PreTrainedModel, EnsembleResult]:
+    """The seed ensemble of the run's seeds (their saved models), scored once as one model (`score_kept`)."""
+    members = [LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{seed}" / "model",
+                                                                  dtype=torch.float32) for seed in seeds]  # fmt: skip
+    ensemble = LLMFusionEnsembleForSequenceClassification.from_members(members)
+    scores = score_kept(setup, args, load_metric(setup.config.problem_type), ensemble, runs_dir, seeds[0])
+    return ensemble, EnsembleResult(members=seeds, **scores)
 
 
 @dataclass
@@ -277,8 +307,9 @@ class Setup:
 def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     """Read and check the features, build the config (the head options the features' preset recorded, unless a
     flag says otherwise) and resolve the protocol; every refusal happens here, before any training."""
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    if args.seeds < 1 or (args.ensemble and args.seeds < 2):
+        raise ValueError(f"--seeds must be at least {2 if args.ensemble else 1}" +
+                         (" for --ensemble" if args.ensemble else "") + f", got {args.seeds}.")  # fmt: skip
     features_dir = args.features_dir or default_features_dir(args.dataset)
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
@@ -337,8 +368,11 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
         checkpoint_selection=rule.checkpoint_selection, best_seed=best_seed(runs, rule.selection),
         runs=runs,
     )  # fmt: skip
-    model = LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{results.best_seed}" / "model",
-                                                               dtype=torch.float32)  # fmt: skip
+    if args.ensemble:
+        model, results.ensemble = ensemble_of(setup, training_args, runs_dir, seeds)
+    else:
+        model = LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{results.best_seed}" / "model",
+                                                                   dtype=torch.float32)  # fmt: skip
     publish = PublishSpec(results=results, training_args=training_args, dataset_name=setup.metadata.dataset_name,
                           early_stopping_patience=args.early_stopping_patience, license=args.license,
                           feature_dtype=setup.metadata.feature_dtype)  # fmt: skip
@@ -387,7 +421,9 @@ def main(argv: list[str] | None = None) -> RunResults:
     logging.enable_explicit_format()
     results = train(args, training_args)
     print(format_results_table(results))
-    print(f"Saved seed {results.best_seed} (best validation {results.selection_metric}) to {training_args.output_dir}")
+    saved = (f"the ensemble of seeds {results.ensemble.members}" if results.ensemble else
+             f"seed {results.best_seed} (best validation {results.selection_metric})")  # fmt: skip
+    print(f"Saved {saved} to {training_args.output_dir}")
     return results
 
 

@@ -7,7 +7,12 @@ import torch
 
 from configuration_llm_fusion import LLMFusionConfig
 from helpers import REPO, run_python
-from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification, quantization_config
+from modeling_llm_fusion import (
+    FrozenBackbone,
+    LLMFusionEnsembleForSequenceClassification,
+    LLMFusionForSequenceClassification,
+    quantization_config,
+)
 
 
 def paper_features(batch: int = 4) -> dict[str, torch.Tensor]:
@@ -273,3 +278,40 @@ def test_encoders_in_tail_appends_the_raw_encoder_vectors():
     fused = model.fuse(**features)
     torch.testing.assert_close(fused[:, 49 : 49 + 4096], features["llama"].mean(dim=1))
     torch.testing.assert_close(fused[:, 49 + 4096 :], torch.cat([features["bert"], features["roberta"]], dim=-1))
+
+
+def small_head(seed: int, **config) -> LLMFusionForSequenceClassification:
+    torch.manual_seed(seed)
+    return LLMFusionForSequenceClassification(LLMFusionConfig(mlp_dims=[16], fusion_dim=32, **config)).eval()
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
+def test_ensemble_probabilities_are_the_mean_of_its_members_and_it_loads_with_trust_remote_code(
+    tmp_path, problem_type
+):
+    members = [small_head(seed, num_labels=4, problem_type=problem_type) for seed in (1, 2, 3)]
+    features = paper_features(3)
+    activation = torch.sigmoid if problem_type == "multi_label_classification" else lambda x: x.softmax(-1)
+    expected = torch.stack([activation(member(**features).logits) for member in members]).mean(0)
+    ensemble = LLMFusionEnsembleForSequenceClassification.from_members(members).eval()
+    assert ensemble.config.ensemble_size == 3 and members[0].config.ensemble_size == 1
+    torch.testing.assert_close(activation(ensemble(**features).logits), expected)
+    ensemble.save_pretrained(tmp_path / "ensemble")
+    torch.save(features, tmp_path / "features.pt")
+    run_python(
+        "import torch\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'ensemble')!r}, "
+        "trust_remote_code=True).eval()\n"
+        "assert type(model).__name__ == 'LLMFusionEnsembleForSequenceClassification', type(model)\n"
+        f"torch.save(model(**torch.load({str(tmp_path / 'features.pt')!r})).logits, "
+        f"{str(tmp_path / 'logits.pt')!r})\n"
+    )
+    torch.testing.assert_close(activation(torch.load(tmp_path / "logits.pt")), expected)
+
+
+def test_ensemble_members_must_share_a_config():
+    with pytest.raises(ValueError, match="must share one config"):
+        LLMFusionEnsembleForSequenceClassification.from_members(
+            [small_head(1, num_labels=4), small_head(2, num_labels=5)]
+        )

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 from pathlib import Path
 
 import evaluate
@@ -421,3 +422,34 @@ def test_seeds_train_together_by_default_only_on_an_accelerator():
     assert train_fusion.trains_together(args) == torch.accelerator.is_available()  # on a CPU the batch is slower
     for flag, expected in (("true", True), ("false", False)):
         assert train_fusion.trains_together(train_fusion.parse_args(["--batch_seeds", flag])[0]) is expected
+
+
+def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, tiny_backbones, tmp_path):
+    results, output, _ = ed_run
+    shutil.copytree(output / "runs", tmp_path / "runs")  # the run's two finished seeds: nothing is trained again
+    ensemble = main(cli(ed_features, tmp_path, "--seeds", "2", "--ensemble", "true", "--resume_from_checkpoint",
+                        "true")).to_dict()["ensemble"]  # fmt: skip
+    assert ensemble["members"] == [42, 43]
+    folders = [tmp_path / "runs" / f"seed-{seed}" / "model" for seed in (42, 43)]
+    members = [LLMFusionForSequenceClassification.from_pretrained(folder, dtype=torch.float32) for folder in folders]
+    test = load_from_disk(str(ed_features / "test")).with_format("torch")[:]
+    features = {name: test[name] for name in ("llama", "bert", "roberta")}
+    with torch.no_grad():
+        probabilities = torch.stack([member.eval()(**features).logits.softmax(-1) for member in members]).mean(0)
+    labels = test["label"].numpy()
+    assert ensemble["test"]["accuracy"] == pytest.approx(accuracy_score(labels, probabilities.argmax(-1).numpy()))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["ensemble"] == ensemble and [run["seed"] for run in saved["runs"]] == [42, 43]
+    card = (tmp_path / "README.md").read_text()
+    assert "The saved model is the ensemble of seeds 42, 43" in card and "ensemble of the 2 seeds (saved)" in card
+    code = f"""
+import json, torch
+from transformers import pipeline
+classifier = pipeline("text-classification", model={str(tmp_path)!r}, trust_remote_code=True,
+                      backbone_paths={hub_backbones(tiny_backbones)[1]!r})
+print(json.dumps([type(classifier.model).__name__, classifier("i finally got the job")]))
+"""
+    name, answer = json.loads(run_python(code).strip().splitlines()[-1])
+    assert name == "LLMFusionEnsembleForSequenceClassification" and len(answer) == 1 and 0 < answer[0]["score"] <= 1
+    with pytest.raises(ValueError, match="--seeds must be at least 2 for --ensemble, got 1"):
+        main(cli(ed_features, tmp_path / "one", "--ensemble", "true"))
