@@ -39,6 +39,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
         rows = results[dataset]
         assert len(rows) == 3 + 7 + 1 + 2  # 3 probes, the fixed head on 7 subsets, the paper head, 2 fusion rows
         assert len(rows["fusion (paper configuration)"]["runs"]) == 2
+        assert rows["fusion (paper configuration)"]["ensemble"]["members"] == [42, 43]  # 2 seeds: their ensemble too
         assert len(rows["head (fixed): bert + roberta"]["runs"]) == 1
         for row in rows.values():
             accuracy = row["test"]["accuracy"]
@@ -48,6 +49,10 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     fusion = next(row for key, row in multi.items() if key.startswith("fusion"))
     assert all(0 < run["threshold"] < 1 for run in fusion["runs"])
     assert "| ED | paper: Llama-2-7b-chat" in (tmp_path / "results.md").read_text()
+    assert (
+        "| ED | fusion (paper configuration), ensemble of the 2 seeds | paper | 2 |"
+        in (tmp_path / "results.md").read_text()
+    )
 
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)  # every stage is kept on disk
     assert second.returncode == 0, second.stderr[-3000:]
@@ -59,7 +64,8 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     assert report.returncode == 0, report.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
 
-    # The trained ED model serves through the pipeline with the scores it has on the extracted features.
+    # The trained ED model (the ensemble of its 2 seeds) serves through the pipeline with the scores it has on the
+    # extracted features.
     from datasets import load_from_disk
     from transformers import AutoModelForSequenceClassification, pipeline
 
