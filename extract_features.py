@@ -15,7 +15,6 @@ The heavy libraries (torch, datasets, transformers) are imported by the function
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -33,6 +32,8 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fec_arguments import argument_parser
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -1185,37 +1186,9 @@ def load_features(features_dir: str | os.PathLike) -> tuple[DatasetDict, Feature
 # ---- command line ----
 
 
-def _argument_parser() -> argparse.ArgumentParser:
-    """The parser of `ExtractArguments`, built from its fields the way `HfArgumentParser` builds one (`--flag_name`
-    and `--flag-name`, help and defaults from the field) but without importing transformers: `--help` is instant."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    hints = typing.get_type_hints(ExtractArguments)
-    for spec in dataclasses.fields(ExtractArguments):
-        kind, options = hints[spec.name], dict(spec.metadata)
-        if typing.get_origin(kind) is list:
-            kind, options["nargs"] = typing.get_args(kind)[0], "+"
-        elif type(None) in typing.get_args(kind):
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if kind is bool:  # `--flag` alone or `--flag true|false`, as HfArgumentParser takes it
-            kind, options["nargs"], options["const"] = _boolean, "?", True
-        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-        flags = dict.fromkeys([f"--{spec.name}", f"--{spec.name.replace('_', '-')}"])
-        parser.add_argument(*flags, dest=spec.name, type=kind, default=default, **options)
-    return parser
-
-
-def _boolean(value: str) -> bool:
-    if value.lower() in ("true", "yes", "1"):
-        return True
-    if value.lower() in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def parse_args(argv: list[str] | None = None) -> ExtractArguments:
-    return ExtractArguments(**vars(_argument_parser().parse_args(argv)))
+    parser = argument_parser(ExtractArguments, description=__doc__.split("\n\n")[0])
+    return ExtractArguments(**vars(parser.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> ExtractionResult:

@@ -30,6 +30,11 @@ def extract() -> int:
 
 def train() -> int:
     """`fec-train`: `python train_fusion.py`."""
+    from fec_arguments import print_training_help, wants_quick_help
+
+    if wants_quick_help(sys.argv[1:]):  # at once, as `python train_fusion.py --help`
+        print_training_help()
+        return 0
     from train_fusion import main
 
     return run(main)

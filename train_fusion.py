@@ -11,11 +11,18 @@ Each seed's test split is scored once, on the checkpoint validation kept; the be
 
 from __future__ import annotations
 
+import sys
+
+from fec_arguments import FusionArguments, ProtocolArguments, print_training_help, wants_quick_help
+
+if __name__ == "__main__" and wants_quick_help(sys.argv[1:]):  # before the heavy imports: answers at once
+    print_training_help()
+    sys.exit(0)
+
 import copy
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from transformers import HfArgumentParser, PreTrainedModel, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
@@ -71,89 +78,10 @@ logger = logging.get_logger(__name__)
 
 
 @dataclass
-class FusionArguments:
-    dataset: str = field(
-        default="ED", metadata={"help": "The data set the features must come from (ED, go_emotion, ...)."}
-    )
-    features_dir: str | None = field(
-        default=None, metadata={"help": "Folder written by extract_features.py; defaults to features/<dataset>."}
-    )
-    backbones: list[str] | None = field(
-        default=None, metadata={"help": "Train on these backbones' features only (default: all in the folder)."}
-    )
-    seeds: int = field(
-        default=1,
-        metadata={"help": "Seeds to train (--seed, --seed + 1, ...); 5 is the paper's protocol. The seed with the "
-                  "best validation score is saved."},
-    )  # fmt: skip
-    batch_seeds: bool | None = field(
-        default=None,
-        metadata={"help": "Train the --seeds seeds together as one batched model (one step advances every seed; each "
-                  "keeps its own initialisation, data order, dropout, early stopping and checkpoint), or (false) one "
-                  "after another. Default: together on a GPU or other accelerator, one after another on a CPU, where "
-                  "the batched step measured 1.8x slower than the seeds' steps one by one (README, Training)."},
-    )  # fmt: skip
-    early_stopping_patience: int = field(
-        default=10, metadata={"help": "Stop a seed after this many evaluations without improvement."}
-    )
-    early_stopping_metrics: list[str] = field(
-        default_factory=lambda: ["auto"],
-        metadata={"help": "Validation metrics whose improvement resets the patience (any of them: the original's "
-                  "rule); auto: loss and weighted_f1 (single-label) or loss and macro_f1 (multi-label)."},
-    )  # fmt: skip
-    checkpoint_selection: str = field(
-        default="best",
-        metadata={"help": "best: keep the checkpoint with the best validation --metric_for_best_model; "
-                  "last_improvement: the last one at which any early-stopping metric improved (what the original "
-                  "code reported)."},
-    )  # fmt: skip
-    standardize_features: bool | None = field(
-        default=None,
-        metadata={"help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
-                  "the paper). Default: what the features' preset recorded (small: true, paper: false)."},
-    )  # fmt: skip
-    encoders_in_tail: bool | None = field(
-        default=None,
-        metadata={"help": "Also feed the encoder vectors to the MLP directly (not in the paper). Default: what the "
-                  "features' preset recorded (small: true, paper: false)."},
-    )  # fmt: skip
-    sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
-    ensemble: bool = field(
-        default=False,
-        metadata={"help": "Save the seed ensemble instead of the best seed: one model whose probabilities are the "
-                  "mean of the --seeds seeds' (scored once on test like a seed; the seeds' own rows stay in "
-                  "results.json)."},
-    )  # fmt: skip
-    license: str | None = field(
-        default=None, metadata={"help": "Model card license; defaults to the training data's license."}
-    )
+class FusionTrainingArguments(ProtocolArguments, TrainingArguments):
+    """`TrainingArguments` with the paper's protocol as defaults (`ProtocolArguments`), and the settings this head
+    needs from `Trainer`."""
 
-
-@dataclass
-class FusionTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's protocol as defaults.
-
-    The original used `torch.optim.Adam` with a constant learning rate and no gradient clipping. Adam is AdamW with
-    weight decay 0 (the default `--weight_decay`), so the default optimizer is the paper's.
-    """
-
-    output_dir: str | None = field(
-        default="outputs/llm-fusion-ed", metadata={"help": "Defaults to outputs/llm-fusion-<dataset>."}
-    )
-    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4)."})
-    lr_scheduler_type: SchedulerType | str = field(
-        default="constant", metadata={"help": "Learning rate schedule (paper: constant)."}
-    )
-    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (paper)."})
-    per_device_train_batch_size: int = field(default=10, metadata={"help": "Batch size (paper: 10)."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
-    num_train_epochs: float = field(default=200, metadata={"help": "Maximum number of epochs (paper: 200)."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "Evaluate on validation."})
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "Save a checkpoint (to resume)."})
-    logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "Log the training loss."})
-    save_total_limit: int | None = field(
-        default=1, metadata={"help": "Checkpoints kept besides the best one (for resuming)."}
-    )
     load_best_model_at_end: bool = field(
         default=True, metadata={"help": "Keep the checkpoint with the best validation metric."}
     )
@@ -174,16 +102,6 @@ class FusionTrainingArguments(TrainingArguments):
         default_factory=torch.accelerator.is_available,
         metadata={"help": "Pin batches in memory for a fast copy to the accelerator; off where there is none."},
     )
-    metric_for_best_model: str | None = field(
-        default="auto",
-        metadata={"help": "Validation metric that selects the checkpoint and the saved seed: loss, accuracy, "
-                  "weighted_f1, macro_f1, micro_f1; auto: weighted_f1 (single-label) or macro_f1 (multi-label)."},
-    )  # fmt: skip
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Write into an output folder that holds files this package did not write (they stay, and "
-                  "are not uploaded)."},
-    )  # fmt: skip
 
 
 # ---- training ----
@@ -347,7 +265,7 @@ def train(args: FusionArguments, training_args: TrainingArguments) -> RunResults
     given_checkpoint = resume if resume and Path(resume).is_dir() else None
     if resume and not given_checkpoint and resume.lower() != "true":
         raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
-    check_output_folder(output_dir, training_args.overwrite_output_dir or bool(resume))
+    check_output_folder(output_dir, args.overwrite_output_dir or bool(resume))
     check_run(runs_dir, run_signature(setup, args, training_args), bool(resume))
     seeds = list(range(training_args.seed, training_args.seed + args.seeds))
     finished = {seed: SeedResult.load(runs_dir / f"seed-{seed}" / "result.json") for seed in seeds
@@ -403,6 +321,8 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTrainingArguments]:
+    """The arguments of a command line; `--help-all` is `HfArgumentParser`'s help (every `TrainingArguments` flag)."""
+    argv = [("--help" if arg == "--help-all" else arg) for arg in (sys.argv[1:] if argv is None else argv)]
     parser = HfArgumentParser((FusionArguments, FusionTrainingArguments))
     # --features-dir and --output-dir default to the data set --dataset names.
     dataset = parser.parse_known_args(argv)[0].dataset

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import shutil
@@ -344,6 +345,29 @@ def test_defaults_are_the_papers_protocol():
     # No per-step read-back of the loss from a GPU; pinned batches only where an accelerator can use them.
     assert not training_args.logging_nan_inf_filter
     assert training_args.dataloader_pin_memory == torch.accelerator.is_available()
+
+
+def test_quick_help_answers_without_torch_and_matches_the_full_parser():
+    import subprocess
+    import sys
+
+    from transformers import TrainingArguments
+
+    from fec_arguments import FusionArguments, ProtocolArguments
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "train_fusion.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "--early_stopping_metrics" in result.stdout and "--help-all" in result.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "transformers", "datasets", "numpy"}, imported & {"torch", "transformers"}
+    # Every protocol default overrides a real TrainingArguments field, and the full parser takes it over.
+    training_fields = {spec.name for spec in dataclasses.fields(TrainingArguments)}
+    assert {spec.name for spec in dataclasses.fields(ProtocolArguments)} <= training_fields
+    args, training_args = train_fusion.parse_args([])
+    for spec in dataclasses.fields(ProtocolArguments):
+        value = getattr(training_args, spec.name)
+        assert getattr(value, "value", value) == spec.default, spec.name
+    assert dataclasses.asdict(args) == dataclasses.asdict(FusionArguments(features_dir="features/ED"))
 
 
 def test_standardized_features_use_training_statistics(ed_features, tmp_path):
