@@ -166,9 +166,31 @@ def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
     return runs_dir / (f"seed-{seeds[0]}" if len(seeds) == 1 else "seeds-" + "-".join(map(str, seeds)))
 
 
+class StackedLinear(nn.Module):
+    """The `nn.Linear` layers of several seeds as one: weights `(seeds, in, out)`, biases `(seeds, 1, out)`, one
+    batched matrix product for inputs `(seeds, batch, in)`.
+
+    The weights are stored transposed (`in, out`), so that the gradient a batched product writes has their layout: a
+    transposed gradient would cost a copy of every weight at every step.
+    """
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([linear.weight.detach().t() for linear in linears]))
+        self.bias = nn.Parameter(torch.stack([linear.bias.detach() for linear in linears]).unsqueeze(1))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, inputs, self.weight)
+
+    def seed_weights(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `nn.Linear` weight `(out, in)` and bias of seed number `index`."""
+        return self.weight[index].detach().t().contiguous(), self.bias[index, 0].detach()
+
+
 class SeedStack(nn.Module):
-    """Several fusion heads of one config trained together: their parameters stacked along a leading seed dimension
-    and one forward for all of them (`torch.func.vmap` over `functional_call`), each with its own dropout masks.
+    """Several fusion heads of one config trained together: the heads' module with every `nn.Linear` replaced by a
+    `StackedLinear` of all seeds, so that one forward (batched matrix products) and one optimizer step advance every
+    seed. Each seed keeps its own weights, and dropout draws its masks independently for every seed and row.
 
     Training inputs carry a seed dimension (`(seeds, batch, ...)`: every seed its own rows); evaluation inputs do
     not (every seed scores the same rows). The loss is the sum of the seeds' losses, so each seed's gradients are its
@@ -180,57 +202,38 @@ class SeedStack(nn.Module):
 
     def __init__(self, models: list[LLMFusionForSequenceClassification]):
         super().__init__()
-        params, buffers = torch.func.stack_module_state(models)
-        self.names = list(params)
-        self.params = nn.ParameterDict({_key(name): nn.Parameter(value) for name, value in params.items()})
-        for name, value in buffers.items():
-            self.register_buffer(_key(name), value)
-        self.buffer_names = list(buffers)
+        for name, value in models[0].named_buffers():  # the feature statistics: one copy serves every seed
+            if any(not torch.equal(model.get_buffer(name), value) for model in models):
+                raise ValueError(f"Seeds trained together must share their buffer {name!r} (training statistics).")
+        self.heads = copy.deepcopy(models[0])
+        for name, module in models[0].named_modules():
+            if isinstance(module, nn.Linear):
+                parent, _, attribute = name.rpartition(".")
+                stacked = StackedLinear([model.get_submodule(name) for model in models])
+                setattr(self.heads.get_submodule(parent), attribute, stacked)
         self.num_seeds = len(models)
-        # The module whose forward runs (with the stacked tensors in place of its own); not a registered submodule,
-        # so the optimizer and the checkpoints see the stacked parameters only.
+        # A single head to hold one seed's weights (`FusionTrainer.seed_model`); not a submodule.
         object.__setattr__(self, "template", models[0])
         self.config = models[0].config
         self.main_input_name = models[0].main_input_name
         self.train_loss_sums = torch.zeros(self.num_seeds)
         self.train_steps = 0
 
-    def train(self, mode: bool = True) -> SeedStack:
-        super().train(mode)
-        self.template.train(mode)
-        return self
-
-    def _apply(self, fn, *args, **kwargs):
-        # `.to(device)` and the like move the template too, so that its forward finds its inputs where the stack is.
-        self.template._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
-
     def forward(self, labels: torch.Tensor | None = None, **features: torch.Tensor) -> SequenceClassifierOutput:
-        shapes = self.config.feature_shapes
-        names = list(shapes)
-        stacked = features[names[0]].dim() == len(shapes[names[0]]) + 2
-        params = {name: self.params[_key(name)] for name in self.names}
-        buffers = {name: getattr(self, _key(name)) for name in self.buffer_names}
-
-        def one_seed(params, buffers, labels, *values):
-            inputs = dict(zip(names, values), labels=labels, return_dict=False)
-            return torch.func.functional_call(self.template, (params, buffers), args=(), kwargs=inputs)
-
-        data_dim = 0 if stacked else None
-        outputs = torch.func.vmap(
-            one_seed,
-            in_dims=(0, 0, None if labels is None else data_dim, *[data_dim] * len(names)),
-            randomness="different",
-        )(params, buffers, labels, *[features[name] for name in names])
-        logits = outputs[-1]
-        if stacked:  # training: (seeds, batch, labels) stays as it is
-            loss = None if labels is None else outputs[0]
-            if loss is not None and self.training:
-                self.train_loss_sums = self.train_loss_sums.to(loss.device) + loss.detach()
+        name, shape = next(iter(self.config.feature_shapes.items()))
+        stacked = features[name].dim() == len(shape) + 2
+        if not stacked:  # evaluation: every seed scores the same rows
+            features = {key: value.expand(self.num_seeds, *value.shape) for key, value in features.items()}
+            labels = None if labels is None else labels.expand(self.num_seeds, *labels.shape)
+        logits = self.heads(**features).logits  # (seeds, batch, labels)
+        loss = None
+        if labels is not None:
+            losses = torch.stack([self.heads.loss(logits[i], labels[i]) for i in range(self.num_seeds)])
+            loss = losses.sum()
+            if stacked and self.training:
+                self.train_loss_sums = self.train_loss_sums.to(loss.device) + losses.detach()
                 self.train_steps += 1
-            return SequenceClassifierOutput(loss=None if loss is None else loss.sum(), logits=logits)
-        loss = None if labels is None else outputs[0].sum()
-        return SequenceClassifierOutput(loss=loss, logits=logits.transpose(0, 1))
+        return SequenceClassifierOutput(loss=loss, logits=logits if stacked else logits.transpose(0, 1))
 
     def pop_train_losses(self) -> list[float] | None:
         """Each seed's mean training loss since the last call (one read from the device per epoch)."""
@@ -242,13 +245,12 @@ class SeedStack(nn.Module):
 
     def seed_state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """The state dict of seed number `index` as a single `LLMFusionForSequenceClassification`."""
-        state = {name: self.params[_key(name)][index].detach() for name in self.names}
-        state.update({name: getattr(self, _key(name))[index] for name in self.buffer_names})
+        state = dict(self.heads.named_buffers())
+        for name, module in self.heads.named_modules():
+            if isinstance(module, StackedLinear):
+                prefix = f"{name}." if name else ""
+                state[prefix + "weight"], state[prefix + "bias"] = module.seed_weights(index)
         return state
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")  # module attribute names cannot hold dots
 
 
 # ---- the Trainer ----
@@ -478,6 +480,7 @@ __all__ = [
     "SeedOrderBatches",
     "SeedProgress",
     "SeedStack",
+    "StackedLinear",
     "StoppingRule",
     "build_model",
     "check_run",

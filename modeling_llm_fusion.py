@@ -428,7 +428,8 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         checked = {}
         for name, shape in expected.items():
             value = torch.as_tensor(features[name], device=self.device)
-            if tuple(value.shape[1:]) != shape:
+            # (batch, *shape); leading dimensions before the batch are allowed (seeds trained together: SeedStack).
+            if value.dim() <= len(shape) or tuple(value.shape[-len(shape) :]) != shape:
                 raise ValueError(f"Features {name!r} have shape {tuple(value.shape)}, expected (batch, {shape}).")
             checked[name] = value.to(self.dtype)
         return checked
@@ -457,21 +458,21 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             name, value = spec["name"], features[spec["name"]]
             if spec["pooling"] in LAYER_POOLINGS:
                 projections = self.layer_projections[name]
-                llm_vectors += [projection(value[:, i]) for i, projection in enumerate(projections)]
-                tails.append(value.mean(dim=1))
+                llm_vectors += [projection(value[..., i, :]) for i, projection in enumerate(projections)]
+                tails.append(value.mean(dim=-2))
             else:
                 encoder_vectors.append(self.encoder_projections[name](value))
                 if self.config.encoders_in_tail:
                     tails.append(value)
-        return torch.stack(llm_vectors + encoder_vectors, dim=1), tails
+        return torch.stack(llm_vectors + encoder_vectors, dim=-2), tails
 
     def fuse(self, **features: torch.Tensor) -> torch.Tensor:
         """The vector that enters the MLP: the power-normalised co-occurrence values of `fusion_vectors`, flattened,
         then the vectors that go to the MLP as they are."""
         stacked, tails = self.fusion_vectors(**features)
-        co_occurrence = stacked @ stacked.transpose(1, 2)
+        co_occurrence = stacked @ stacked.transpose(-1, -2)
         normalised = 2 * torch.sigmoid(self.config.sigma * co_occurrence) - 1
-        return torch.cat([normalised.flatten(start_dim=1), *tails], dim=-1)
+        return torch.cat([normalised.flatten(start_dim=-2), *tails], dim=-1)
 
     def forward(
         self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
