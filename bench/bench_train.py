@@ -21,6 +21,7 @@ the anonymous memory reported next to it is what the process allocated itself (t
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -168,7 +169,29 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     anonymous = int(status["RssAnon"].split()[0]) * 1024
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": name}
+    parameters = sum(parameter.numel() for parameter in LLMFusionForSequenceClassification(config).parameters())
+    adam = {count: adam_step_ms(count * parameters, device) for count in {1, seeds if path == "batched" else 1}}
+    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": name,
+            "rows": len(train), "parameters": parameters, "adam_step_ms": adam}  # fmt: skip
+
+
+def adam_step_ms(parameters: int, device: str, repeats: int = 10) -> float:
+    """Milliseconds of one fused Adam step over `parameters` float32 parameters: the memory traffic every training
+    step pays whatever else it does (28 bytes per parameter read and written)."""
+    import torch
+
+    weights = torch.nn.Parameter(torch.randn(parameters, device=device))
+    weights.grad = torch.randn_like(weights) * 1e-3
+    optimizer = torch.optim.AdamW([weights], lr=1e-4, weight_decay=0.0, fused=True)
+    optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -217,6 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"--seeds {args.seeds}: batched {batched:.1f} s/epoch, sequential {args.seeds} x {one:.1f} = "
               f"{args.seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
               f"speed-up over sequential {args.seeds * one / batched:.2f}x, on {device}")  # fmt: skip
+        adam = results["batched"]["adam_step_ms"]
+        steps = math.ceil(results["batched"]["rows"] / args.batch_size)
+        print(f"Adam's step alone (memory traffic, the floor of every step): {args.seeds} seeds' parameters "
+              f"{adam[str(args.seeds)]:.0f} ms, one seed's {adam['1']:.0f} ms; one seed's whole step "
+              f"{1000 * one / steps:.0f} ms ({steps} steps an epoch)")  # fmt: skip
     return summary
 
 
