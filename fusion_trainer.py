@@ -206,6 +206,7 @@ class SeedStack(nn.Module):
             if any(not torch.equal(model.get_buffer(name), value) for model in models):
                 raise ValueError(f"Seeds trained together must share their buffer {name!r} (training statistics).")
         self.heads = copy.deepcopy(models[0])
+        self.heads.config = models[0].config  # one config: what the loss sets (problem_type) reaches the saved seeds
         for name, module in models[0].named_modules():
             if isinstance(module, nn.Linear):
                 parent, _, attribute = name.rpartition(".")
