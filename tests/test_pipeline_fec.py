@@ -228,6 +228,14 @@ def test_bad_inputs_are_refused_naming_input_and_position(single_label_model, in
         pipe(inputs)
 
 
+def test_a_bad_text_in_a_stream_is_refused_naming_its_position_in_the_stream(single_label_model):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    answers = pipe((text for text in ["fine", "fine", "fine", None]), batch_size=2)
+    assert next(answers)["label"] in EMOTIONS  # the first batch is answered: the stream is checked as it is drawn
+    with pytest.raises(TypeError, match="Text at position 3 is NoneType"):
+        list(answers)
+
+
 @pytest.mark.parametrize(
     "text",
     ["😭😭😭", "我今天终于找到工作了", "أنا سعيد جدا", "Ich bin so glücklich!", "\u200b", "[PAD] <unk> </s>", "a"],
