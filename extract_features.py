@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,10 @@ from fec_arguments import argument_parser
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
+    from datasets.features.features import FeatureType
 
     from configuration_llm_fusion import BackboneSpec
+    from modeling_llm_fusion import FrozenBackbone
 
 # What transformers' `logging.get_logger(__name__)` returns for a module outside transformers (a standard logger of
 # that name), taken from the standard library so that importing this module does not import transformers.
@@ -445,70 +447,17 @@ def load_data(
     cannot be read, a missing split or column, an empty text or a label outside the label set, before any model is
     loaded. Texts are read as they are written: "NaN" or "null" in a CSV is a text, not a missing value.
     """
-    import datasets
-    import numpy as np
-    from datasets import ClassLabel, Dataset, DatasetDict, List, Value
+    from datasets import DatasetDict
 
     from modeling_llm_fusion import validate_texts
 
     _check_at_least_one("--limit", limit, " (leave it out to use every row)")
-    multilabel = False
-    label_names = None
-    if dataset in BUILTIN_DATASETS:
-        files, options, label_names, multilabel = _builtin(dataset, data_dir)
-        data = {split: _read_file(path, label_column, **options) for split, path in files.items()}
-    elif (files := _local_files(dataset)) is not None:
-        data = {split: _read_file(path, label_column) for split, path in files.items()}
-        label_names = _label_names_beside(next(iter(files.values())))
-    elif "/" in dataset and not Path(dataset).suffix:  # a Hub data set id, ORG/NAME
-        try:
-            data = datasets.load_dataset(dataset)
-        except Exception as error:  # the Hub answers with many error types
-            raise ValueError(
-                f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, not a local folder or "
-                f"split=file list, and it could not be loaded from the Hub ({_one_line(error)})."
-            ) from error
-        files = {}
-    else:
-        raise ValueError(
-            f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, a local folder, a "
-            "split=file list or a Hub id (ORG/NAME)."
-        )
-
-    data = {SPLIT_ALIASES.get(name, name): split for name, split in data.items()}
-    files = {SPLIT_ALIASES.get(name, name): path for name, path in files.items()}
-    missing = [split for split in SPLITS if split not in data]
-    if missing:
-        raise ValueError(f"Data set {dataset!r} has splits {sorted(data)}; missing {missing}.")
-    where = {split: files.get(split, dataset) for split in SPLITS}  # what an error names: the file, or the data set
-    for name in SPLITS:
-        for column in (text_column, label_column):
-            if column not in data[name].column_names:
-                raise ValueError(
-                    f"Split {name!r} ({where[name]}) has no column {column!r}; it has {data[name].column_names}. "
-                    "Pass --text-column/--label-column, or add the column."
-                )
-    data = {name: data[name] for name in SPLITS}
+    data, files, label_names, multilabel = _read_splits(dataset, data_dir, label_column)
+    data, where = _named_splits(data, files, dataset, text_column, label_column)
     if limit is not None:
         data = {name: split.select(range(min(limit, len(split)))) for name, split in data.items()}
-
-    label_feature = data["train"].features[label_column]
-    if label_names is None and isinstance(label_feature, ClassLabel):
-        label_names = label_feature.names
-    if label_names is None and isinstance(label_feature, List | datasets.Sequence):
-        multilabel = True
-        if isinstance(label_feature.feature, ClassLabel):
-            label_names = label_feature.feature.names
     raw_labels = {name: split[label_column] for name, split in data.items()}
-    if label_names is None and multilabel:  # lists of ids without names: ids 0..the largest
-        ids = [i for labels in raw_labels.values() for v in labels for i in _label_ids(v, [], True) or []]
-        label_names = [str(i) for i in range(max((i for i in ids if isinstance(i, int)), default=-1) + 1)]
-    if label_names is None:
-        values = {_label_ids(v, [], False) for labels in raw_labels.values() for v in labels if v is not None}
-        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            label_names = [str(i) for i in range(max(values) + 1)]
-        else:  # string labels: ids in sorted order
-            label_names = sorted({str(v) for v in values})
+    label_names, multilabel = _label_set(data["train"].features[label_column], raw_labels, label_names, multilabel)
 
     out = DatasetDict()
     for name, split in data.items():
@@ -516,37 +465,135 @@ def load_data(
         try:
             validate_texts(texts)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"Split {name!r} ({where[name]}): {error} (row index = position)") from None
-        labels = []
-        for row, value in enumerate(raw_labels[name]):
-            if value is None:
-                raise ValueError(f"Split {name!r} ({where[name]}), row {row}: the label is missing.")
-            ids = _label_ids(value, label_names, multilabel)
-            if multilabel and ids is None:
-                raise ValueError(
-                    f"Split {name!r} ({where[name]}), row {row}: label {value!r} is not a comma-separated list of "
-                    f"label ids (ids 0..{len(label_names) - 1})."
-                )
-            checked = ids if multilabel else [ids]
-            if not checked or any(
-                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(label_names) for i in checked
-            ):
-                raise ValueError(
-                    f"Split {name!r} ({where[name]}), row {row}: label {value!r} is outside the label set "
-                    f"(ids 0..{len(label_names) - 1}: {', '.join(label_names[:5])}, ...)."
-                )
-            labels.append(ids)
-        if multilabel:
-            hot = np.zeros((len(labels), len(label_names)), dtype=np.float32)
-            for row, ids in enumerate(labels):
-                hot[row, ids] = 1.0
-            labels, label_type = hot, List(Value("float32"), len(label_names))
-        else:
-            label_type = ClassLabel(names=label_names)
-        features = datasets.Features({"text": Value("string"), "label": label_type})
-        out[name] = Dataset.from_dict({"text": texts, "label": labels}, features=features)
+            raise ValueError(f"{where[name]}: {error} (row index = position)") from None
+        labels = _checked_labels(raw_labels[name], label_names, multilabel, where[name])
+        out[name] = _labelled_split(texts, labels, label_names, multilabel)
     problem_type = "multi_label_classification" if multilabel else "single_label_classification"
     return out, label_names, problem_type
+
+
+def _read_splits(
+    dataset: str, data_dir: str | None, label_column: str
+) -> tuple[dict[str, Dataset], dict[str, str], list[str] | None, bool]:
+    """Read a data set's splits, by the names its files give them (`valid`, `dev`, ...).
+
+    Returns the splits, the file of each (none for a Hub data set), the label names the data set comes with (`None`
+    where it names none) and whether it is known to be multi-label. Raises `ValueError` for a data set that is none
+    of the kinds `load_data` reads or a file that cannot be read.
+    """
+    import datasets
+
+    if dataset in BUILTIN_DATASETS:
+        files, options, label_names, multilabel = _builtin(dataset, data_dir)
+        data = {split: _read_file(path, label_column, **options) for split, path in files.items()}
+        return data, files, label_names, multilabel
+    if (files := _local_files(dataset)) is not None:
+        data = {split: _read_file(path, label_column) for split, path in files.items()}
+        return data, files, _label_names_beside(next(iter(files.values()))), False
+    if "/" in dataset and not Path(dataset).suffix:  # a Hub data set id, ORG/NAME
+        try:
+            return dict(datasets.load_dataset(dataset)), {}, None, False
+        except Exception as error:  # the Hub answers with many error types
+            raise ValueError(
+                f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, not a local folder or "
+                f"split=file list, and it could not be loaded from the Hub ({_one_line(error)})."
+            ) from error
+    raise ValueError(
+        f"Unknown data set {dataset!r}: not one of {', '.join(BUILTIN_DATASETS)}, a local folder, a "
+        "split=file list or a Hub id (ORG/NAME)."
+    )
+
+
+def _named_splits(
+    data: dict[str, Dataset], files: dict[str, str], dataset: str, text_column: str, label_column: str
+) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """The three splits of `SPLITS` in order (a `valid` or `dev` split is `validation`), and how an error names each:
+    `Split 'NAME' (FILE)`, or the data set where there is no file. Raises `ValueError` for a missing split or
+    column."""
+    data = {SPLIT_ALIASES.get(name, name): split for name, split in data.items()}
+    files = {SPLIT_ALIASES.get(name, name): path for name, path in files.items()}
+    missing = [split for split in SPLITS if split not in data]
+    if missing:
+        raise ValueError(f"Data set {dataset!r} has splits {sorted(data)}; missing {missing}.")
+    where = {split: f"Split {split!r} ({files.get(split, dataset)})" for split in SPLITS}
+    for name in SPLITS:
+        for column in (text_column, label_column):
+            if column not in data[name].column_names:
+                raise ValueError(
+                    f"{where[name]} has no column {column!r}; it has {data[name].column_names}. "
+                    "Pass --text-column/--label-column, or add the column."
+                )
+    return {name: data[name] for name in SPLITS}, where
+
+
+def _label_set(
+    label_feature: FeatureType, raw_labels: dict[str, list], label_names: list[str] | None, multilabel: bool
+) -> tuple[list[str], bool]:
+    """The label names and whether the data is multi-label, where the data set's files did not name them.
+
+    They come from the train split's label feature (the names of a `ClassLabel`; a list feature is multi-label), or
+    else from the labels themselves: integer ids give `"0"` to the largest id, strings their sorted set.
+    """
+    import datasets
+    from datasets import ClassLabel, List
+
+    if label_names is not None:
+        return label_names, multilabel
+    if isinstance(label_feature, ClassLabel):
+        return label_feature.names, multilabel
+    if isinstance(label_feature, List | datasets.Sequence):
+        multilabel = True
+        if isinstance(label_feature.feature, ClassLabel):
+            return label_feature.feature.names, multilabel
+    if multilabel:  # lists of ids without names: ids 0..the largest
+        ids = [i for labels in raw_labels.values() for v in labels for i in _label_ids(v, [], True) or []]
+        return [str(i) for i in range(max((i for i in ids if isinstance(i, int)), default=-1) + 1)], multilabel
+    values = {_label_ids(v, [], False) for labels in raw_labels.values() for v in labels if v is not None}
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [str(i) for i in range(max(values) + 1)], multilabel
+    return sorted({str(v) for v in values}), multilabel  # string labels: ids in sorted order
+
+
+def _checked_labels(raw_labels: list, label_names: list[str], multilabel: bool, where: str) -> list:
+    """One split's labels as label ids (lists of ids for multi-label data); `ValueError` naming the split (`where`)
+    and the row of a missing label or one outside the label set."""
+    labels = []
+    for row, value in enumerate(raw_labels):
+        if value is None:
+            raise ValueError(f"{where}, row {row}: the label is missing.")
+        ids = _label_ids(value, label_names, multilabel)
+        if multilabel and ids is None:
+            raise ValueError(
+                f"{where}, row {row}: label {value!r} is not a comma-separated list of label ids "
+                f"(ids 0..{len(label_names) - 1})."
+            )
+        checked = ids if multilabel else [ids]
+        if not checked or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(label_names) for i in checked
+        ):
+            raise ValueError(
+                f"{where}, row {row}: label {value!r} is outside the label set "
+                f"(ids 0..{len(label_names) - 1}: {', '.join(label_names[:5])}, ...)."
+            )
+        labels.append(ids)
+    return labels
+
+
+def _labelled_split(texts: list[str], labels: list, label_names: list[str], multilabel: bool) -> Dataset:
+    """One split as a `Dataset` of `text` and `label`: a `ClassLabel` id, or a multi-hot float vector."""
+    import datasets
+    import numpy as np
+    from datasets import ClassLabel, Dataset, List, Value
+
+    if multilabel:
+        hot = np.zeros((len(labels), len(label_names)), dtype=np.float32)
+        for row, ids in enumerate(labels):
+            hot[row, ids] = 1.0
+        labels, label_type = hot, List(Value("float32"), len(label_names))
+    else:
+        label_type = ClassLabel(names=label_names)
+    features = datasets.Features({"text": Value("string"), "label": label_type})
+    return Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
 def data_digest(split: Dataset) -> str:
@@ -621,26 +668,13 @@ def customize_backbones(
     Bad values raise `ValueError` naming them, before any weights are loaded.
     """
     from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
-    from modeling_llm_fusion import FrozenBackbone
 
     specs = [dict(spec) for spec in specs]
     names = [spec["name"] for spec in specs]
-
-    def position(name: str, flag: str) -> int:
-        if name not in names:
-            raise ValueError(f"{flag} {name}=...: no backbone {name!r}; the backbones are {names}.")
-        return names.index(name)
-
-    for file in spec_files:
-        try:
-            described = json.loads(Path(file).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--backbone-spec {file}: not a readable JSON backbone description ({error}).") from None
-        for spec in described if isinstance(described, list) else [described]:
-            spec = normalize_backbone(spec)
-            specs[position(spec["name"], "--backbone-spec")] = spec
+    for spec in _described_backbones(spec_files):
+        specs[_backbone_position(names, spec["name"], "--backbone-spec")] = spec
     for name, value in name_value_pairs(pooling, "--pooling").items():
-        spec = specs[position(name, "--pooling")]
+        spec = specs[_backbone_position(names, name, "--pooling")]
         spec["pooling"] = value
         if value not in LAYER_POOLINGS:  # an encoder pooling gives one vector
             spec.update(layers=None, num_layers=1)
@@ -651,24 +685,52 @@ def customize_backbones(
                 value = [int(index) for index in value.split(",")]
             except ValueError:
                 raise ValueError(f"--layers expects NAME=I,J,K with integer indices, got {name}={value}.") from None
-        specs[position(name, "--layers")].update(layers=list(value), num_layers=len(value))
+        specs[_backbone_position(names, name, "--layers")].update(layers=list(value), num_layers=len(value))
     for name, value in name_value_pairs(template, "--template").items():
-        specs[position(name, "--template")]["template"] = value
+        specs[_backbone_position(names, name, "--template")]["template"] = value
     specs = [normalize_backbone(spec) for spec in specs]
     if all_layers:
-        layered = [spec for spec in specs if spec["pooling"] in LAYER_POOLINGS]
-        if not layered:
-            raise ValueError(f"--all-layers: no backbone has a layer pooling ({', '.join(LAYER_POOLINGS)}).")
-        for spec in layered:
-            if spec["name"] in chosen:
-                raise ValueError(f"--all-layers and --layers {spec['name']}=... contradict each other; use one.")
-            config = _model_config(spec, (backbone_paths or {}).get(spec["name"]))
-            count = FrozenBackbone.hidden_state_count(config)
-            spec.update(layers=[-1 - i for i in range(count)], num_layers=count)
+        _read_every_layer(specs, chosen, backbone_paths or {})
     if max_length is not None:
         for spec in specs:
             spec["max_length"] = max_length
     return [normalize_backbone(spec) for spec in specs]
+
+
+def _backbone_position(names: list[str], name: str, flag: str) -> int:
+    """Where the backbone a command-line `flag` names is in `names`; `ValueError` naming the flag if nowhere."""
+    if name not in names:
+        raise ValueError(f"{flag} {name}=...: no backbone {name!r}; the backbones are {names}.")
+    return names.index(name)
+
+
+def _described_backbones(spec_files: Sequence[str | os.PathLike]) -> Iterator[dict]:
+    """The backbone descriptions in `--backbone-spec` JSON files (one, or a list of them, per file), normalized."""
+    from configuration_llm_fusion import normalize_backbone
+
+    for file in spec_files:
+        try:
+            described = json.loads(Path(file).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--backbone-spec {file}: not a readable JSON backbone description ({error}).") from None
+        for spec in described if isinstance(described, list) else [described]:
+            yield normalize_backbone(spec)
+
+
+def _read_every_layer(specs: list[dict], chosen: dict[str, str | list[int]], backbone_paths: dict[str, str]) -> None:
+    """`--all-layers`: set every layer-pooled backbone of `specs` to read all its hidden states, top first. The
+    number comes from the model's config (from `backbone_paths` where given); `chosen` are the `--layers` given."""
+    from configuration_llm_fusion import LAYER_POOLINGS
+    from modeling_llm_fusion import FrozenBackbone
+
+    layered = [spec for spec in specs if spec["pooling"] in LAYER_POOLINGS]
+    if not layered:
+        raise ValueError(f"--all-layers: no backbone has a layer pooling ({', '.join(LAYER_POOLINGS)}).")
+    for spec in layered:
+        if spec["name"] in chosen:
+            raise ValueError(f"--all-layers and --layers {spec['name']}=... contradict each other; use one.")
+        count = FrozenBackbone.hidden_state_count(_model_config(spec, backbone_paths.get(spec["name"])))
+        spec.update(layers=[-1 - i for i in range(count)], num_layers=count)
 
 
 def _check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> None:
@@ -829,8 +891,34 @@ def feature_type(spec: dict, dtype: str):
     return Array2D(shape=shape, dtype=dtype) if len(shape) == 2 else List(Value(dtype), length=shape[0])
 
 
-def _shard_file(cache: Path, split: str, name: str, key: str, index: int) -> Path:
-    return cache / split / f"{name}-{key}" / f"shard-{index:05d}.arrow"
+@dataclass
+class _Shards:
+    """The cache's shards of the feature columns. Shard `i` of a column of a split holds the split's rows from
+    `i * size` on (`size` of them, fewer in the last), in a file named by the column's cache key
+    (`column_keys[backbone][split]`)."""
+
+    cache: Path
+    column_keys: dict[str, dict[str, str]]
+    split_rows: dict[str, int]
+    size: int
+
+    def count(self, split: str) -> int:
+        return math.ceil(self.split_rows[split] / self.size)
+
+    def share(self, rank: int, world: int) -> list[tuple[str, int]]:
+        """The shards (split, index) of a column that process `rank` computes: all of them, splits in order, dealt
+        round-robin over the processes."""
+        return [(split, i) for split in SPLITS for i in range(self.count(split))][rank::world]
+
+    def rows(self, split: str, index: int) -> int:
+        return min(self.size, self.split_rows[split] - index * self.size)
+
+    def file(self, split: str, backbone: str, index: int) -> Path:
+        return self.cache / split / f"{backbone}-{self.column_keys[backbone][split]}" / f"shard-{index:05d}.arrow"
+
+    def files(self, split: str, backbone: str) -> list[Path]:
+        """The shard files of a backbone's column of a split, in row order."""
+        return [self.file(split, backbone, i) for i in range(self.count(split))]
 
 
 def _shard_record(shard: Path) -> Path:
@@ -947,12 +1035,7 @@ def extract(
     """
     from configuration_llm_fusion import PRESETS, normalize_backbone
 
-    _check_at_least_one("--limit", limit, " (leave it out to use every row)")
-    _check_at_least_one("--batch-size", batch_size)
-    _check_at_least_one("--max-tokens", max_tokens, " (leave it out for no token budget)")
-    _check_at_least_one("--shard-size", shard_size)
-    if feature_dtype not in ("float16", "float32"):
-        raise ValueError(f"--feature-dtype must be float16 or float32, got {feature_dtype!r}.")
+    _check_extract_arguments(limit, batch_size, max_tokens, shard_size, feature_dtype)
     backbones = [normalize_backbone(spec) for spec in (backbones or resolve_backbones(preset))]
     backbone_paths = dict(backbone_paths or {})
     _check_backbone_paths(backbone_paths, backbones)
@@ -983,6 +1066,18 @@ def extract(
         )
 
 
+def _check_extract_arguments(
+    limit: int | None, batch_size: int, max_tokens: int | None, shard_size: int, feature_dtype: str
+) -> None:
+    """Refuse sizes and a feature dtype that cannot be meant, naming the flag, before any work."""
+    _check_at_least_one("--limit", limit, " (leave it out to use every row)")
+    _check_at_least_one("--batch-size", batch_size)
+    _check_at_least_one("--max-tokens", max_tokens, " (leave it out for no token budget)")
+    _check_at_least_one("--shard-size", shard_size)
+    if feature_dtype not in ("float16", "float32"):
+        raise ValueError(f"--feature-dtype must be float16 or float32, got {feature_dtype!r}.")
+
+
 def _extract(
     data: DatasetDict,
     metadata: FeatureMetadata,
@@ -998,73 +1093,23 @@ def _extract(
 ) -> ExtractionResult:
     """`extract` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
     import torch
-    from tqdm.auto import tqdm
 
-    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
     from modeling_llm_fusion import FrozenBackbone
 
     rank, world = _distributed()
-    if world > 1 and device is None and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-    if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
-    backbones, feature_dtype = metadata.backbones, metadata.feature_dtype
-    for spec in backbones:  # recorded with the features and in the trained model's config: serving computes alike
-        spec["dtype"] = dtype
-        if quantization is not None and spec["pooling"] in LAYER_POOLINGS:
-            spec["quantization"] = quantization
-        normalize_backbone(spec)  # a bad dtype or quantization is refused here, before any work
-
-    digests = {name: texts_digest(split) for name, split in data.items()}
-    for spec in backbones:
-        if spec["revision"] is None and spec["name"] not in backbone_paths and not Path(spec["model"]).is_dir():
-            spec["revision"] = _resolved_revision(spec)
-    keys = {
-        spec["name"]: {
-            split: column_key(spec, backbone_paths.get(spec["name"]), dtype, digests[split], feature_dtype, shard_size)
-            for split in SPLITS
-        }
-        for spec in backbones
-    }
-    metadata = dataclasses.replace(
-        metadata,
-        compute_dtype=dtype,
-        rows={split: len(data[split]) for split in SPLITS},
-        column_keys=keys,
-        data_digests={split: data_digest(data[split]) for split in SPLITS},
-    )
-    previous = _previous_metadata(output_dir)
-    if previous is not None and previous.identity() == metadata.identity():
-        problem = _output_problem(output_dir, previous)
-        if problem is None:
-            logger.info(f"Features in {output_dir} are up to date: nothing to compute.")
-            return ExtractionResult(previous, output_dir)
-        logger.warning(f"Features in {output_dir}: {problem}; rebuilding them (from the cache where it is good).")
-
-    for spec in backbones:  # refuse a backbone that cannot give these features before any work is done
+    device, dtype = _device_and_dtype(device, dtype, rank, world)
+    _record_compute_settings(metadata.backbones, dtype, quantization)
+    metadata = _keyed_metadata(metadata, data, backbone_paths, dtype, shard_size)
+    if (saved := _saved_output(output_dir, metadata)) is not None:
+        return ExtractionResult(saved, output_dir)
+    for spec in metadata.backbones:  # refuse a backbone that cannot give these features before any work is done
         FrozenBackbone.check_config(spec, _model_config(spec, backbone_paths.get(spec["name"])))
-    cache = output_dir / "cache"
 
-    def shard_rows(split: str, i: int) -> int:
-        return min(shard_size, len(data[split]) - i * shard_size)
-
-    verified, computed, throughput = set(), [], {}
-    for spec in backbones:
+    shards = _Shards(output_dir / "cache", metadata.column_keys, metadata.rows, shard_size)
+    computed, throughput = [], {}
+    for spec in metadata.backbones:
         name = spec["name"]
-        # Shards of all splits are dealt round-robin over the processes.
-        everything = [(split, i) for split in SPLITS for i in range(math.ceil(len(data[split]) / shard_size))]
-        pending = {split: [] for split in SPLITS}
-        for split, i in everything[rank::world]:
-            shard = _shard_file(cache, split, name, keys[name][split], i)
-            if not shard.exists():
-                pending[split].append(i)
-            elif problem := _shard_problem(shard, shard_rows(split, i)):
-                logger.warning(f"Cache shard {shard} cannot be trusted ({problem}): recomputing it.")
-                pending[split].append(i)
-            else:
-                verified.add(shard)
+        pending = _pending_shards(shards, name, rank, world)
         if not any(pending.values()):
             continue
         computed.append(name)
@@ -1072,46 +1117,145 @@ def _extract(
         backbone = FrozenBackbone.load(
             spec, backbone_paths.get(name), device=device, dtype=getattr(torch, dtype), device_map=device_map
         )
-        total = sum(shard_rows(split, i) for split, shards in pending.items() for i in shards)
-        start = time.perf_counter()
-        desc = name if world == 1 else f"{name} [rank {rank}/{world}]"
-        with tqdm(total=total, desc=desc, unit="text", disable=None) as progress:
-            for split, shards in pending.items():
-                for i in shards:
-                    shard = _shard_file(cache, split, name, keys[name][split], i)
-                    texts = data[split][i * shard_size : i * shard_size + shard_rows(split, i)]["text"]
-                    values = backbone.extract(texts, batch_size, max_tokens, getattr(torch, feature_dtype), progress)
-                    _write_shard(shard, name, values.numpy(), feature_type(spec, feature_dtype))
-                    verified.add(shard)
-        seconds = time.perf_counter() - start
-        throughput[name] = {
-            "texts": backbone.texts_seen,
-            "texts_per_s": backbone.texts_seen / seconds,
-            "tokens_per_s": backbone.tokens_seen / seconds,
-        }
-        del backbone
+        progress_name = name if world == 1 else f"{name} [rank {rank}/{world}]"
+        throughput[name] = _compute_shards(
+            backbone, data, shards, pending, batch_size, max_tokens, metadata.feature_dtype, progress_name
+        )
+        del backbone  # before the next backbone is loaded
     _barrier(world)
     if rank == 0:
-        shards = {
-            (split, spec["name"]): [
-                _shard_file(cache, split, spec["name"], keys[spec["name"]][split], i)
-                for i in range(math.ceil(len(data[split]) / shard_size))
-            ]
-            for split in SPLITS
-            for spec in backbones
-        }
-        for (split, _), files in shards.items():  # the other processes' shards
-            for i, shard in enumerate(files):
-                if shard not in verified and (problem := _shard_problem(shard, shard_rows(split, i))):
-                    raise ValueError(f"Cache shard {shard} cannot be trusted ({problem}): rerun to recompute it.")
+        _check_shards_of_other_processes(shards, metadata.backbones, world)
         metadata = _assemble(data, shards, output_dir, metadata)
     _barrier(world)
     return ExtractionResult(metadata, output_dir, computed, throughput)
 
 
-def _assemble(
-    data: DatasetDict, shards: dict[tuple[str, str], list[Path]], output_dir: Path, metadata: FeatureMetadata
+def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: int) -> tuple[str, str]:
+    """Where and in which dtype this process computes, by default: its own GPU under a multi-process launch, else
+    `cuda` if there is a GPU, else the CPU; bfloat16 on a GPU, float32 on the CPU."""
+    import torch
+
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    return device, dtype
+
+
+def _record_compute_settings(backbones: list[dict], dtype: str, quantization: str | None) -> None:
+    """Record the compute dtype (and the quantization of the layer-pooled backbones) in each backbone description:
+    they go with the features and into the trained model's config, so that serving computes alike."""
+    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
+
+    for spec in backbones:
+        spec["dtype"] = dtype
+        if quantization is not None and spec["pooling"] in LAYER_POOLINGS:
+            spec["quantization"] = quantization
+        normalize_backbone(spec)  # a bad dtype or quantization is refused here, before any work
+
+
+def _keyed_metadata(
+    metadata: FeatureMetadata, data: DatasetDict, backbone_paths: dict[str, str], dtype: str, shard_size: int
 ) -> FeatureMetadata:
+    """`metadata` with the rest of what decides the output's content: the compute dtype, the rows and data digest of
+    each split, and the cache key of each backbone's column (a Hub model's revision resolved to its commit first)."""
+    digests = {name: texts_digest(split) for name, split in data.items()}
+    for spec in metadata.backbones:
+        if spec["revision"] is None and spec["name"] not in backbone_paths and not Path(spec["model"]).is_dir():
+            spec["revision"] = _resolved_revision(spec)
+    keys = {
+        spec["name"]: {
+            split: column_key(
+                spec, backbone_paths.get(spec["name"]), dtype, digests[split], metadata.feature_dtype, shard_size
+            )
+            for split in SPLITS
+        }
+        for spec in metadata.backbones
+    }
+    return dataclasses.replace(
+        metadata,
+        compute_dtype=dtype,
+        rows={split: len(data[split]) for split in SPLITS},
+        column_keys=keys,
+        data_digests={split: data_digest(data[split]) for split in SPLITS},
+    )
+
+
+def _saved_output(output_dir: Path, metadata: FeatureMetadata) -> FeatureMetadata | None:
+    """The metadata of the output saved in `output_dir` when it is what `metadata` describes and its splits match
+    their checksums (nothing to compute), else None; a warning says why a matching output is rebuilt."""
+    previous = _previous_metadata(output_dir)
+    if previous is None or previous.identity() != metadata.identity():
+        return None
+    problem = _output_problem(output_dir, previous)
+    if problem is not None:
+        logger.warning(f"Features in {output_dir}: {problem}; rebuilding them (from the cache where it is good).")
+        return None
+    logger.info(f"Features in {output_dir} are up to date: nothing to compute.")
+    return previous
+
+
+def _pending_shards(shards: _Shards, backbone: str, rank: int, world: int) -> dict[str, list[int]]:
+    """The shards of a backbone's column that process `rank` computes, by split: those of its share that are not in
+    the cache, or whose record does not match them (a warning names each)."""
+    pending = {split: [] for split in SPLITS}
+    for split, i in shards.share(rank, world):
+        shard = shards.file(split, backbone, i)
+        if not shard.exists():
+            pending[split].append(i)
+        elif problem := _shard_problem(shard, shards.rows(split, i)):
+            logger.warning(f"Cache shard {shard} cannot be trusted ({problem}): recomputing it.")
+            pending[split].append(i)
+    return pending
+
+
+def _compute_shards(
+    backbone: FrozenBackbone,
+    data: DatasetDict,
+    shards: _Shards,
+    pending: dict[str, list[int]],
+    batch_size: int,
+    max_tokens: int | None,
+    feature_dtype: str,
+    progress_name: str,
+) -> dict[str, float]:
+    """Compute the `pending` shards of a backbone's column and write them to the cache, under one progress bar.
+    Returns the backbone's throughput: texts, texts/s and tokens/s."""
+    import torch
+    from tqdm.auto import tqdm
+
+    name = backbone.spec["name"]
+    feature = feature_type(backbone.spec, feature_dtype)
+    total = sum(shards.rows(split, i) for split, indices in pending.items() for i in indices)
+    start = time.perf_counter()
+    with tqdm(total=total, desc=progress_name, unit="text", disable=None) as progress:
+        for split, indices in pending.items():
+            for i in indices:
+                first = i * shards.size
+                texts = data[split][first : first + shards.rows(split, i)]["text"]
+                values = backbone.extract(texts, batch_size, max_tokens, getattr(torch, feature_dtype), progress)
+                _write_shard(shards.file(split, name, i), name, values.numpy(), feature)
+    seconds = time.perf_counter() - start
+    return {
+        "texts": backbone.texts_seen,
+        "texts_per_s": backbone.texts_seen / seconds,
+        "tokens_per_s": backbone.tokens_seen / seconds,
+    }
+
+
+def _check_shards_of_other_processes(shards: _Shards, backbones: list[dict], world: int) -> None:
+    """Refuse (on rank 0, before assembling) a shard another process wrote whose record does not match it."""
+    own = set(shards.share(0, world))
+    for split in SPLITS:
+        for spec in backbones:
+            for i, shard in enumerate(shards.files(split, spec["name"])):
+                if (split, i) not in own and (problem := _shard_problem(shard, shards.rows(split, i))):
+                    raise ValueError(f"Cache shard {shard} cannot be trusted ({problem}): rerun to recompute it.")
+
+
+def _assemble(data: DatasetDict, shards: _Shards, output_dir: Path, metadata: FeatureMetadata) -> FeatureMetadata:
     """Join the shards into one `DatasetDict` with a column per backbone and save it in `output_dir`, replacing what
     was there; returns `metadata` with the checksums of the saved splits.
 
@@ -1125,7 +1269,7 @@ def _assemble(
     for split in SPLITS:
         columns = [data[split]]
         for spec in metadata.backbones:
-            files = shards[split, spec["name"]]
+            files = shards.files(split, spec["name"])
             columns.append(datasets.concatenate_datasets([Dataset.from_file(str(path)) for path in files]))
         splits[split] = datasets.concatenate_datasets(columns, axis=1)
     staging = output_dir / "_saving"

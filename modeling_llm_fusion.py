@@ -42,19 +42,28 @@ FEATURE_CODE_VERSION = "1"
 
 
 def validate_texts(texts: Sequence) -> list[str]:
-    """Return `texts` as a list, or raise naming the first text that no backbone can turn into features."""
+    """Return `texts` as a list, or raise naming the first text that no backbone can turn into features.
+
+    Texts are checked once, where they enter: `LLMFusionPreTrainedModel.extract_features`, the pipeline and
+    `extract_features.load_data`; `FrozenBackbone` computes on texts checked there.
+    """
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"Expected a list of strings, got {type(texts).__name__}.")
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"Text at position {position} is {type(text).__name__} ({text!r}), not a string.")
-        if not text.strip():
-            raise ValueError(f"Text at position {position} is empty or only whitespace: {text!r}.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates (half of a broken emoji) would fail deep inside a tokenizer
-            raise ValueError(f"Text at position {position} is not valid Unicode (lone surrogate): {text!r}.") from None
-    return list(texts)
+    return [validate_text(text, position) for position, text in enumerate(texts)]
+
+
+def validate_text(text: object, position: int = 0) -> str:
+    """Return `text`, or raise a `TypeError` or `ValueError` naming its `position` if no backbone can turn it into
+    features (not a string, empty or only whitespace, or not valid Unicode)."""
+    if not isinstance(text, str):
+        raise TypeError(f"Text at position {position} is {type(text).__name__} ({text!r}), not a string.")
+    if not text.strip():
+        raise ValueError(f"Text at position {position} is empty or only whitespace: {text!r}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (half of a broken emoji) would fail deep inside a tokenizer
+        raise ValueError(f"Text at position {position} is not valid Unicode (lone surrogate): {text!r}.") from None
+    return text
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -216,8 +225,8 @@ class FrozenBackbone:
     ) -> torch.Tensor:
         """Features of many texts, in their order, on the CPU in `dtype`: computed in batches of similar length,
         so that little padding is computed (`batch_size` texts and `max_tokens` padded tokens at most a batch).
-        `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done."""
-        texts = validate_texts(texts)
+        `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done. The texts
+        are not checked here: their entry point checked them (`validate_texts`)."""
         lengths = self.count_tokens(texts)
         out = torch.empty((len(texts), *feature_shape(self.spec)), dtype=dtype)
         for indices in length_sorted_batches(lengths, batch_size, max_tokens):
@@ -247,8 +256,8 @@ class FrozenBackbone:
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        """Features of `texts`, float32 on the backbone's device: `(batch, k, width)` or `(batch, width)`."""
-        texts = validate_texts(texts)
+        """Features of `texts` (checked by their entry point, `validate_texts`), float32 on the backbone's device:
+        `(batch, k, width)` or `(batch, width)`."""
         batch = self.tokenizer(
             self.prompts(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -357,8 +366,13 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         return self._backbones
 
     def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use)."""
-        texts = validate_texts(texts)
+        """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use). A text no
+        backbone can read raises a `TypeError` or `ValueError` naming its position (`validate_texts`)."""
+        return self.backbone_features(validate_texts(texts))
+
+    def backbone_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """`extract_features` for texts their caller has checked (`validate_texts`), as the pipeline checks its
+        inputs, once and as the caller gave them."""
         backbones = self._backbones or self.load_backbones()
         # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (e.g. fine-tuning the head).
         return {name: backbone(texts).clone() for name, backbone in backbones.items()}
@@ -540,5 +554,6 @@ __all__ = [
     "LLMFusionForSequenceClassification",
     "LLMFusionPreTrainedModel",
     "quantization_config",
+    "validate_text",
     "validate_texts",
 ]

@@ -27,9 +27,9 @@ from transformers import AutoModelForSequenceClassification, Pipeline, PreTraine
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
-    from .modeling_llm_fusion import validate_texts
+    from .modeling_llm_fusion import validate_text, validate_texts
 except ImportError:  # imported from the repository root rather than as a Hub module
-    from modeling_llm_fusion import validate_texts
+    from modeling_llm_fusion import validate_text, validate_texts
 
 TASK = "fec"
 TASKS = (TASK, "text-classification")
@@ -61,7 +61,8 @@ class FECPipeline(Pipeline):
       a string, a list of lists for a list of strings).
 
     Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
-    non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs.
+    non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs (in a stream:
+    its position in the stream, before the batch it would join runs).
 
     Args:
         model (`LLMFusionForSequenceClassification`):
@@ -146,13 +147,17 @@ class FECPipeline(Pipeline):
             check_batch_size(kwargs["batch_size"])
         if isinstance(inputs, tuple):
             inputs = list(inputs)
+        # The texts are checked here, once, as the caller gave them: an error names the bad text's position in the
+        # caller's list, or in the stream.
         if isinstance(inputs, list):
-            # Checked as a whole so that the error names the bad text's position in the caller's list.
             validate_texts(inputs)
             if not inputs:
                 return []
-        elif not isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset)):  # streams: see get_iterator
-            validate_texts([inputs])
+        elif isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset)):
+            # A stream is checked text by text as it is drawn, before the batch it joins runs.
+            inputs = (validate_text(text, position) for position, text in enumerate(inputs))
+        else:
+            validate_text(inputs)
         answers = super().__call__(inputs, **kwargs)
         # The text-classification pipeline answers a lone string with a list, its top label included.
         return [answers] if isinstance(inputs, str) and isinstance(answers, dict) else answers
@@ -166,7 +171,7 @@ class FECPipeline(Pipeline):
         return {"texts": [inputs] if isinstance(inputs, str) else list(inputs)}
 
     def _forward(self, model_inputs: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-        features = self.model.extract_features(model_inputs["texts"])
+        features = self.model.backbone_features(model_inputs["texts"])  # checked in `__call__`
         return {"logits": self.model(**features).logits}
 
     def get_iterator(
@@ -181,7 +186,7 @@ class FECPipeline(Pipeline):
         """One answer per text, computed `batch_size` texts at a time.
 
         The base class collates token ids padded by the pipeline's tokenizer; here a batch is just its texts, which
-        each backbone tokenizes and pads itself. Streamed texts are checked batch by batch.
+        each backbone tokenizes and pads itself.
         """
         texts = iter(inputs)
         while batch := list(itertools.islice(texts, batch_size)):

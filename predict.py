@@ -164,10 +164,10 @@ def _jsonl_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[R
 
 def text_problem(text: Any) -> str | None:
     """Why `text` cannot be labelled (the pipeline's own check), or `None`."""
-    from modeling_llm_fusion import validate_texts
+    from modeling_llm_fusion import validate_text
 
     try:
-        validate_texts([text])
+        validate_text(text)
     except (TypeError, ValueError) as error:
         return str(error).replace("Text at position 0 is", "the text is", 1)
     return None

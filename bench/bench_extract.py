@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,10 +43,15 @@ def read_texts(folder: Path, limit: int) -> list[str]:
     return texts if limit == 0 else texts[:limit]
 
 
-def small_trio() -> list[tuple[dict, FrozenBackbone]]:
+def prepared_folders() -> dict[str, str]:
+    """The real small models' local folders, by name, as ../shared/models/prepare.py prints them."""
     out = subprocess.run([sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
-    folders = dict(line.split("=", 1) for line in out.split())
+    return dict(line.split("=", 1) for line in out.split())
+
+
+def small_trio() -> list[dict]:
+    folders = prepared_folders()
     specs = [
         {"name": "llama", "model": folders["smollm2-135m-instruct"], "pooling": "layer_mean", "num_layers": 5,
          "hidden_size": 576},
@@ -106,7 +112,7 @@ def naive(backbone: FrozenBackbone, texts: list[str], device: str) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/ED"), help="folder with train/valid/test.csv")
     parser.add_argument("--texts", type=int, default=512, help="first N test texts; 0 = all texts of all splits")
@@ -120,44 +126,41 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
-    args = parser.parse_args()
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    naive_dtype = getattr(torch, args.naive_dtype) if args.naive_dtype else dtype
-    texts = read_texts(Path(args.data), args.texts)
-    naive_texts = texts[: args.naive_texts] if args.naive_texts else texts
+    return parser.parse_args()
 
+
+def backbone_loaders(args: argparse.Namespace, dtype: torch.dtype) -> list[Callable[[], FrozenBackbone]]:
+    """What to load, one backbone at a time: the random Llama-2-7b-shaped decoder, or the small real trio."""
     if args.llama7b:
-        tokenizer = args.tokenizer or dict(
-            line.split("=", 1)
-            for line in subprocess.run([sys.executable, str(ROOT.parent / "shared/models/prepare.py")],
-                                       capture_output=True, text=True, check=True).stdout.split()
-        )["smollm2-135m-instruct"]  # fmt: skip
-        loaders = [lambda: random_llama7b(tokenizer, args.device, dtype, args.layers)]
-    else:
-        loaders = [lambda spec=spec: FrozenBackbone.load(normalize_backbone(spec), device=args.device, dtype=dtype)
-                   for spec in small_trio()]  # fmt: skip
+        tokenizer = args.tokenizer or prepared_folders()["smollm2-135m-instruct"]
+        return [lambda: random_llama7b(tokenizer, args.device, dtype, args.layers)]
+    return [lambda spec=spec: FrozenBackbone.load(normalize_backbone(spec), device=args.device, dtype=dtype)
+            for spec in small_trio()]  # fmt: skip
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)} in {naive_dtype}; {device_name}, "
-          f"{dtype}, torch threads {torch.get_num_threads()}")  # fmt: skip
-    rows = []
-    for load in loaders:
-        backbone = load()
-        ours(backbone, texts[:64], args.batch_size, args.max_tokens, args.device)  # warm-up
-        ours_s = ours(backbone, texts, args.batch_size, args.max_tokens, args.device)
-        # Only the LLM loop runs on a slice: its cost per text is constant (every text is padded to 200 tokens).
-        sliced = naive_texts if backbone.spec["pooling"] == "layer_mean" else texts
-        if naive_dtype != dtype:
-            backbone.model.to(naive_dtype)
-        naive_s = naive(backbone, sliced, args.device) * len(texts) / len(sliced)
-        tokens = sum(backbone.count_tokens(texts))
-        rows.append({"backbone": backbone.spec["name"], "model": Path(backbone.spec["model"]).name, "ours_s": ours_s,
-                     "naive_s": naive_s, "texts_per_s": len(texts) / ours_s, "tokens_per_s": tokens / ours_s,
-                     "naive_texts_per_s": len(texts) / naive_s, "speedup": naive_s / ours_s})  # fmt: skip
-        del backbone
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
 
+def compare(
+    backbone: FrozenBackbone,
+    texts: list[str],
+    naive_texts: list[str],
+    args: argparse.Namespace,
+    dtype: torch.dtype,
+    naive_dtype: torch.dtype,
+) -> dict:
+    """One backbone's row: our extractor's time on `texts` (after a warm-up) against the naive loop's."""
+    ours(backbone, texts[:64], args.batch_size, args.max_tokens, args.device)  # warm-up
+    ours_s = ours(backbone, texts, args.batch_size, args.max_tokens, args.device)
+    # Only the LLM loop runs on a slice: its cost per text is constant (every text is padded to 200 tokens).
+    sliced = naive_texts if backbone.spec["pooling"] == "layer_mean" else texts
+    if naive_dtype != dtype:
+        backbone.model.to(naive_dtype)
+    naive_s = naive(backbone, sliced, args.device) * len(texts) / len(sliced)
+    tokens = sum(backbone.count_tokens(texts))
+    return {"backbone": backbone.spec["name"], "model": Path(backbone.spec["model"]).name, "ours_s": ours_s,
+            "naive_s": naive_s, "texts_per_s": len(texts) / ours_s, "tokens_per_s": tokens / ours_s,
+            "naive_texts_per_s": len(texts) / naive_s, "speedup": naive_s / ours_s}  # fmt: skip
+
+
+def print_table(rows: list[dict], scaled: bool) -> None:
     print(f"{'backbone':10s} {'model':26s} {'ours s':>9s} {'texts/s':>9s} {'tokens/s':>10s} {'naive s':>9s} "
           f"{'naive t/s':>9s} {'speedup':>8s}")  # fmt: skip
     for r in rows:
@@ -165,9 +168,28 @@ def main() -> None:
               f"{r['tokens_per_s']:10.0f} {r['naive_s']:9.1f} {r['naive_texts_per_s']:9.1f} "
               f"{r['speedup']:7.1f}x")  # fmt: skip
     total_ours, total_naive = sum(r["ours_s"] for r in rows), sum(r["naive_s"] for r in rows)
-    scaled = " (naive LLM time scaled from its slice)" if len(naive_texts) < len(texts) else ""
-    print(f"all backbones: ours {total_ours:.1f} s, naive {total_naive:.1f} s{scaled}: "
+    note = " (naive LLM time scaled from its slice)" if scaled else ""
+    print(f"all backbones: ours {total_ours:.1f} s, naive {total_naive:.1f} s{note}: "
           f"{total_naive / total_ours:.1f}x faster")  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    naive_dtype = getattr(torch, args.naive_dtype) if args.naive_dtype else dtype
+    texts = read_texts(Path(args.data), args.texts)
+    naive_texts = texts[: args.naive_texts] if args.naive_texts else texts
+    loaders = backbone_loaders(args, dtype)
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)} in {naive_dtype}; {device_name}, "
+          f"{dtype}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    rows = []
+    for load in loaders:
+        rows.append(compare(load(), texts, naive_texts, args, dtype, naive_dtype))
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print_table(rows, scaled=len(naive_texts) < len(texts))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "texts": len(texts), "rows": rows}, indent=2))
 

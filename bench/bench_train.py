@@ -29,8 +29,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from configuration_llm_fusion import LLMFusionConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -104,66 +110,26 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     """Train `epochs` epochs by `path` ("plain", "trainer" or "batched": `seeds` seeds as one model); the seconds of
     each epoch and this process's peak RSS."""
     import torch
-    from transformers import TrainerCallback, default_data_collator, set_seed
 
     from extract_features import load_features
     from fusion_data import build_config, feature_statistics, training_splits
-    from fusion_trainer import FusionTrainer, SeedStack, build_model, keep_gradient_memory
-    from modeling_llm_fusion import LLMFusionForSequenceClassification
-    from train_fusion import FusionTrainingArguments
+    from fusion_trainer import keep_gradient_memory
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
     config = build_config(metadata, **(metadata.head or {}))
     train = training_splits(data, config)["train"]
     train = train.select(range(min(rows, len(train))))  # extracted features: the first --rows rows
-    statistics = None
-    if config.standardize_features:
-        statistics = feature_statistics(train, config)
-    set_seed(0)
-    model = LLMFusionForSequenceClassification(config)
+    statistics = feature_statistics(train, config) if config.standardize_features else None
     keep_gradient_memory()
-    epoch_seconds = []  # each epoch from its first batch to its last step: set-up costs are not per epoch
     if path in ("trainer", "batched"):
-
-        class EpochTimer(TrainerCallback):
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                self.start = time.perf_counter()
-
-            def on_epoch_end(self, args, state, control, **kwargs):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                epoch_seconds.append(time.perf_counter() - self.start)
-
-        args = FusionTrainingArguments(
-            output_dir=str(features_dir.parent / "trainer"), num_train_epochs=epochs,
-            per_device_train_batch_size=batch_size, eval_strategy="no", save_strategy="no",
-            load_best_model_at_end=False, disable_tqdm=True, logging_strategy="no",
-        )  # fmt: skip
-        names = list(range(seeds)) if path == "batched" else [0]
-        models = [build_model(config, seed, statistics) for seed in names]
-        model = models[0] if path == "trainer" else SeedStack(models)
-        FusionTrainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()], seeds=names).train()
-    else:
-        loader = torch.utils.data.DataLoader(
-            train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator
+        batched_seeds = seeds if path == "batched" else None
+        output_dir = features_dir.parent / "trainer"
+        epoch_seconds = trainer_epochs(
+            config, train, statistics, epochs, batch_size, device, output_dir, batched_seeds
         )
-        # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam), so that only the training
-        # machinery differs between the two paths.
-        if statistics:
-            model.set_feature_statistics(statistics)
-        model.to(device).train()  # the Trainer moves the model by itself
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
-        for _ in range(epochs):
-            start = time.perf_counter()
-            for batch in loader:
-                loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            epoch_seconds.append(time.perf_counter() - start)
+    else:
+        epoch_seconds = plain_loop_epochs(config, train, statistics, epochs, batch_size, device)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     # RSS counts the memory-mapped feature pages read so far; the anonymous part is what the process allocated.
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
@@ -192,6 +158,79 @@ def adam_step_ms(parameters: int, device: str, repeats: int = 10) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return 1000 * (time.perf_counter() - start) / repeats
+
+
+def trainer_epochs(
+    config: LLMFusionConfig,
+    train: Dataset,
+    statistics: dict | None,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    output_dir: Path,
+    batched_seeds: int | None = None,
+) -> list[float]:
+    """Seconds of each epoch of `FusionTrainer` (as train_fusion.py runs it), from its first batch to its last step:
+    one head, or with `batched_seeds` that many seeds as one `SeedStack`."""
+    import torch
+    from transformers import TrainerCallback
+
+    from fusion_trainer import FusionTrainer, SeedStack, build_model
+    from train_fusion import FusionTrainingArguments
+
+    epoch_seconds = []
+
+    class EpochTimer(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+    args = FusionTrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, disable_tqdm=True,
+        logging_strategy="no",
+    )  # fmt: skip
+    seeds = [0] if batched_seeds is None else list(range(batched_seeds))
+    models = [build_model(config, seed, statistics) for seed in seeds]
+    model = models[0] if batched_seeds is None else SeedStack(models)
+    FusionTrainer(model=model, args=args, train_dataset=train, callbacks=[EpochTimer()], seeds=seeds).train()
+    return epoch_seconds
+
+
+def plain_loop_epochs(
+    config: LLMFusionConfig, train: Dataset, statistics: dict | None, epochs: int, batch_size: int, device: str
+) -> list[float]:
+    """Seconds of each epoch of a plain PyTorch loop training one head with the same data and batch size."""
+    import torch
+    from transformers import default_data_collator, set_seed
+
+    from modeling_llm_fusion import LLMFusionForSequenceClassification
+
+    set_seed(0)
+    model = LLMFusionForSequenceClassification(config)
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator)
+    # The optimizer the Trainer builds by default (fused AdamW, weight decay 0 = Adam), so that only the training
+    # machinery differs between the two paths.
+    if statistics:
+        model.set_feature_statistics(statistics)
+    model.to(device).train()  # the Trainer moves the model by itself
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    epoch_seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for batch in loader:
+            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - start)
+    return epoch_seconds
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -52,6 +52,9 @@ PAPER = {  # published, Llama-2-7b-chat + BERT-large + RoBERTa-large on a GPU (L
 }
 STAGES = ("extract", "probe", "ablation", "multilabel", "fusion", "fusion-paper")  # in the order they run
 PROBE_CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried by the probes
+# The fix (not in the paper): standardised features, and the encoders' vectors fed to the MLP too.
+FIXED = ["--standardize_features", "true", "--encoders_in_tail", "true"]
+EXACT = ["--standardize_features", "false", "--encoders_in_tail", "false"]  # the paper's head, whatever the preset
 
 
 def small_model_folders() -> dict[str, str]:
@@ -241,7 +244,7 @@ def tables(results: dict, fast_protocol: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_reproduce_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "reproduce"))
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each split (smoke version)")
@@ -258,75 +261,83 @@ def main() -> None:
         action="store_true",
         help="the tables of what is finished, each row with its most seeds; run nothing",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    work = Path(args.work_dir)
-    stages = Stages(work, args.report_only)
-    folders = small_model_folders()
-    paper = ["--num_train_epochs", str(args.epochs)]
-    fast = [*paper, "--per_device_train_batch_size", str(args.fast_batch_size),
-            "--learning_rate", str(args.fast_learning_rate)]  # fmt: skip
-    # The fix (not in the paper): standardised features, and the encoders' vectors fed to the MLP too.
-    fixed = ["--standardize_features", "true", "--encoders_in_tail", "true"]
-    exact = ["--standardize_features", "false", "--encoders_in_tail", "false"]  # the paper's head, whatever the preset
-    fast_protocol = f"fast (batch {args.fast_batch_size}, lr {args.fast_learning_rate:g})"
-    datasets = [*args.datasets, *(["go_emotions_multilabel"] if "multilabel" in args.stages else [])]
-    results: dict[str, dict] = {}
 
-    for dataset in datasets:
-        if "extract" in args.stages or not (work / "features" / dataset).exists():
-            stages.run(f"extract-{dataset}", extract_stage, dataset, work / "features" / dataset, folders, args)
+class Rows:
+    """The rows of the results tables that each stage after extraction adds for one data set, every row a stage of
+    its own (run once, then read back), on the features under WORK_DIR/features."""
 
-    def head(stage: str, dataset: str, seeds: int, subset: list[str] | None, protocol: list[str]) -> dict:
+    def __init__(self, args: argparse.Namespace, stages: Stages):
+        self.args, self.stages, self.work = args, stages, Path(args.work_dir)
+        self.paper = ["--num_train_epochs", str(args.epochs)]
+        self.fast = [*self.paper, "--per_device_train_batch_size", str(args.fast_batch_size),
+                     "--learning_rate", str(args.fast_learning_rate)]  # fmt: skip
+        self.fast_protocol = f"fast (batch {args.fast_batch_size}, lr {args.fast_learning_rate:g})"
+
+    def of_stage(self, stage: str, dataset: str) -> dict[str, dict | None]:
+        stages = {"probe": self.probes, "ablation": self.ablation, "multilabel": self.multilabel,
+                  "fusion": self.fusion, "fusion-paper": self.fusion_paper}  # fmt: skip
+        return stages[stage](dataset)
+
+    def head(self, stage: str, dataset: str, seeds: int, subset: list[str] | None, protocol: list[str]) -> dict | None:
         # The stage name holds its seeds: asking for more later trains only the missing ones (train_fusion resumes).
-        if args.report_only:  # the most seeds finished so far
-            finished = [re.fullmatch(re.escape(stage) + r"-(\d+)seeds", path.stem) for path in stages.done.iterdir()]
+        if self.stages.report_only:  # the most seeds finished so far
+            done = self.stages.done.iterdir()
+            finished = [re.fullmatch(re.escape(stage) + r"-(\d+)seeds", path.stem) for path in done]
             seeds = max((int(match[1]) for match in finished if match), default=seeds)
-        return stages.run(f"{stage}-{seeds}seeds", train_head, work / "features" / dataset, work / "heads" / stage,
-                          dataset, seeds, subset, protocol)  # fmt: skip
+        return self.stages.run(f"{stage}-{seeds}seeds", train_head, self.work / "features" / dataset,
+                               self.work / "heads" / stage, dataset, seeds, subset, protocol)  # fmt: skip
 
-    # Cheapest and most telling first, over all data sets: a session that stops early still leaves whole rows behind.
-    single_label = {dataset: results.setdefault(dataset, {}) for dataset in args.datasets}
-    if "probe" in args.stages:
-        for dataset, rows in single_label.items():
-            for name in BACKBONES:
-                rows[f"probe: logistic regression on {name}"] = stages.run(
-                    f"probe-{dataset}-{name}", logistic_probe, work / "features" / dataset, name
-                )
-    if "ablation" in args.stages:  # the fixed head on every subset of the backbones, fast protocol
-        for dataset, rows in single_label.items():
-            for subset in [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]:
-                rows["head (fixed): " + " + ".join(subset)] = head(
-                    f"ablation-fixed-{dataset}-{'-'.join(subset)}",
-                    dataset,
-                    args.ablation_seeds,
-                    subset,
-                    [*fast, *fixed],
-                )
-            rows["head (paper configuration): llama + bert + roberta"] = head(
-                f"ablation-{dataset}-llama-bert-roberta", dataset, args.ablation_seeds, None, [*fast, *exact]
+    def probes(self, dataset: str) -> dict[str, dict | None]:
+        features = self.work / "features" / dataset
+        return {
+            f"probe: logistic regression on {name}": self.stages.run(
+                f"probe-{dataset}-{name}", logistic_probe, features, name
             )
-    if "multilabel" in args.stages:
-        features = work / "features" / "go_emotions_multilabel"
-        rows = results.setdefault("go_emotions_multilabel", {})
-        for name in BACKBONES:
-            rows[f"probe: one-vs-rest logistic regression on {name}"] = stages.run(
+            for name in BACKBONES
+        }
+
+    def ablation(self, dataset: str) -> dict[str, dict | None]:
+        """The fixed head on every subset of the backbones, and the paper's exact head, fast protocol."""
+        rows, seeds = {}, self.args.ablation_seeds
+        for subset in [list(c) for r in (3, 1, 2) for c in itertools.combinations(BACKBONES, r)]:
+            stage = f"ablation-fixed-{dataset}-{'-'.join(subset)}"
+            rows["head (fixed): " + " + ".join(subset)] = self.head(
+                stage, dataset, seeds, subset, [*self.fast, *FIXED]
+            )
+        rows["head (paper configuration): llama + bert + roberta"] = self.head(
+            f"ablation-{dataset}-llama-bert-roberta", dataset, seeds, None, [*self.fast, *EXACT]
+        )
+        return rows
+
+    def multilabel(self, dataset: str) -> dict[str, dict | None]:
+        features = self.work / "features" / dataset
+        rows = {
+            f"probe: one-vs-rest logistic regression on {name}": self.stages.run(
                 f"multilabel-probe-{name}", multilabel_probe, features, name
             )
-        rows[f"fusion (fixed), {fast_protocol}"] = head(
-            "multilabel-fusion-fixed", "go_emotions_multilabel", args.ablation_seeds, None, [*fast, *fixed]
+            for name in BACKBONES
+        }
+        rows[f"fusion (fixed), {self.fast_protocol}"] = self.head(
+            "multilabel-fusion-fixed", dataset, self.args.ablation_seeds, None, [*self.fast, *FIXED]
         )
-    if "fusion" in args.stages:  # the paper protocol, the fixed head
-        for dataset, rows in single_label.items():
-            rows["fusion (fixed: standardised, encoders in tail)"] = head(
-                f"fusion-fixed-{dataset}", dataset, args.seeds, None, [*paper, *fixed]
-            )
-    if "fusion-paper" in args.stages:  # the paper protocol, the paper's exact head
-        for dataset, rows in single_label.items():
-            rows["fusion (paper configuration)"] = head(
-                f"fusion-{dataset}", dataset, args.seeds, None, [*paper, *exact]
-            )
+        return rows
 
+    def fusion(self, dataset: str) -> dict[str, dict | None]:
+        """The paper protocol, the fixed head."""
+        row = self.head(f"fusion-fixed-{dataset}", dataset, self.args.seeds, None, [*self.paper, *FIXED])
+        return {"fusion (fixed: standardised, encoders in tail)": row}
+
+    def fusion_paper(self, dataset: str) -> dict[str, dict | None]:
+        """The paper protocol, the paper's exact head."""
+        row = self.head(f"fusion-{dataset}", dataset, self.args.seeds, None, [*self.paper, *EXACT])
+        return {"fusion (paper configuration)": row}
+
+
+def write_report(work: Path, results: dict[str, dict], stages: Stages, fast_protocol: str) -> None:
+    """Print the tables of the finished rows with each stage's wall time; write them to WORK_DIR/results.md and
+    WORK_DIR/results.json."""
     results = {
         dataset: {key: row for key, row in rows.items() if row is not None} for dataset, rows in results.items()
     }
@@ -336,6 +347,26 @@ def main() -> None:
     print(text)
     (work / "results.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps({"results": results, "wall_time_s": stages.wall_times}, indent=2))
+
+
+def main() -> None:
+    args = parse_reproduce_args()
+    work = Path(args.work_dir)
+    stages = Stages(work, args.report_only)
+    folders = small_model_folders()
+    datasets = [*args.datasets, *(["go_emotions_multilabel"] if "multilabel" in args.stages else [])]
+    for dataset in datasets:
+        if "extract" in args.stages or not (work / "features" / dataset).exists():
+            stages.run(f"extract-{dataset}", extract_stage, dataset, work / "features" / dataset, folders, args)
+
+    # Cheapest and most telling first, over all data sets: a session that stops early still leaves whole rows behind.
+    rows = Rows(args, stages)
+    results: dict[str, dict] = {dataset: {} for dataset in args.datasets}
+    for stage in STAGES[1:]:
+        if stage in args.stages:
+            for dataset in ["go_emotions_multilabel"] if stage == "multilabel" else args.datasets:
+                results.setdefault(dataset, {}).update(rows.of_stage(stage, dataset))
+    write_report(work, results, stages, rows.fast_protocol)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""Test helpers: tiny random backbones built in code, paths to the real data, and a fresh-process runner."""
+"""Test helpers: tiny random backbones built in code, paths to the real data, and a runner of the programs in
+`tests/programs/` in a fresh process."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
@@ -20,6 +23,7 @@ from transformers import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+PROGRAMS = Path(__file__).resolve().parent / "programs"  # what tests run in a fresh process: `run_program`
 SHARED = REPO.parent / "shared"
 DATA_DIR = SHARED / "data"
 
@@ -76,9 +80,16 @@ def build_tiny_backbones(root: Path) -> list[dict]:
     ]  # fmt: skip
 
 
-def run_python(code: str, cwd: Path | None = None) -> str:
-    """Run `code` in a fresh Python process (nothing of this one imported) and return its stdout."""
+def run_program(program: str, *args: str | os.PathLike, python: str | os.PathLike = sys.executable) -> Any:
+    """Run `tests/programs/<program>` with `args` in a fresh Python process and return the JSON its last line holds.
+
+    Nothing of this process is imported there, and the repository's modules cannot be imported (a script's own
+    folder is on its path, not the current one, which is `/`; `PYTHONPATH` is empty): model code comes from a saved
+    folder through `trust_remote_code`, or from where a program that needs the repository is told it is. `python`
+    is the interpreter, e.g. that of another environment.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd or "/", env=env)
+    command = [str(python), str(PROGRAMS / program), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])

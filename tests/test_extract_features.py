@@ -26,7 +26,7 @@ from extract_features import (
     read_metadata,
     resolve_backbones,
 )
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
@@ -431,13 +431,9 @@ def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
 
 
 def test_help_imports_no_heavy_module():
-    code = (
-        "import sys, extract_features\n"
-        "try:\n    extract_features.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print([m for m in ('torch', 'datasets', 'transformers', 'numpy') if m in sys.modules])"
-    )
-    out = run_python(code, cwd=REPO)
-    assert "--backbone-path" in out and out.splitlines()[-1] == "[]"
+    answer = run_program("script_help.py", REPO, "extract_features")
+    assert "--backbone-path" in answer["help"]
+    assert [m for m in ("torch", "datasets", "transformers", "numpy") if m in answer["modules"]] == []
 
 
 def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):

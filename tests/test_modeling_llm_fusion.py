@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configuration_llm_fusion import LLMFusionConfig
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import (
     FrozenBackbone,
     LLMFusionEnsembleForSequenceClassification,
@@ -97,20 +97,14 @@ def test_save_and_load_with_trust_remote_code_in_a_fresh_process(tmp_path):
     assert {"configuration_llm_fusion.py", "modeling_llm_fusion.py", "model.safetensors"} <= {
         p.name for p in (tmp_path / "model").iterdir()
     }
-    run_python(
-        "import torch\n"
-        "from transformers import AutoModelForSequenceClassification\n"
-        f"model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'model')!r}, "
-        "trust_remote_code=True).eval()\n"
-        f"features = torch.load({str(tmp_path / 'features.pt')!r})\n"
-        f"torch.save(model(**features).logits, {str(tmp_path / 'logits.pt')!r})\n"
-        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
-    )
+    loaded = run_program("remote_code_logits.py", tmp_path / "model", tmp_path / "features.pt", tmp_path / "logits.pt")
+    assert loaded["module"].startswith("transformers_modules"), loaded["module"]
     assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
 
 
 def test_modules_import_from_the_repo_root():
-    run_python("import modeling_llm_fusion, configuration_llm_fusion", cwd=REPO)
+    modules = ("modeling_llm_fusion", "configuration_llm_fusion")
+    assert run_program("import_from_repo.py", REPO, *modules) == {name: str(REPO / f"{name}.py") for name in modules}
 
 
 # ---- features: the one text -> features code path ----
@@ -298,15 +292,9 @@ def test_ensemble_probabilities_are_the_mean_of_its_members_and_it_loads_with_tr
     torch.testing.assert_close(activation(ensemble(**features).logits), expected)
     ensemble.save_pretrained(tmp_path / "ensemble")
     torch.save(features, tmp_path / "features.pt")
-    run_python(
-        "import torch\n"
-        "from transformers import AutoModelForSequenceClassification\n"
-        f"model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'ensemble')!r}, "
-        "trust_remote_code=True).eval()\n"
-        "assert type(model).__name__ == 'LLMFusionEnsembleForSequenceClassification', type(model)\n"
-        f"torch.save(model(**torch.load({str(tmp_path / 'features.pt')!r})).logits, "
-        f"{str(tmp_path / 'logits.pt')!r})\n"
-    )
+    files = (tmp_path / "ensemble", tmp_path / "features.pt", tmp_path / "logits.pt")
+    loaded = run_program("remote_code_logits.py", *files)
+    assert loaded["class"] == "LLMFusionEnsembleForSequenceClassification", loaded["class"]
     torch.testing.assert_close(activation(torch.load(tmp_path / "logits.pt")), expected)
 
 

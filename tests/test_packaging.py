@@ -3,7 +3,6 @@ its metric beside it, and fec-predict, fec-extract and fec-train answer --help f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, run_program
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 COMMANDS = PYPROJECT["project"]["scripts"]
@@ -58,25 +57,7 @@ def venv(tmp_path_factory) -> Path:
 
 
 def test_install_gives_the_modules_the_metric_and_the_commands(venv):
-    python = venv / "bin" / "python"
-    code = """
-import importlib.metadata, importlib.util, json, sysconfig
-from pathlib import Path
-modules = {name: importlib.util.find_spec(name).origin for name in ("predict", "train_fusion", "pipeline_fec")}
-commands = {}
-for entry in importlib.metadata.entry_points(group="console_scripts"):
-    if entry.name.startswith("fec-"):
-        commands[entry.name] = entry.value
-        entry.load()  # resolves without importing torch: the commands import their scripts when run
-purelib = Path(sysconfig.get_paths()["purelib"])
-print(json.dumps({"purelib": str(purelib), "modules": modules, "commands": commands,
-                  "metric": (purelib / "metrics" / "fec_metrics" / "fec_metrics.py").is_file(),
-                  "card_template": (purelib / "templates" / "model_card.md").is_file(),
-                  "bench": (purelib / "bench").exists(), "tests": (purelib / "tests").exists()}))
-"""
-    result = run([python, "-c", code], venv)
-    assert result.returncode == 0, result.stderr[-3000:]
-    installed = json.loads(result.stdout)
+    installed = run_program("installed_inventory.py", python=venv / "bin" / "python")
     assert all(origin.startswith(installed["purelib"]) for origin in installed["modules"].values())
     assert installed["commands"] == COMMANDS
     assert COMMANDS == {"fec-extract": "fec_commands:extract", "fec-train": "fec_commands:train",
@@ -99,11 +80,8 @@ def test_installed_scripts_answer_help(venv, command, flag):
 
 @pytest.mark.real  # slow, as above
 def test_installed_train_fusion_loads_its_metric(venv):
-    code = "import fusion_metrics; print(sorted(fusion_metrics.load_metric('single_label_classification').compute("
-    code += "predictions=[0, 1, 1], references=[0, 1, 2])))"
-    result = run([venv / "bin" / "python", "-c", code], venv)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "['accuracy', 'macro_f1', 'weighted_f1']"
+    computed = run_program("installed_metric.py", python=venv / "bin" / "python")
+    assert computed == ["accuracy", "macro_f1", "weighted_f1"]
 
 
 def test_failing_script_exits_1_with_the_error(capsys):

@@ -16,7 +16,7 @@ from transformers import pipeline
 from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
 
 from configuration_llm_fusion import LLMFusionConfig
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import TASK_NOTE, TASKS, FECPipeline, save_for_pipeline
 
@@ -88,38 +88,12 @@ def test_saved_model_loads_in_fresh_process_with_trust_remote_code(
     # The Hub's snippet for a text-classification model names that task: it must reach the same pipeline.
     assert configs[0]["custom_pipelines"]["text-classification"] == configs[0]["custom_pipelines"]["fec"]
 
-    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
-    code = f"""
-import importlib.util, io, json, sys
-import torch
-from transformers import pipeline
-assert importlib.util.find_spec("pipeline_fec") is None and importlib.util.find_spec("modeling_llm_fusion") is None
-paths, texts = {paths!r}, {ed_texts!r}
-answers = {{}}
-for name, folder in (("saved", {str(folder)!r}), ("saved_by_pipeline", {str(folder_from_pipe)!r})):
-    pipe = pipeline("fec", model=folder, trust_remote_code=True, backbone_paths=paths, device="cpu")
-    answers[name] = {{"one": pipe(texts[0]), "all": pipe(texts, top_k=None, batch_size=5)}}
-hub = pipeline("text-classification", model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths,
-               device="cpu")
-answers["hub_snippet"] = {{"class": type(hub).__name__, "one": hub(texts[0]), "all": hub(texts, top_k=None)}}
-try:  # no task: transformers does not choose between the two tasks the config declares
-    pipeline(model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, device="cpu")
-except RuntimeError as error:
-    answers["inferred_task"] = str(error)
-half = pipeline("fec", model={str(folder)!r}, trust_remote_code=True, backbone_paths=paths, dtype=torch.bfloat16)
-answers["bfloat16"] = [str(half.model.dtype)] + [str(b.model.dtype) for b in half.model.load_backbones().values()]
-errors = []
-sys.stdin = io.StringIO("")  # nobody answers transformers' prompt
-for kwargs in ({{}}, {{"trust_remote_code": False}}, {{"trust_remote_code": True}}):
-    try:
-        pipeline("fec", model={str(folder)!r}, **kwargs)
-    except ValueError as error:
-        errors.append(str(error))
-answers["errors"] = errors
-print()  # transformers prompted on stdout: the answers go on a line of their own
-print(json.dumps(answers))
-"""
-    answers = json.loads(run_python(code).splitlines()[-1])
+    inputs = {
+        "folders": {"saved": str(folder), "saved_by_pipeline": str(folder_from_pipe)},
+        "backbone_paths": {spec["name"]: spec["model"] for spec in tiny_backbones},
+        "texts": ed_texts,
+    }
+    answers = run_program("saved_pipelines.py", json.dumps(inputs))
 
     probabilities = model_logits(single_label_model, ed_texts).softmax(-1)
     for name in ("saved", "saved_by_pipeline"):
@@ -226,6 +200,14 @@ def test_bad_inputs_are_refused_naming_input_and_position(single_label_model, in
     pipe = pipeline("fec", model=single_label_model, device="cpu")
     with pytest.raises(error, match=message):
         pipe(inputs)
+
+
+def test_a_bad_text_in_a_stream_is_refused_naming_its_position_in_the_stream(single_label_model):
+    pipe = pipeline("fec", model=single_label_model, device="cpu")
+    answers = pipe((text for text in ["fine", "fine", "fine", None]), batch_size=2)
+    assert next(answers)["label"] in EMOTIONS  # the first batch is answered: the stream is checked as it is drawn
+    with pytest.raises(TypeError, match="Text at position 3 is NoneType"):
+        list(answers)
 
 
 @pytest.mark.parametrize(

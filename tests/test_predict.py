@@ -11,7 +11,7 @@ import torch
 
 import predict
 from configuration_llm_fusion import LLMFusionConfig
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import FECPipeline, save_for_pipeline
 
@@ -130,16 +130,7 @@ def test_unusable_input_is_refused_before_loading_the_model(tmp_path, capsys, mo
 
 
 def test_help_imports_neither_torch_nor_transformers():
-    code = f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-import predict
-try:
-    predict.main(["--help"])
-except SystemExit as exit:
-    assert exit.code == 0
-print(sorted(name for name in ("torch", "transformers", "datasets") if name in sys.modules))
-"""
-    output = run_python(code)
-    assert "--backbone-path NAME=FOLDER" in output and "--top-k" in output
-    assert output.strip().splitlines()[-1] == "[]"
+    answer = run_program("script_help.py", REPO, "predict")
+    assert answer["exit_code"] == 0
+    assert "--backbone-path NAME=FOLDER" in answer["help"] and "--top-k" in answer["help"]
+    assert sorted(name for name in ("torch", "transformers", "datasets") if name in answer["modules"]) == []

@@ -19,7 +19,7 @@ from transformers import TrainingArguments
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from fusion_results import RunResults, SeedResult, per_label_scores
 from fusion_trainer import CHECKPOINT_SELECTIONS
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from publish_fusion import (
     CHECKPOINT_SELECTION_TEXTS,
@@ -238,9 +238,10 @@ def test_card_features_snippet_runs(tmp_path, tiny_backbones):
     save_model_folder(make_model(tiny_backbones), folder, spec)
     assert ModelCard.load(folder / "README.md").data.base_model is None  # a local folder is no base model
     snippet = python_blocks((folder / "README.md").read_text())[1]
-    report = "import json\nprint(json.dumps({n: list(t.shape) for n, t in (features | {'': logits}).items()}))"
-    shapes = json.loads(run_python(snippet + report).strip().splitlines()[-1])
-    assert shapes == {"llama": [2, 3, 32], "bert": [2, 32], "roberta": [2, 24], "": [2, len(LABELS)]}
+    (tmp_path / "snippet.py").write_text(snippet)
+    shapes = run_program("run_snippet.py", tmp_path / "snippet.py", "features", "logits")["names"]
+    expected = {"llama": [2, 3, 32], "bert": [2, 32], "roberta": [2, 24], "": [2, len(LABELS)]}
+    assert {**shapes["features"], "": shapes["logits"]} == expected
     # The comments in the snippet say the same shapes.
     assert "llama (2, 3, 32), bert (2, 32), roberta (2, 24)" in snippet and f"# (2, {len(LABELS)})" in snippet
 
@@ -252,12 +253,8 @@ def test_card_pipeline_snippet_runs(tmp_path, tiny_backbones):
     save_model_folder(make_model(tiny_backbones), folder, spec)
     if "text-classification" not in json.loads((folder / "config.json").read_text())["custom_pipelines"]:
         pytest.skip("save_for_pipeline does not map the text-classification task to the fusion pipeline yet")
-    snippet = python_blocks((folder / "README.md").read_text())[0]
-    calls = "\n".join(
-        f"answers.append({line})" if line.startswith("classifier(") else line for line in snippet.splitlines()
-    )
-    answers = json.loads(run_python("answers = []\n" + calls + "\nimport json\nprint(json.dumps(answers))"))
-    single, batch = answers
+    (tmp_path / "snippet.py").write_text(python_blocks((folder / "README.md").read_text())[0])
+    single, batch = run_program("run_snippet.py", tmp_path / "snippet.py")["expressions"]  # the two classifier calls
     assert len(single) == 1 and single[0]["label"] in LABELS and 0 < single[0]["score"] <= 1
     assert len(batch) == 2 and all(len(answer) == 3 for answer in batch)
 

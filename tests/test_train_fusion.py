@@ -19,7 +19,7 @@ import train_fusion
 from extract_features import extract, load_features
 from fusion_data import build_config, training_splits
 from fusion_trainer import FusionTrainer, ProtocolCallback
-from helpers import REPO, run_python
+from helpers import REPO, run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from train_fusion import main
 
@@ -147,23 +147,15 @@ def test_seeds_aggregate(ed_run):
         assert not list(run_dir.glob("checkpoint-*"))  # a finished seed keeps only its model and result
 
 
-def test_saved_folder_loads_in_a_fresh_process_with_identical_predictions(ed_run, ed_features):
+def test_saved_folder_loads_in_a_fresh_process_with_identical_predictions(ed_run, ed_features, tmp_path):
     results, output, _ = ed_run
     files = {path.name for path in output.iterdir()}
     assert {"config.json", "model.safetensors", "configuration_llm_fusion.py", "modeling_llm_fusion.py",
             "pipeline_fec.py", "training_args.json", "results.json", "README.md"} <= files  # fmt: skip
-    code = f"""
-import json, torch
-from datasets import load_from_disk
-from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained({str(output)!r}, trust_remote_code=True,
-                                                           dtype=torch.float32).eval()
-test = load_from_disk({str(ed_features / "test")!r}).with_format("torch")[:]
-with torch.no_grad():
-    logits = model(**{{name: test[name] for name in ("llama", "bert", "roberta")}}).logits
-print(json.dumps({{"class": type(model).__name__, "config": model.config.to_dict(), "logits": logits.tolist()}}))
-"""
-    loaded = json.loads(run_python(code).strip().splitlines()[-1])
+    test = load_from_disk(str(ed_features / "test")).with_format("torch")[:]
+    torch.save({name: test[name] for name in ("llama", "bert", "roberta")}, tmp_path / "features.pt")
+    saved = (output, tmp_path / "features.pt", tmp_path / "logits.pt")
+    loaded = run_program("remote_code_logits.py", *saved, "--dtype", "float32")
     assert loaded["class"] == "LLMFusionForSequenceClassification"
     config = loaded["config"]
     assert config["problem_type"] == "single_label_classification"
@@ -173,10 +165,9 @@ print(json.dumps({{"class": type(model).__name__, "config": model.config.to_dict
     assert config["custom_pipelines"]["fec"]["impl"] == "pipeline_fec.FECPipeline"
 
     # The model that was scored in training (saved from memory right after scoring) predicts exactly the same.
-    logits = torch.tensor(loaded["logits"])
+    logits = torch.load(tmp_path / "logits.pt")
     seed_model = output / "runs" / f"seed-{results['best_seed']}" / "model"
     scored = LLMFusionForSequenceClassification.from_pretrained(seed_model, dtype=torch.float32).eval()
-    test = load_from_disk(str(ed_features / "test")).with_format("torch")[:]
     with torch.no_grad():
         expected = scored(**{name: test[name] for name in ("llama", "bert", "roberta")}).logits
     torch.testing.assert_close(logits, expected, atol=0, rtol=0)
@@ -466,14 +457,13 @@ def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, t
     assert saved["ensemble"] == ensemble and [run["seed"] for run in saved["runs"]] == [42, 43]
     card = (tmp_path / "README.md").read_text()
     assert "The saved model is the ensemble of seeds 42, 43" in card and "ensemble of the 2 seeds (saved)" in card
-    code = f"""
-import json, torch
-from transformers import pipeline
-classifier = pipeline("text-classification", model={str(tmp_path)!r}, trust_remote_code=True,
-                      backbone_paths={hub_backbones(tiny_backbones)[1]!r})
-print(json.dumps([type(classifier.model).__name__, classifier("i finally got the job")]))
-"""
-    name, answer = json.loads(run_python(code).strip().splitlines()[-1])
+    inputs = {
+        "model": str(tmp_path),
+        "backbone_paths": hub_backbones(tiny_backbones)[1],
+        "text": "i finally got the job",
+    }
+    served = run_program("pipeline_answer.py", json.dumps(inputs))
+    name, answer = served["class"], served["answer"]
     assert name == "LLMFusionEnsembleForSequenceClassification" and len(answer) == 1 and 0 < answer[0]["score"] <= 1
     with pytest.raises(ValueError, match="--seeds must be at least 2 for --ensemble, got 1"):
         main(cli(ed_features, tmp_path / "one", "--ensemble", "true"))

@@ -1,0 +1,22 @@
+"""Answer `--help` with a script of the repository (`MODULE.main(["--help"])`), and see which modules that imported.
+
+    python script_help.py REPO MODULE
+
+Prints, as JSON: the help, the exit code (`null` if `main` returned) and the names of every module imported.
+"""
+
+import contextlib
+import importlib
+import io
+import json
+import sys
+
+repo, module = sys.argv[1:]
+sys.path.insert(0, repo)
+exit_code = None
+with contextlib.redirect_stdout(io.StringIO()) as help_text:
+    try:
+        importlib.import_module(module).main(["--help"])
+    except SystemExit as exit:
+        exit_code = exit.code
+print(json.dumps({"help": help_text.getvalue(), "exit_code": exit_code, "modules": sorted(sys.modules)}))
