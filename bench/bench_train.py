@@ -114,6 +114,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     from extract_features import load_features
     from fusion_data import build_config, feature_statistics, training_splits
     from fusion_trainer import keep_gradient_memory
+    from modeling_llm_fusion import LLMFusionForSequenceClassification
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
