@@ -152,7 +152,8 @@ def score_kept(
     """Score a trained model once: choose the multi-label threshold on validation (set in its config), then score
     validation and test. Returns `threshold`, `validation`, `test`, `per_label` and `confusion` (the result fields)."""
     config = setup.config
-    predict_args = dataclasses.replace(protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no")
+    predict_args = dataclasses.replace(protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no",
+                                       disable_tqdm=True)  # fmt: skip
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> RunResults:
     # Quiet by default (warnings only); --log_level info shows what Trainer does.
     logging.set_verbosity(training_args.get_process_log_level())
     logging.enable_explicit_format()
+    if training_args.get_process_log_level() > logging.INFO:
+        logging.disable_progress_bar()  # a bar per checkpoint written or read; Trainer's own bar stays
     results = train(args, training_args)
     print(format_results_table(results))
     saved = (f"the ensemble of seeds {results.ensemble.members}" if results.ensemble else
