@@ -514,15 +514,18 @@ class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
     def from_members(
         cls, members: Sequence[LLMFusionForSequenceClassification]
     ) -> LLMFusionEnsembleForSequenceClassification:
-        """The ensemble of trained heads of one config (e.g. the seeds of a run), their weights copied."""
+        """The ensemble of trained heads of one config (e.g. the seeds of a run), their weights copied. The members'
+        multi-label thresholds may differ: the ensemble starts with the first one's (training chooses its own)."""
 
         def head(config: LLMFusionConfig) -> dict:  # what the members must share: all but where each was loaded from
             kept = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
-            return {**kept, "ensemble_size": len(members), "transformers_version": None}
+            return {**kept, "ensemble_size": len(members), "transformers_version": None, "threshold": None}
 
         if any(head(member.config) != head(members[0].config) for member in members):
-            raise ValueError("The members of an ensemble must share one config (backbones, head, labels, threshold).")
-        ensemble = cls(type(members[0].config).from_dict(head(members[0].config)))
+            raise ValueError("The members of an ensemble must share one config (backbones, head and labels).")
+        ensemble = cls(
+            type(members[0].config).from_dict({**head(members[0].config), "threshold": members[0].config.threshold})
+        )
         for target, member in zip(ensemble.members, members):
             target.load_state_dict(member.state_dict())
         return ensemble.to(members[0].device, members[0].dtype)
