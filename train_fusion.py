@@ -2,11 +2,13 @@
 
     python train_fusion.py                        # features/ED -> outputs/llm-fusion-ed, one seed
     python train_fusion.py --seeds 5              # the paper's protocol: 5 seeds, mean +- std
+    python train_fusion.py --seeds 5 --ensemble   # save the seeds' ensemble (the mean of their probabilities)
     python train_fusion.py --seeds 5 --push-to-hub --hub-model-id ORG/NAME
 
 Every `TrainingArguments` flag works. The defaults are the paper's protocol: Adam, lr 1e-4, batch 10, up to 200
 epochs, validation after each epoch, the original's early stopping (loss or weighted-F1 resets a patience of 10).
-Each seed's test split is scored once, on the checkpoint validation kept; the best seed by validation is saved.
+Each seed's test split is scored once, on the checkpoint validation kept; the best seed by validation is saved
+(with --ensemble, the seeds' ensemble, scored once too).
 """
 
 from __future__ import annotations
