@@ -30,14 +30,14 @@ class FusionArguments:
     seeds: int = field(
         default=1,
         metadata={"help": "Seeds to train (--seed, --seed + 1, ...); 5 is the paper's protocol. The seed with the "
-                  "best validation score is saved."},
+                  "best validation score is saved (or, with --ensemble, the seeds' ensemble)."},
     )  # fmt: skip
     batch_seeds: bool | None = field(
         default=None,
         metadata={"help": "Train the --seeds seeds together as one batched model (one step advances every seed; each "
                   "keeps its own initialisation, data order, dropout, early stopping and checkpoint), or (false) one "
                   "after another. Default: together on a GPU or other accelerator, one after another on a CPU, where "
-                  "the batched step measured 1.8x slower than the seeds' steps one by one (README, Training)."},
+                  "the batched step costs about what the seeds' steps cost one by one (README, Training)."},
     )  # fmt: skip
     early_stopping_patience: int = field(
         default=10, metadata={"help": "Stop a seed after this many evaluations without improvement."}

@@ -6,6 +6,7 @@ where features are computed, used by extraction and by the pipeline) -> fusion v
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 from collections.abc import Sequence
@@ -517,15 +518,17 @@ class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
         """The ensemble of trained heads of one config (e.g. the seeds of a run), their weights copied. The members'
         multi-label thresholds may differ: the ensemble starts with the first one's (training chooses its own)."""
 
-        def head(config: LLMFusionConfig) -> dict:  # what the members must share: all but where each was loaded from
-            kept = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
-            return {**kept, "ensemble_size": len(members), "transformers_version": None, "threshold": None}
+        def shared(config: LLMFusionConfig) -> dict:  # all but where each was loaded from and its own threshold
+            ignored = ("ensemble_size", "threshold", "transformers_version")
+            return {
+                key: value for key, value in config.to_dict().items() if not key.startswith("_") and key not in ignored
+            }
 
-        if any(head(member.config) != head(members[0].config) for member in members):
+        if any(shared(member.config) != shared(members[0].config) for member in members):
             raise ValueError("The members of an ensemble must share one config (backbones, head and labels).")
-        ensemble = cls(
-            type(members[0].config).from_dict({**head(members[0].config), "threshold": members[0].config.threshold})
-        )
+        config = copy.deepcopy(members[0].config)
+        config.ensemble_size = len(members)
+        ensemble = cls(config)
         for target, member in zip(ensemble.members, members):
             target.load_state_dict(member.state_dict())
         return ensemble.to(members[0].device, members[0].dtype)

@@ -228,9 +228,11 @@ class Setup:
 def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     """Read and check the features, build the config (the head options the features' preset recorded, unless a
     flag says otherwise) and resolve the protocol; every refusal happens here, before any training."""
-    if args.seeds < 1 or (args.ensemble and args.seeds < 2):
-        raise ValueError(f"--seeds must be at least {2 if args.ensemble else 1}" +
-                         (" for --ensemble" if args.ensemble else "") + f", got {args.seeds}.")  # fmt: skip
+    minimum = 2 if args.ensemble else 1
+    if args.seeds < minimum:
+        raise ValueError(
+            f"--seeds must be at least {minimum}{' for --ensemble' if args.ensemble else ''}, got {args.seeds}."
+        )
     features_dir = args.features_dir or default_features_dir(args.dataset)
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)

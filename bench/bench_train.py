@@ -137,7 +137,8 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     anonymous = int(status["RssAnon"].split()[0]) * 1024
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     parameters = sum(parameter.numel() for parameter in LLMFusionForSequenceClassification(config).parameters())
-    adam = {count: adam_step_ms(count * parameters, device) for count in {1, seeds if path == "batched" else 1}}
+    # Adam's step alone, one seed's parameters and the stack's: printed beside the batched path's figures.
+    adam = {count: adam_step_ms(count * parameters, device) for count in (1, seeds)} if path == "batched" else {}
     return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": name,
             "rows": len(train), "parameters": parameters, "adam_step_ms": adam}  # fmt: skip
 
