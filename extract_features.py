@@ -5,9 +5,10 @@
     accelerate launch extract_features.py --dataset go_emotion   # rows split over processes, same result
 
 Every split gets one feature column per backbone (named after it). Work is written shard by shard under
-`OUTPUT_DIR/cache/`, keyed by everything that changes a feature, so a rerun skips finished shards (an interrupted
-run resumes) and a changed backbone recomputes only its own column. Every shard and every saved split carries a
-checksum: what does not match its record is recomputed or rebuilt, never trusted.
+`OUTPUT_DIR/cache/` (or `--cache-dir`), keyed by everything that changes a feature, so a rerun skips finished shards
+(an interrupted run resumes) and a changed backbone recomputes only its own column. A column of chosen layers is
+cut from a cached `--all-layers` column of the same backbone, without running it. Every shard and every saved split
+carries a checksum: what does not match its record is recomputed or rebuilt, never trusted.
 
 The heavy libraries (torch, datasets, transformers) are imported by the functions that use them, so that
 `--help` answers at once and importing this module costs nothing.
@@ -128,6 +129,11 @@ class ExtractArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Defaults to features/<data set name> (see `dataset_name`)."}
     )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the feature shards are cached (default OUTPUT_DIR/cache). Folders that share it "
+                  "share the columns they have in common; chosen layers are cut from a cached --all-layers column."},
+    )  # fmt: skip
     limit: int | None = field(default=None, metadata={"help": "Only the first N rows of each split (N >= 1)."})
     batch_size: int = field(default=16, metadata={"help": "Texts per forward pass (at most; 16 is fastest on CPU)."})
     max_tokens: int | None = field(
@@ -1015,6 +1021,7 @@ def extract(
     backbones: list[dict] | None = None,
     backbone_paths: dict[str, str] | None = None,
     output_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     max_tokens: int | None = None,
@@ -1029,7 +1036,9 @@ def extract(
 
     The output in `output_dir` (default `default_features_dir(dataset)`) is up to date when its metadata records the
     same data (texts and labels), backbones and dtypes, and its splits match their checksums; otherwise it is
-    rebuilt, from the cache where the shards are good (no model is loaded). Returns an `ExtractionResult`: the
+    rebuilt, from the cache where the shards are good (no model is loaded). The cache is `cache_dir` (default
+    `output_dir/cache`); a layer-pooled column's shards missing there are cut from the same backbone's all-layers
+    column where the cache holds it (`--all-layers`), without loading the model. Returns an `ExtractionResult`: the
     metadata written to `OUTPUT_DIR/fec_features.json`, the backbones computed in this call and their throughput.
     Raises `ValueError` in one line for bad arguments, data or backbones, and for a full disk.
     """
@@ -1056,6 +1065,7 @@ def extract(
             metadata,
             backbone_paths,
             output_dir,
+            Path(cache_dir) if cache_dir is not None else output_dir / "cache",
             batch_size,
             max_tokens,
             device,
@@ -1083,6 +1093,7 @@ def _extract(
     metadata: FeatureMetadata,
     backbone_paths: dict[str, str],
     output_dir: Path,
+    cache_dir: Path,
     batch_size: int,
     max_tokens: int | None,
     device: str | None,
@@ -1102,14 +1113,19 @@ def _extract(
     metadata = _keyed_metadata(metadata, data, backbone_paths, dtype, shard_size)
     if (saved := _saved_output(output_dir, metadata)) is not None:
         return ExtractionResult(saved, output_dir)
+    configs = {spec["name"]: _model_config(spec, backbone_paths.get(spec["name"])) for spec in metadata.backbones}
     for spec in metadata.backbones:  # refuse a backbone that cannot give these features before any work is done
-        FrozenBackbone.check_config(spec, _model_config(spec, backbone_paths.get(spec["name"])))
+        FrozenBackbone.check_config(spec, configs[spec["name"]])
 
-    shards = _Shards(output_dir / "cache", metadata.column_keys, metadata.rows, shard_size)
+    shards = _Shards(cache_dir, metadata.column_keys, metadata.rows, shard_size)
     computed, throughput = [], {}
     for spec in metadata.backbones:
         name = spec["name"]
         pending = _pending_shards(shards, name, rank, world)
+        every_layer = _every_layer_shards(
+            spec, configs[name], data, shards, backbone_paths.get(name), dtype, metadata.feature_dtype
+        )
+        pending = _cut_from_every_layer(spec, every_layer, shards, pending, metadata.feature_dtype)
         if not any(pending.values()):
             continue
         computed.append(name)
@@ -1209,6 +1225,57 @@ def _pending_shards(shards: _Shards, backbone: str, rank: int, world: int) -> di
             logger.warning(f"Cache shard {shard} cannot be trusted ({problem}): recomputing it.")
             pending[split].append(i)
     return pending
+
+
+def _every_layer_shards(
+    spec: dict, config, data: DatasetDict, shards: _Shards, path: str | None, dtype: str, feature_dtype: str
+) -> tuple[_Shards, list[int]] | None:
+    """For a layer-pooled backbone that reads fewer hidden states than its model has: the cache's shards of the same
+    backbone's all-layers column (what `--all-layers` extracts, top first) and the positions of `spec`'s layers in
+    it. None for any other backbone."""
+    from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
+    from modeling_llm_fusion import FrozenBackbone
+
+    count = FrozenBackbone.hidden_state_count(config)
+    if spec["pooling"] not in LAYER_POOLINGS or spec["num_layers"] == count:
+        return None
+    every = normalize_backbone({**spec, "layers": [-1 - i for i in range(count)], "num_layers": count})
+    keys = {split: column_key(every, path, dtype, texts_digest(data[split]), feature_dtype, shards.size)
+            for split in SPLITS}  # fmt: skip
+    positions = [count - 1 - index % count for index in layer_indices(spec)]  # hidden_states[-1 - p] is at p
+    return dataclasses.replace(shards, column_keys={spec["name"]: keys}), positions
+
+
+def _cut_from_every_layer(
+    spec: dict,
+    every_layer: tuple[_Shards, list[int]] | None,
+    shards: _Shards,
+    pending: dict[str, list[int]],
+    feature_dtype: str,
+) -> dict[str, list[int]]:
+    """Write each `pending` shard of a backbone's column that its cached all-layers column (`every_layer`, from
+    `_every_layer_shards`) holds, cut to the backbone's layers, without running the model; the same numbers as
+    computing them, as the features of a hidden state do not depend on which others are read. Returns the shards
+    still to compute."""
+    if every_layer is None:
+        return pending
+    from datasets import Dataset
+
+    source, positions = every_layer
+    name, feature, left, cut = spec["name"], feature_type(spec, feature_dtype), {}, 0
+    for split, indices in pending.items():
+        left[split] = []
+        for i in indices:
+            whole = source.file(split, name, i)
+            if not whole.exists() or _shard_problem(whole, shards.rows(split, i)) is not None:
+                left[split].append(i)
+                continue
+            values = Dataset.from_file(str(whole)).with_format("numpy")[:][name][:, positions]
+            _write_shard(shards.file(split, name, i), name, values, feature)
+            cut += 1
+    if cut:
+        logger.info(f"{name}: {cut} shards cut from its cached all-layers column")
+    return left
 
 
 def _compute_shards(
@@ -1346,7 +1413,8 @@ def main(argv: list[str] | None = None) -> ExtractionResult:
     result = extract(
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,
         preset=args.preset, backbones=backbones, backbone_paths=backbone_paths,
-        output_dir=args.output_dir, limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens,
+        output_dir=args.output_dir, cache_dir=args.cache_dir, limit=args.limit, batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
         device=args.device, device_map=args.device_map, dtype=args.dtype, quantization=args.quantization,
         feature_dtype=args.feature_dtype, shard_size=args.shard_size,
     )  # fmt: skip

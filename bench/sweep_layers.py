@@ -3,7 +3,8 @@ each window of k consecutive layers, and the winner is written as a backbone des
 
     python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-all-layers
     python bench/sweep_layers.py features/ED-all-layers --window 5 --output llama-layers.json
-    python extract_features.py --dataset ED --preset small --backbone-spec llama-layers.json
+    python extract_features.py --dataset ED --preset small --backbone-spec llama-layers.json \
+        --cache-dir features/ED-all-layers/cache   # the chosen layers are cut from the all-layers column
 
 The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
 on the train split: multinomial for single-label data, one-vs-rest for multi-label data. Its input for a window is

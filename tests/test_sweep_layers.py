@@ -113,3 +113,13 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
     # The chosen layers' features are the all-layers features at those hidden states: one feature code path.
     positions = [llama["layers"].index(i) for i in chosen["layers"]]
     np.testing.assert_array_equal(features, all_layers[:, positions])
+
+    # With the all-layers folder's cache, the chosen layers are cut from it: no model is run, the same numbers.
+    cut = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "cut"),
+                                 "--cache-dir", str(tmp_path / "all" / "cache")])  # fmt: skip
+    assert cut.computed == [] and cut.metadata.backbones == again.metadata.backbones
+    for split in ("train", "test"):
+        cut_split, computed_split = (
+            load_features(tmp_path / f)[0][split].with_format("numpy")[:] for f in ("cut", "one")
+        )
+        np.testing.assert_array_equal(cut_split["llama"], computed_split["llama"])
