@@ -123,3 +123,15 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
             load_features(tmp_path / f)[0][split].with_format("numpy")[:] for f in ("cut", "one")
         )
         np.testing.assert_array_equal(cut_split["llama"], computed_split["llama"])
+
+    # An all-layers shard that does not match its record is not cut from: that shard is computed.
+    train_cache = tmp_path / "all" / "cache" / "train"
+    whole = train_cache / f"llama-{everything.metadata.column_keys['llama']['train']}" / "shard-00000.arrow"
+    whole.write_bytes(whole.read_bytes()[:-8] + bytes(8))
+    shutil.rmtree(train_cache / f"llama-{cut.metadata.column_keys['llama']['train']}")  # the shard cut from it
+    cache = ["--cache-dir", str(tmp_path / "all" / "cache")]
+    again_cut = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir",
+                                       str(tmp_path / "cut-again"), *cache])  # fmt: skip
+    assert again_cut.computed == ["llama"] and again_cut.throughput["llama"]["texts"] == 60  # the train shard alone
+    recomputed = load_features(tmp_path / "cut-again")[0]["train"].with_format("numpy")[:]["llama"]
+    np.testing.assert_array_equal(recomputed, features)
