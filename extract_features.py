@@ -1422,7 +1422,7 @@ def main(argv: list[str] | None = None) -> ExtractionResult:
         rows = ", ".join(f"{split} {n}" for split, n in result.metadata.rows.items())
         print(f"Features of {result.metadata.dataset} ({rows}) -> {result.output_dir}")
         if not result.computed:
-            print("Cache hit: every column was up to date, no model was loaded.")
+            print("No model was loaded: every column came from the cache.")
         for name, speed in result.throughput.items():
             print(f"  {name:10s} {speed['texts_per_s']:9.1f} texts/s {speed['tokens_per_s']:11.1f} tokens/s")
     return result
