@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -351,6 +352,7 @@ def write_report(work: Path, results: dict[str, dict], stages: Stages, fast_prot
 
 def main() -> None:
     args = parse_reproduce_args()
+    hf_logging.disable_progress_bar()  # a bar per checkpoint written or read, as train_fusion.py hides them
     work = Path(args.work_dir)
     stages = Stages(work, args.report_only)
     folders = small_model_folders()
