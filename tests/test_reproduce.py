@@ -82,3 +82,20 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
         got = torch.tensor([by_label[model.config.id2label[i]] for i in range(model.config.num_labels)])
         # Features were stored as float16 and computed in bfloat16 or float32: close, not bit-equal.
         torch.testing.assert_close(got, expected[row], atol=2e-3, rtol=0)
+
+
+def test_seed_history_marks_the_evaluations_that_reset_the_patience():
+    from bench.seed_history import seed_lines
+
+    history = [
+        {"epoch": 1.0, "validation": {"loss": 1.5, "weighted_f1": 0.5}, "improved": ["loss", "weighted_f1"]},
+        {"epoch": 2.0, "validation": {"loss": 1.4, "weighted_f1": 0.49}, "improved": ["loss"]},
+        {"epoch": 3.0, "validation": {"loss": 1.6, "weighted_f1": 0.45}, "improved": []},
+    ]
+    run = {"seed": 42, "history": history, "epochs": 3.0, "best_epoch": 2.0,
+           "test": {"accuracy": 0.5512, "weighted_f1": 0.5488, "macro_f1": 0.5}}  # fmt: skip
+    results = {"selection_metric": "weighted_f1", "runs": [run]}
+    assert seed_lines(results) == [
+        "seed 42: 1: 1.5000 / 0.5000*, 2: 1.4000 / 0.4900*, 3: 1.6000 / 0.4500 -> 3 epochs run, epoch 2 kept, "
+        "test 55.12 / 54.88"
+    ]
