@@ -1,10 +1,17 @@
-"""Choose which hidden layers of the LLM feed the head, on the validation split: a cheap probe scores each layer and
-each window of k consecutive layers, and the winner is written as a backbone description that extraction reads.
+"""Choose which hidden layers of the LLM feed the head, and how they are pooled, on the validation split: a cheap
+probe scores each layer and each window of k consecutive layers (of each features folder given: one per pooling or
+prompt), and the winner is written as a backbone description that extraction reads.
 
     python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-all-layers
     python bench/sweep_layers.py features/ED-all-layers --window 5 --output llama-layers.json
     python extract_features.py --dataset ED --preset small --backbone-spec llama-layers.json \
         --cache-dir features/ED-all-layers/cache   # the chosen layers are cut from the all-layers column
+
+    # poolings too: one all-layers folder each, the same data; the winner carries its pooling and template
+    python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-prompt-all-layers \
+        --pooling llama=layer_last_token --template 'llama=This sentence : "{text}" means in one word:"' \
+        --cache-dir features/ED-all-layers/cache   # the encoders' columns are reused
+    python bench/sweep_layers.py features/ED-all-layers features/ED-prompt-all-layers --output llama-layers.json
 
 The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
 on the train split: multinomial for single-label data, one-vs-rest for multi-label data. Its input for a window is
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,10 +51,12 @@ READ_ROWS = 4096  # rows read at a time, so that only the float16 features (not 
 
 @dataclass
 class LayerScore:
-    """One candidate of a sweep: the hidden states it reads (feature order, top first) and its validation score."""
+    """One candidate of a sweep: the hidden states it reads (feature order, top first), the features folder they
+    come from (its pooling and template) and its validation score."""
 
     layers: list[int]
     score: float
+    features: str = ""
 
 
 @dataclass
@@ -60,13 +70,23 @@ class SweepResult:
     validation_rows: int
     scores: list[LayerScore]
     best_spec: dict
+    poolings: dict[str, str]  # features folder -> its pooling in words, e.g. "layer_last_token, prompted"
+
+
+def swept_split(features_dir: str | Path, split: str) -> datasets.Dataset:
+    """One split of a features folder, refused for any split but train and validation."""
+    if split not in SWEEP_SPLITS:
+        raise ValueError(f"A layer sweep reads only {SWEEP_SPLITS}, not {split!r}.")
+    return datasets.load_from_disk(str(Path(features_dir) / split))
+
+
+def split_labels(features_dir: str | Path, split: str) -> np.ndarray:
+    return np.asarray(swept_split(features_dir, split).with_format("numpy")["label"][:])
 
 
 def read_split(features_dir: str | Path, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One split's features of backbone `name`, `(rows, layers, width)` as stored (float16 or float32), and labels."""
-    if split not in SWEEP_SPLITS:
-        raise ValueError(f"A layer sweep reads only {SWEEP_SPLITS}, not {split!r}.")
-    data = datasets.load_from_disk(str(Path(features_dir) / split)).with_format("numpy", columns=[name, "label"])
+    data = swept_split(features_dir, split).with_format("numpy", columns=[name, "label"])
     first = data[:1][name]
     features = np.empty((len(data), *first.shape[1:]), dtype=first.dtype)
     labels = []
@@ -132,7 +152,7 @@ def validation_score(
 
 
 def sweep(
-    features_dir: str | Path,
+    features_dirs: str | Path | Sequence[str | Path],
     backbone: str | None = None,
     window: int = 5,
     combine: str = "mean",
@@ -140,26 +160,52 @@ def sweep(
     device: str | None = None,
 ) -> SweepResult:
     """Score every single layer and every window of `window` consecutive layers of a layer-pooled backbone's
-    features (best extracted with `--all-layers`) by a probe trained on train and scored on validation."""
+    features (best extracted with `--all-layers`) by a probe trained on train and scored on validation. Several
+    folders (the same data, the backbone pooled otherwise in each) are swept alike and ranked together."""
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}.")
+    folders = [features_dirs] if isinstance(features_dirs, (str, Path)) else list(features_dirs)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    scores, specs, labels = [], {}, None
+    for folder in folders:
+        metadata, spec = swept_backbone(folder, backbone)
+        y_train, y_val = (split_labels(folder, split) for split in SWEEP_SPLITS)
+        if labels is not None and not (np.array_equal(labels[0], y_train) and np.array_equal(labels[1], y_val)):
+            raise ValueError(f"{folder} holds other train or validation rows than {folders[0]}: extract every "
+                             "folder of a sweep from the same data.")  # fmt: skip
+        labels, specs[str(folder)] = (y_train, y_val), spec
+        scores += folder_scores(folder, metadata, spec, window, combine, c, device)
+    scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))  # stable: folder order breaks ties
+    best = normalize_backbone({**specs[scores[0].features], "layers": scores[0].layers,
+                               "num_layers": len(scores[0].layers)})  # fmt: skip
+    return SweepResult(
+        backbone=best["name"], metric=SELECTION_METRICS[metadata.problem_type], combine=combine,
+        train_rows=len(labels[0]), validation_rows=len(labels[1]), scores=scores, best_spec=best,
+        poolings={folder: pooling_words(spec) for folder, spec in specs.items()},
+    )  # fmt: skip
+
+
+def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple:
+    """A features folder's metadata and the description of the layer-pooled backbone to sweep (`backbone`, or the
+    only one)."""
     metadata = read_metadata(features_dir)
     layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
     if backbone is None:
         if len(layered) != 1:
             raise ValueError(f"Name the backbone to sweep (--backbone): layer-pooled ones are {layered}.")
-        spec = layered[0]
-    else:
-        spec = next((s for s in layered if s["name"] == backbone), None)
-        if spec is None:
-            raise ValueError(
-                f"No layer-pooled backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in layered]}."
-            )
-    spec = normalize_backbone(spec)
+        return metadata, normalize_backbone(layered[0])
+    spec = next((s for s in layered if s["name"] == backbone), None)
+    if spec is None:
+        raise ValueError(
+            f"No layer-pooled backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in layered]}."
+        )
+    return metadata, normalize_backbone(spec)
+
+
+def folder_scores(features_dir, metadata, spec: dict, window: int, combine: str, c: float, device) -> list[LayerScore]:
+    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`."""
     indices = layer_indices(spec)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    problem_type, num_labels = metadata.problem_type, len(metadata.label_names)
-    metric = load_metric(problem_type)
+    metric = load_metric(metadata.problem_type)
     train_features, y_train = read_split(features_dir, "train", spec["name"])
     val_features, y_val = read_split(features_dir, "validation", spec["name"])
     scores = []
@@ -167,38 +213,47 @@ def sweep(
         positions = [indices.index(i) for i in layers]
         x_train = probe_input(train_features, positions, combine, device)
         x_val = probe_input(val_features, positions, combine, device)
-        value = validation_score(x_train, y_train, x_val, y_val, problem_type, num_labels, c, metric)
-        scores.append(LayerScore(layers=layers, score=value))
-    scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))
-    best = normalize_backbone({**spec, "layers": scores[0].layers, "num_layers": len(scores[0].layers)})
-    return SweepResult(
-        backbone=spec["name"], metric=SELECTION_METRICS[problem_type], combine=combine,
-        train_rows=len(y_train), validation_rows=len(y_val), scores=scores, best_spec=best,
-    )  # fmt: skip
+        value = validation_score(
+            x_train, y_train, x_val, y_val, metadata.problem_type, len(metadata.label_names), c, metric
+        )
+        scores.append(LayerScore(layers=layers, score=value, features=str(features_dir)))
+    return scores
+
+
+def pooling_words(spec: dict) -> str:
+    """A backbone's pooling in a few words: the pooling, and whether a prompt wraps the text."""
+    return spec["pooling"] + (", prompted" if spec.get("template") else "")
 
 
 def table(result: SweepResult) -> str:
-    """The ranked candidates as a text table, score in %."""
-    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  layers (hidden_states[i], feature order)"
-    lines = [header]
+    """The ranked candidates as a text table, score in %; with several folders, each row's pooling too."""
+    pooled = len(result.poolings) > 1
+    width = max(map(len, result.poolings.values())) if pooled else 0
+    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  " + (f"{'pooling':{width}}  " if pooled else "")
+    lines = [header + "layers (hidden_states[i], feature order)"]
     for rank, row in enumerate(result.scores, 1):
-        lines.append(f"{rank:>4}  {len(row.layers):>2}  {100 * row.score:>16.2f}  {', '.join(map(str, row.layers))}")
+        pooling = f"{result.poolings[row.features]:{width}}  " if pooled else ""
+        layers = ", ".join(map(str, row.layers))
+        lines.append(f"{rank:>4}  {len(row.layers):>2}  {100 * row.score:>16.2f}  {pooling}{layers}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> SweepResult:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("features_dir", help="features extracted by extract_features.py (best with --all-layers)")
+    parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
+                        help="features extracted by extract_features.py (best with --all-layers); several: one per "
+                        "pooling or prompt of the same data, ranked together")  # fmt: skip
     parser.add_argument("--backbone", help="the layer-pooled backbone to sweep (default: the only one)")
     parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
     parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
-    parser.add_argument("--output", help="the winning backbone description (default: FEATURES_DIR/best-NAME.json)")
+    parser.add_argument("--output", help="the winning backbone description (default: in the first FEATURES_DIR, "
+                        "best-NAME.json)")  # fmt: skip
     parser.add_argument("--results", help="also write every candidate's score to this JSON file")
     args = parser.parse_args(argv)
-    result = sweep(args.features_dir, args.backbone, args.window, args.combine, args.c, args.device)
-    output = Path(args.output or Path(args.features_dir) / f"best-{result.backbone}.json")
+    result = sweep(args.features_dirs, args.backbone, args.window, args.combine, args.c, args.device)
+    output = Path(args.output or Path(args.features_dirs[0]) / f"best-{result.backbone}.json")
     output.write_text(json.dumps(result.best_spec, indent=2) + "\n")
     if args.results:
         Path(args.results).write_text(json.dumps(asdict(result), indent=2) + "\n")
@@ -208,7 +263,8 @@ def main(argv: list[str] | None = None) -> SweepResult:
         f"{'the mean of its layer vectors' if result.combine == 'mean' else 'its layer vectors concatenated'}."
     )
     print(table(result))
-    print(f"Best: layers {result.best_spec['layers']} -> {output}")
+    pooling = f" ({pooling_words(result.best_spec)})" if len(result.poolings) > 1 else ""
+    print(f"Best: layers {result.best_spec['layers']}{pooling} -> {output}")
     print(f"Extract with them: python extract_features.py ... --backbone-spec {output}")
     return result
 

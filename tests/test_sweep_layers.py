@@ -40,8 +40,11 @@ def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
         sweep_layers.read_split("anywhere", "test", "llama")
 
 
-def synthetic_features(folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240):
-    """A features folder without a test split, whose LLM features carry the labels in one hidden state only."""
+def synthetic_features(
+    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0, **spec_options
+):
+    """A features folder without a test split, whose LLM features carry the labels in one hidden state only
+    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...)."""
     rng = np.random.default_rng(0)
     width, num_labels = 8, 3
     multi = problem_type == "multi_label_classification"
@@ -54,12 +57,13 @@ def synthetic_features(folder, problem_type: str, informative: int, layers=(-1, 
             labels = rng.integers(0, num_labels, rows)
             signal = directions[labels]
         features = rng.standard_normal((rows, len(layers), width)).astype(np.float32)
-        features[:, layers.index(informative)] += 2 * signal
+        features[:, layers.index(informative)] += strength * signal
         label_type = List(Value("float32"), num_labels) if multi else ClassLabel(names=["a", "b", "c"])
         columns = Features({"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")})
         Dataset.from_dict({"label": labels.tolist(), "llama": features.astype(np.float16)}, features=columns)\
             .save_to_disk(folder / split)  # fmt: skip
     spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "layers": list(layers), "hidden_size": width}
+    spec.update(spec_options)
     metadata = {
         "dataset": "synthetic",
         "problem_type": problem_type,
@@ -83,6 +87,27 @@ def test_sweep_finds_the_informative_layer(tmp_path, problem_type):
     assert result.best_spec["num_layers"] == len(result.scores[0].layers)
     concat = sweep(folder, window=2, combine="concat", device="cpu")
     assert -3 in concat.scores[0].layers
+
+
+def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(tmp_path, capsys):
+    mean = synthetic_features(tmp_path / "mean", "single_label_classification", informative=-3)
+    prompted = synthetic_features(tmp_path / "prompted", "single_label_classification", informative=-2, strength=4.0,
+                                  pooling="layer_last_token", template="Say: {text}")  # fmt: skip
+    result = sweep_layers.main([str(mean), str(prompted), "--window", "2", "--device", "cpu"])
+    assert len(result.scores) == 2 * (4 + 3)
+    assert {row.features for row in result.scores} == {str(mean), str(prompted)}
+    best = result.scores[0]
+    assert best.features == str(prompted) and -2 in best.layers
+    assert (result.best_spec["pooling"], result.best_spec["template"]) == ("layer_last_token", "Say: {text}")
+    assert json.loads((mean / "best-llama.json").read_text()) == result.best_spec  # in the first folder by default
+    out = capsys.readouterr().out
+    assert "layer_last_token, prompted" in out and "Best: layers" in out and "(layer_last_token, prompted)" in out
+    mean_rows = [row for row in result.scores if row.features == str(mean)]
+    assert mean_rows[0].layers == [-3]  # each folder's own ranking is kept inside the joint one
+
+    other = synthetic_features(tmp_path / "other", "single_label_classification", informative=-3, rows=200)
+    with pytest.raises(ValueError, match=r"other holds other train or validation rows than .*mean"):
+        sweep([mean, other], window=2, device="cpu")
 
 
 def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_path, capsys):
