@@ -1060,20 +1060,9 @@ def extract(
             feature_dtype=feature_dtype,
             head=dict(PRESETS.get(preset, {}).get("head", {})),
         )
-        return _extract(
-            data,
-            metadata,
-            backbone_paths,
-            output_dir,
-            Path(cache_dir) if cache_dir is not None else output_dir / "cache",
-            batch_size,
-            max_tokens,
-            device,
-            device_map,
-            dtype,
-            quantization,
-            shard_size,
-        )
+        cache = Path(cache_dir) if cache_dir is not None else output_dir / "cache"
+        return _extract(data, metadata, backbone_paths, output_dir, cache, batch_size, max_tokens, device, device_map,
+                        dtype, quantization, shard_size)  # fmt: skip
 
 
 def _check_extract_arguments(
