@@ -455,8 +455,14 @@ def _flatten(signature: dict) -> dict:
 
 def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:
     """Start a run's record (`runs/run.json`), or, resuming, refuse a run made from other features or options,
-    naming what differs."""
+    naming what differs, and runs without a record (nothing to check them against: they are not deleted)."""
     record = runs_dir / "run.json"
+    if resume and not record.exists() and runs_dir.exists() and any(runs_dir.iterdir()):
+        raise ValueError(
+            f"--resume_from_checkpoint: {runs_dir} holds runs but no run.json recording the features and options "
+            "they were made with, so they cannot be checked; restore its run.json, or move the folder away to start "
+            "a new run."
+        )
     if resume and record.exists():
         before, now = _flatten(json.loads(record.read_text())), _flatten(signature)
         differences = [key for key in now if before.get(key) != now[key]]

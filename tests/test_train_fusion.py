@@ -403,6 +403,16 @@ def test_resuming_with_other_features_or_options_is_refused(ed_features, tmp_pat
         main(cli(ed_features, output, "--resume_from_checkpoint", "true", *changed))
 
 
+def test_resuming_runs_without_their_record_is_refused_and_keeps_them(ed_features, tmp_path):
+    output = tmp_path / "out"
+    main(cli(ed_features, output, "--max_steps", "4"))
+    (output / "runs" / "run.json").unlink()  # e.g. seed folders copied from another run
+    kept = sorted(path.name for path in (output / "runs").iterdir())
+    with pytest.raises(ValueError, match=r"holds runs but no run\.json .* cannot be checked"):
+        main(cli(ed_features, output, "--resume_from_checkpoint", "true", "--max_steps", "4"))
+    assert sorted(path.name for path in (output / "runs").iterdir()) == kept and kept
+
+
 def test_resuming_on_features_of_another_data_set_is_refused(ed_features, tmp_path):
     output = tmp_path / "out"
     main(cli(ed_features, output, "--max_steps", "4"))
