@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.reproduce import fit_logistic  # noqa: E402
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
-from extract_features import read_metadata  # noqa: E402
+from extract_features import FeatureMetadata, read_metadata  # noqa: E402
 from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
 
 SWEEP_SPLITS = ("train", "validation")
@@ -81,6 +81,7 @@ def swept_split(features_dir: str | Path, split: str) -> datasets.Dataset:
 
 
 def split_labels(features_dir: str | Path, split: str) -> np.ndarray:
+    """One split's labels (to check that several folders hold the same rows)."""
     return np.asarray(swept_split(features_dir, split).with_format("numpy")["label"][:])
 
 
@@ -185,7 +186,7 @@ def sweep(
     )  # fmt: skip
 
 
-def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple:
+def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[FeatureMetadata, dict]:
     """A features folder's metadata and the description of the layer-pooled backbone to sweep (`backbone`, or the
     only one)."""
     metadata = read_metadata(features_dir)
@@ -202,7 +203,10 @@ def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple:
     return metadata, normalize_backbone(spec)
 
 
-def folder_scores(features_dir, metadata, spec: dict, window: int, combine: str, c: float, device) -> list[LayerScore]:
+def folder_scores(
+    features_dir: str | Path, metadata: FeatureMetadata, spec: dict, window: int, combine: str, c: float,
+    device: torch.device,
+) -> list[LayerScore]:  # fmt: skip
     """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`."""
     indices = layer_indices(spec)
     metric = load_metric(metadata.problem_type)
