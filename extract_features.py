@@ -1099,7 +1099,8 @@ def _extract(
     rank, world = _distributed()
     device, dtype = _device_and_dtype(device, dtype, rank, world)
     _record_compute_settings(metadata.backbones, dtype, quantization)
-    metadata = _keyed_metadata(metadata, data, backbone_paths, dtype, shard_size)
+    digests = {name: texts_digest(split) for name, split in data.items()}  # what each column's cache key hashes
+    metadata = _keyed_metadata(metadata, data, digests, backbone_paths, dtype, shard_size)
     if (saved := _saved_output(output_dir, metadata)) is not None:
         return ExtractionResult(saved, output_dir)
     configs = {spec["name"]: _model_config(spec, backbone_paths.get(spec["name"])) for spec in metadata.backbones}
@@ -1111,10 +1112,11 @@ def _extract(
     for spec in metadata.backbones:
         name = spec["name"]
         pending = _pending_shards(shards, name, rank, world)
-        every_layer = _every_layer_shards(
-            spec, configs[name], data, shards, backbone_paths.get(name), dtype, metadata.feature_dtype
-        )
-        pending = _cut_from_every_layer(spec, every_layer, shards, pending, metadata.feature_dtype)
+        if any(pending.values()):  # missing shards of a layer column may be cut from the cached all-layers column
+            every_layer = _every_layer_shards(
+                spec, configs[name], digests, shards, backbone_paths.get(name), dtype, metadata.feature_dtype
+            )
+            pending = _cut_from_every_layer(spec, every_layer, shards, pending, metadata.feature_dtype)
         if not any(pending.values()):
             continue
         computed.append(name)
@@ -1162,11 +1164,16 @@ def _record_compute_settings(backbones: list[dict], dtype: str, quantization: st
 
 
 def _keyed_metadata(
-    metadata: FeatureMetadata, data: DatasetDict, backbone_paths: dict[str, str], dtype: str, shard_size: int
+    metadata: FeatureMetadata,
+    data: DatasetDict,
+    digests: dict[str, str],
+    backbone_paths: dict[str, str],
+    dtype: str,
+    shard_size: int,
 ) -> FeatureMetadata:
     """`metadata` with the rest of what decides the output's content: the compute dtype, the rows and data digest of
-    each split, and the cache key of each backbone's column (a Hub model's revision resolved to its commit first)."""
-    digests = {name: texts_digest(split) for name, split in data.items()}
+    each split, and the cache key of each backbone's column (a Hub model's revision resolved to its commit first);
+    `digests` are the splits' `texts_digest`."""
     for spec in metadata.backbones:
         if spec["revision"] is None and spec["name"] not in backbone_paths and not Path(spec["model"]).is_dir():
             spec["revision"] = _resolved_revision(spec)
@@ -1217,7 +1224,7 @@ def _pending_shards(shards: _Shards, backbone: str, rank: int, world: int) -> di
 
 
 def _every_layer_shards(
-    spec: dict, config, data: DatasetDict, shards: _Shards, path: str | None, dtype: str, feature_dtype: str
+    spec: dict, config, digests: dict[str, str], shards: _Shards, path: str | None, dtype: str, feature_dtype: str
 ) -> tuple[_Shards, list[int]] | None:
     """For a layer-pooled backbone that reads fewer hidden states than its model has: the cache's shards of the same
     backbone's all-layers column (what `--all-layers` extracts, top first) and the positions of `spec`'s layers in
@@ -1229,8 +1236,7 @@ def _every_layer_shards(
     if spec["pooling"] not in LAYER_POOLINGS or spec["num_layers"] == count:
         return None
     every = normalize_backbone({**spec, "layers": [-1 - i for i in range(count)], "num_layers": count})
-    keys = {split: column_key(every, path, dtype, texts_digest(data[split]), feature_dtype, shards.size)
-            for split in SPLITS}  # fmt: skip
+    keys = {split: column_key(every, path, dtype, digests[split], feature_dtype, shards.size) for split in SPLITS}
     positions = [count - 1 - index % count for index in layer_indices(spec)]  # hidden_states[-1 - p] is at p
     return dataclasses.replace(shards, column_keys={spec["name"]: keys}), positions
 
