@@ -1,9 +1,11 @@
 """How each seed of a training run stopped: every validation evaluation, read from the run's `results.json`.
 
     python bench/seed_history.py outputs/llm-fusion-ed/results.json
+    python bench/seed_history.py outputs/llm-fusion-ed/results.json --reaching 0.10   # when each seed left the prior
 
 One line a seed: `epoch: loss / selection metric`, `*` where a stopping metric improved (which resets the
-patience), then the epochs run, the epoch kept and the test scores of the kept checkpoint.
+patience), then the epochs run, the epoch kept and the test scores of the kept checkpoint. `--reaching LEVEL` adds
+the first epoch whose validation selection metric reached LEVEL (a head at the label prior scores near 0).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ import json
 from pathlib import Path
 
 
-def seed_lines(results: dict) -> list[str]:
+def first_epoch_reaching(run: dict, metric: str, level: float) -> float | None:
+    """The first evaluated epoch of a seed's `history` whose validation `metric` is at least `level`."""
+    return next((entry["epoch"] for entry in run["history"] if entry["validation"][metric] >= level), None)
+
+
+def seed_lines(results: dict, reaching: float | None = None) -> list[str]:
     """One line per seed of a `results.json` record (`RunResults.to_dict()`)."""
     metric = results["selection_metric"]
     lines = []
@@ -24,20 +31,24 @@ def seed_lines(results: dict) -> list[str]:
             for entry in run["history"]
         )
         test = " / ".join(f"{100 * run['test'][name]:.2f}" for name in ("accuracy", metric) if name in run["test"])
-        lines.append(
-            f"seed {run['seed']}: {evaluations} -> {run['epochs']:g} epochs run, epoch {run['best_epoch']:g} kept, "
-            f"test {test}"
-        )
+        line = (f"seed {run['seed']}: {evaluations} -> {run['epochs']:g} epochs run, "
+                f"epoch {run['best_epoch']:g} kept, test {test}")  # fmt: skip
+        if reaching is not None:
+            epoch = first_epoch_reaching(run, metric, reaching)
+            line += f"; {metric} first >= {reaching:g} at epoch {'never' if epoch is None else f'{epoch:g}'}"
+        lines.append(line)
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="a results.json written by train_fusion.py")
-    results = json.loads(parser.parse_args(argv).results.read_text())
+    parser.add_argument("--reaching", type=float, help="also print the first epoch whose metric reached this")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
     metric = results["selection_metric"]
     print(f"Every evaluation on validation (epoch: loss / {metric}, * = a stopping metric improved):")
-    print("\n".join(seed_lines(results)))
+    print("\n".join(seed_lines(results, args.reaching)))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,5 @@ def test_seed_history_marks_the_evaluations_that_reset_the_patience():
         "seed 42: 1: 1.5000 / 0.5000*, 2: 1.4000 / 0.4900*, 3: 1.6000 / 0.4500 -> 3 epochs run, epoch 2 kept, "
         "test 55.12 / 54.88"
     ]
+    assert seed_lines(results, reaching=0.49)[0].endswith("; weighted_f1 first >= 0.49 at epoch 1")
+    assert seed_lines(results, reaching=0.9)[0].endswith("; weighted_f1 first >= 0.9 at epoch never")
