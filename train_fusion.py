@@ -59,6 +59,7 @@ from fusion_trainer import (
     StoppingRule,
     build_model,
     check_run,
+    flush_denormals,
     group_folder,
     keep_gradient_memory,
     load_progress,
@@ -339,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[FusionArguments, FusionTr
 
 
 def main(argv: list[str] | None = None) -> RunResults:
+    flush_denormals()  # before any parallel torch work, so that every intra-op thread flushes
     args, training_args = parse_args(argv)
     keep_gradient_memory()
     # Quiet by default (warnings only); --log_level info shows what Trainer does.

@@ -21,6 +21,7 @@ from fusion_trainer import (
     build_model,
     epoch_order,
 )
+from helpers import REPO, run_program
 
 LIMIT = 40
 
@@ -221,3 +222,25 @@ def test_the_gradient_norm_shortcut_still_fits_trainer(features, tmp_path):
         logged[clip] = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logged[0.0]) == 2 and not any("grad_norm" in log for log in logged[0.0])  # skipped: nothing clipped
     assert all(log["grad_norm"] > 0 for log in logged[1.0])  # clipping still computes it
+
+
+def test_flushing_denormals_reaches_every_thread_when_done_first():
+    """train_fusion.main flushes denormals before any parallel work: then no intra-op thread computes on them (the
+    paper's head slows down on them); flushed after the threads exist, only the main thread's share is flushed."""
+    assert run_program("flush_denormals.py", REPO) == {"denormal_products": 0}
+    if torch.get_num_threads() >= 2:  # with two cores the second thread keeps its denormals
+        assert run_program("flush_denormals.py", REPO, "late")["denormal_products"] > 0
+
+
+def test_train_fusion_flushes_denormals_before_anything_else(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_fusion, "flush_denormals", lambda: calls.append("flush"))
+
+    def parse_args(argv):
+        calls.append("parse")
+        raise SystemExit
+
+    monkeypatch.setattr(train_fusion, "parse_args", parse_args)
+    with pytest.raises(SystemExit):
+        train_fusion.main([])
+    assert calls == ["flush", "parse"]
