@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class BenchArguments:
     features_dir: str | None = field(
         default=None, metadata={"help": "Time on these extracted features instead of random paper-size ones."}
     )
-    head: str = field(
+    head: Literal["features", "paper"] = field(
         default="features",
         metadata={"help": "features: the head the features' preset records; paper: the paper's exact head "
                   "(no standardisation, encoders only through the co-occurrence values)."},
