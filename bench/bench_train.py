@@ -65,8 +65,8 @@ class BenchArguments:
     )
     head: Literal["features", "paper"] = field(
         default="features",
-        metadata={"help": "features: the head the features' preset records; paper: the paper's exact head "
-                  "(no standardisation, encoders only through the co-occurrence values)."},
+        metadata={"help": "features: the head the features' preset records; paper: the paper preset's head (the exact "
+                  "head: no standardisation, encoders only through the co-occurrence values)."},
     )  # fmt: skip
     measure: str | None = field(default=None, metadata={"help": "Internal: time one path."})
 
@@ -118,6 +118,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     "batched": `seeds` seeds as one model); the seconds of each epoch and this process's peak RSS."""
     import torch
 
+    from configuration_llm_fusion import PRESETS
     from extract_features import load_features
     from fusion_data import build_config, feature_statistics, training_splits
     from fusion_trainer import flush_denormals, keep_gradient_memory
@@ -127,7 +128,7 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
         flush_denormals()  # as train_fusion.py does, before any parallel torch work
     device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU both paths train there
     data, metadata = load_features(features_dir)
-    options = {"standardize_features": False, "encoders_in_tail": False} if head == "paper" else metadata.head
+    options = PRESETS["paper"]["head"] if head == "paper" else metadata.head
     config = build_config(metadata, **(options or {}))
     train = training_splits(data, config)["train"]
     train = train.select(range(min(rows, len(train))))  # extracted features: the first --rows rows
