@@ -105,6 +105,13 @@ class ExtractArguments:
         metadata={"help": "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
                   "preset's backbone of the same name (repeatable).", "action": "extend"},
     )  # fmt: skip
+    add_backbone_spec: list[str] = field(
+        default_factory=list,
+        metadata={"help": "FILE: a JSON backbone description with a name of its own, added after the preset's "
+                  "backbones, e.g. a second view of the LLM (other layers, pooling or prompt; its shards are cut "
+                  "from the LLM's cached --all-layers column where the cache holds it) (repeatable).",
+                  "action": "extend"},
+    )  # fmt: skip
     layers: list[str] = field(
         default_factory=list,
         metadata={"help": "NAME=I,J,K: the hidden states a layer-pooled backbone reads, in feature order "
@@ -653,6 +660,7 @@ def resolve_backbones(
 def customize_backbones(
     specs: list[dict],
     spec_files: Sequence[str | os.PathLike] = (),
+    added_spec_files: Sequence[str | os.PathLike] = (),
     layers: list[str] | dict[str, list[int]] = (),
     pooling: list[str] | dict[str, str] = (),
     template: list[str] | dict[str, str] = (),
@@ -664,6 +672,8 @@ def customize_backbones(
 
     - `spec_files`: JSON files, each a backbone description (or a list of them) that replaces the backbone of the
       same name entirely (what `bench/sweep_layers.py` writes);
+    - `added_spec_files`: JSON files of backbone descriptions with new names, added after the others in file order
+      (a name already taken is refused: `spec_files` replace);
     - `pooling` (`NAME=POOLING`), `layers` (`NAME=I,J,K`: hidden-state indices in feature order; `num_layers`
       follows) and `template` (`NAME=TEMPLATE`, with one `{text}` slot);
     - `all_layers`: every layer-pooled backbone reads all its hidden states, top first (`[-1, -2, ..., -(L + 1)]`
@@ -677,8 +687,16 @@ def customize_backbones(
 
     specs = [dict(spec) for spec in specs]
     names = [spec["name"] for spec in specs]
-    for spec in _described_backbones(spec_files):
+    for spec in _described_backbones(spec_files, "--backbone-spec"):
         specs[_backbone_position(names, spec["name"], "--backbone-spec")] = spec
+    for spec in _described_backbones(added_spec_files, "--add-backbone-spec"):
+        if spec["name"] in names:
+            raise ValueError(
+                f"--add-backbone-spec: a backbone named {spec['name']!r} exists already ({names}); give the added one "
+                "a name of its own, or replace that one with --backbone-spec."
+            )
+        specs.append(spec)
+        names.append(spec["name"])
     for name, value in name_value_pairs(pooling, "--pooling").items():
         spec = specs[_backbone_position(names, name, "--pooling")]
         spec["pooling"] = value
@@ -710,15 +728,15 @@ def _backbone_position(names: list[str], name: str, flag: str) -> int:
     return names.index(name)
 
 
-def _described_backbones(spec_files: Sequence[str | os.PathLike]) -> Iterator[dict]:
-    """The backbone descriptions in `--backbone-spec` JSON files (one, or a list of them, per file), normalized."""
+def _described_backbones(spec_files: Sequence[str | os.PathLike], flag: str) -> Iterator[dict]:
+    """The backbone descriptions in the JSON files of `flag` (one, or a list of them, per file), normalized."""
     from configuration_llm_fusion import normalize_backbone
 
     for file in spec_files:
         try:
             described = json.loads(Path(file).read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--backbone-spec {file}: not a readable JSON backbone description ({error}).") from None
+            raise ValueError(f"{flag} {file}: not a readable JSON backbone description ({error}).") from None
         for spec in described if isinstance(described, list) else [described]:
             yield normalize_backbone(spec)
 
@@ -1238,7 +1256,20 @@ def _every_layer_shards(
     every = normalize_backbone({**spec, "layers": [-1 - i for i in range(count)], "num_layers": count})
     keys = {split: column_key(every, path, dtype, digests[split], feature_dtype, shards.size) for split in SPLITS}
     positions = [count - 1 - index % count for index in layer_indices(spec)]  # hidden_states[-1 - p] is at p
-    return dataclasses.replace(shards, column_keys={spec["name"]: keys}), positions
+    return dataclasses.replace(shards, column_keys={_column_owner(shards.cache, keys, spec["name"]): keys}), positions
+
+
+def _column_owner(cache: Path, keys: dict[str, str], name: str) -> str:
+    """The backbone name under which `cache` holds the column of `keys`: `name` where it has it there, else another
+    backbone's with the same key (keys do not depend on names: e.g. a second view of the LLM that
+    `--add-backbone-spec` adds), else `name`."""
+    for split, key in keys.items():
+        folders = [folder.name for folder in sorted((cache / split).glob(f"*-{key}")) if folder.is_dir()]
+        if f"{name}-{key}" in folders:
+            return name
+        if folders:
+            return folders[0][: -len(key) - 1]
+    return name
 
 
 def _cut_from_every_layer(
@@ -1257,15 +1288,16 @@ def _cut_from_every_layer(
     from datasets import Dataset
 
     source, positions = every_layer
+    (owner,) = source.column_keys  # the backbone name the cache holds the all-layers column under
     name, feature, left, cut = spec["name"], feature_type(spec, feature_dtype), {}, 0
     for split, indices in pending.items():
         left[split] = []
         for i in indices:
-            whole = source.file(split, name, i)
+            whole = source.file(split, owner, i)
             if not whole.exists() or _shard_problem(whole, shards.rows(split, i)) is not None:
                 left[split].append(i)
                 continue
-            values = Dataset.from_file(str(whole)).with_format("numpy")[:][name][:, positions]
+            values = Dataset.from_file(str(whole)).with_format("numpy")[:][owner][:, positions]
             _write_shard(shards.file(split, name, i), name, values, feature)
             cut += 1
     if cut:
@@ -1402,8 +1434,8 @@ def main(argv: list[str] | None = None) -> ExtractionResult:
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
     backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
     backbones = customize_backbones(
-        resolve_backbones(args.preset, args.backbone), args.backbone_spec, args.layers, args.pooling, args.template,
-        args.all_layers, backbone_paths, args.max_length,
+        resolve_backbones(args.preset, args.backbone), args.backbone_spec, args.add_backbone_spec, args.layers,
+        args.pooling, args.template, args.all_layers, backbone_paths, args.max_length,
     )  # fmt: skip
     result = extract(
         dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column, label_column=args.label_column,

@@ -353,17 +353,30 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
 
         Each backbone computes in the dtype its spec records (the one its training features were extracted with,
         float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
+        Backbones that read the same weights the same way (e.g. two views of one LLM: other layers or another
+        prompt) share one loaded model.
         """
         paths = dict(paths or {})
         unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
         if unknown:
             raise ValueError(f"backbone_paths names unknown backbone(s) {unknown}.")
         device = device if device is not None else self.device
+
+        def weights(spec: dict) -> tuple:  # what a loaded model depends on
+            path = paths.get(spec["name"])
+            source = (path, None) if path else (spec["model"], spec["revision"])
+            return *source, dtype or compute_dtype(spec), spec["quantization"]
+
+        loaded = {weights(backbone.spec): backbone for backbone in self._backbones.values()}
         for spec in self.config.backbones:
             if spec["name"] not in self._backbones:
-                self._backbones[spec["name"]] = FrozenBackbone.load(
-                    spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
-                )
+                twin = loaded.get(weights(spec))
+                self._backbones[spec["name"]] = loaded[weights(spec)] = (
+                    FrozenBackbone(spec, twin.model, twin.tokenizer)
+                    if twin is not None
+                    else FrozenBackbone.load(spec, paths.get(spec["name"]), device=device, dtype=dtype,
+                                             device_map=device_map)
+                )  # fmt: skip
         return self._backbones
 
     def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -613,6 +613,11 @@ def test_customize_backbones(tiny_backbones, tmp_path):
     assert every[1:] == [normalize_backbone(spec) for spec in specs[1:]]
     (tmp_path / "spec.json").write_text(json.dumps({**tiny_backbones[0], "num_layers": 1, "layers": [3]}))
     assert customize_backbones(specs, spec_files=[tmp_path / "spec.json"])[0]["layers"] == [3]
+    top = {**tiny_backbones[0], "name": "llama_top", "num_layers": 1, "layers": [-1]}
+    (tmp_path / "added.json").write_text(json.dumps(top))
+    added = customize_backbones(specs, added_spec_files=[tmp_path / "added.json"], pooling=["llama_top=layer_mean"])
+    assert [spec["name"] for spec in added] == ["llama", "bert", "roberta", "llama_top"]
+    assert added[-1]["layers"] == [-1] and added[0] == normalize_backbone(specs[0])
     for kwargs, message in [
         ({"layers": ["gpt=-1"]}, r"--layers gpt=...: no backbone 'gpt'; the backbones are \['llama', 'bert'"),
         ({"layers": ["llama=-1,x"]}, r"--layers expects NAME=I,J,K with integer indices, got llama=-1,x"),
@@ -622,6 +627,7 @@ def test_customize_backbones(tiny_backbones, tmp_path):
         ({"all_layers": True, "layers": ["llama=-1"]}, r"--all-layers and --layers llama=... contradict"),
         ({"all_layers": True, "pooling": ["llama=cls"]}, r"--all-layers: no backbone has a layer pooling"),
         ({"spec_files": [tmp_path / "missing.json"]}, r"--backbone-spec .*missing.json: not a readable JSON"),
+        ({"added_spec_files": [tmp_path / "spec.json"]}, r"--add-backbone-spec: a backbone named 'llama' exists"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             customize_backbones(specs, **kwargs)

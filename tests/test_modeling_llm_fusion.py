@@ -229,6 +229,23 @@ def test_quantization_without_bitsandbytes_or_a_gpu_is_refused(monkeypatch, bits
     assert quantization_config({**spec, "quantization": None}, torch.float32) is None
 
 
+def test_two_views_of_one_llm_share_its_weights(tiny_backbones):
+    prompt = llm_spec(tiny_backbones, layers=[-2], pooling="layer_last_token", template=PROMPT_EOL)
+    window = {**llm_spec(tiny_backbones, layers=[-3, -4]), "name": "llama_window"}
+    backbones = [prompt, *tiny_backbones[1:], window]
+    config = LLMFusionConfig(backbones=backbones, fusion_dim=16, mlp_dims=[8], num_labels=3)
+    model = LLMFusionForSequenceClassification(config).eval()
+    assert model.fusion_width == (1 + 2 + 2) ** 2 + 32 + 32  # 3 LLM vectors + 2 encoders, then both LLM means
+    loaded = model.load_backbones()
+    assert loaded["llama_window"].model is loaded["llama"].model  # loaded once
+    assert loaded["bert"].model is not loaded["llama"].model
+    texts = ["i finally got the job", "my dog died"]
+    features = model.extract_features(texts)
+    for spec in (prompt, window):  # each view computes what it computes alone
+        torch.testing.assert_close(features[spec["name"]], FrozenBackbone.load(spec)(texts))
+    assert model(**features).logits.shape == (2, 3)
+
+
 def test_model_extracts_then_classifies(tiny_backbones):
     config = LLMFusionConfig(backbones=tiny_backbones, fusion_dim=32, mlp_dims=[16], num_labels=3)
     model = LLMFusionForSequenceClassification(config).eval()

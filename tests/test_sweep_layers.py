@@ -149,6 +149,16 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
         )
         np.testing.assert_array_equal(cut_split["llama"], computed_split["llama"])
 
+    # A second view of the LLM under a name of its own is cut from the same all-layers column (keys ignore names).
+    (tmp_path / "second.json").write_text(json.dumps({**chosen, "name": "llama_window"}))
+    both = extract_features.main([*common, "--backbone-spec", str(spec_file), "--add-backbone-spec",
+                                  str(tmp_path / "second.json"), "--output-dir", str(tmp_path / "both"), "--cache-dir",
+                                  str(tmp_path / "all" / "cache"), "--backbone-path",
+                                  f"llama_window={tiny_backbones[0]['model']}"])  # fmt: skip
+    assert both.computed == [] and [spec["name"] for spec in both.metadata.backbones][-1] == "llama_window"
+    second = load_features(tmp_path / "both")[0]["train"].with_format("numpy")[:]["llama_window"]
+    np.testing.assert_array_equal(second, features)
+
     # An all-layers shard that does not match its record is not cut from: that shard is computed.
     train_cache = tmp_path / "all" / "cache" / "train"
     whole = train_cache / f"llama-{everything.metadata.column_keys['llama']['train']}" / "shard-00000.arrow"
