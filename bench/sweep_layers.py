@@ -71,6 +71,7 @@ class SweepResult:
     scores: list[LayerScore]
     best_spec: dict
     poolings: dict[str, str]  # features folder -> its pooling in words, e.g. "layer_last_token, prompted"
+    second_view: dict | None = None  # the best candidate of another folder than the winner's, as NAME_view2
 
 
 def swept_split(features_dir: str | Path, split: str) -> datasets.Dataset:
@@ -177,13 +178,19 @@ def sweep(
         labels, specs[str(folder)] = (y_train, y_val), spec
         scores += folder_scores(folder, metadata, spec, window, combine, c, device)
     scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))  # stable: folder order breaks ties
-    best = normalize_backbone({**specs[scores[0].features], "layers": scores[0].layers,
-                               "num_layers": len(scores[0].layers)})  # fmt: skip
+    best = chosen_spec(specs[scores[0].features], scores[0].layers)
+    other = next((row for row in scores if row.features != scores[0].features), None)
     return SweepResult(
         backbone=best["name"], metric=SELECTION_METRICS[metadata.problem_type], combine=combine,
         train_rows=len(labels[0]), validation_rows=len(labels[1]), scores=scores, best_spec=best,
         poolings={folder: pooling_words(spec) for folder, spec in specs.items()},
+        second_view=None if other is None else chosen_spec(specs[other.features], other.layers, "_view2"),
     )  # fmt: skip
+
+
+def chosen_spec(spec: dict, layers: list[int], suffix: str = "") -> dict:
+    """The backbone description `spec` reading `layers`, its name extended by `suffix` (a view of its own)."""
+    return normalize_backbone({**spec, "name": spec["name"] + suffix, "layers": layers, "num_layers": len(layers)})
 
 
 def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[FeatureMetadata, dict]:
@@ -254,8 +261,14 @@ def main(argv: list[str] | None = None) -> SweepResult:
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--output", help="the winning backbone description (default: in the first FEATURES_DIR, "
                         "best-NAME.json)")  # fmt: skip
+    parser.add_argument("--second-view", metavar="FILE",
+                        help="also write the best candidate of the folders other than the winner's (another pooling "
+                        "or prompt) as NAME_view2, for extract_features.py --add-backbone-spec: the head then reads "
+                        "both views (needs two or more folders)")  # fmt: skip
     parser.add_argument("--results", help="also write every candidate's score to this JSON file")
     args = parser.parse_args(argv)
+    if args.second_view and len(args.features_dirs) < 2:
+        parser.error("--second-view needs two or more features folders (one per pooling or prompt).")
     result = sweep(args.features_dirs, args.backbone, args.window, args.combine, args.c, args.device)
     output = Path(args.output or Path(args.features_dirs[0]) / f"best-{result.backbone}.json")
     output.write_text(json.dumps(result.best_spec, indent=2) + "\n")
@@ -269,7 +282,14 @@ def main(argv: list[str] | None = None) -> SweepResult:
     print(table(result))
     pooling = f" ({pooling_words(result.best_spec)})" if len(result.poolings) > 1 else ""
     print(f"Best: layers {result.best_spec['layers']}{pooling} -> {output}")
-    print(f"Extract with them: python extract_features.py ... --backbone-spec {output}")
+    if args.second_view:
+        Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
+        print(f"Second view: layers {result.second_view['layers']} ({pooling_words(result.second_view)}) -> "
+              f"{args.second_view}")  # fmt: skip
+        print(f"Extract both: python extract_features.py ... --backbone-spec {output} "
+              f"--add-backbone-spec {args.second_view}")  # fmt: skip
+    else:
+        print(f"Extract with them: python extract_features.py ... --backbone-spec {output}")
     return result
 
 

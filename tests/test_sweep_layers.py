@@ -104,6 +104,17 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     assert "layer_last_token, prompted" in out and "Best: layers" in out and "(layer_last_token, prompted)" in out
     mean_rows = [row for row in result.scores if row.features == str(mean)]
     assert mean_rows[0].layers == [-3]  # each folder's own ranking is kept inside the joint one
+    # The second view: the other folder's best, under a name of its own, for --add-backbone-spec.
+    second = tmp_path / "second.json"
+    again = sweep_layers.main([str(mean), str(prompted), "--window", "2", "--device", "cpu", "--second-view",
+                               str(second)])  # fmt: skip
+    assert json.loads(second.read_text()) == again.second_view == result.second_view
+    assert (again.second_view["name"], again.second_view["layers"]) == ("llama_view2", [-3])
+    assert (again.second_view["pooling"], again.second_view["template"]) == ("layer_mean", None)
+    assert f"--add-backbone-spec {second}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sweep_layers.main([str(mean), "--second-view", str(second)])
+    assert "--second-view needs two or more features folders" in capsys.readouterr().err
 
     other = synthetic_features(tmp_path / "other", "single_label_classification", informative=-3, rows=200)
     with pytest.raises(ValueError, match=r"other holds other train or validation rows than .*mean"):
