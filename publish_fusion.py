@@ -352,9 +352,14 @@ def _png(pixels: np.ndarray) -> bytes:
 # ---- the model card ----
 
 
+def language_models(config: LLMFusionConfig) -> list[dict]:
+    """The backbones whose hidden layers the head reads one by one: the LLM (and any other view of it)."""
+    return [spec for spec in config.backbones if len(feature_shape(spec)) == 2]
+
+
 def language_model(config: LLMFusionConfig) -> dict:
-    """The backbone whose hidden layers the head reads one by one (the LLM), else the first backbone."""
-    return next((spec for spec in config.backbones if len(feature_shape(spec)) == 2), config.backbones[0])
+    """The first of `language_models`, else the first backbone."""
+    return next(iter(language_models(config)), config.backbones[0])
 
 
 def model_card_data(config: LLMFusionConfig, spec: PublishSpec, model_name: str) -> ModelCardData:
@@ -459,7 +464,7 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         "multi_label": config.problem_type == "multi_label_classification",
         "num_parameters": model.num_parameters(),
         "backbones": [{**backbone, "feature": describe_pooling(backbone)} for backbone in config.backbones],
-        "llm": language_model(config),
+        "llms": language_models(config),
         "feature_shapes": {name: (2, *shape) for name, shape in config.feature_shapes.items()},
         "examples": [json.dumps(text, ensure_ascii=False) for text in examples],
         "results": results,

@@ -329,6 +329,22 @@ def test_card_states_the_protocol_as_trained_the_head_and_the_versions(tmp_path,
     assert "https://github.com/havelhakimi/LLM-FusionClassifier" in entries[1]
 
 
+def test_card_describes_two_views_of_one_llm(tmp_path, tiny_backbones):
+    backbones = hub_backbones(tiny_backbones)
+    window = {**backbones[0], "name": "llama_window", "num_layers": 2, "layers": [-3, -4]}
+    model = make_model([*backbones, window], standardize_features=True)
+    save_model_folder(model, tmp_path / "out", PublishSpec(make_results(), make_args(tmp_path), "ED", 10))
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "4 backbones (llama, bert, roberta, llama_window: views of 3 models, each loaded once)" in text
+    layers = tiny_backbones[0]["num_layers"] + 2
+    assert f"Each of the {layers} layer vectors of llama and llama_window is projected" in text
+    assert "the mean of the raw llama and llama_window layer vectors (one mean each);" in text
+    encoders = make_model(backbones[1:])
+    save_model_folder(encoders, tmp_path / "enc", PublishSpec(make_results(), make_args(tmp_path), "ED", 10))
+    text = (tmp_path / "enc" / "README.md").read_text()
+    assert "The encoder vectors are stacked (projected" in text and "flattened; an MLP" in text
+
+
 def test_every_checkpoint_selection_is_described():
     assert set(CHECKPOINT_SELECTION_TEXTS) == set(CHECKPOINT_SELECTIONS)
 
