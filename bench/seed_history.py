@@ -2,6 +2,7 @@
 
     python bench/seed_history.py outputs/llm-fusion-ed/results.json
     python bench/seed_history.py outputs/llm-fusion-ed/results.json --reaching 0.10   # when each seed left the prior
+    python bench/seed_history.py outputs/llm-fusion-ed/runs/seed-42/result.json   # one finished seed
 
 One line a seed: `epoch: loss / selection metric`, `*` where a stopping metric improved (which resets the
 patience), then the epochs run, the epoch kept and the test scores of the kept checkpoint. `--reaching LEVEL` adds
@@ -40,12 +41,23 @@ def seed_lines(results: dict, reaching: float | None = None) -> list[str]:
     return lines
 
 
+def as_run_results(record: dict) -> dict:
+    """A `results.json` record as it is; one seed's `result.json` (`runs/seed-N/`) as a record of that seed alone,
+    its selection metric read from its validation scores (weighted-F1 single-label, macro-F1 multi-label)."""
+    if "runs" in record:
+        return record
+    metric = "weighted_f1" if "weighted_f1" in record["validation"] else "macro_f1"
+    return {"selection_metric": metric, "runs": [record]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="a results.json written by train_fusion.py")
+    parser.add_argument(
+        "results", type=Path, help="a results.json written by train_fusion.py, or one seed's runs/seed-N/result.json"
+    )
     parser.add_argument("--reaching", type=float, help="also print the first epoch whose metric reached this")
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
+    results = as_run_results(json.loads(args.results.read_text()))
     metric = results["selection_metric"]
     print(f"Every evaluation on validation (epoch: loss / {metric}, * = a stopping metric improved):")
     print("\n".join(seed_lines(results, args.reaching)))

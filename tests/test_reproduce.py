@@ -85,7 +85,7 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
 
 
 def test_seed_history_marks_the_evaluations_that_reset_the_patience():
-    from bench.seed_history import seed_lines
+    from bench.seed_history import as_run_results, seed_lines
 
     history = [
         {"epoch": 1.0, "validation": {"loss": 1.5, "weighted_f1": 0.5}, "improved": ["loss", "weighted_f1"]},
@@ -101,3 +101,9 @@ def test_seed_history_marks_the_evaluations_that_reset_the_patience():
     ]
     assert seed_lines(results, reaching=0.49)[0].endswith("; weighted_f1 first >= 0.49 at epoch 1")
     assert seed_lines(results, reaching=0.9)[0].endswith("; weighted_f1 first >= 0.9 at epoch never")
+    # One seed's result.json (a finished seed of an unfinished run) reads as a run of that seed alone.
+    assert as_run_results({**run, "validation": {"loss": 1.4, "weighted_f1": 0.49}}) == {
+        "selection_metric": "weighted_f1", "runs": [{**run, "validation": {"loss": 1.4, "weighted_f1": 0.49}}]
+    }  # fmt: skip
+    assert as_run_results(results) is results
+    assert as_run_results({**run, "validation": {"macro_f1": 0.4}})["selection_metric"] == "macro_f1"
