@@ -1245,8 +1245,8 @@ def _every_layer_shards(
     spec: dict, config, digests: dict[str, str], shards: _Shards, path: str | None, dtype: str, feature_dtype: str
 ) -> tuple[_Shards, list[int]] | None:
     """For a layer-pooled backbone that reads fewer hidden states than its model has: the cache's shards of the same
-    backbone's all-layers column (what `--all-layers` extracts, top first) and the positions of `spec`'s layers in
-    it. None for any other backbone."""
+    backbone's all-layers column (what `--all-layers` extracts, top first; held under any backbone's name,
+    `_column_owner`) and the positions of `spec`'s layers in it. None for any other backbone."""
     from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
     from modeling_llm_fusion import FrozenBackbone
 
