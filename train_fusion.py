@@ -122,7 +122,10 @@ def train_seeds(
 
     def scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         loss = validation_loss(logits, labels, config.problem_type)
-        return {**score(metric, logits, labels, config.threshold), "loss": loss}
+        if config.problem_type != "multi_label_classification":
+            return {**score(metric, logits, labels, config.threshold), "loss": loss}
+        threshold = validation_threshold(setup, metric, logits, labels)
+        return {**score(metric, logits, labels, threshold), "threshold": threshold, "loss": loss}
 
     trainer = FusionTrainer(
         model=models[0] if len(seeds) == 1 else SeedStack(models), train_dataset=setup.data["train"],
@@ -148,6 +151,17 @@ def train_seeds(
     return results
 
 
+def validation_threshold(
+    setup: Setup, metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray
+) -> float:
+    """The multi-label decision threshold best on these validation rows by the selection metric (by the data's
+    headline score when checkpoints are selected by loss). Chosen at every evaluation, so the scores that stop a run
+    and keep its checkpoint are those of the model as it will decide, and again for the kept checkpoint."""
+    selection = setup.rule.selection
+    key = SELECTION_METRICS[setup.config.problem_type] if selection == "loss" else selection
+    return choose_threshold(metric, logits, labels, key)
+
+
 def score_kept(
     setup: Setup, args: TrainingArguments, metric: evaluate.EvaluationModule, model: PreTrainedModel, run_dir: Path,
     seed: int,
@@ -161,9 +175,7 @@ def score_kept(
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
-        selection = setup.rule.selection
-        key = SELECTION_METRICS[config.problem_type] if selection == "loss" else selection
-        model.config.threshold = choose_threshold(metric, validation.predictions, validation.label_ids, key)
+        model.config.threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)
     threshold = model.config.threshold
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
@@ -322,6 +334,8 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
         "features": {"dataset": setup.metadata.dataset_name, "labels": setup.metadata.label_names,
                      "backbones": setup.config.backbones, "columns": setup.metadata.column_keys},
         "head": head, "protocol": dataclasses.asdict(setup.rule), "batch_seeds": trains_together(args),
+        # Multi-label evaluations were once scored at 0.5: a run begun then must not be resumed under this rule.
+        "multi_label_threshold": "each evaluation" if "multi" in setup.config.problem_type else None,
         "training": {key: getattr(training_args, key) for key in keys},
     }, default=str))  # fmt: skip
 

@@ -28,6 +28,7 @@ def seed_lines(results: dict, reaching: float | None = None) -> list[str]:
     for run in results["runs"]:
         evaluations = ", ".join(
             f"{entry['epoch']:g}: {entry['validation']['loss']:.4f} / {entry['validation'][metric]:.4f}"
+            + (f" @{entry['validation']['threshold']:g}" if "threshold" in entry["validation"] else "")
             + ("*" if entry["improved"] else "")
             for entry in run["history"]
         )
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = as_run_results(json.loads(args.results.read_text()))
     metric = results["selection_metric"]
-    print(f"Every evaluation on validation (epoch: loss / {metric}, * = a stopping metric improved):")
+    print(
+        f"Every evaluation on validation (epoch: loss / {metric} [@ its multi-label threshold], * = a stopping "
+        "metric improved):"
+    )
     print("\n".join(seed_lines(results, args.reaching)))
 
 

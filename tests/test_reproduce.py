@@ -107,3 +107,7 @@ def test_seed_history_marks_the_evaluations_that_reset_the_patience():
     }  # fmt: skip
     assert as_run_results(results) is results
     assert as_run_results({**run, "validation": {"macro_f1": 0.4}})["selection_metric"] == "macro_f1"
+    # A multi-label evaluation shows the threshold it was scored at.
+    multi = {"epoch": 1.0, "validation": {"loss": 0.09, "macro_f1": 0.41, "threshold": 0.25}, "improved": ["loss"]}
+    record = {"selection_metric": "macro_f1", "runs": [{**run, "history": [multi], "test": {"macro_f1": 0.42}}]}
+    assert seed_lines(record)[0].startswith("seed 42: 1: 0.0900 / 0.4100 @0.25* -> 3 epochs run")

@@ -279,6 +279,12 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
     assert scores("validation", threshold)[1] == pytest.approx(best, abs=1e-12)
     micro, macro = scores("test", threshold)
     assert results["runs"][0]["test"] == pytest.approx({"micro_f1": micro, "macro_f1": macro}, abs=1e-12)
+    # The threshold is chosen at every evaluation too: the kept checkpoint was scored as it now decides.
+    run = results["runs"][0]
+    kept = next(record for record in run["history"] if record["epoch"] == run["best_epoch"])
+    assert all(record["validation"]["threshold"] in fusion_metrics.THRESHOLDS for record in run["history"])
+    assert kept["validation"]["threshold"] == threshold
+    assert kept["validation"]["macro_f1"] == pytest.approx(best, abs=1e-6)
 
 
 def _edited_copy(features: Path, target: Path, metadata=None, drop: str | None = None) -> Path:
