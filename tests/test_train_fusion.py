@@ -285,6 +285,12 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
     assert all(record["validation"]["threshold"] in fusion_metrics.THRESHOLDS for record in run["history"])
     assert kept["validation"]["threshold"] == threshold
     assert kept["validation"]["macro_f1"] == pytest.approx(best, abs=1e-6)
+    # A run begun when evaluations scored at 0.5 (its record has no multi_label_threshold) is not resumed under this.
+    record = output / "runs" / "run.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if "threshold" not in k}))
+    with pytest.raises(ValueError, match=r"made with other multi_label_threshold"):
+        main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12",
+                 "--resume_from_checkpoint", "true"))  # fmt: skip
 
 
 def _edited_copy(features: Path, target: Path, metadata=None, drop: str | None = None) -> Path:
