@@ -37,10 +37,14 @@ def score(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndar
     return metric.compute(predictions=decisions, references=references)
 
 
-def choose_threshold(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, key: str) -> float:
-    """The multi-label threshold with the best validation `key` score (ties: the one nearest 0.5)."""
-    scores = {threshold: score(metric, logits, labels, threshold)[key] for threshold in THRESHOLDS}
-    return max(THRESHOLDS, key=lambda t: (scores[t], -abs(t - 0.5)))
+def choose_threshold(
+    metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, key: str
+) -> tuple[float, dict]:
+    """The multi-label threshold with the best validation `key` score (ties: the one nearest 0.5), and the scores at
+    it (already computed: no need to score again)."""
+    scores = {threshold: score(metric, logits, labels, threshold) for threshold in THRESHOLDS}
+    best = max(THRESHOLDS, key=lambda t: (scores[t][key], -abs(t - 0.5)))
+    return best, scores[best]
 
 
 def selection_metric(name: str | None, problem_type: str) -> str:

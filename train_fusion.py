@@ -124,8 +124,8 @@ def train_seeds(
         loss = validation_loss(logits, labels, config.problem_type)
         if config.problem_type != "multi_label_classification":
             return {**score(metric, logits, labels, config.threshold), "loss": loss}
-        threshold = validation_threshold(setup, metric, logits, labels)
-        return {**score(metric, logits, labels, threshold), "threshold": threshold, "loss": loss}
+        threshold, at_threshold = validation_threshold(setup, metric, logits, labels)
+        return {**at_threshold, "threshold": threshold, "loss": loss}
 
     trainer = FusionTrainer(
         model=models[0] if len(seeds) == 1 else SeedStack(models), train_dataset=setup.data["train"],
@@ -153,10 +153,11 @@ def train_seeds(
 
 def validation_threshold(
     setup: Setup, metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray
-) -> float:
+) -> tuple[float, dict]:
     """The multi-label decision threshold best on these validation rows by the selection metric (by the data's
-    headline score when checkpoints are selected by loss). Chosen at every evaluation, so the scores that stop a run
-    and keep its checkpoint are those of the model as it will decide, and again for the kept checkpoint."""
+    headline score when checkpoints are selected by loss), and the scores at it. Chosen at every evaluation, so the
+    scores that stop a run and keep its checkpoint are those of the model as it will decide, and again for the kept
+    checkpoint."""
     selection = setup.rule.selection
     key = SELECTION_METRICS[setup.config.problem_type] if selection == "loss" else selection
     return choose_threshold(metric, logits, labels, key)
@@ -175,7 +176,7 @@ def score_kept(
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
     if multi_label:
-        model.config.threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)
+        model.config.threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)[0]
     threshold = model.config.threshold
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
@@ -330,12 +331,13 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
             "lr_scheduler_type", "max_grad_norm", "optim")  # fmt: skip
     head = {key: getattr(setup.config, key) for key in ("fusion_dim", "sigma", "dropout", "mlp_dims",
                                                          "standardize_features", "encoders_in_tail")}  # fmt: skip
+    multi_label = setup.config.problem_type == "multi_label_classification"
     return json.loads(json.dumps({
         "features": {"dataset": setup.metadata.dataset_name, "labels": setup.metadata.label_names,
                      "backbones": setup.config.backbones, "columns": setup.metadata.column_keys},
         "head": head, "protocol": dataclasses.asdict(setup.rule), "batch_seeds": trains_together(args),
         # Multi-label evaluations were once scored at 0.5: a run begun then must not be resumed under this rule.
-        "multi_label_threshold": "each evaluation" if "multi" in setup.config.problem_type else None,
+        "multi_label_threshold": "each evaluation" if multi_label else None,
         "training": {key: getattr(training_args, key) for key in keys},
     }, default=str))  # fmt: skip
 

@@ -147,10 +147,9 @@ def validation_score(
             targets = torch.from_numpy(y_train.astype(np.int64)).to(x_train.device)
             linear = fit_logistic(x_train, targets, c)
     logits = linear(x_val).float().cpu().numpy()
-    threshold = 0.5
     if problem_type == "multi_label_classification":
-        threshold = choose_threshold(metric, logits, y_val, key)
-    return float(score(metric, logits, y_val, threshold)[key])
+        return float(choose_threshold(metric, logits, y_val, key)[1][key])
+    return float(score(metric, logits, y_val, 0.5)[key])
 
 
 def sweep(
