@@ -169,3 +169,9 @@ __all__ = [
     "print_training_help",
     "wants_quick_help",
 ]
+
+
+def check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
+    """Refuse a size that cannot be meant (0 or less), naming the flag; None means the flag was left out."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")

@@ -9,9 +9,9 @@ import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import FeatureMetadata, dataset_name
+from extract_features import FeatureMetadata
+from fec_datasets import SPLITS, dataset_name
 
-SPLITS = ("train", "validation", "test")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 
 

@@ -46,7 +46,7 @@ def validate_texts(texts: Sequence) -> list[str]:
     """Return `texts` as a list, or raise naming the first text that no backbone can turn into features.
 
     Texts are checked once, where they enter: `LLMFusionPreTrainedModel.extract_features`, the pipeline and
-    `extract_features.load_data`; `FrozenBackbone` computes on texts checked there.
+    `fec_datasets.load_data`; `FrozenBackbone` computes on texts checked there.
     """
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"Expected a list of strings, got {type(texts).__name__}.")

@@ -93,3 +93,13 @@ def run_program(program: str, *args: str | os.PathLike, python: str | os.PathLik
     result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_csv_dataset(folder: Path, rows: list[tuple[str, int]], labels=("sad", "happy", "angry")) -> Path:
+    """A data set folder of train/valid/test CSV files (each holding `rows`) and its label2idx.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows)
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.csv").write_text(lines)
+    (folder / "label2idx.txt").write_text("".join(f"{name} {i}\n" for i, name in enumerate(labels)))
+    return folder

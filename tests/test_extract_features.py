@@ -18,15 +18,14 @@ from extract_features import (
     FeatureMetadata,
     column_key,
     customize_backbones,
-    dataset_name,
     default_features_dir,
     extract,
-    load_data,
     load_features,
     read_metadata,
     resolve_backbones,
 )
-from helpers import REPO, run_program
+from fec_datasets import dataset_name
+from helpers import REPO, run_program, write_csv_dataset
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
@@ -165,42 +164,6 @@ def test_two_processes_equal_one(tiny_backbones, data_dir, tmp_path):
 
 
 # ---- bad input ----
-
-
-def write_csv_dataset(folder, rows: list[tuple[str, int]], labels=("sad", "happy", "angry")):
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = "text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows)
-    for split in ("train", "valid", "test"):
-        (folder / f"{split}.csv").write_text(lines)
-    (folder / "label2idx.txt").write_text("".join(f"{name} {i}\n" for i, name in enumerate(labels)))
-    return folder
-
-
-def test_local_folder_dataset(tmp_path):
-    folder = write_csv_dataset(tmp_path / "mine", [("so sad today", 0), ("what a day!", 1)])
-    data, names, problem = load_data(str(folder))
-    assert names == ["sad", "happy", "angry"] and problem == "single_label_classification"
-    assert data["validation"]["label"] == [0, 1]
-
-
-@pytest.mark.parametrize(
-    ("rows", "kwargs", "message"),
-    [
-        ([("fine", 0), ("", 1)], {}, r"Split 'train' .*: Text at position 1 is (NoneType|empty)"),
-        ([("fine", 0), ("   ", 1)], {}, r"Text at position 1 is empty or only whitespace"),
-        ([("fine", 0), ("too far", 7)], {}, r"row 1: label 7 is outside the label set \(ids 0..2"),
-        ([("fine", 0)], {"text_column": "body"}, r"has no column 'body'; it has \['text', 'label'\]"),
-    ],
-)
-def test_bad_data_is_named(tmp_path, rows, kwargs, message):
-    folder = write_csv_dataset(tmp_path / "bad", rows)
-    with pytest.raises(ValueError, match=message):
-        load_data(str(folder), **kwargs)
-
-
-def test_unknown_dataset():
-    with pytest.raises(ValueError, match=r"Unknown data set 'no_such_set'"):
-        load_data("no_such_set")
 
 
 def test_bad_backbones_fail_before_any_work(tiny_backbones, data_dir, tmp_path, monkeypatch):
@@ -474,71 +437,7 @@ def test_metadata_is_a_typed_record(small_run):
         load_features(small_run.out)
 
 
-# ---- bad data files and arguments: one line, naming the file (split, row, flag) and the fix ----
-
-HEADER = "text,label\n"
-GOOD = HEADER + "fine,0\nalso fine,1\n"
-
-
-@pytest.mark.parametrize(
-    ("files", "message"),
-    [
-        ({"valid.csv": HEADER + '"fine,0\nok,1\n'}, r"valid\.csv is not valid CSV: EOF inside string starting at row"),
-        ({"test.csv": HEADER + "fine,0\na,b,1\n"}, r"test\.csv is not valid CSV: Expected 2 fields in line 3, saw 3"),
-        ({"test.csv": "text\nfine\n"}, r"Split 'test' \(.*test\.csv\) has no column 'label'; it has \['text'\]"),
-        ({"train.csv": (HEADER + "caf\xe9,0\n").encode("latin-1")},
-         r"train\.csv is not UTF-8 text \(line 2 has byte 0xe9\); the expected encoding is UTF-8"),
-        ({"valid.csv": HEADER}, r"valid\.csv has no rows"),
-        ({"train.csv": None, "valid.csv": None, "test.csv": None, "train.jsonl": "",
-          "valid.jsonl": '{"text": "a", "label": 0}\n', "test.jsonl": '{"text": "a", "label": 0}\n'},
-         r"train\.jsonl is empty"),
-        ({"valid.csv": None, "valid.jsonl": '{"text": "a", "label": 0}\n'},
-         r"mix formats \(train\.csv is CSV, valid\.jsonl is JSON, test\.csv is CSV\): use one format"),
-    ],
-    ids=["unterminated-quote", "extra-fields", "missing-column", "latin-1", "header-only", "empty-jsonl", "mixed"],
-)  # fmt: skip
-def test_bad_data_files_are_named_in_one_line(tmp_path, capfd, files, message):
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    for split in ("train", "valid", "test"):
-        (folder / f"{split}.csv").write_text(GOOD)
-    for name, content in files.items():
-        if content is None:
-            (folder / name).unlink()
-        elif isinstance(content, bytes):
-            (folder / name).write_bytes(content)
-        else:
-            (folder / name).write_text(content)
-    with pytest.raises(ValueError, match=message) as error:
-        load_data(str(folder))
-    assert "\n" not in str(error.value)
-    assert str(folder) not in capfd.readouterr().err  # nothing else reports the file (no reader's log)
-
-
-def test_texts_that_look_like_missing_values_are_texts(tmp_path):
-    folder = write_csv_dataset(tmp_path / "na", [("NaN", 0), ("null", 1), ("None", 2), ("NA", 0), ("n/a", 1)])
-    data, _, _ = load_data(str(folder))
-    assert data["test"]["text"] == ["NaN", "null", "None", "NA", "n/a"] and data["test"]["label"] == [0, 1, 2, 0, 1]
-
-
-def test_malformed_multi_label_id_names_split_and_row(data_dir, tmp_path):
-    folder = tmp_path / "go_emotions_multilabel"
-    folder.mkdir()
-    shutil.copy(data_dir / "go_emotions_multilabel" / "labels.txt", folder)
-    for name in ("train", "dev", "test"):
-        (folder / f"{name}.tsv").write_text("so happy\t17\tid1\nwhat\t3,x\tid2\n" if name == "dev" else "ok\t1\tid\n")
-    with pytest.raises(ValueError, match=r"Split 'validation' \(.*dev\.tsv\), row 1: label '3,x' is not a comma-sep"):
-        load_data("go_emotions_multilabel", data_dir=str(tmp_path))
-
-
-def test_offline_without_data_dir(monkeypatch):
-    unreachable = {**extract_features.BUILTIN_DATASETS["ED"], "base": "http://127.0.0.1:9/ED"}
-    monkeypatch.setitem(extract_features.BUILTIN_DATASETS, "ED", unreachable)
-    with pytest.raises(
-        ValueError,
-        match=r"^could not download http://127\.0\.0\.1:9/ED/\S+( \(.*\))?; pass --data-dir DIR with a local copy",
-    ):
-        load_data("ED")
+# ---- bad arguments: one line, naming the flag ----
 
 
 @pytest.mark.parametrize(
