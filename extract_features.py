@@ -383,7 +383,9 @@ def _model_config(spec: dict, path: str | None):
     try:
         return AutoConfig.from_pretrained(source, revision=None if path else spec.get("revision"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}: {error}") from error
+        # Offline, a Hub id cannot load even where every feature is cached: a local copy is the way.
+        hint = "" if path else f" (a local copy: --backbone-path {spec['name']}=FOLDER)"
+        raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}{hint}: {error}") from error
 
 
 def name_value_pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, str]:

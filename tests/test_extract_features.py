@@ -171,6 +171,8 @@ def test_bad_backbones_fail_before_any_work(tiny_backbones, data_dir, tmp_path, 
         resolve_backbones("small", ["bert=/nonexistent"])
     with pytest.raises(ValueError, match=r"no backbone 'gpt'"):
         resolve_backbones("small", ["gpt=x"])
+    with pytest.raises(ValueError, match=r"from 'no/such-model' \(a local copy: --backbone-path bert=FOLDER\)"):
+        resolve_backbones("small", ["bert=no/such-model"])  # offline in tests: a Hub id cannot load
     monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("must fail before loading weights"))
     wrong = [dict(tiny_backbones[0]), {**tiny_backbones[2], "hidden_size": 1024}]
     with pytest.raises(ValueError, match=r"Backbone 'roberta' .* has hidden size 24, but the config expects 1024"):
