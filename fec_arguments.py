@@ -160,18 +160,19 @@ def print_training_help() -> None:
     argument_parser(FusionArguments, ProtocolArguments, description=description, epilog=TRAINING_EPILOG).print_help()
 
 
+def check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
+    """Refuse a size that cannot be meant (0 or less), naming the flag; None means the flag was left out."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")
+
+
 __all__ = [
     "FusionArguments",
     "ProtocolArguments",
     "TRAINING_EPILOG",
     "argument_parser",
     "boolean",
+    "check_at_least_one",
     "print_training_help",
     "wants_quick_help",
 ]
-
-
-def check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
-    """Refuse a size that cannot be meant (0 or less), naming the flag; None means the flag was left out."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")

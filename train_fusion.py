@@ -175,18 +175,19 @@ def score_kept(
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     multi_label = config.problem_type == "multi_label_classification"
-    if multi_label:
-        model.config.threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)[0]
+    if multi_label:  # the threshold is chosen on validation, and its validation scores come with it
+        model.config.threshold, at_threshold = validation_threshold(
+            setup, metric, validation.predictions, validation.label_ids
+        )
+    else:
+        at_threshold = score(metric, validation.predictions, validation.label_ids, model.config.threshold)
     threshold = model.config.threshold
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
     per_label, confusion = per_label_scores(decisions, test.label_ids, [config.id2label[i] for i in config.id2label])
     return {
         "threshold": threshold if multi_label else None,
-        "validation": {
-            **score(metric, validation.predictions, validation.label_ids, threshold),
-            "loss": validation.metrics["eval_loss"],
-        },  # fmt: skip
+        "validation": {**at_threshold, "loss": validation.metrics["eval_loss"]},
         "test": score(metric, test.predictions, test.label_ids, threshold),
         "per_label": per_label,
         "confusion": confusion,
