@@ -7,7 +7,7 @@ from typing import TypedDict
 
 from transformers import PretrainedConfig
 
-POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls")
+POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls", "mean")
 """How a backbone's hidden states become one feature:
 
 - ``layer_mean``: for each selected hidden layer (``layers``; by default the last ``num_layers`` layers, last layer
@@ -18,6 +18,8 @@ POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls")
   -> ``(num_layers, hidden_size)``. For decoders, whose last token has attended to the whole text.
 - ``pooler``: the encoder's pooled [CLS] output (``pooler_output``), as the original method used -> ``(hidden_size,)``.
 - ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
+- ``mean``: the mean of the last hidden state over the text's real tokens (padding excluded) -> ``(hidden_size,)``:
+  the pooling sentence-transformers encoders (such as all-MiniLM-L6-v2 and all-mpnet-base-v2) were trained with.
 
 Any pooling can read its texts through a prompt ``template`` (a string with one ``{text}`` slot), filled in before
 tokenization.
@@ -181,7 +183,11 @@ def describe_pooling(spec: BackboneSpec) -> str:
         )
         described = f"for {which}, {token} -> {spec['num_layers']} x {spec['hidden_size']}"
     else:
-        source = "pooled [CLS] output (`pooler_output`)" if spec["pooling"] == "pooler" else "[CLS] hidden state"
+        source = {
+            "pooler": "pooled [CLS] output (`pooler_output`)",
+            "cls": "[CLS] hidden state",
+            "mean": "mean of the last hidden state over the text's tokens (padding excluded)",
+        }[spec["pooling"]]
         described = f"{source} -> {spec['hidden_size']}"
     if spec.get("template") is not None:
         described += f"; each text read through the template {spec['template']!r}"
@@ -214,19 +220,18 @@ class LLMFusionConfig(PretrainedConfig):
 
     Args:
         backbones (`list[dict]`, *optional*, defaults to the `"paper"` preset):
-            The backbones in order. Each dict has `name` (feature column and forward keyword), `model` (Hub id or
-            local folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`,
-            `"layer_last_token"`, `"pooler"`, `"cls"`; see `POOLINGS`), `num_layers` (k, the number of hidden layers
-            a layer pooling reads; by default the last k, last first), `layers` (optional, layer poolings only: the
-            hidden-state indices to read, in feature order, as in `outputs.hidden_states[i]`, where 0 is the
-            embeddings and negative indices count from the top; `num_layers` is then their number), `template`
-            (optional: a prompt with one `{text}` slot that each text fills before tokenization, e.g. PromptEOL's
-            `'This sentence : "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length`
-            (tokens; longer texts, template included, are truncated at the end), `dtype` (the compute dtype the
-            features were extracted with: `"float32"`, `"bfloat16"` or `"float16"`; `None` means float32) and
-            `quantization` (`None`, `"8bit"` or `"4bit"`: the backbone's weights loaded quantized by
-            bitsandbytes, which needs a CUDA GPU). The pipeline loads each backbone with its recorded dtype and
-            quantization.
+            The backbones in order. Each dict has `name` (feature column and forward keyword), `model` (Hub id or local
+            folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`, `"layer_last_token"`,
+            `"pooler"`, `"cls"`, `"mean"`; see `POOLINGS`), `num_layers` (k, the number of hidden layers a layer
+            pooling reads; by default the last k, last first), `layers` (optional, layer poolings only: the
+            hidden-state indices to read, in feature order, as in `outputs.hidden_states[i]`, where 0 is the embeddings
+            and negative indices count from the top; `num_layers` is then their number), `template` (optional: a prompt
+            with one `{text}` slot that each text fills before tokenization, e.g. PromptEOL's `'This sentence :
+            "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length` (tokens; longer texts,
+            template included, are truncated at the end), `dtype` (the compute dtype the features were extracted with:
+            `"float32"`, `"bfloat16"` or `"float16"`; `None` means float32) and `quantization` (`None`, `"8bit"` or
+            `"4bit"`: the backbone's weights loaded quantized by bitsandbytes, which needs a CUDA GPU). The pipeline
+            loads each backbone with its recorded dtype and quantization.
         fusion_dim (`int`, *optional*, defaults to 1024):
             Width of the vectors whose co-occurrence matrix is taken. LLM layers are projected to it by
             Linear+ReLU+Dropout; an encoder of another width by a Linear layer.

@@ -97,7 +97,7 @@ class ExtractArguments:
     )  # fmt: skip
     pooling: list[str] = field(
         default_factory=list,
-        metadata={"help": "NAME=POOLING: layer_mean, layer_last_token, pooler or cls (repeatable).",
+        metadata={"help": "NAME=POOLING: layer_mean, layer_last_token, pooler, cls or mean (repeatable).",
                   "action": "extend"},
     )  # fmt: skip
     template: list[str] = field(

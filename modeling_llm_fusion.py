@@ -271,10 +271,7 @@ class FrozenBackbone:
             # In feature order: by default the last k layers, last first (index i is the i-th layer from the top).
             layers = [outputs.hidden_states[i] for i in layer_indices(self.spec)]
             if pooling == "layer_mean":
-                # Mean over the real tokens only: padding never enters a text's features.
-                mask = attention_mask.unsqueeze(-1).float()
-                count = mask.sum(dim=1, keepdim=True)
-                return torch.stack([(layer.float() * mask).sum(dim=1) for layer in layers], dim=1) / count
+                return torch.stack([token_mean(layer, attention_mask) for layer in layers], dim=1)
             # Right padding: a text's last real token sits at (its number of real tokens - 1).
             last = attention_mask.sum(dim=1) - 1
             rows = torch.arange(len(last), device=last.device)
@@ -283,7 +280,16 @@ class FrozenBackbone:
             if getattr(outputs, "pooler_output", None) is None:
                 raise ValueError(f"Backbone {self.spec['name']!r} has no pooler; use pooling 'cls' instead.")
             return outputs.pooler_output.float()
+        if pooling == "mean":
+            return token_mean(outputs.last_hidden_state, attention_mask)
         return outputs.last_hidden_state[:, 0].float()
+
+
+def token_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `(batch, tokens, width)` hidden states over each text's real tokens, float32 `(batch, width)`:
+    padding never enters a text's features."""
+    mask = attention_mask.unsqueeze(-1).float()
+    return (states.float() * mask).sum(dim=1) / mask.sum(dim=1)
 
 
 def decide(logits: torch.Tensor, problem_type: str | None, threshold: float) -> torch.Tensor:

@@ -495,6 +495,8 @@ def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):
         {**llama, "template": "{text}!"},
         {**llama, "template": "Text: {text}"},
     ]
+    bert = normalize_backbone(tiny_backbones[1])
+    variants += [bert, {**bert, "pooling": "cls"}, {**bert, "pooling": "mean"}]
     keys = [column_key(spec, None, "float32", "texts") for spec in variants]
     assert len(set(keys)) == len(keys)
     # A description written before these keys existed keeps its cached columns.

@@ -163,6 +163,21 @@ def test_chosen_layers_poolings_and_template_equal_an_independent_computation(ti
     assert backbone.count_tokens(texts) == [len(backbone.tokenizer(prefix + t + suffix)["input_ids"]) for t in texts]
 
 
+@pytest.mark.parametrize("pooling", ["pooler", "cls", "mean"])
+def test_encoder_poolings_equal_an_independent_computation(tiny_backbones, pooling):
+    spec = {**tiny_backbones[1], "pooling": pooling}
+    backbone = FrozenBackbone.load(spec)
+    texts = ["my dog died last week", "what a lovely surprise from my friends and family!", "so happy"]
+    features = backbone(texts)  # one padded batch: the short texts are padded
+    assert features.shape == (3, spec["hidden_size"])
+    for row, text in enumerate(texts):
+        with torch.no_grad():  # alone: no padding at all
+            outputs = backbone.model(**backbone.tokenizer(text, return_tensors="pt"))
+        hidden = outputs.last_hidden_state[0]
+        expected = {"pooler": outputs.pooler_output[0], "cls": hidden[0], "mean": hidden.mean(dim=0)}[pooling]
+        torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_the_default_layers_are_the_last_ones_last_first(tiny_backbones):
     texts = ["my dog died last week", "what a lovely surprise"]
     default = FrozenBackbone.load(tiny_backbones[0])(texts)  # num_layers=3, no layers
