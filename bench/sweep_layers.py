@@ -13,6 +13,9 @@ prompt), and the winner is written as a backbone description that extraction rea
         --cache-dir features/ED-all-layers/cache   # the encoders' columns are reused
     python bench/sweep_layers.py features/ED-all-layers features/ED-prompt-all-layers --output llama-layers.json
 
+    # an encoder's pooling: one folder per pooling (--pooling bert=mean in the second), the encoder named
+    python bench/sweep_layers.py features/ED features/ED-mean --backbone bert --output bert-pooling.json
+
 The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
 on the train split: multinomial for single-label data, one-vs-rest for multi-label data. Its input for a window is
 the mean of the window's layer vectors (`--combine mean`: the vector the head feeds its MLP directly, and as wide as
@@ -188,23 +191,25 @@ def sweep(
 
 
 def chosen_spec(spec: dict, layers: list[int], suffix: str = "") -> dict:
-    """The backbone description `spec` reading `layers`, its name extended by `suffix` (a view of its own)."""
-    return normalize_backbone({**spec, "name": spec["name"] + suffix, "layers": layers, "num_layers": len(layers)})
+    """The backbone description `spec` reading `layers` (an encoder pooling: `[]`, its one vector), its name extended
+    by `suffix` (a view of its own)."""
+    chosen = {**spec, "name": spec["name"] + suffix}
+    return normalize_backbone(chosen | ({"layers": layers, "num_layers": len(layers)} if layers else {}))
 
 
 def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[FeatureMetadata, dict]:
-    """A features folder's metadata and the description of the layer-pooled backbone to sweep (`backbone`, or the
-    only one)."""
+    """A features folder's metadata and the description of the backbone to sweep: `backbone` (any pooling), or the
+    only layer-pooled one."""
     metadata = read_metadata(features_dir)
-    layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
     if backbone is None:
+        layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
         if len(layered) != 1:
             raise ValueError(f"Name the backbone to sweep (--backbone): layer-pooled ones are {layered}.")
         return metadata, normalize_backbone(layered[0])
-    spec = next((s for s in layered if s["name"] == backbone), None)
+    spec = next((s for s in metadata.backbones if s["name"] == backbone), None)
     if spec is None:
         raise ValueError(
-            f"No layer-pooled backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in layered]}."
+            f"No backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in metadata.backbones]}."
         )
     return metadata, normalize_backbone(spec)
 
@@ -213,14 +218,18 @@ def folder_scores(
     features_dir: str | Path, metadata: FeatureMetadata, spec: dict, window: int, combine: str, c: float,
     device: torch.device,
 ) -> list[LayerScore]:  # fmt: skip
-    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`."""
-    indices = layer_indices(spec)
+    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
+    encoder pooling's one vector is its only candidate (`layers` `[]`)."""
     metric = load_metric(metadata.problem_type)
     train_features, y_train = read_split(features_dir, "train", spec["name"])
     val_features, y_val = read_split(features_dir, "validation", spec["name"])
+    if spec["pooling"] in LAYER_POOLINGS:
+        indices, found = layer_indices(spec), candidates(layer_indices(spec), window)
+    else:  # one vector a text: a single "layer"
+        indices, found, train_features, val_features = [], [[]], train_features[:, None], val_features[:, None]
     scores = []
-    for layers in candidates(indices, window):
-        positions = [indices.index(i) for i in layers]
+    for layers in found:
+        positions = [indices.index(i) for i in layers] or [0]
         x_train = probe_input(train_features, positions, combine, device)
         x_val = probe_input(val_features, positions, combine, device)
         value = validation_score(
@@ -235,6 +244,11 @@ def pooling_words(spec: dict) -> str:
     return spec["pooling"] + (", prompted" if spec.get("template") else "")
 
 
+def chosen_words(spec: dict) -> str:
+    """What a sweep chose: the layers of a layer pooling, or an encoder's pooling."""
+    return f"layers {spec['layers']}" if spec["pooling"] in LAYER_POOLINGS else f"pooling {spec['pooling']}"
+
+
 def table(result: SweepResult) -> str:
     """The ranked candidates as a text table, score in %; with several folders, each row's pooling too."""
     pooled = len(result.poolings) > 1
@@ -243,8 +257,8 @@ def table(result: SweepResult) -> str:
     lines = [header + "layers (hidden_states[i], feature order)"]
     for rank, row in enumerate(result.scores, 1):
         pooling = f"{result.poolings[row.features]:{width}}  " if pooled else ""
-        layers = ", ".join(map(str, row.layers))
-        lines.append(f"{rank:>4}  {len(row.layers):>2}  {100 * row.score:>16.2f}  {pooling}{layers}")
+        layers = ", ".join(map(str, row.layers)) or "(its one vector)"
+        lines.append(f"{rank:>4}  {len(row.layers) or '-':>2}  {100 * row.score:>16.2f}  {pooling}{layers}")
     return "\n".join(lines)
 
 
@@ -253,7 +267,8 @@ def main(argv: list[str] | None = None) -> SweepResult:
     parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
                         help="features extracted by extract_features.py (best with --all-layers); several: one per "
                         "pooling or prompt of the same data, ranked together")  # fmt: skip
-    parser.add_argument("--backbone", help="the layer-pooled backbone to sweep (default: the only one)")
+    parser.add_argument("--backbone", help="the backbone to sweep (default: the only layer-pooled one); an encoder is "
+                        "swept across folders that pool it otherwise (--pooling NAME=pooler, NAME=mean)")  # fmt: skip
     parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
     parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
@@ -273,17 +288,19 @@ def main(argv: list[str] | None = None) -> SweepResult:
     output.write_text(json.dumps(result.best_spec, indent=2) + "\n")
     if args.results:
         Path(args.results).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    layered = result.best_spec["pooling"] in LAYER_POOLINGS
+    window = "the mean of its layer vectors" if result.combine == "mean" else "its layer vectors concatenated"
     print(
-        f"Layers of {result.backbone}: {result.metric} on the validation split ({result.validation_rows} rows) of a "
-        f"logistic-regression probe trained on the train split ({result.train_rows} rows); a window's input: "
-        f"{'the mean of its layer vectors' if result.combine == 'mean' else 'its layer vectors concatenated'}."
+        f"{'Layers' if layered else 'Pooling'} of {result.backbone}: {result.metric} on the validation split "
+        f"({result.validation_rows} rows) of a logistic-regression probe trained on the train split "
+        f"({result.train_rows} rows)" + (f"; a window's input: {window}." if layered else ".")
     )
     print(table(result))
-    pooling = f" ({pooling_words(result.best_spec)})" if len(result.poolings) > 1 else ""
-    print(f"Best: layers {result.best_spec['layers']}{pooling} -> {output}")
+    pooling = f" ({pooling_words(result.best_spec)})" if len(result.poolings) > 1 and layered else ""
+    print(f"Best: {chosen_words(result.best_spec)}{pooling} -> {output}")
     if args.second_view:
         Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
-        print(f"Second view: layers {result.second_view['layers']} ({pooling_words(result.second_view)}) -> "
+        print(f"Second view: {chosen_words(result.second_view)} ({pooling_words(result.second_view)}) -> "
               f"{args.second_view}")  # fmt: skip
         print(f"Extract both: python extract_features.py ... --backbone-spec {output} "
               f"--add-backbone-spec {args.second_view}")  # fmt: skip

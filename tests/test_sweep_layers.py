@@ -13,6 +13,7 @@ import extract_features
 from bench import sweep_layers
 from bench.reproduce import fit_logistic
 from bench.sweep_layers import candidates, sweep
+from configuration_llm_fusion import normalize_backbone
 from extract_features import load_features
 
 
@@ -41,10 +42,12 @@ def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
 
 
 def synthetic_features(
-    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0, **spec_options
-):
+    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0,
+    bert: tuple[str, float] | None = None, **spec_options,
+):  # fmt: skip
     """A features folder without a test split, whose LLM features carry the labels in one hidden state only
-    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...)."""
+    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
+    (its pooling, its strength) adds an encoder that carries them too."""
     rng = np.random.default_rng(0)
     width, num_labels = 8, 3
     multi = problem_type == "multi_label_classification"
@@ -59,16 +62,21 @@ def synthetic_features(
         features = rng.standard_normal((rows, len(layers), width)).astype(np.float32)
         features[:, layers.index(informative)] += strength * signal
         label_type = List(Value("float32"), num_labels) if multi else ClassLabel(names=["a", "b", "c"])
-        columns = Features({"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")})
-        Dataset.from_dict({"label": labels.tolist(), "llama": features.astype(np.float16)}, features=columns)\
-            .save_to_disk(folder / split)  # fmt: skip
+        columns = {"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")}
+        rows_of = {"label": labels.tolist(), "llama": features.astype(np.float16)}
+        if bert is not None:
+            columns["bert"] = List(Value("float16"), width)
+            encoded = rng.standard_normal((rows, width)) + bert[1] * signal
+            rows_of["bert"] = encoded.astype(np.float16)
+        Dataset.from_dict(rows_of, features=Features(columns)).save_to_disk(folder / split)
     spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "layers": list(layers), "hidden_size": width}
     spec.update(spec_options)
+    encoders = [] if bert is None else [{"name": "bert", "model": "e", "pooling": bert[0], "hidden_size": width}]
     metadata = {
         "dataset": "synthetic",
         "problem_type": problem_type,
         "label_names": ["a", "b", "c"],
-        "backbones": [spec],
+        "backbones": [spec, *encoders],
     }
     (folder / extract_features.METADATA_FILE).write_text(json.dumps(metadata))
     return folder
@@ -119,6 +127,19 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     other = synthetic_features(tmp_path / "other", "single_label_classification", informative=-3, rows=200)
     with pytest.raises(ValueError, match=r"other holds other train or validation rows than .*mean"):
         sweep([mean, other], window=2, device="cpu")
+
+
+def test_an_encoder_is_swept_across_its_poolings(tmp_path, capsys):
+    pooler = synthetic_features(tmp_path / "pooler", "single_label_classification", -1, bert=("pooler", 0.3))
+    mean = synthetic_features(tmp_path / "mean", "single_label_classification", -1, bert=("mean", 3.0))
+    result = sweep_layers.main([str(pooler), str(mean), "--backbone", "bert", "--device", "cpu"])
+    assert [(row.features, row.layers) for row in result.scores] == [(str(mean), []), (str(pooler), [])]
+    assert result.scores[0].score > result.scores[1].score + 0.2
+    assert result.best_spec == normalize_backbone({"name": "bert", "model": "e", "pooling": "mean", "hidden_size": 8})
+    out = capsys.readouterr().out
+    assert "Pooling of bert" in out and "(its one vector)" in out and "Best: pooling mean" in out
+    with pytest.raises(ValueError, match=r"No backbone 'roberta' in .*; there are \['llama', 'bert'\]"):
+        sweep(pooler, backbone="roberta", device="cpu")
 
 
 def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_path, capsys):
