@@ -224,7 +224,8 @@ def folder_scores(
     train_features, y_train = read_split(features_dir, "train", spec["name"])
     val_features, y_val = read_split(features_dir, "validation", spec["name"])
     if spec["pooling"] in LAYER_POOLINGS:
-        indices, found = layer_indices(spec), candidates(layer_indices(spec), window)
+        indices = layer_indices(spec)
+        found = candidates(indices, window)
     else:  # one vector a text: a single "layer"
         indices, found, train_features, val_features = [], [[]], train_features[:, None], val_features[:, None]
     scores = []
