@@ -166,6 +166,19 @@ def check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
         raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")
 
 
+def name_value_pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` items of a command-line flag as a dict, or `ValueError` naming the bad one."""
+    if isinstance(items, dict):
+        return dict(items)
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}.")
+        pairs[name] = value
+    return pairs
+
+
 __all__ = [
     "FusionArguments",
     "ProtocolArguments",
@@ -173,6 +186,7 @@ __all__ = [
     "argument_parser",
     "boolean",
     "check_at_least_one",
+    "name_value_pairs",
     "print_training_help",
     "wants_quick_help",
 ]

@@ -9,8 +9,8 @@ import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import FeatureMetadata
 from fec_datasets import SPLITS, dataset_name
+from fusion_features import FeatureMetadata
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 

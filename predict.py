@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extract_features import name_value_pairs
+from fec_arguments import name_value_pairs
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")

@@ -38,8 +38,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import FeatureMetadata, default_features_dir, load_features
 from fusion_data import build_config, check_dataset, check_finite, feature_statistics, training_splits
+from fusion_features import FeatureMetadata, default_features_dir, load_features
 from fusion_metrics import (
     SELECTION_METRICS,
     choose_threshold,

@@ -119,8 +119,8 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     import torch
 
     from configuration_llm_fusion import PRESETS
-    from extract_features import load_features
     from fusion_data import build_config, feature_statistics, training_splits
+    from fusion_features import load_features
     from fusion_trainer import flush_denormals, keep_gradient_memory
     from modeling_llm_fusion import LLMFusionForSequenceClassification
 

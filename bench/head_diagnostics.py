@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract_features import load_features  # noqa: E402
 from fusion_data import build_config, feature_statistics, training_splits  # noqa: E402
+from fusion_features import load_features  # noqa: E402
 from fusion_trainer import build_model  # noqa: E402
 
 HEADS = {

@@ -22,8 +22,8 @@ from transformers import AutoModelForSequenceClassification
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from extract_features import load_features  # noqa: E402
 from fusion_data import training_splits  # noqa: E402
+from fusion_features import load_features  # noqa: E402
 from fusion_metrics import choose_threshold, load_metric, score  # noqa: E402
 
 BATCH = 512

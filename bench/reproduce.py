@@ -40,7 +40,8 @@ from transformers.utils import logging as hf_logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from extract_features import extract, load_features  # noqa: E402
+from extract_features import extract  # noqa: E402
+from fusion_features import load_features  # noqa: E402
 from fusion_metrics import THRESHOLDS  # noqa: E402
 from train_fusion import parse_args, train  # noqa: E402
 

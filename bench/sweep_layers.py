@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.reproduce import fit_logistic  # noqa: E402
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
-from extract_features import FeatureMetadata, read_metadata  # noqa: E402
+from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
 from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
 
 SWEEP_SPLITS = ("train", "validation")

@@ -1,7 +1,6 @@
 import errno
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,18 +12,8 @@ from datasets import Array2D, List, Value
 
 import extract_features
 from configuration_llm_fusion import normalize_backbone
-from extract_features import (
-    ExtractionResult,
-    FeatureMetadata,
-    column_key,
-    customize_backbones,
-    default_features_dir,
-    extract,
-    load_features,
-    read_metadata,
-    resolve_backbones,
-)
-from fec_datasets import dataset_name
+from extract_features import ExtractionResult, column_key, customize_backbones, extract, resolve_backbones
+from fusion_features import METADATA_FILE, FeatureMetadata, load_features, read_metadata
 from helpers import REPO, run_program, write_csv_dataset
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
@@ -191,7 +180,7 @@ def test_cli_reports_errors_without_traceback(tmp_path):
 
 
 def test_metadata_is_json(features_dir):
-    metadata = json.loads((features_dir / extract_features.METADATA_FILE).read_text())
+    metadata = json.loads((features_dir / METADATA_FILE).read_text())
     assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {"train": LIMIT, "validation": LIMIT,
                                                                            "test": LIMIT}  # fmt: skip
     # Each backbone records how it computed, so that the trained model is served the same way.
@@ -349,37 +338,10 @@ def test_full_disk_is_one_line_and_leaves_no_temporary_file(small_run, monkeypat
         small_run()
     assert "\n" not in str(error.value)
     leftovers = [p for p in small_run.out.rglob("*") if p.name.endswith(".tmp") or p.name == "_saving"]
-    assert leftovers == [] and not (small_run.out / extract_features.METADATA_FILE).exists()
+    assert leftovers == [] and not (small_run.out / METADATA_FILE).exists()
     monkeypatch.setattr(ArrowWriter, "write_table", write_table)
     assert small_run().computed == ([] if where == "assembly" else ["bert"])  # finished shards are kept
     load_features(small_run.out)
-
-
-# ---- paths ----
-
-
-def test_dataset_name_and_default_features_dir(tmp_path, monkeypatch):
-    (tmp_path / "some" / "dir").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    assert dataset_name("ED") == "ED" and dataset_name("go_emotions_multilabel") == "go_emotions_multilabel"
-    assert dataset_name("org/name") == "org--name"
-    assert dataset_name("some/dir/..") == "some" and dataset_name(str(tmp_path / "some" / "dir")) == "dir"
-    assert dataset_name(f"train={tmp_path}/some/dir/train.csv,validation=v.csv,test=t.csv") == "dir"
-    assert dataset_name("/") == "dataset" and dataset_name("..") == tmp_path.parent.name
-    assert dataset_name("my data (v2)!") == "my-data-v2-"
-    for name in ("ED", "org/name", "/", "..", ".", "../../x y", "a/../.."):
-        slug = dataset_name(name)
-        assert re.fullmatch(r"[A-Za-z0-9._-]+", slug) and slug not in (".", "..")
-        assert default_features_dir(name) == Path("features") / slug
-        assert default_features_dir(name).resolve().parent == (tmp_path / "features").resolve()
-
-
-def test_training_defaults_to_the_same_features_folder(tmp_path):
-    import train_fusion
-
-    for dataset in ("go_emotion", str(tmp_path / "mine"), "org/name"):
-        args, _ = train_fusion.parse_args(["--dataset", dataset])
-        assert args.features_dir == str(default_features_dir(dataset))
 
 
 def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
@@ -391,7 +353,7 @@ def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0].endswith("-> features/mine")
-    assert (tmp_path / "features" / "mine" / extract_features.METADATA_FILE).exists()
+    assert (tmp_path / "features" / "mine" / METADATA_FILE).exists()
     assert "INFO" not in result.stderr  # warnings at most, unless --log-level info
 
 
@@ -432,9 +394,9 @@ def test_metadata_is_a_typed_record(small_run):
         split: extract_features.split_checksum(small_run.out / split) for split in ("train", "validation", "test")
     }
     assert list(metadata.column_keys["bert"]) == ["train", "validation", "test"]
-    record = json.loads((small_run.out / extract_features.METADATA_FILE).read_text())
+    record = json.loads((small_run.out / METADATA_FILE).read_text())
     assert FeatureMetadata.from_dict(record) == metadata
-    (small_run.out / extract_features.METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))
+    (small_run.out / METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))
     with pytest.raises(ValueError, match=r"is not metadata this version can read \(unknown keys \['surprise'\]"):
         load_features(small_run.out)
 

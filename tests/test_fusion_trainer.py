@@ -8,8 +8,9 @@ from transformers import TrainerControl, TrainerState
 
 import train_fusion
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import extract, load_features
+from extract_features import extract
 from fusion_data import build_config, training_splits
+from fusion_features import load_features
 from fusion_trainer import (
     FusionTrainer,
     NonFiniteError,

@@ -14,7 +14,7 @@ from bench import sweep_layers
 from bench.reproduce import fit_logistic
 from bench.sweep_layers import candidates, sweep
 from configuration_llm_fusion import normalize_backbone
-from extract_features import load_features
+from fusion_features import METADATA_FILE, load_features
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])
@@ -78,7 +78,7 @@ def synthetic_features(
         "label_names": ["a", "b", "c"],
         "backbones": [spec, *encoders],
     }
-    (folder / extract_features.METADATA_FILE).write_text(json.dumps(metadata))
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
     return folder
 
 

@@ -16,8 +16,9 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import fusion_metrics
 import train_fusion
-from extract_features import extract, load_features
+from extract_features import extract
 from fusion_data import build_config, training_splits
+from fusion_features import load_features
 from fusion_trainer import FusionTrainer, ProtocolCallback
 from helpers import REPO, run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification

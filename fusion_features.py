@@ -1,0 +1,128 @@
+"""A features folder, the contract between extraction and training: `fec_features.json` and the Arrow splits beside it.
+
+`extract_features.py` writes it; `train_fusion.py`, the sweep and the benchmarks read it through `read_metadata` and
+`load_features`, without importing the extractor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fec_datasets import dataset_name, one_line
+
+if typing.TYPE_CHECKING:
+    from datasets import DatasetDict
+
+    from configuration_llm_fusion import BackboneSpec
+
+METADATA_FILE = "fec_features.json"
+FEATURES_ROOT = Path("features")
+
+
+@dataclass
+class FeatureMetadata:
+    """What `fec_features.json` records beside the features: where they come from, what they are, how to check them.
+
+    Args:
+        dataset (`str`):
+            The data set as it was given to `extract` (a built-in name, a folder, a `split=file` list or a Hub id).
+        dataset_name (`str`):
+            Its slug, `dataset_name(dataset)`: the default features folder's name, and the name to publish (a local
+            path never is).
+        problem_type (`str`):
+            `"single_label_classification"` or `"multi_label_classification"`.
+        label_names (`list[str]`):
+            The label names; label id `i` is `label_names[i]`.
+        backbones (`list[dict]`):
+            The backbone descriptions (`LLMFusionConfig.backbones` entries, revisions resolved where possible).
+        feature_dtype (`str`, *optional*, defaults to `"float16"`):
+            The dtype the features are stored in.
+        compute_dtype (`str`, *optional*):
+            The dtype the backbones ran in.
+        head (`dict`, *optional*):
+            The preset's head options (`LLMFusionConfig` keywords); training uses them unless a flag says otherwise.
+        rows (`dict[str, int]`, *optional*):
+            Rows of each split.
+        column_keys (`dict[str, dict[str, str]]`, *optional*):
+            Cache key of each backbone's column (`column_keys[backbone][split]`).
+        data_digests (`dict[str, str]`, *optional*):
+            sha256 of each split's texts and labels (`data_digest`): a corrected label changes it.
+        split_checksums (`dict[str, str]`, *optional*):
+            sha256 of each split's files as saved (`split_checksum`), recorded when the splits were assembled.
+    """
+
+    dataset: str
+    dataset_name: str
+    problem_type: str
+    label_names: list[str]
+    backbones: list[BackboneSpec]
+    feature_dtype: str = "float16"
+    compute_dtype: str | None = None
+    head: dict = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    column_keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    data_digests: dict[str, str] = field(default_factory=dict)
+    split_checksums: dict[str, str] = field(default_factory=dict)
+
+    REQUIRED: typing.ClassVar[tuple[str, ...]] = ("dataset", "problem_type", "label_names", "backbones")
+
+    @classmethod
+    def from_dict(cls, record: dict) -> FeatureMetadata:
+        """The metadata a JSON record holds; `ValueError` naming unknown or missing keys."""
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        missing = [key for key in cls.REQUIRED if key not in record]
+        if unknown or missing:
+            raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
+        return cls(**{"dataset_name": dataset_name(str(record["dataset"])), **record})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """Everything that decides the output's content (the checksums of a saved output only verify it), in its
+        JSON form so that a record read back compares equal."""
+        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k != "split_checksums"}))
+
+
+def default_features_dir(dataset: str) -> Path:
+    """The features folder of a data set when none is given: `features/<dataset_name(dataset)>`."""
+    return FEATURES_ROOT / dataset_name(dataset)
+
+
+def read_metadata(features_dir: str | os.PathLike) -> FeatureMetadata:
+    """The `FeatureMetadata` of a features folder; `ValueError` naming the folder and the fix where there is none."""
+    path = Path(features_dir) / METADATA_FILE
+    if not path.exists():
+        unfinished = " (its extraction did not finish)" if (Path(features_dir) / "dataset_dict.json").exists() else ""
+        raise ValueError(
+            f"{features_dir} is not a features folder (no {METADATA_FILE}){unfinished}; create one with "
+            "`python extract_features.py --dataset NAME --output-dir DIR`."
+        )
+    try:
+        return FeatureMetadata.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not metadata this version can read ({one_line(error)}); rebuild the folder with "
+            "`python extract_features.py --dataset NAME --output-dir DIR`."
+        ) from error
+
+
+def load_features(features_dir: str | os.PathLike) -> tuple[DatasetDict, FeatureMetadata]:
+    """The features `extract` saved (memory-mapped Arrow) and their metadata."""
+    import datasets
+
+    metadata = read_metadata(features_dir)
+    data = datasets.load_from_disk(str(features_dir))
+    for split, rows in metadata.rows.items():
+        if split in data and len(data[split]) != rows:
+            raise ValueError(
+                f"Split {split!r} in {features_dir} has {len(data[split])} rows, but {METADATA_FILE} records {rows}: "
+                "rerun extract_features.py to rebuild it."
+            )
+    return data, metadata
