@@ -216,18 +216,8 @@ def customize_backbones(
     """
     from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
 
-    specs = [dict(spec) for spec in specs]
+    specs = _with_spec_files(specs, spec_files, added_spec_files)
     names = [spec["name"] for spec in specs]
-    for spec in _described_backbones(spec_files, "--backbone-spec"):
-        specs[_backbone_position(names, spec["name"], "--backbone-spec")] = spec
-    for spec in _described_backbones(added_spec_files, "--add-backbone-spec"):
-        if spec["name"] in names:
-            raise ValueError(
-                f"--add-backbone-spec: a backbone named {spec['name']!r} exists already ({names}); give the added one "
-                "a name of its own, or replace that one with --backbone-spec."
-            )
-        specs.append(spec)
-        names.append(spec["name"])
     for name, value in name_value_pairs(pooling, "--pooling").items():
         spec = specs[_backbone_position(names, name, "--pooling")]
         spec["pooling"] = value
@@ -250,6 +240,26 @@ def customize_backbones(
         for spec in specs:
             spec["max_length"] = max_length
     return [normalize_backbone(spec) for spec in specs]
+
+
+def _with_spec_files(
+    specs: list[dict], spec_files: Sequence[str | os.PathLike], added_spec_files: Sequence[str | os.PathLike]
+) -> list[dict]:
+    """`specs` (copied) with the backbones of `spec_files` replacing those of their names, then those of
+    `added_spec_files` added; `ValueError` for a name to replace that is not there or one to add that is."""
+    specs = [dict(spec) for spec in specs]
+    names = [spec["name"] for spec in specs]
+    for spec in _described_backbones(spec_files, "--backbone-spec"):
+        specs[_backbone_position(names, spec["name"], "--backbone-spec")] = spec
+    for spec in _described_backbones(added_spec_files, "--add-backbone-spec"):
+        if spec["name"] in names:
+            raise ValueError(
+                f"--add-backbone-spec: a backbone named {spec['name']!r} exists already ({names}); give the added one "
+                "a name of its own, or replace that one with --backbone-spec."
+            )
+        specs.append(spec)
+        names.append(spec["name"])
+    return specs
 
 
 def _backbone_position(names: list[str], name: str, flag: str) -> int:
