@@ -246,6 +246,44 @@ def plain_loop_epochs(
     return epoch_seconds
 
 
+def summarize(results: dict[str, dict], size: int, seeds: int, batch_size: int) -> dict:
+    """Print each path's figures and the ratios against its baseline in the same run; return them all."""
+    for path, result in results.items():
+        seconds, rss, anonymous = result["epoch_seconds"], result["peak_rss_bytes"], result["anon_rss_bytes"]
+        print(
+            f"{path:8s} {min(seconds):8.1f} s/epoch (fastest; mean {sum(seconds) / len(seconds):.1f})   peak RSS "
+            f"{rss / 2**20:7,.0f} MiB = {rss / size:.2f}x the features ({anonymous / 2**20:,.0f} MiB anonymous)"
+        )
+    # The fastest epochs: the least disturbed by other work on the machine.
+    fastest = {path: min(result["epoch_seconds"]) for path, result in results.items()}
+    device = next(iter(results.values()))["device"]
+    summary = {"feature_bytes": size, **results}
+    if "plain" in fastest and "trainer" in fastest:
+        summary["trainer_over_plain"] = fastest["trainer"] / fastest["plain"]
+        print(f"Trainer / plain loop: {summary['trainer_over_plain']:.2f}x (target <= 1.3x), on {device}")
+    if "trainer" in fastest and "trainer_ieee" in fastest:
+        # Denormals build up as training goes on (the Adam state of units that stop learning decays through them):
+        # every epoch counts here, not the fastest.
+        total = {path: sum(results[path]["epoch_seconds"]) for path in ("trainer", "trainer_ieee")}
+        summary["ieee_over_flushed"] = total["trainer_ieee"] / total["trainer"]
+        for path in total:
+            print(f"{path} epochs: {', '.join(f'{second:.1f}' for second in results[path]['epoch_seconds'])} s")
+        print(f"Denormals computed (trainer_ieee) / flushed to zero (trainer, as train_fusion.py runs), all epochs: "
+              f"{summary['ieee_over_flushed']:.2f}x, on {device}")  # fmt: skip
+    if "trainer" in fastest and "batched" in fastest:
+        one, batched = fastest["trainer"], fastest["batched"]
+        summary["batched_over_one_seed"] = batched / one
+        print(f"--seeds {seeds}: batched {batched:.1f} s/epoch, sequential {seeds} x {one:.1f} = "
+              f"{seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
+              f"speed-up over sequential {seeds * one / batched:.2f}x, on {device}")  # fmt: skip
+        adam = results["batched"]["adam_step_ms"]
+        steps = math.ceil(results["batched"]["rows"] / batch_size)
+        print(f"Adam's step alone (memory traffic, the floor of every step): {seeds} seeds' parameters "
+              f"{adam[str(seeds)]:.0f} ms, one seed's {adam['1']:.0f} ms; one seed's whole step "
+              f"{1000 * one / steps:.0f} ms ({steps} steps an epoch)")  # fmt: skip
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     from transformers import HfArgumentParser
 
@@ -275,40 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "--seeds", str(args.seeds), "--rows", str(args.rows), "--head", args.head]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[path] = json.loads(output.strip().splitlines()[-1])
-    for path, result in results.items():
-        seconds, rss, anonymous = result["epoch_seconds"], result["peak_rss_bytes"], result["anon_rss_bytes"]
-        print(
-            f"{path:8s} {min(seconds):8.1f} s/epoch (fastest; mean {sum(seconds) / len(seconds):.1f})   peak RSS "
-            f"{rss / 2**20:7,.0f} MiB = {rss / size:.2f}x the features ({anonymous / 2**20:,.0f} MiB anonymous)"
-        )
-    # The fastest epochs: the least disturbed by other work on the machine.
-    fastest = {path: min(result["epoch_seconds"]) for path, result in results.items()}
-    device = next(iter(results.values()))["device"]
-    summary = {"feature_bytes": size, **results}
-    if "plain" in fastest and "trainer" in fastest:
-        summary["trainer_over_plain"] = fastest["trainer"] / fastest["plain"]
-        print(f"Trainer / plain loop: {summary['trainer_over_plain']:.2f}x (target <= 1.3x), on {device}")
-    if "trainer" in fastest and "trainer_ieee" in fastest:
-        # Denormals build up as training goes on (the Adam state of units that stop learning decays through them):
-        # every epoch counts here, not the fastest.
-        total = {path: sum(results[path]["epoch_seconds"]) for path in ("trainer", "trainer_ieee")}
-        summary["ieee_over_flushed"] = total["trainer_ieee"] / total["trainer"]
-        for path in total:
-            print(f"{path} epochs: {', '.join(f'{second:.1f}' for second in results[path]['epoch_seconds'])} s")
-        print(f"Denormals computed (trainer_ieee) / flushed to zero (trainer, as train_fusion.py runs), all epochs: "
-              f"{summary['ieee_over_flushed']:.2f}x, on {device}")  # fmt: skip
-    if "trainer" in fastest and "batched" in fastest:
-        one, batched = fastest["trainer"], fastest["batched"]
-        summary["batched_over_one_seed"] = batched / one
-        print(f"--seeds {args.seeds}: batched {batched:.1f} s/epoch, sequential {args.seeds} x {one:.1f} = "
-              f"{args.seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
-              f"speed-up over sequential {args.seeds * one / batched:.2f}x, on {device}")  # fmt: skip
-        adam = results["batched"]["adam_step_ms"]
-        steps = math.ceil(results["batched"]["rows"] / args.batch_size)
-        print(f"Adam's step alone (memory traffic, the floor of every step): {args.seeds} seeds' parameters "
-              f"{adam[str(args.seeds)]:.0f} ms, one seed's {adam['1']:.0f} ms; one seed's whole step "
-              f"{1000 * one / steps:.0f} ms ({steps} steps an epoch)")  # fmt: skip
-    return summary
+    return summarize(results, size, args.seeds, args.batch_size)
 
 
 if __name__ == "__main__":
