@@ -12,10 +12,10 @@ RECORD = {"dataset": "ED", "problem_type": "single_label_classification", "label
           "backbones": [{"name": "bert", "model": "m", "pooling": "pooler", "hidden_size": 2}]}  # fmt: skip
 
 
-def features_folder(folder: Path, rows: dict[str, int], record: dict = RECORD) -> Path:
+def features_folder(folder: Path, rows: dict[str, int]) -> Path:
     splits = {split: Dataset.from_dict({"label": [0] * n, "bert": [[0.0, 1.0]] * n}) for split, n in rows.items()}
     DatasetDict(splits).save_to_disk(str(folder))
-    (folder / METADATA_FILE).write_text(json.dumps({**record, "rows": rows}))
+    (folder / METADATA_FILE).write_text(json.dumps({**RECORD, "rows": rows}))
     return folder
 
 
