@@ -1,4 +1,4 @@
-"""Choose which hidden layers of the LLM feed the head, and how they are pooled, on the validation split: a cheap
+r"""Choose which hidden layers of the LLM feed the head, and how they are pooled, on the validation split: a cheap
 probe scores each layer and each window of k consecutive layers (of each features folder given: one per pooling or
 prompt), and the winner is written as a backbone description that extraction reads.
 
