@@ -185,7 +185,7 @@ def sweep(
     return SweepResult(
         backbone=best["name"], metric=SELECTION_METRICS[metadata.problem_type], combine=combine,
         train_rows=len(labels[0]), validation_rows=len(labels[1]), scores=scores, best_spec=best,
-        poolings={folder: pooling_words(spec) for folder, spec in specs.items()},
+        poolings=folder_poolings(specs),
         second_view=None if other is None else chosen_spec(specs[other.features], other.layers, "_view2"),
     )  # fmt: skip
 
@@ -245,6 +245,14 @@ def pooling_words(spec: dict) -> str:
     return spec["pooling"] + (", prompted" if spec.get("template") else "")
 
 
+def folder_poolings(specs: dict[str, dict]) -> dict[str, str]:
+    """Each folder's pooling in words (`pooling_words`); folders that pool alike (two prompts, say) are told apart by
+    their folder's name."""
+    words = {folder: pooling_words(spec) for folder, spec in specs.items()}
+    shared = {word for word in words.values() if list(words.values()).count(word) > 1}
+    return {folder: word + (f", {Path(folder).name}" if word in shared else "") for folder, word in words.items()}
+
+
 def chosen_words(spec: dict) -> str:
     """What a sweep chose: the layers of a layer pooling, or an encoder's pooling."""
     return f"layers {spec['layers']}" if spec["pooling"] in LAYER_POOLINGS else f"pooling {spec['pooling']}"
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> SweepResult:
         f"({result.train_rows} rows)" + (f"; a window's input: {window}." if layered else ".")
     )
     print(table(result))
-    pooling = f" ({pooling_words(result.best_spec)})" if len(result.poolings) > 1 and layered else ""
+    pooling = f" ({result.poolings[result.scores[0].features]})" if len(result.poolings) > 1 and layered else ""
     print(f"Best: {chosen_words(result.best_spec)}{pooling} -> {output}")
     if args.second_view:
         Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
