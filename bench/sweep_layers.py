@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -249,8 +250,8 @@ def folder_poolings(specs: dict[str, dict]) -> dict[str, str]:
     """Each folder's pooling in words (`pooling_words`); folders that pool alike (two prompts, say) are told apart by
     their folder's name."""
     words = {folder: pooling_words(spec) for folder, spec in specs.items()}
-    shared = {word for word in words.values() if list(words.values()).count(word) > 1}
-    return {folder: word + (f", {Path(folder).name}" if word in shared else "") for folder, word in words.items()}
+    counts = Counter(words.values())
+    return {folder: word + (f", {Path(folder).name}" if counts[word] > 1 else "") for folder, word in words.items()}
 
 
 def chosen_words(spec: dict) -> str:
