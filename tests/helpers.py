@@ -1,5 +1,5 @@
-"""Test helpers: tiny random backbones built in code, paths to the real data, and a runner of the programs in
-`tests/programs/` in a fresh process."""
+"""Test helpers: tiny random backbones built in code, paths to the real data, a runner of the programs in
+`tests/programs/` in a fresh process, and synthetic feature folders for the probes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
@@ -21,6 +23,8 @@ from transformers import (
     RobertaConfig,
     RobertaModel,
 )
+
+from fusion_features import METADATA_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = Path(__file__).resolve().parent / "programs"  # what tests run in a fresh process: `run_program`
@@ -102,4 +106,45 @@ def write_csv_dataset(folder: Path, rows: list[tuple[str, int]], labels=("sad", 
     for split in ("train", "valid", "test"):
         (folder / f"{split}.csv").write_text(lines)
     (folder / "label2idx.txt").write_text("".join(f"{name} {i}\n" for i, name in enumerate(labels)))
+    return folder
+
+
+def synthetic_features(
+    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0,
+    bert: tuple[str, float] | None = None, **spec_options,
+):  # fmt: skip
+    """A features folder without a test split, whose LLM features carry the labels in one hidden state only
+    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
+    (its pooling, its strength) adds an encoder that carries them too."""
+    rng = np.random.default_rng(0)
+    width, num_labels = 8, 3
+    multi = problem_type == "multi_label_classification"
+    directions = rng.standard_normal((num_labels, width))
+    for split in ("train", "validation"):
+        if multi:
+            labels = (rng.random((rows, num_labels)) < 0.4).astype(np.float32)
+            signal = labels @ directions
+        else:
+            labels = rng.integers(0, num_labels, rows)
+            signal = directions[labels]
+        features = rng.standard_normal((rows, len(layers), width)).astype(np.float32)
+        features[:, layers.index(informative)] += strength * signal
+        label_type = List(Value("float32"), num_labels) if multi else ClassLabel(names=["a", "b", "c"])
+        columns = {"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")}
+        rows_of = {"label": labels.tolist(), "llama": features.astype(np.float16)}
+        if bert is not None:
+            columns["bert"] = List(Value("float16"), width)
+            encoded = rng.standard_normal((rows, width)) + bert[1] * signal
+            rows_of["bert"] = encoded.astype(np.float16)
+        Dataset.from_dict(rows_of, features=Features(columns)).save_to_disk(folder / split)
+    spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "layers": list(layers), "hidden_size": width}
+    spec.update(spec_options)
+    encoders = [] if bert is None else [{"name": "bert", "model": "e", "pooling": bert[0], "hidden_size": width}]
+    metadata = {
+        "dataset": "synthetic",
+        "problem_type": problem_type,
+        "label_names": ["a", "b", "c"],
+        "backbones": [spec, *encoders],
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
     return folder

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 
 import extract_features
 from bench import sweep_layers
 from bench.reproduce import fit_logistic
 from bench.sweep_layers import candidates, sweep
 from configuration_llm_fusion import normalize_backbone
-from fusion_features import METADATA_FILE, load_features
+from fusion_features import load_features
+from helpers import synthetic_features
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])
@@ -39,47 +39,6 @@ def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
         candidates([0, -1], 2)
     with pytest.raises(ValueError, match=r"only \('train', 'validation'\), not 'test'"):
         sweep_layers.read_split("anywhere", "test", "llama")
-
-
-def synthetic_features(
-    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0,
-    bert: tuple[str, float] | None = None, **spec_options,
-):  # fmt: skip
-    """A features folder without a test split, whose LLM features carry the labels in one hidden state only
-    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
-    (its pooling, its strength) adds an encoder that carries them too."""
-    rng = np.random.default_rng(0)
-    width, num_labels = 8, 3
-    multi = problem_type == "multi_label_classification"
-    directions = rng.standard_normal((num_labels, width))
-    for split in ("train", "validation"):
-        if multi:
-            labels = (rng.random((rows, num_labels)) < 0.4).astype(np.float32)
-            signal = labels @ directions
-        else:
-            labels = rng.integers(0, num_labels, rows)
-            signal = directions[labels]
-        features = rng.standard_normal((rows, len(layers), width)).astype(np.float32)
-        features[:, layers.index(informative)] += strength * signal
-        label_type = List(Value("float32"), num_labels) if multi else ClassLabel(names=["a", "b", "c"])
-        columns = {"label": label_type, "llama": Array2D(shape=(len(layers), width), dtype="float16")}
-        rows_of = {"label": labels.tolist(), "llama": features.astype(np.float16)}
-        if bert is not None:
-            columns["bert"] = List(Value("float16"), width)
-            encoded = rng.standard_normal((rows, width)) + bert[1] * signal
-            rows_of["bert"] = encoded.astype(np.float16)
-        Dataset.from_dict(rows_of, features=Features(columns)).save_to_disk(folder / split)
-    spec = {"name": "llama", "model": "m", "pooling": "layer_mean", "layers": list(layers), "hidden_size": width}
-    spec.update(spec_options)
-    encoders = [] if bert is None else [{"name": "bert", "model": "e", "pooling": bert[0], "hidden_size": width}]
-    metadata = {
-        "dataset": "synthetic",
-        "problem_type": problem_type,
-        "label_names": ["a", "b", "c"],
-        "backbones": [spec, *encoders],
-    }
-    (folder / METADATA_FILE).write_text(json.dumps(metadata))
-    return folder
 
 
 @pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])

@@ -1,0 +1,119 @@
+r"""Rank whole feature folders on the validation split: a cheap probe of what the fusion head's MLP reads directly,
+to choose between feature sets (one view of the LLM or several, one prompt or another, the encoders pooled one way
+or the other) before training a head on any of them.
+
+    python bench/probe_features.py features/ED-two-views features/ED-three-views --results probe.json
+
+A folder's probe input is its backbones' vectors concatenated, each as the head's MLP reads it: a layer-pooled
+backbone's mean over its layers, an encoder's one vector. The probe and its score are the layer sweep's
+(bench/sweep_layers.py: logistic regression on standardised features, fitted on the train split, scored on the
+validation split by the metric training selects models by). Only the train and validation splits are read: the test
+split plays no part in the choice. The folders must hold the same rows (extract them from the same data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.sweep_layers import SWEEP_SPLITS, pooling_words, read_split, validation_score  # noqa: E402
+from configuration_llm_fusion import LAYER_POOLINGS, layer_indices  # noqa: E402
+from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
+from fusion_metrics import SELECTION_METRICS, load_metric  # noqa: E402
+
+
+@dataclass
+class FeatureSetScore:
+    """One features folder's validation score, with what its backbones read (in words) and the probe's width."""
+
+    features: str
+    backbones: list[str]
+    width: int
+    score: float
+
+
+def backbone_words(spec: dict) -> str:
+    """A backbone as a feature set lists it: its name, its pooling and, for a layer pooling, its layers."""
+    layers = f" {layer_indices(spec)}" if spec["pooling"] in LAYER_POOLINGS else ""
+    return f"{spec['name']} ({pooling_words(spec)}{layers})"
+
+
+def head_input(features_dir: str | Path, split: str, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
+    """One split's probe input (each backbone's vector as the MLP reads it, concatenated; float32) and labels."""
+    parts, labels = [], None
+    for spec in metadata.backbones:
+        features, labels = read_split(features_dir, split, spec["name"])
+        vectors = torch.from_numpy(features).float()
+        parts.append(vectors.mean(dim=1) if spec["pooling"] in LAYER_POOLINGS else vectors)
+    return torch.cat(parts, dim=1), labels
+
+
+def probe_features(
+    features_dirs: Sequence[str | Path], c: float = 1.0, device: str | None = None
+) -> list[FeatureSetScore]:
+    """Score each folder's whole feature set by the probe; best first (folder order breaks ties)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    scores, labels = [], None
+    for folder in features_dirs:
+        metadata = read_metadata(folder)
+        (x_train, y_train), (x_val, y_val) = (head_input(folder, split, metadata) for split in SWEEP_SPLITS)
+        if labels is not None and not (np.array_equal(labels[0], y_train) and np.array_equal(labels[1], y_val)):
+            raise ValueError(f"{folder} holds other train or validation rows than {features_dirs[0]}: extract every "
+                             "folder compared from the same data.")  # fmt: skip
+        labels = (y_train, y_val)
+        value = validation_score(
+            x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type,
+            len(metadata.label_names), c, load_metric(metadata.problem_type),
+        )  # fmt: skip
+        backbones = [backbone_words(spec) for spec in metadata.backbones]
+        scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], value))
+    return sorted(scores, key=lambda row: -row.score)
+
+
+def table(scores: list[FeatureSetScore], metric: str) -> str:
+    """The ranked folders as a text table, score in %, each with its backbones."""
+    lines = [f"{'rank':>4}  {metric + ' (%)':>16}  {'width':>5}  features folder: backbones"]
+    for rank, row in enumerate(scores, 1):
+        backbones = ", ".join(row.backbones)
+        lines.append(f"{rank:>4}  {100 * row.score:>16.2f}  {row.width:>5}  {row.features}: {backbones}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[FeatureSetScore]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
+                        help="features extracted by extract_features.py from the same data, one folder per feature "
+                        "set")  # fmt: skip
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
+    parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
+    parser.add_argument("--results", help="also write every folder's score to this JSON file")
+    args = parser.parse_args(argv)
+    scores = probe_features(args.features_dirs, args.c, args.device)
+    if args.results:
+        Path(args.results).write_text(json.dumps([asdict(row) for row in scores], indent=2) + "\n")
+    metadata = read_metadata(args.features_dirs[0])
+    print(
+        f"Feature sets: {SELECTION_METRICS[metadata.problem_type]} on the validation split of a logistic-regression "
+        "probe of each folder's head input (each LLM view's mean over its layers and each encoder's vector, "
+        "concatenated), trained on the train split."
+    )
+    print(table(scores, SELECTION_METRICS[metadata.problem_type]))
+    print(f"Best: {scores[0].features}")
+    return scores
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:
+        sys.exit(f"error: {error}")
