@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> SweepResult:
     print(f"Best: {chosen_words(result.best_spec)}{pooling} -> {output}")
     if args.second_view:
         Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
-        print(f"Second view: {chosen_words(result.second_view)} ({pooling_words(result.second_view)}) -> "
+        folder = next(row.features for row in result.scores if row.features != result.scores[0].features)
+        print(f"Second view: {chosen_words(result.second_view)} ({result.poolings[folder]}) -> "
               f"{args.second_view}")  # fmt: skip
         print(f"Extract both: python extract_features.py ... --backbone-spec {output} "
               f"--add-backbone-spec {args.second_view}")  # fmt: skip

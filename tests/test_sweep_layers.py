@@ -86,10 +86,12 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     # Two prompts pool alike: each row names its folder.
     reworded = synthetic_features(tmp_path / "reworded", "single_label_classification", informative=-1,
                                   strength=6.0, pooling="layer_last_token", template="Feel: {text}")  # fmt: skip
-    sweep_layers.main([str(prompted), str(reworded), "--window", "2", "--device", "cpu"])
+    sweep_layers.main([str(prompted), str(reworded), "--window", "2", "--device", "cpu", "--second-view",
+                       str(second)])  # fmt: skip
     out = capsys.readouterr().out
     assert "layer_last_token, prompted, prompted " in out and "layer_last_token, prompted, reworded " in out
     assert "(layer_last_token, prompted, reworded) ->" in out
+    assert "Second view: layers [-2] (layer_last_token, prompted, prompted) ->" in out
 
     other = synthetic_features(tmp_path / "other", "single_label_classification", informative=-3, rows=200)
     with pytest.raises(ValueError, match=r"other holds other train or validation rows than .*mean"):
