@@ -40,7 +40,7 @@ def test_fuse_matches_a_direct_computation():
     fused = model.fuse(**features)
     assert fused.shape == (4, 49 + 4096)
     matrix = fused[:, :49].view(4, 7, 7)
-    assert torch.equal(matrix, matrix.transpose(1, 2))
+    torch.testing.assert_close(matrix, matrix.transpose(1, 2))  # symmetric up to rounding: bmm's order varies by CPU
     assert matrix.abs().max() <= 1
     # Encoders are stacked after the 5 LLM layer vectors, unprojected at the paper's widths.
     bert, roberta = features["bert"], features["roberta"]
