@@ -43,9 +43,11 @@ class FeatureSetScore:
 
 
 def backbone_words(spec: dict) -> str:
-    """A backbone as a feature set lists it: its name, its pooling and, for a layer pooling, its layers."""
+    """A backbone as a feature set lists it: its name, its pooling, its prompt (two prompts differ only there) and,
+    for a layer pooling, its layers."""
+    prompt = f" {spec['template']!r}" if spec.get("template") else ""
     layers = f" {layer_indices(spec)}" if spec["pooling"] in LAYER_POOLINGS else ""
-    return f"{spec['name']} ({pooling_words(spec)}{layers})"
+    return f"{spec['name']} ({pooling_words(spec)}{prompt}{layers})"
 
 
 def head_input(features_dir: str | Path, split: str, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:

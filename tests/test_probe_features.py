@@ -35,7 +35,7 @@ def test_folders_are_ranked_by_their_whole_feature_set(tmp_path, capsys):
     assert [row.features for row in scores] == [str(strong), str(weak)]
     assert scores[0].score > scores[1].score + 0.2
     assert scores[0].width == 8 + 8
-    assert scores[0].backbones == ["llama (layer_last_token, prompted [-1, -2, -3, -4])", "bert (mean)"]
+    assert scores[0].backbones == ["llama (layer_last_token, prompted 'Say: {text}' [-1, -2, -3, -4])", "bert (mean)"]
     assert [row["features"] for row in json.loads(results.read_text())] == [str(strong), str(weak)]
     out = capsys.readouterr().out
     assert "weighted_f1 (%)" in out and f"Best: {strong}" in out and "bert (pooler)" in out
