@@ -26,7 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_layers import SWEEP_SPLITS, pooling_words, read_split, validation_score  # noqa: E402
+from bench.sweep_layers import (  # noqa: E402
+    SWEEP_SPLITS,
+    check_same_rows,
+    pooling_words,
+    read_split,
+    validation_score,
+)
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices  # noqa: E402
 from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
 from fusion_metrics import SELECTION_METRICS, load_metric  # noqa: E402
@@ -69,9 +75,7 @@ def probe_features(
     for folder in features_dirs:
         metadata = read_metadata(folder)
         (x_train, y_train), (x_val, y_val) = (head_input(folder, split, metadata) for split in SWEEP_SPLITS)
-        if labels is not None and not (np.array_equal(labels[0], y_train) and np.array_equal(labels[1], y_val)):
-            raise ValueError(f"{folder} holds other train or validation rows than {features_dirs[0]}: extract every "
-                             "folder compared from the same data.")  # fmt: skip
+        check_same_rows(labels, (y_train, y_val), folder, features_dirs[0])
         labels = (y_train, y_val)
         value = validation_score(
             x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type,

@@ -156,6 +156,16 @@ def validation_score(
     return float(score(metric, logits, y_val, 0.5)[key])
 
 
+def check_same_rows(
+    first_labels: tuple[np.ndarray, np.ndarray] | None, labels: tuple[np.ndarray, np.ndarray], folder, first_folder
+) -> None:
+    """Refuse a folder whose train and validation labels differ from the first folder's (`None`: this is the first):
+    folders compared must be extracted from the same data."""
+    if first_labels is not None and not all(map(np.array_equal, first_labels, labels)):
+        raise ValueError(f"{folder} holds other train or validation rows than {first_folder}: extract every folder "
+                         "compared from the same data.")  # fmt: skip
+
+
 def sweep(
     features_dirs: str | Path | Sequence[str | Path],
     backbone: str | None = None,
@@ -175,9 +185,7 @@ def sweep(
     for folder in folders:
         metadata, spec = swept_backbone(folder, backbone)
         y_train, y_val = (split_labels(folder, split) for split in SWEEP_SPLITS)
-        if labels is not None and not (np.array_equal(labels[0], y_train) and np.array_equal(labels[1], y_val)):
-            raise ValueError(f"{folder} holds other train or validation rows than {folders[0]}: extract every "
-                             "folder of a sweep from the same data.")  # fmt: skip
+        check_same_rows(labels, (y_train, y_val), folder, folders[0])
         labels, specs[str(folder)] = (y_train, y_val), spec
         scores += folder_scores(folder, metadata, spec, window, combine, c, device)
     scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))  # stable: folder order breaks ties
