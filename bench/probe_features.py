@@ -6,9 +6,10 @@ or the other) before training a head on any of them.
 
 A folder's probe input is its backbones' vectors concatenated, each as the head's MLP reads it: a layer-pooled
 backbone's mean over its layers, an encoder's one vector. The probe and its score are the layer sweep's
-(bench/sweep_layers.py: logistic regression on standardised features, fitted on the train split, scored on the
-validation split by the metric training selects models by). Only the train and validation splits are read: the test
-split plays no part in the choice. The folders must hold the same rows (extract them from the same data).
+(bench/sweep_layers.py: logistic regression on standardised features, fitted on the train split at each L2 strength
+of `--c`, scored on the validation split by the metric training selects models by, the best strength kept). Only the
+train and validation splits are read: the test split plays no part in the choice. The folders must hold the same
+rows (extract them from the same data).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.sweep_layers import (  # noqa: E402
+    PROBE_STRENGTHS,
     SWEEP_SPLITS,
     check_same_rows,
     pooling_words,
     read_split,
+    strengths_words,
     validation_score,
 )
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices  # noqa: E402
@@ -46,6 +49,7 @@ class FeatureSetScore:
     backbones: list[str]
     width: int
     score: float
+    c: float  # the probe's inverse L2 strength that scored best
 
 
 def backbone_words(spec: dict) -> str:
@@ -67,9 +71,10 @@ def head_input(features_dir: str | Path, split: str, metadata: FeatureMetadata) 
 
 
 def probe_features(
-    features_dirs: Sequence[str | Path], c: float = 1.0, device: str | None = None
+    features_dirs: Sequence[str | Path], cs: Sequence[float] = PROBE_STRENGTHS, device: str | None = None
 ) -> list[FeatureSetScore]:
-    """Score each folder's whole feature set by the probe; best first (folder order breaks ties)."""
+    """Score each folder's whole feature set by the probe (at its best inverse L2 strength of `cs`); best first (folder
+    order breaks ties)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scores, labels = [], None
     for folder in features_dirs:
@@ -77,21 +82,21 @@ def probe_features(
         (x_train, y_train), (x_val, y_val) = (head_input(folder, split, metadata) for split in SWEEP_SPLITS)
         check_same_rows(labels, (y_train, y_val), folder, features_dirs[0])
         labels = (y_train, y_val)
-        value = validation_score(
-            x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type,
-            len(metadata.label_names), c, load_metric(metadata.problem_type),
+        value, c = validation_score(
+            x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type, cs,
+            load_metric(metadata.problem_type),
         )  # fmt: skip
         backbones = [backbone_words(spec) for spec in metadata.backbones]
-        scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], value))
+        scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], value, c))
     return sorted(scores, key=lambda row: -row.score)
 
 
 def table(scores: list[FeatureSetScore], metric: str) -> str:
     """The ranked folders as a text table, score in %, each with its backbones."""
-    lines = [f"{'rank':>4}  {metric + ' (%)':>16}  {'width':>5}  features folder: backbones"]
+    lines = [f"{'rank':>4}  {metric + ' (%)':>16}  {'C':>6}  {'width':>5}  features folder: backbones"]
     for rank, row in enumerate(scores, 1):
         backbones = ", ".join(row.backbones)
-        lines.append(f"{rank:>4}  {100 * row.score:>16.2f}  {row.width:>5}  {row.features}: {backbones}")
+        lines.append(f"{rank:>4}  {100 * row.score:>16.2f}  {row.c:>6g}  {row.width:>5}  {row.features}: {backbones}")
     return "\n".join(lines)
 
 
@@ -100,7 +105,9 @@ def main(argv: list[str] | None = None) -> list[FeatureSetScore]:
     parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
                         help="features extracted by extract_features.py from the same data, one folder per feature "
                         "set")  # fmt: skip
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
+    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
+                        help="inverse L2 strengths of the probe (sklearn's C); each folder keeps the one that scores "
+                        "best on validation (default: %(default)s)")  # fmt: skip
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--results", help="also write every folder's score to this JSON file")
     args = parser.parse_args(argv)
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[FeatureSetScore]:
     print(
         f"Feature sets: {SELECTION_METRICS[metadata.problem_type]} on the validation split of a logistic-regression "
         "probe of each folder's head input (each LLM view's mean over its layers and each encoder's vector, "
-        "concatenated), trained on the train split."
+        f"concatenated), trained on the train split, {strengths_words(args.c)}."
     )
     print(table(scores, SELECTION_METRICS[metadata.problem_type]))
     print(f"Best: {scores[0].features}")

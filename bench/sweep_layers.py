@@ -17,7 +17,10 @@ prompt), and the winner is written as a backbone description that extraction rea
     python bench/sweep_layers.py features/ED features/ED-mean --backbone bert --output bert-pooling.json
 
 The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
-on the train split: multinomial for single-label data, one-vs-rest for multi-label data. Its input for a window is
+on the train split: multinomial for single-label data, one-vs-rest for multi-label data. It is fitted at each L2
+strength of `--c` (sklearn's C, by default 1e-4 ... 1) and a candidate scores what its best strength scores on
+validation: a weakly regularised probe fits the training rows of wide features almost perfectly and ranks
+candidates by how they overfit. Its input for a window is
 the mean of the window's layer vectors (`--combine mean`: the vector the head feeds its MLP directly, and as wide as
 one layer, so that every candidate is probed at the same width) or their concatenation (`--combine concat`). Each
 candidate is scored on the validation split with the metric training selects models by (weighted-F1 single-label,
@@ -50,6 +53,8 @@ from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, sco
 SWEEP_SPLITS = ("train", "validation")
 """The splits a sweep reads. Never the test split: the choice of layers is part of the model."""
 COMBINES = ("mean", "concat")
+PROBE_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""The probe's inverse L2 strengths (sklearn's C) tried by default; each candidate keeps its best on validation."""
 READ_ROWS = 4096  # rows read at a time, so that only the float16 features (not float32 copies) are held whole
 
 
@@ -61,6 +66,7 @@ class LayerScore:
     layers: list[int]
     score: float
     features: str = ""
+    c: float | None = None  # the probe's inverse L2 strength that scored best
 
 
 @dataclass
@@ -135,25 +141,26 @@ def validation_score(
     x_val: torch.Tensor,
     y_val: np.ndarray,
     problem_type: str,
-    num_labels: int,
-    c: float,
+    cs: Sequence[float],
     metric,
-) -> float:
-    """Fit the probe on standardised training features; its validation score by the selection metric."""
+) -> tuple[float, float]:
+    """Fit the probe on standardised training features at each inverse L2 strength of `cs`; the best validation score
+    by the selection metric, and the strength that scored it (the first of equals)."""
     key = SELECTION_METRICS[problem_type]
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
-    with torch.device(x_train.device):  # the probes' weights live where the features are
-        if problem_type == "multi_label_classification":
-            targets = torch.from_numpy(y_train.astype(np.float32)).to(x_train.device)
-            linear = fit_logistic(x_train, targets, c)
+    multi_label = problem_type == "multi_label_classification"
+    targets = torch.from_numpy(y_train.astype(np.float32 if multi_label else np.int64)).to(x_train.device)
+    best = (-1.0, cs[0])
+    for c in cs:
+        with torch.device(x_train.device):  # the probe's weights live where the features are
+            logits = fit_logistic(x_train, targets, c)(x_val).float().cpu().numpy()
+        if multi_label:
+            value = float(choose_threshold(metric, logits, y_val, key)[1][key])
         else:
-            targets = torch.from_numpy(y_train.astype(np.int64)).to(x_train.device)
-            linear = fit_logistic(x_train, targets, c)
-    logits = linear(x_val).float().cpu().numpy()
-    if problem_type == "multi_label_classification":
-        return float(choose_threshold(metric, logits, y_val, key)[1][key])
-    return float(score(metric, logits, y_val, 0.5)[key])
+            value = float(score(metric, logits, y_val, 0.5)[key])
+        best = max(best, (value, c), key=lambda pair: pair[0])
+    return best
 
 
 def check_same_rows(
@@ -171,11 +178,12 @@ def sweep(
     backbone: str | None = None,
     window: int = 5,
     combine: str = "mean",
-    c: float = 1.0,
+    cs: Sequence[float] = PROBE_STRENGTHS,
     device: str | None = None,
 ) -> SweepResult:
     """Score every single layer and every window of `window` consecutive layers of a layer-pooled backbone's
-    features (best extracted with `--all-layers`) by a probe trained on train and scored on validation. Several
+    features (best extracted with `--all-layers`) by a probe trained on train (at each inverse L2 strength of `cs`)
+    and scored on validation. Several
     folders (the same data, the backbone pooled otherwise in each) are swept alike and ranked together."""
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}.")
@@ -187,7 +195,7 @@ def sweep(
         y_train, y_val = (split_labels(folder, split) for split in SWEEP_SPLITS)
         check_same_rows(labels, (y_train, y_val), folder, folders[0])
         labels, specs[str(folder)] = (y_train, y_val), spec
-        scores += folder_scores(folder, metadata, spec, window, combine, c, device)
+        scores += folder_scores(folder, metadata, spec, window, combine, cs, device)
     scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))  # stable: folder order breaks ties
     best = chosen_spec(specs[scores[0].features], scores[0].layers)
     other = next((row for row in scores if row.features != scores[0].features), None)
@@ -224,7 +232,7 @@ def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[Feat
 
 
 def folder_scores(
-    features_dir: str | Path, metadata: FeatureMetadata, spec: dict, window: int, combine: str, c: float,
+    features_dir: str | Path, metadata: FeatureMetadata, spec: dict, window: int, combine: str, cs: Sequence[float],
     device: torch.device,
 ) -> list[LayerScore]:  # fmt: skip
     """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
@@ -242,10 +250,8 @@ def folder_scores(
         positions = [indices.index(i) for i in layers] or [0]
         x_train = probe_input(train_features, positions, combine, device)
         x_val = probe_input(val_features, positions, combine, device)
-        value = validation_score(
-            x_train, y_train, x_val, y_val, metadata.problem_type, len(metadata.label_names), c, metric
-        )
-        scores.append(LayerScore(layers=layers, score=value, features=str(features_dir)))
+        value, c = validation_score(x_train, y_train, x_val, y_val, metadata.problem_type, cs, metric)
+        scores.append(LayerScore(layers=layers, score=value, features=str(features_dir), c=c))
     return scores
 
 
@@ -267,16 +273,24 @@ def chosen_words(spec: dict) -> str:
     return f"layers {spec['layers']}" if spec["pooling"] in LAYER_POOLINGS else f"pooling {spec['pooling']}"
 
 
+def strengths_words(cs: Sequence[float]) -> str:
+    """The probe's inverse L2 strengths in words, as the scripts' reports say them."""
+    return f"C = {cs[0]:g}" if len(cs) == 1 else "at the best of C = " + ", ".join(f"{c:g}" for c in cs)
+
+
 def table(result: SweepResult) -> str:
     """The ranked candidates as a text table, score in %; with several folders, each row's pooling too."""
     pooled = len(result.poolings) > 1
     width = max(map(len, result.poolings.values())) if pooled else 0
-    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  " + (f"{'pooling':{width}}  " if pooled else "")
+    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  {'C':>6}  " + (
+        f"{'pooling':{width}}  " if pooled else ""
+    )
     lines = [header + "layers (hidden_states[i], feature order)"]
     for rank, row in enumerate(result.scores, 1):
         pooling = f"{result.poolings[row.features]:{width}}  " if pooled else ""
         layers = ", ".join(map(str, row.layers)) or "(its one vector)"
-        lines.append(f"{rank:>4}  {len(row.layers) or '-':>2}  {100 * row.score:>16.2f}  {pooling}{layers}")
+        k = len(row.layers) or "-"
+        lines.append(f"{rank:>4}  {k:>2}  {100 * row.score:>16.2f}  {row.c:>6g}  {pooling}{layers}")
     return "\n".join(lines)
 
 
@@ -289,7 +303,9 @@ def main(argv: list[str] | None = None) -> SweepResult:
                         "swept across folders that pool it otherwise (--pooling NAME=pooler, NAME=mean)")  # fmt: skip
     parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
     parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the probe (sklearn's C)")
+    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
+                        help="inverse L2 strengths of the probe (sklearn's C); each candidate keeps the one that "
+                        "scores best on validation (default: %(default)s)")  # fmt: skip
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--output", help="the winning backbone description (default: in the first FEATURES_DIR, "
                         "best-NAME.json)")  # fmt: skip
@@ -311,7 +327,8 @@ def main(argv: list[str] | None = None) -> SweepResult:
     print(
         f"{'Layers' if layered else 'Pooling'} of {result.backbone}: {result.metric} on the validation split "
         f"({result.validation_rows} rows) of a logistic-regression probe trained on the train split "
-        f"({result.train_rows} rows)" + (f"; a window's input: {window}." if layered else ".")
+        f"({result.train_rows} rows), {strengths_words(args.c)}"
+        + (f"; a window's input: {window}." if layered else ".")
     )
     print(table(result))
     pooling = f" ({result.poolings[result.scores[0].features]})" if len(result.poolings) > 1 and layered else ""

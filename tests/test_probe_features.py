@@ -9,6 +9,7 @@ import torch
 from datasets import load_from_disk
 
 from bench import probe_features
+from bench.sweep_layers import PROBE_STRENGTHS
 from fusion_features import METADATA_FILE, read_metadata
 from helpers import synthetic_features
 
@@ -39,6 +40,8 @@ def test_folders_are_ranked_by_their_whole_feature_set(tmp_path, capsys):
     assert [row["features"] for row in json.loads(results.read_text())] == [str(strong), str(weak)]
     out = capsys.readouterr().out
     assert "weighted_f1 (%)" in out and f"Best: {strong}" in out and "bert (pooler)" in out
+    assert "at the best of C = 0.0001, 0.001, 0.01, 0.1, 1." in out
+    assert scores[0].c in PROBE_STRENGTHS and json.loads(results.read_text())[0]["c"] == scores[0].c
 
     other = synthetic_features(tmp_path / "other", SINGLE, informative=-1, rows=200)
     with pytest.raises(ValueError, match=r"other holds other train or validation rows than .*weak"):

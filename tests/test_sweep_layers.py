@@ -11,9 +11,10 @@ import torch
 import extract_features
 from bench import sweep_layers
 from bench.reproduce import fit_logistic
-from bench.sweep_layers import candidates, sweep
+from bench.sweep_layers import PROBE_STRENGTHS, candidates, sweep, validation_score
 from configuration_llm_fusion import normalize_backbone
 from fusion_features import load_features
+from fusion_metrics import load_metric
 from helpers import synthetic_features
 
 
@@ -29,6 +30,24 @@ def test_multinomial_probe_matches_sklearn(c):
     np.testing.assert_allclose(linear.weight.numpy(), expected.coef_, atol=2e-3)
     probabilities = linear(torch.from_numpy(x)).softmax(-1).numpy()
     np.testing.assert_allclose(probabilities, expected.predict_proba(x), atol=1e-3)
+
+
+def test_the_probe_keeps_the_strength_that_scores_best_on_validation():
+    rng = np.random.default_rng(0)
+
+    def split(rows):  # 3 informative columns among 400: a strong L2 penalty drowns them
+        labels = rng.integers(0, 3, rows)
+        x = rng.standard_normal((rows, 400)).astype(np.float32)
+        x[:, :3] += 2.0 * np.eye(3, dtype=np.float32)[labels]
+        return torch.from_numpy(x), labels
+
+    (x_train, y_train), (x_val, y_val) = split(60), split(300)
+    metric, single = load_metric("single_label_classification"), "single_label_classification"
+    alone = {c: validation_score(x_train, y_train, x_val, y_val, single, [c], metric) for c in (1e-3, 0.1)}
+    assert [value[1] for value in alone.values()] == [1e-3, 0.1]
+    assert alone[0.1][0] > alone[1e-3][0] + 0.03  # the strengths score apart
+    for cs in ([1e-3, 0.1], [0.1, 1e-3]):
+        assert validation_score(x_train, y_train, x_val, y_val, single, cs, metric) == alone[0.1]
 
 
 def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
@@ -69,6 +88,8 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     assert json.loads((mean / "best-llama.json").read_text()) == result.best_spec  # in the first folder by default
     out = capsys.readouterr().out
     assert "layer_last_token, prompted" in out and "Best: layers" in out and "(layer_last_token, prompted)" in out
+    assert "at the best of C = 0.0001, 0.001, 0.01, 0.1, 1;" in out
+    assert {row.c for row in result.scores} <= set(PROBE_STRENGTHS)
     mean_rows = [row for row in result.scores if row.features == str(mean)]
     assert mean_rows[0].layers == [-3]  # each folder's own ranking is kept inside the joint one
     # The second view: the other folder's best, under a name of its own, for --add-backbone-spec.
@@ -101,12 +122,14 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
 def test_an_encoder_is_swept_across_its_poolings(tmp_path, capsys):
     pooler = synthetic_features(tmp_path / "pooler", "single_label_classification", -1, bert=("pooler", 0.3))
     mean = synthetic_features(tmp_path / "mean", "single_label_classification", -1, bert=("mean", 3.0))
-    result = sweep_layers.main([str(pooler), str(mean), "--backbone", "bert", "--device", "cpu"])
+    result = sweep_layers.main([str(pooler), str(mean), "--backbone", "bert", "--device", "cpu", "--c", "0.5"])
+    assert [row.c for row in result.scores] == [0.5, 0.5]
     assert [(row.features, row.layers) for row in result.scores] == [(str(mean), []), (str(pooler), [])]
     assert result.scores[0].score > result.scores[1].score + 0.2
     assert result.best_spec == normalize_backbone({"name": "bert", "model": "e", "pooling": "mean", "hidden_size": 8})
     out = capsys.readouterr().out
     assert "Pooling of bert" in out and "(its one vector)" in out and "Best: pooling mean" in out
+    assert ", C = 0.5." in out
     with pytest.raises(ValueError, match=r"No backbone 'roberta' in .*; there are \['llama', 'bert'\]"):
         sweep(pooler, backbone="roberta", device="cpu")
 
