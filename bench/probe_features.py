@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 
@@ -30,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 from bench.sweep_layers import (  # noqa: E402
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
+    best_probe,
     check_same_rows,
     pooling_words,
     read_split,
     strengths_words,
-    validation_score,
+    swept_split,
 )
 from configuration_llm_fusion import LAYER_POOLINGS, layer_indices  # noqa: E402
 from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
@@ -60,11 +62,11 @@ def backbone_words(spec: dict) -> str:
     return f"{spec['name']} ({pooling_words(spec)}{prompt}{layers})"
 
 
-def head_input(features_dir: str | Path, split: str, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
+def head_input(data: datasets.Dataset, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
     """One split's probe input (each backbone's vector as the MLP reads it, concatenated; float32) and labels."""
     parts, labels = [], None
     for spec in metadata.backbones:
-        features, labels = read_split(features_dir, split, spec["name"])
+        features, labels = read_split(data, spec["name"])
         vectors = torch.from_numpy(features).float()
         parts.append(vectors.mean(dim=1) if spec["pooling"] in LAYER_POOLINGS else vectors)
     return torch.cat(parts, dim=1), labels
@@ -79,15 +81,17 @@ def probe_features(
     scores, labels = [], None
     for folder in features_dirs:
         metadata = read_metadata(folder)
-        (x_train, y_train), (x_val, y_val) = (head_input(folder, split, metadata) for split in SWEEP_SPLITS)
+        (x_train, y_train), (x_val, y_val) = (
+            head_input(swept_split(folder, split), metadata) for split in SWEEP_SPLITS
+        )
         check_same_rows(labels, (y_train, y_val), folder, features_dirs[0])
         labels = (y_train, y_val)
-        value, c = validation_score(
+        probe = best_probe(
             x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type, cs,
             load_metric(metadata.problem_type),
         )  # fmt: skip
         backbones = [backbone_words(spec) for spec in metadata.backbones]
-        scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], value, c))
+        scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], probe.score, probe.c))
     return sorted(scores, key=lambda row: -row.score)
 
 

@@ -96,9 +96,9 @@ def split_labels(features_dir: str | Path, split: str) -> np.ndarray:
     return np.asarray(swept_split(features_dir, split).with_format("numpy")["label"][:])
 
 
-def read_split(features_dir: str | Path, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+def read_split(data: datasets.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One split's features of backbone `name`, `(rows, layers, width)` as stored (float16 or float32), and labels."""
-    data = swept_split(features_dir, split).with_format("numpy", columns=[name, "label"])
+    data = data.with_format("numpy", columns=[name, "label"])
     first = data[:1][name]
     features = np.empty((len(data), *first.shape[1:]), dtype=first.dtype)
     labels = []
@@ -135,7 +135,22 @@ def probe_input(features: np.ndarray, positions: list[int], combine: str, device
     return chosen.mean(dim=1) if combine == "mean" else chosen.flatten(start_dim=1)
 
 
-def validation_score(
+@dataclass
+class Probe:
+    """A fitted probe: its training features' standardisation, its linear layer, and what validation chose."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    linear: torch.nn.Linear
+    c: float  # the inverse L2 strength that scored best on validation
+    score: float  # its validation score by the selection metric
+    threshold: float  # the multi-label decision threshold chosen on validation (single-label: unused, 0.5)
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        return self.linear((x - self.mean) / self.std).float().cpu().numpy()
+
+
+def best_probe(
     x_train: torch.Tensor,
     y_train: np.ndarray,
     x_val: torch.Tensor,
@@ -143,23 +158,25 @@ def validation_score(
     problem_type: str,
     cs: Sequence[float],
     metric,
-) -> tuple[float, float]:
-    """Fit the probe on standardised training features at each inverse L2 strength of `cs`; the best validation score
-    by the selection metric, and the strength that scored it (the first of equals)."""
+) -> Probe:
+    """Fit the probe on standardised training features at each inverse L2 strength of `cs`; the one with the best
+    validation score by the selection metric (the first of equals)."""
     key = SELECTION_METRICS[problem_type]
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     multi_label = problem_type == "multi_label_classification"
     targets = torch.from_numpy(y_train.astype(np.float32 if multi_label else np.int64)).to(x_train.device)
-    best = (-1.0, cs[0])
+    best = None
     for c in cs:
         with torch.device(x_train.device):  # the probe's weights live where the features are
-            logits = fit_logistic(x_train, targets, c)(x_val).float().cpu().numpy()
+            probe = Probe(mean, std, fit_logistic((x_train - mean) / std, targets, c), c, 0.0, 0.5)
+        logits = probe.logits(x_val)
         if multi_label:
-            value = float(choose_threshold(metric, logits, y_val, key)[1][key])
+            probe.threshold, scores = choose_threshold(metric, logits, y_val, key)
         else:
-            value = float(score(metric, logits, y_val, 0.5)[key])
-        best = max(best, (value, c), key=lambda pair: pair[0])
+            scores = score(metric, logits, y_val, 0.5)
+        probe.score = float(scores[key])
+        if best is None or probe.score > best.score:
+            best = probe
     return best
 
 
@@ -238,8 +255,8 @@ def folder_scores(
     """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
     encoder pooling's one vector is its only candidate (`layers` `[]`)."""
     metric = load_metric(metadata.problem_type)
-    train_features, y_train = read_split(features_dir, "train", spec["name"])
-    val_features, y_val = read_split(features_dir, "validation", spec["name"])
+    train_features, y_train = read_split(swept_split(features_dir, "train"), spec["name"])
+    val_features, y_val = read_split(swept_split(features_dir, "validation"), spec["name"])
     if spec["pooling"] in LAYER_POOLINGS:
         indices = layer_indices(spec)
         found = candidates(indices, window)
@@ -250,8 +267,8 @@ def folder_scores(
         positions = [indices.index(i) for i in layers] or [0]
         x_train = probe_input(train_features, positions, combine, device)
         x_val = probe_input(val_features, positions, combine, device)
-        value, c = validation_score(x_train, y_train, x_val, y_val, metadata.problem_type, cs, metric)
-        scores.append(LayerScore(layers=layers, score=value, features=str(features_dir), c=c))
+        probe = best_probe(x_train, y_train, x_val, y_val, metadata.problem_type, cs, metric)
+        scores.append(LayerScore(layers=layers, score=probe.score, features=str(features_dir), c=probe.c))
     return scores
 
 

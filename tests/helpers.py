@@ -111,16 +111,16 @@ def write_csv_dataset(folder: Path, rows: list[tuple[str, int]], labels=("sad", 
 
 def synthetic_features(
     folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0,
-    bert: tuple[str, float] | None = None, **spec_options,
+    bert: tuple[str, float] | None = None, splits=("train", "validation"), **spec_options,
 ):  # fmt: skip
-    """A features folder without a test split, whose LLM features carry the labels in one hidden state only
-    (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
+    """A features folder (by default without a test split), whose LLM features carry the labels in one hidden state
+    only (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
     (its pooling, its strength) adds an encoder that carries them too."""
     rng = np.random.default_rng(0)
     width, num_labels = 8, 3
     multi = problem_type == "multi_label_classification"
     directions = rng.standard_normal((num_labels, width))
-    for split in ("train", "validation"):
+    for split in splits:
         if multi:
             labels = (rng.random((rows, num_labels)) < 0.4).astype(np.float32)
             signal = labels @ directions

@@ -18,7 +18,7 @@ SINGLE = "single_label_classification"
 
 def test_head_input_is_each_views_layer_mean_then_each_encoders_vector(tmp_path):
     folder = synthetic_features(tmp_path, SINGLE, informative=-2, bert=("mean", 1.0))
-    x, labels = probe_features.head_input(folder, "validation", read_metadata(folder))
+    x, labels = probe_features.head_input(load_from_disk(str(folder / "validation")), read_metadata(folder))
     backbones = json.loads((folder / METADATA_FILE).read_text())["backbones"]
     assert [spec["name"] for spec in backbones] == ["llama", "bert"]
     split = load_from_disk(str(folder / "validation")).with_format("numpy")[:]

@@ -11,7 +11,7 @@ import torch
 import extract_features
 from bench import sweep_layers
 from bench.reproduce import fit_logistic
-from bench.sweep_layers import PROBE_STRENGTHS, candidates, sweep, validation_score
+from bench.sweep_layers import PROBE_STRENGTHS, best_probe, candidates, sweep
 from configuration_llm_fusion import normalize_backbone
 from fusion_features import load_features
 from fusion_metrics import load_metric
@@ -43,11 +43,13 @@ def test_the_probe_keeps_the_strength_that_scores_best_on_validation():
 
     (x_train, y_train), (x_val, y_val) = split(60), split(300)
     metric, single = load_metric("single_label_classification"), "single_label_classification"
-    alone = {c: validation_score(x_train, y_train, x_val, y_val, single, [c], metric) for c in (1e-3, 0.1)}
-    assert [value[1] for value in alone.values()] == [1e-3, 0.1]
-    assert alone[0.1][0] > alone[1e-3][0] + 0.03  # the strengths score apart
+    alone = {c: best_probe(x_train, y_train, x_val, y_val, single, [c], metric) for c in (1e-3, 0.1)}
+    assert [probe.c for probe in alone.values()] == [1e-3, 0.1]
+    assert alone[0.1].score > alone[1e-3].score + 0.03  # the strengths score apart
     for cs in ([1e-3, 0.1], [0.1, 1e-3]):
-        assert validation_score(x_train, y_train, x_val, y_val, single, cs, metric) == alone[0.1]
+        probe = best_probe(x_train, y_train, x_val, y_val, single, cs, metric)
+        assert (probe.c, probe.score) == (0.1, alone[0.1].score)
+        torch.testing.assert_close(probe.linear.weight, alone[0.1].linear.weight)
 
 
 def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
@@ -57,7 +59,7 @@ def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
     with pytest.raises(ValueError, match=r"mix negative and non-negative hidden-state indices"):
         candidates([0, -1], 2)
     with pytest.raises(ValueError, match=r"only \('train', 'validation'\), not 'test'"):
-        sweep_layers.read_split("anywhere", "test", "llama")
+        sweep_layers.swept_split("anywhere", "test")
 
 
 @pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
