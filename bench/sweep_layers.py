@@ -20,9 +20,9 @@ The probe is a logistic regression on standardised features (training-set mean a
 on the train split: multinomial for single-label data, one-vs-rest for multi-label data. It is fitted at each L2
 strength of `--c` (sklearn's C, by default 1e-4 ... 1) and a candidate scores what its best strength scores on
 validation: a weakly regularised probe fits the training rows of wide features almost perfectly and ranks
-candidates by how they overfit. Its input for a window is
-the mean of the window's layer vectors (`--combine mean`: the vector the head feeds its MLP directly, and as wide as
-one layer, so that every candidate is probed at the same width) or their concatenation (`--combine concat`). Each
+candidates by how they overfit. Its input for a window is the mean of the window's layer vectors (`--combine mean`:
+the vector the head feeds its MLP directly, and as wide as one layer, so that every candidate is probed at the same
+width) or their concatenation (`--combine concat`). Each
 candidate is scored on the validation split with the metric training selects models by (weighted-F1 single-label,
 macro-F1 multi-label at the threshold of 0.05, ..., 0.95 that scores best). Only the train and validation splits are
 read: the test split plays no part in the choice.
@@ -163,12 +163,13 @@ def best_probe(
     validation score by the selection metric (the first of equals)."""
     key = SELECTION_METRICS[problem_type]
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    standardised = (x_train - mean) / std
     multi_label = problem_type == "multi_label_classification"
     targets = torch.from_numpy(y_train.astype(np.float32 if multi_label else np.int64)).to(x_train.device)
     best = None
     for c in cs:
         with torch.device(x_train.device):  # the probe's weights live where the features are
-            probe = Probe(mean, std, fit_logistic((x_train - mean) / std, targets, c), c, 0.0, 0.5)
+            probe = Probe(mean, std, fit_logistic(standardised, targets, c), c, 0.0, 0.5)
         logits = probe.logits(x_val)
         if multi_label:
             probe.threshold, scores = choose_threshold(metric, logits, y_val, key)
@@ -200,8 +201,8 @@ def sweep(
 ) -> SweepResult:
     """Score every single layer and every window of `window` consecutive layers of a layer-pooled backbone's
     features (best extracted with `--all-layers`) by a probe trained on train (at each inverse L2 strength of `cs`)
-    and scored on validation. Several
-    folders (the same data, the backbone pooled otherwise in each) are swept alike and ranked together."""
+    and scored on validation. Several folders (the same data, the backbone pooled otherwise in each) are swept alike
+    and ranked together."""
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}.")
     folders = [features_dirs] if isinstance(features_dirs, (str, Path)) else list(features_dirs)
