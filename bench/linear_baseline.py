@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.probe_features import head_input  # noqa: E402
-from bench.sweep_layers import PROBE_STRENGTHS, SWEEP_SPLITS, best_probe, strengths_words, swept_split  # noqa: E402
+from bench.sweep_layers import (  # noqa: E402
+    PROBE_STRENGTHS,
+    SWEEP_SPLITS,
+    add_strengths_argument,
+    best_probe,
+    strengths_words,
+    swept_split,
+)
 from fusion_features import read_metadata  # noqa: E402
 from fusion_metrics import SELECTION_METRICS, load_metric, score  # noqa: E402
 
@@ -53,9 +60,7 @@ def linear_baseline(features_dir: str | Path, cs: Sequence[float] = PROBE_STRENG
 def main(argv: list[str] | None = None) -> list[LinearBaseline]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("features_dirs", nargs="+", metavar="features_dir", help="features from extract_features.py")
-    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
-                        help="inverse L2 strengths tried (sklearn's C); the best on validation is kept "
-                        "(default: %(default)s)")  # fmt: skip
+    add_strengths_argument(parser, "each folder")
     parser.add_argument("--results", help="also write each folder's figures to this JSON file")
     args = parser.parse_args(argv)
     rows = [linear_baseline(folder, args.c) for folder in args.features_dirs]

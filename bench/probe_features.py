@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.sweep_layers import (  # noqa: E402
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
+    add_strengths_argument,
     best_probe,
     check_same_rows,
     pooling_words,
@@ -109,9 +110,7 @@ def main(argv: list[str] | None = None) -> list[FeatureSetScore]:
     parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
                         help="features extracted by extract_features.py from the same data, one folder per feature "
                         "set")  # fmt: skip
-    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
-                        help="inverse L2 strengths of the probe (sklearn's C); each folder keeps the one that scores "
-                        "best on validation (default: %(default)s)")  # fmt: skip
+    add_strengths_argument(parser, "each folder")
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--results", help="also write every folder's score to this JSON file")
     args = parser.parse_args(argv)

@@ -22,10 +22,9 @@ strength of `--c` (sklearn's C, by default 1e-4 ... 1) and a candidate scores wh
 validation: a weakly regularised probe fits the training rows of wide features almost perfectly and ranks
 candidates by how they overfit. Its input for a window is the mean of the window's layer vectors (`--combine mean`:
 the vector the head feeds its MLP directly, and as wide as one layer, so that every candidate is probed at the same
-width) or their concatenation (`--combine concat`). Each
-candidate is scored on the validation split with the metric training selects models by (weighted-F1 single-label,
-macro-F1 multi-label at the threshold of 0.05, ..., 0.95 that scores best). Only the train and validation splits are
-read: the test split plays no part in the choice.
+width) or their concatenation (`--combine concat`). Each candidate is scored on the validation split with the metric
+training selects models by (weighted-F1 single-label, macro-F1 multi-label at the threshold of 0.05, ..., 0.95 that
+scores best). Only the train and validation splits are read: the test split plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -296,6 +295,13 @@ def strengths_words(cs: Sequence[float]) -> str:
     return f"C = {cs[0]:g}" if len(cs) == 1 else "at the best of C = " + ", ".join(f"{c:g}" for c in cs)
 
 
+def add_strengths_argument(parser: argparse.ArgumentParser, each: str) -> None:
+    """The scripts' `--c`: the probe's inverse L2 strengths, of which `each` (a candidate, a folder) keeps its best."""
+    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
+                        help=f"inverse L2 strengths of the probe (sklearn's C); {each} keeps the one that scores best "
+                        "on validation (default: %(default)s)")  # fmt: skip
+
+
 def table(result: SweepResult) -> str:
     """The ranked candidates as a text table, score in %; with several folders, each row's pooling too."""
     pooled = len(result.poolings) > 1
@@ -321,9 +327,7 @@ def main(argv: list[str] | None = None) -> SweepResult:
                         "swept across folders that pool it otherwise (--pooling NAME=pooler, NAME=mean)")  # fmt: skip
     parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
     parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
-    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
-                        help="inverse L2 strengths of the probe (sklearn's C); each candidate keeps the one that "
-                        "scores best on validation (default: %(default)s)")  # fmt: skip
+    add_strengths_argument(parser, "each candidate")
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--output", help="the winning backbone description (default: in the first FEATURES_DIR, "
                         "best-NAME.json)")  # fmt: skip
