@@ -35,8 +35,13 @@ PRESETS: dict[str, dict] = {
     # The paper's backbones (Llama-2-7b-chat, BERT-large, RoBERTa-large) and its exact head.
     "paper": {
         "backbones": [
-            {"name": "llama", "model": "meta-llama/Llama-2-7b-chat-hf", "pooling": "layer_mean", "num_layers": 5,
-             "hidden_size": 4096},
+            {
+                "name": "llama",
+                "model": "meta-llama/Llama-2-7b-chat-hf",
+                "pooling": "layer_mean",
+                "num_layers": 5,
+                "hidden_size": 4096,
+            },
             {"name": "bert", "model": "bert-large-uncased", "pooling": "pooler", "hidden_size": 1024},
             {"name": "roberta", "model": "roberta-large", "pooling": "pooler", "hidden_size": 1024},
         ],
@@ -46,16 +51,29 @@ PRESETS: dict[str, dict] = {
     # options that make the head learn on them (measured: README, Results).
     "small": {
         "backbones": [
-            {"name": "llama", "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "pooling": "layer_mean",
-             "num_layers": 5, "hidden_size": 576},
-            {"name": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "pooler",
-             "hidden_size": 384},
-            {"name": "roberta", "model": "sentence-transformers/all-mpnet-base-v2", "pooling": "pooler",
-             "hidden_size": 768},
+            {
+                "name": "llama",
+                "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "pooling": "layer_mean",
+                "num_layers": 5,
+                "hidden_size": 576,
+            },
+            {
+                "name": "bert",
+                "model": "sentence-transformers/all-MiniLM-L6-v2",
+                "pooling": "pooler",
+                "hidden_size": 384,
+            },
+            {
+                "name": "roberta",
+                "model": "sentence-transformers/all-mpnet-base-v2",
+                "pooling": "pooler",
+                "hidden_size": 768,
+            },
         ],
         "head": {"standardize_features": True, "encoders_in_tail": True},
     },
-}  # fmt: skip
+}
 """Named backbone sets with the head options (`LLMFusionConfig` keywords) that suit them. Extraction records the
 preset's head options with the features, and training uses them unless a flag says otherwise."""
 
@@ -93,8 +111,19 @@ def normalize_backbone(spec: dict) -> BackboneSpec:
     (`FrozenBackbone.check_config`)."""
     if not isinstance(spec, dict):
         raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
-    unknown = set(spec) - {"name", "model", "revision", "pooling", "num_layers", "layers", "template", "hidden_size",
-                           "max_length", "dtype", "quantization"}  # fmt: skip
+    unknown = set(spec) - {
+        "name",
+        "model",
+        "revision",
+        "pooling",
+        "num_layers",
+        "layers",
+        "template",
+        "hidden_size",
+        "max_length",
+        "dtype",
+        "quantization",
+    }
     if unknown:
         raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {spec!r}.")
     name = spec.get("name")
@@ -127,8 +156,11 @@ def normalize_backbone(spec: dict) -> BackboneSpec:
         raise ValueError(
             f"Backbone {name!r}: template must be a string with exactly one {TEXT_SLOT} slot, got {template!r}."
         )
-    for key, value in (("num_layers", num_layers), ("hidden_size", spec.get("hidden_size")),
-                       ("max_length", spec.get("max_length", 512))):  # fmt: skip
+    for key, value in (
+        ("num_layers", num_layers),
+        ("hidden_size", spec.get("hidden_size")),
+        ("max_length", spec.get("max_length", 512)),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"Backbone {name!r}: {key} must be a positive integer, got {value!r}.")
     return {

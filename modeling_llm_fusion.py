@@ -46,7 +46,7 @@ def validate_texts(texts: Sequence) -> list[str]:
     """Return `texts` as a list, or raise naming the first text that no backbone can turn into features.
 
     Texts are checked once, where they enter: `LLMFusionPreTrainedModel.extract_features`, the pipeline and
-    `fec_datasets.load_data`; `FrozenBackbone` computes on texts checked there.
+    `llm_fusion_fec.data.datasets.load_data`; `FrozenBackbone` computes on texts checked there.
     """
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"Expected a list of strings, got {type(texts).__name__}.")
@@ -380,9 +380,10 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
                 self._backbones[spec["name"]] = loaded[weights(spec)] = (
                     FrozenBackbone(spec, twin.model, twin.tokenizer)
                     if twin is not None
-                    else FrozenBackbone.load(spec, paths.get(spec["name"]), device=device, dtype=dtype,
-                                             device_map=device_map)
-                )  # fmt: skip
+                    else FrozenBackbone.load(
+                        spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
+                    )
+                )
         return self._backbones
 
     def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

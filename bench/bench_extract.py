@@ -5,8 +5,8 @@ texts a batch, and averages all 200 positions; the encoders take batches of 50 p
 texts by length into batches (`FrozenBackbone.extract`, the code `extract_features.py` runs for each shard), pads
 dynamically and averages real tokens only.
 
-    python bench/bench_extract.py                                   # CPU, small real trio, 512 ED test texts
-    python bench/bench_extract.py --llama7b --device cuda --data ../shared/data/go_emotion --texts 0 \\
+    python -m bench.bench_extract                                   # CPU, small real trio, 512 ED test texts
+    python -m bench.bench_extract --llama7b --device cuda --data ../shared/data/go_emotion --texts 0 \\
         --naive-texts 400 --max-tokens 65536 --batch-size 1024      # random Llama-2-7b-shaped decoder, bf16
 
 `--texts 0` takes every text of the data set's splits. With `--naive-texts N`, the naive LLM loop runs on the first N
@@ -25,14 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+from configuration_llm_fusion import normalize_backbone
+from modeling_llm_fusion import FrozenBackbone
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel  # noqa: E402
-
-from configuration_llm_fusion import normalize_backbone  # noqa: E402
-from modeling_llm_fusion import FrozenBackbone  # noqa: E402
 
 
 def read_texts(folder: Path, limit: int) -> list[str]:
@@ -45,34 +43,52 @@ def read_texts(folder: Path, limit: int) -> list[str]:
 
 def prepared_folders() -> dict[str, str]:
     """The real small models' local folders, by name, as ../shared/models/prepare.py prints them."""
-    out = subprocess.run([sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True, text=True, check=True
+    ).stdout
     return dict(line.split("=", 1) for line in out.split())
 
 
 def small_trio() -> list[dict]:
     folders = prepared_folders()
     specs = [
-        {"name": "llama", "model": folders["smollm2-135m-instruct"], "pooling": "layer_mean", "num_layers": 5,
-         "hidden_size": 576},
+        {
+            "name": "llama",
+            "model": folders["smollm2-135m-instruct"],
+            "pooling": "layer_mean",
+            "num_layers": 5,
+            "hidden_size": 576,
+        },
         {"name": "bert", "model": folders["all-minilm-l6-v2"], "pooling": "pooler", "hidden_size": 384},
         {"name": "roberta", "model": folders["all-mpnet-base-v2"], "pooling": "pooler", "hidden_size": 768},
-    ]  # fmt: skip
+    ]
     return specs
 
 
 def random_llama7b(tokenizer_dir: str, device: str, dtype: torch.dtype, layers: int = 32) -> FrozenBackbone:
     """A decoder shaped like Llama-2-7b (random weights: speed does not depend on them)."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(hidden_size=4096, num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=32,
-                         intermediate_size=11008, vocab_size=len(tokenizer), max_position_embeddings=4096)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+    )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device(device):
         model = LlamaModel(config)
     torch.set_default_dtype(previous)
-    spec = {"name": "llama", "model": "random-llama-2-7b-shape", "pooling": "layer_mean", "num_layers": 5,
-            "hidden_size": 4096}  # fmt: skip
+    spec = {
+        "name": "llama",
+        "model": "random-llama-2-7b-shape",
+        "pooling": "layer_mean",
+        "num_layers": 5,
+        "hidden_size": 4096,
+    }
     return FrozenBackbone(spec, model, tokenizer)
 
 
@@ -100,8 +116,13 @@ def naive(backbone: FrozenBackbone, texts: list[str], device: str) -> float:
     sync(device)
     start = time.perf_counter()
     for i in range(0, len(texts), step):
-        batch = tokenizer(texts[i : i + step], padding="max_length" if llm else "longest", truncation=True,
-                          max_length=200, return_tensors="pt").to(device)  # fmt: skip
+        batch = tokenizer(
+            texts[i : i + step],
+            padding="max_length" if llm else "longest",
+            truncation=True,
+            max_length=200,
+            return_tensors="pt",
+        ).to(device)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if llm:
             hidden = model(**inputs, output_hidden_states=True).hidden_states
@@ -134,8 +155,10 @@ def backbone_loaders(args: argparse.Namespace, dtype: torch.dtype) -> list[Calla
     if args.llama7b:
         tokenizer = args.tokenizer or prepared_folders()["smollm2-135m-instruct"]
         return [lambda: random_llama7b(tokenizer, args.device, dtype, args.layers)]
-    return [lambda spec=spec: FrozenBackbone.load(normalize_backbone(spec), device=args.device, dtype=dtype)
-            for spec in small_trio()]  # fmt: skip
+    return [
+        lambda spec=spec: FrozenBackbone.load(normalize_backbone(spec), device=args.device, dtype=dtype)
+        for spec in small_trio()
+    ]
 
 
 def compare(
@@ -155,22 +178,35 @@ def compare(
         backbone.model.to(naive_dtype)
     naive_s = naive(backbone, sliced, args.device) * len(texts) / len(sliced)
     tokens = sum(backbone.count_tokens(texts))
-    return {"backbone": backbone.spec["name"], "model": Path(backbone.spec["model"]).name, "ours_s": ours_s,
-            "naive_s": naive_s, "texts_per_s": len(texts) / ours_s, "tokens_per_s": tokens / ours_s,
-            "naive_texts_per_s": len(texts) / naive_s, "speedup": naive_s / ours_s}  # fmt: skip
+    return {
+        "backbone": backbone.spec["name"],
+        "model": Path(backbone.spec["model"]).name,
+        "ours_s": ours_s,
+        "naive_s": naive_s,
+        "texts_per_s": len(texts) / ours_s,
+        "tokens_per_s": tokens / ours_s,
+        "naive_texts_per_s": len(texts) / naive_s,
+        "speedup": naive_s / ours_s,
+    }
 
 
 def print_table(rows: list[dict], scaled: bool) -> None:
-    print(f"{'backbone':10s} {'model':26s} {'ours s':>9s} {'texts/s':>9s} {'tokens/s':>10s} {'naive s':>9s} "
-          f"{'naive t/s':>9s} {'speedup':>8s}")  # fmt: skip
+    print(
+        f"{'backbone':10s} {'model':26s} {'ours s':>9s} {'texts/s':>9s} {'tokens/s':>10s} {'naive s':>9s} "
+        f"{'naive t/s':>9s} {'speedup':>8s}"
+    )
     for r in rows:
-        print(f"{r['backbone']:10s} {r['model']:26s} {r['ours_s']:9.1f} {r['texts_per_s']:9.1f} "
-              f"{r['tokens_per_s']:10.0f} {r['naive_s']:9.1f} {r['naive_texts_per_s']:9.1f} "
-              f"{r['speedup']:7.1f}x")  # fmt: skip
+        print(
+            f"{r['backbone']:10s} {r['model']:26s} {r['ours_s']:9.1f} {r['texts_per_s']:9.1f} "
+            f"{r['tokens_per_s']:10.0f} {r['naive_s']:9.1f} {r['naive_texts_per_s']:9.1f} "
+            f"{r['speedup']:7.1f}x"
+        )
     total_ours, total_naive = sum(r["ours_s"] for r in rows), sum(r["naive_s"] for r in rows)
     note = " (naive LLM time scaled from its slice)" if scaled else ""
-    print(f"all backbones: ours {total_ours:.1f} s, naive {total_naive:.1f} s{note}: "
-          f"{total_naive / total_ours:.1f}x faster")  # fmt: skip
+    print(
+        f"all backbones: ours {total_ours:.1f} s, naive {total_naive:.1f} s{note}: "
+        f"{total_naive / total_ours:.1f}x faster"
+    )
 
 
 def main() -> None:
@@ -182,8 +218,10 @@ def main() -> None:
     loaders = backbone_loaders(args, dtype)
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)} in {naive_dtype}; {device_name}, "
-          f"{dtype}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"{len(texts)} texts from {args.data}; naive loop on {len(naive_texts)} in {naive_dtype}; {device_name}, "
+        f"{dtype}, torch threads {torch.get_num_threads()}"
+    )
     rows = []
     for load in loaders:
         rows.append(compare(load(), texts, naive_texts, args, dtype, naive_dtype))

@@ -4,7 +4,7 @@ Both run the same backbone objects on the same ED test texts in the same batches
 head and its own machinery (loaded through `pipeline(..., trust_remote_code=True)` from a saved folder: input
 checks, batching, post-processing). Target: at batch 32 the pipeline keeps at least 80% of raw extraction's texts/s.
 
-    python bench/bench_pipeline.py --num_texts 256 --batch_sizes 1 32
+    python -m bench.bench_pipeline --num_texts 256 --batch_sizes 1 32
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, Pipeline, pipeline
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from configuration_llm_fusion import LLMFusionConfig
+from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification
+from pipeline_fec import save_for_pipeline
 
-from configuration_llm_fusion import LLMFusionConfig  # noqa: E402
-from modeling_llm_fusion import FrozenBackbone, LLMFusionForSequenceClassification  # noqa: E402
-from pipeline_fec import save_for_pipeline  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL_MODEL_FOLDERS = {"llama": "smollm2-135m-instruct", "bert": "all-minilm-l6-v2", "roberta": "all-mpnet-base-v2"}
 

@@ -2,10 +2,10 @@
 PyTorch loop with the same model, data and batch size; and `--seeds N` trained together as one batched model against
 one seed alone.
 
-    python bench/bench_train.py               # paper size: 17,802 rows of 5 x 4096 + 2 x 1024 float16 (~800 MB)
-    python bench/bench_train.py --rows 500    # a quick check
-    python bench/bench_train.py --features-dir runs/reproduce/features/ED --paths trainer batched   # real features
-    python bench/bench_train.py --features-dir features/ED --head paper --paths trainer trainer_ieee --epochs 3
+    python -m bench.bench_train               # paper size: 17,802 rows of 5 x 4096 + 2 x 1024 float16 (~800 MB)
+    python -m bench.bench_train --rows 500    # a quick check
+    python -m bench.bench_train --features-dir runs/reproduce/features/ED --paths trainer batched   # real features
+    python -m bench.bench_train --features-dir features/ED --head paper --paths trainer trainer_ieee --epochs 3
         # the paper's head, with denormals flushed to zero (as train_fusion.py trains) and computed (the baseline)
 
 Seeds trained one after another are independent runs of the same cost, so `--seeds N` sequentially takes N times
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
     from configuration_llm_fusion import LLMFusionConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAPER_SHAPES = {"llama": (5, 4096), "bert": (1024,), "roberta": (1024,)}
 NUM_LABELS = 32
@@ -65,9 +64,11 @@ class BenchArguments:
     )
     head: Literal["features", "paper"] = field(
         default="features",
-        metadata={"help": "features: the head the features' preset records; paper: the paper preset's head (the exact "
-                  "head: no standardisation, encoders only through the co-occurrence values)."},
-    )  # fmt: skip
+        metadata={
+            "help": "features: the head the features' preset records; paper: the paper preset's head (the exact "
+            "head: no standardisation, encoders only through the co-occurrence values)."
+        },
+    )
     measure: str | None = field(default=None, metadata={"help": "Internal: time one path."})
 
 
@@ -90,15 +91,17 @@ def write_features(folder: Path, rows: int) -> int:
     def generate(count: int, seed: int):
         rng = np.random.default_rng(seed)
         for i in range(count):
-            row = {name: rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
-                   for name, shape in PAPER_SHAPES.items()}  # fmt: skip
+            row = {
+                name: rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
+                for name, shape in PAPER_SHAPES.items()
+            }
             yield {"text": f"text {i}", "label": int(rng.integers(NUM_LABELS)), **row}
 
     cache = folder / "cache"
     splits = {
         split: Dataset.from_generator(
             generate, features=features, gen_kwargs={"count": count, "seed": seed}, cache_dir=str(cache)
-        )  # fmt: skip
+        )
         for seed, (split, count) in enumerate([("train", rows), ("validation", EVAL_ROWS), ("test", EVAL_ROWS)])
     }
     DatasetDict(splits).save_to_disk(str(folder / "features"))
@@ -119,9 +122,9 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     import torch
 
     from configuration_llm_fusion import PRESETS
-    from fusion_data import build_config, feature_statistics, training_splits
-    from fusion_features import load_features
-    from fusion_trainer import flush_denormals, keep_gradient_memory
+    from llm_fusion_fec.data.splits import build_config, feature_statistics, training_splits
+    from llm_fusion_fec.features.metadata import load_features
+    from llm_fusion_fec.training.trainer import flush_denormals, keep_gradient_memory
     from modeling_llm_fusion import LLMFusionForSequenceClassification
 
     if path != "trainer_ieee":
@@ -150,8 +153,15 @@ def measure(path: str, features_dir: Path, epochs: int, batch_size: int, seeds: 
     parameters = sum(parameter.numel() for parameter in LLMFusionForSequenceClassification(config).parameters())
     # Adam's step alone, one seed's parameters and the stack's: printed beside the batched path's figures.
     adam = {count: adam_step_ms(count * parameters, device) for count in (1, seeds)} if path == "batched" else {}
-    return {"epoch_seconds": epoch_seconds, "peak_rss_bytes": peak_rss, "anon_rss_bytes": anonymous, "device": name,
-            "rows": len(train), "parameters": parameters, "adam_step_ms": adam}  # fmt: skip
+    return {
+        "epoch_seconds": epoch_seconds,
+        "peak_rss_bytes": peak_rss,
+        "anon_rss_bytes": anonymous,
+        "device": name,
+        "rows": len(train),
+        "parameters": parameters,
+        "adam_step_ms": adam,
+    }
 
 
 def adam_step_ms(parameters: int, device: str, repeats: int = 10) -> float:
@@ -188,8 +198,8 @@ def trainer_epochs(
     import torch
     from transformers import TrainerCallback
 
-    from fusion_trainer import FusionTrainer, SeedStack, build_model
-    from train_fusion import FusionTrainingArguments
+    from llm_fusion_fec.training.run import FusionTrainingArguments
+    from llm_fusion_fec.training.trainer import FusionTrainer, SeedStack, build_model
 
     epoch_seconds = []
 
@@ -203,10 +213,15 @@ def trainer_epochs(
             epoch_seconds.append(time.perf_counter() - self.start)
 
     args = FusionTrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, disable_tqdm=True,
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        disable_tqdm=True,
         logging_strategy="no",
-    )  # fmt: skip
+    )
     seeds = [0] if batched_seeds is None else list(range(batched_seeds))
     models = [build_model(config, seed, statistics) for seed in seeds]
     model = models[0] if batched_seeds is None else SeedStack(models)
@@ -268,19 +283,25 @@ def summarize(results: dict[str, dict], size: int, seeds: int, batch_size: int) 
         summary["ieee_over_flushed"] = total["trainer_ieee"] / total["trainer"]
         for path in total:
             print(f"{path} epochs: {', '.join(f'{second:.1f}' for second in results[path]['epoch_seconds'])} s")
-        print(f"Denormals computed (trainer_ieee) / flushed to zero (trainer, as train_fusion.py runs), all epochs: "
-              f"{summary['ieee_over_flushed']:.2f}x, on {device}")  # fmt: skip
+        print(
+            f"Denormals computed (trainer_ieee) / flushed to zero (trainer, as train_fusion.py runs), all epochs: "
+            f"{summary['ieee_over_flushed']:.2f}x, on {device}"
+        )
     if "trainer" in fastest and "batched" in fastest:
         one, batched = fastest["trainer"], fastest["batched"]
         summary["batched_over_one_seed"] = batched / one
-        print(f"--seeds {seeds}: batched {batched:.1f} s/epoch, sequential {seeds} x {one:.1f} = "
-              f"{seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
-              f"speed-up over sequential {seeds * one / batched:.2f}x, on {device}")  # fmt: skip
+        print(
+            f"--seeds {seeds}: batched {batched:.1f} s/epoch, sequential {seeds} x {one:.1f} = "
+            f"{seeds * one:.1f} s/epoch; batched / one seed: {batched / one:.2f}x (target <= 2x), "
+            f"speed-up over sequential {seeds * one / batched:.2f}x, on {device}"
+        )
         adam = results["batched"]["adam_step_ms"]
         steps = math.ceil(results["batched"]["rows"] / batch_size)
-        print(f"Adam's step alone (memory traffic, the floor of every step): {seeds} seeds' parameters "
-              f"{adam[str(seeds)]:.0f} ms, one seed's {adam['1']:.0f} ms; one seed's whole step "
-              f"{1000 * one / steps:.0f} ms ({steps} steps an epoch)")  # fmt: skip
+        print(
+            f"Adam's step alone (memory traffic, the floor of every step): {seeds} seeds' parameters "
+            f"{adam[str(seeds)]:.0f} ms, one seed's {adam['1']:.0f} ms; one seed's whole step "
+            f"{1000 * one / steps:.0f} ms ({steps} steps an epoch)"
+        )
     return summary
 
 
@@ -304,13 +325,32 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             size = write_features(workdir, args.rows)
             features = workdir / "features"
-            print(f"{args.rows:,} rows of 5 x 4096 + 2 x 1024 float16: {size / 2**20:,.0f} MiB of Arrow, written in "
-                  f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+            print(
+                f"{args.rows:,} rows of 5 x 4096 + 2 x 1024 float16: {size / 2**20:,.0f} MiB of Arrow, written in "
+                f"{time.perf_counter() - start:.0f} s"
+            )
         results = {}
         for path in args.paths:
-            command = [sys.executable, __file__, "--measure", path, "--workdir", str(workdir), "--features_dir",
-                       str(features), "--epochs", str(args.epochs), "--batch_size", str(args.batch_size),
-                       "--seeds", str(args.seeds), "--rows", str(args.rows), "--head", args.head]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--measure",
+                path,
+                "--workdir",
+                str(workdir),
+                "--features_dir",
+                str(features),
+                "--epochs",
+                str(args.epochs),
+                "--batch_size",
+                str(args.batch_size),
+                "--seeds",
+                str(args.seeds),
+                "--rows",
+                str(args.rows),
+                "--head",
+                args.head,
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[path] = json.loads(output.strip().splitlines()[-1])
     return summarize(results, size, args.seeds, args.batch_size)

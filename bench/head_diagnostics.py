@@ -1,7 +1,7 @@
 """What the fusion head sees at initialisation: the scale of each fused input and how many units are saturated or dead.
 
-    python bench/head_diagnostics.py runs/reproduce/features/ED            # the exact head and the fixed head
-    python bench/head_diagnostics.py features/ED --rows 4000 --seeds 42 43 44 45 46
+    python -m bench.head_diagnostics runs/reproduce/features/ED            # the exact head and the fixed head
+    python -m bench.head_diagnostics features/ED --rows 4000 --seeds 42 43 44 45 46
 
 For each head configuration and seed, on the first --rows training rows (forward passes only, dropout off):
 
@@ -17,16 +17,12 @@ For each head configuration and seed, on the first --rows training rows (forward
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fusion_data import build_config, feature_statistics, training_splits  # noqa: E402
-from fusion_features import load_features  # noqa: E402
-from fusion_trainer import build_model  # noqa: E402
+from llm_fusion_fec.data.splits import build_config, feature_statistics, training_splits
+from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.training.trainer import build_model
 
 HEADS = {
     "exact (paper)": {"standardize_features": False, "encoders_in_tail": False},

@@ -2,7 +2,7 @@ r"""What the fusion head adds over a linear classifier of the same features: log
 input (each LLM view's mean over its layers and each encoder's vector, concatenated: bench/probe_features.py's
 probe), its L2 strength (and, multi-label, its threshold) chosen on the validation split, the test split scored once.
 
-    python bench/linear_baseline.py features/ED-two-views-mean features/ED-feeling-two-views-mean
+    python -m bench.linear_baseline features/ED-two-views-mean features/ED-feeling-two-views-mean
 
 The scores are the metric module's, as train_fusion.py reports a head's: compare them with the head's test row.
 """
@@ -18,11 +18,8 @@ from pathlib import Path
 
 import datasets
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.probe_features import head_input  # noqa: E402
-from bench.sweep_layers import (  # noqa: E402
+from bench.probe_features import head_input
+from bench.sweep_layers import (
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
     add_strengths_argument,
@@ -30,8 +27,10 @@ from bench.sweep_layers import (  # noqa: E402
     strengths_words,
     swept_split,
 )
-from fusion_features import read_metadata  # noqa: E402
-from fusion_metrics import SELECTION_METRICS, load_metric, score  # noqa: E402
+from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric, score
+from llm_fusion_fec.features.metadata import read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -67,8 +66,10 @@ def main(argv: list[str] | None = None) -> list[LinearBaseline]:
     if args.results:
         Path(args.results).write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
     problem_type = read_metadata(args.features_dirs[0]).problem_type
-    print(f"Linear baseline: logistic regression on each folder's head input, fitted on the train split, "
-          f"{strengths_words(args.c)} by validation {SELECTION_METRICS[problem_type]}; test split, %.")  # fmt: skip
+    print(
+        f"Linear baseline: logistic regression on each folder's head input, fitted on the train split, "
+        f"{strengths_words(args.c)} by validation {SELECTION_METRICS[problem_type]}; test split, %."
+    )
     for row in rows:
         threshold = "" if row.threshold is None else f", threshold {row.threshold:g}"
         test = ", ".join(f"{name} {100 * value:.2f}" for name, value in row.test.items())

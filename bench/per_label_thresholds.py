@@ -1,7 +1,7 @@
 """Would a threshold per label beat the one multi-label threshold training chooses? Both are chosen on validation;
 the test split is scored once with each.
 
-    python bench/per_label_thresholds.py outputs/llm-fusion-goeml features/GoEML-prompt
+    python -m bench.per_label_thresholds outputs/llm-fusion-goeml features/GoEML-prompt
 
 A trained multi-label model (one seed or an ensemble) decides `sigmoid(logit) > config.threshold` for every label,
 the threshold chosen on validation among 0.05, ..., 0.95 by macro-F1. Here each label gets its own threshold from
@@ -12,19 +12,17 @@ validation and test with the repository's metric module.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm_fusion_fec.data.splits import training_splits
+from llm_fusion_fec.evaluation.metrics import choose_threshold, load_metric, score
+from llm_fusion_fec.features.metadata import load_features
 
-from fusion_data import training_splits  # noqa: E402
-from fusion_features import load_features  # noqa: E402
-from fusion_metrics import choose_threshold, load_metric, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 512
 
@@ -51,20 +49,31 @@ def main(argv: list[str] | None = None) -> None:
     splits = training_splits(load_features(args.features)[0], model.config)
     metric = load_metric(model.config.problem_type)
     validation, test = (split_logits(model.eval(), splits[name]) for name in ("validation", "test"))
-    per_label = torch.tensor([
-        choose_threshold(metric, validation[0][:, [j]], validation[1][:, [j]], "macro_f1")[0]
-        for j in range(model.config.num_labels)
-    ])  # fmt: skip
+    per_label = torch.tensor(
+        [
+            choose_threshold(metric, validation[0][:, [j]], validation[1][:, [j]], "macro_f1")[0]
+            for j in range(model.config.num_labels)
+        ]
+    )
     print(f"{args.model} on {args.features}: macro-F1 / micro-F1 (%)")
     # `decide` compares sigmoid scores with the threshold; a tensor of one threshold per label broadcasts over rows.
-    for name, threshold in ((f"one threshold, {model.config.threshold:g} (training's choice)", model.config.threshold),
-                            ("a threshold per label", per_label)):  # fmt: skip
-        scores = {split: score(metric, *logits, threshold) for split, logits in (("validation", validation),
-                                                                                 ("test", test))}  # fmt: skip
-        print(f"{name}: " + ", ".join(f"{split} {100 * s['macro_f1']:.2f} / {100 * s['micro_f1']:.2f}"
-                                      for split, s in scores.items()))  # fmt: skip
-    print("per-label thresholds: " + ", ".join(f"{name} {t:g}" for name, t in zip(model.config.id2label.values(),
-                                                                                   per_label.tolist())))  # fmt: skip
+    for name, threshold in (
+        (f"one threshold, {model.config.threshold:g} (training's choice)", model.config.threshold),
+        ("a threshold per label", per_label),
+    ):
+        scores = {
+            split: score(metric, *logits, threshold) for split, logits in (("validation", validation), ("test", test))
+        }
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{split} {100 * s['macro_f1']:.2f} / {100 * s['micro_f1']:.2f}" for split, s in scores.items()
+            )
+        )
+    print(
+        "per-label thresholds: "
+        + ", ".join(f"{name} {t:g}" for name, t in zip(model.config.id2label.values(), per_label.tolist()))
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ r"""Rank whole feature folders on the validation split: a cheap probe of what th
 to choose between feature sets (one view of the LLM or several, one prompt or another, the encoders pooled one way
 or the other) before training a head on any of them.
 
-    python bench/probe_features.py features/ED-two-views features/ED-three-views --results probe.json
+    python -m bench.probe_features features/ED-two-views features/ED-three-views --results probe.json
 
 A folder's probe input is its backbones' vectors concatenated, each as the head's MLP reads it: a layer-pooled
 backbone's mean over its layers, an encoder's one vector. The probe and its score are the layer sweep's
@@ -25,10 +25,7 @@ import datasets
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.sweep_layers import (  # noqa: E402
+from bench.sweep_layers import (
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
     add_strengths_argument,
@@ -39,9 +36,11 @@ from bench.sweep_layers import (  # noqa: E402
     strengths_words,
     swept_split,
 )
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices  # noqa: E402
-from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
-from fusion_metrics import SELECTION_METRICS, load_metric  # noqa: E402
+from configuration_llm_fusion import LAYER_POOLINGS, layer_indices
+from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric
+from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -88,9 +87,14 @@ def probe_features(
         check_same_rows(labels, (y_train, y_val), folder, features_dirs[0])
         labels = (y_train, y_val)
         probe = best_probe(
-            x_train.to(device), y_train, x_val.to(device), y_val, metadata.problem_type, cs,
+            x_train.to(device),
+            y_train,
+            x_val.to(device),
+            y_val,
+            metadata.problem_type,
+            cs,
             load_metric(metadata.problem_type),
-        )  # fmt: skip
+        )
         backbones = [backbone_words(spec) for spec in metadata.backbones]
         scores.append(FeatureSetScore(str(folder), backbones, x_train.shape[1], probe.score, probe.c))
     return sorted(scores, key=lambda row: -row.score)
@@ -107,9 +111,12 @@ def table(scores: list[FeatureSetScore], metric: str) -> str:
 
 def main(argv: list[str] | None = None) -> list[FeatureSetScore]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
-                        help="features extracted by extract_features.py from the same data, one folder per feature "
-                        "set")  # fmt: skip
+    parser.add_argument(
+        "features_dirs",
+        nargs="+",
+        metavar="features_dir",
+        help="features extracted by extract_features.py from the same data, one folder per feature set",
+    )
     add_strengths_argument(parser, "each folder")
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
     parser.add_argument("--results", help="also write every folder's score to this JSON file")

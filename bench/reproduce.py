@@ -1,7 +1,7 @@
 """Reproduce the paper's table with the real small backbones: fusion vs. each backbone, pairs, probes, multi-label.
 
-    python bench/reproduce.py                    # everything; resumable: finished stages and seeds are skipped
-    python bench/reproduce.py --limit 60 --seeds 2 --ablation-seeds 1 --epochs 2 --work-dir /tmp/smoke   # smoke
+    python -m bench.reproduce                    # everything; resumable: finished stages and seeds are skipped
+    python -m bench.reproduce --limit 60 --seeds 2 --ablation-seeds 1 --epochs 2 --work-dir /tmp/smoke   # smoke
 
 SmolLM2-135M-Instruct, all-MiniLM-L6-v2 and all-mpnet-base-v2 (from ../shared/models/prepare.py) stand in for
 Llama-2-7b-chat, BERT-large and RoBERTa-large. Stages, each kept on disk under --work-dir and skipped when done,
@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm_fusion_fec.commands.train import parse_args
+from llm_fusion_fec.evaluation.metrics import THRESHOLDS
+from llm_fusion_fec.features.extraction import extract
+from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.training.run import run_training
 
-from extract_features import extract  # noqa: E402
-from fusion_features import load_features  # noqa: E402
-from fusion_metrics import THRESHOLDS  # noqa: E402
-from train_fusion import parse_args, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 SINGLE_LABEL = ("ED", "go_emotion")
@@ -60,11 +60,15 @@ EXACT = ["--standardize_features", "false", "--encoders_in_tail", "false"]  # th
 
 
 def small_model_folders() -> dict[str, str]:
-    out = subprocess.run([sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True, text=True, check=True
+    ).stdout
     folders = dict(line.split("=", 1) for line in out.split())
-    return {"llama": folders["smollm2-135m-instruct"], "bert": folders["all-minilm-l6-v2"],
-            "roberta": folders["all-mpnet-base-v2"]}  # fmt: skip
+    return {
+        "llama": folders["smollm2-135m-instruct"],
+        "bert": folders["all-minilm-l6-v2"],
+        "roberta": folders["all-mpnet-base-v2"],
+    }
 
 
 class Stages:
@@ -93,22 +97,44 @@ class Stages:
 
 
 def extract_stage(dataset: str, output_dir: Path, folders: dict[str, str], args: argparse.Namespace) -> dict:
-    result = extract(dataset, data_dir=str(DATA_DIR), preset="small", backbone_paths=folders, output_dir=output_dir,
-                     limit=args.limit, dtype=args.dtype)  # fmt: skip
+    result = extract(
+        dataset,
+        data_dir=str(DATA_DIR),
+        preset="small",
+        backbone_paths=folders,
+        output_dir=output_dir,
+        limit=args.limit,
+        dtype=args.dtype,
+    )
     return {"rows": result.metadata.rows, "throughput": result.throughput}
 
 
-def train_head(features_dir: Path, output_dir: Path, dataset: str, seeds: int, backbones: list[str] | None,
-               protocol: list[str]) -> dict:  # fmt: skip
+def train_head(
+    features_dir: Path, output_dir: Path, dataset: str, seeds: int, backbones: list[str] | None, protocol: list[str]
+) -> dict:
     """Train with train_fusion (resuming finished seeds) and keep the figures of the results table."""
-    argv = ["--dataset", dataset, "--features_dir", str(features_dir), "--output_dir", str(output_dir),
-            "--seeds", str(seeds), "--resume_from_checkpoint", "true", "--disable_tqdm", "true",
-            "--report_to", "none", *protocol]  # fmt: skip
+    argv = [
+        "--dataset",
+        dataset,
+        "--features_dir",
+        str(features_dir),
+        "--output_dir",
+        str(output_dir),
+        "--seeds",
+        str(seeds),
+        "--resume_from_checkpoint",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *protocol,
+    ]
     if backbones:
         argv += ["--backbones", *backbones]
     if seeds > 1:  # the seeds' ensemble too: scoring only, the seeds' rows are the same
         argv += ["--ensemble", "true"]
-    results = train(*parse_args(argv)).to_dict()
+    results = run_training(*parse_args(argv)).to_dict()
     keep = ("seed", "epochs", "best_epoch", "wall_time_s", "threshold", "test", "history")
     ensemble = {"ensemble": {k: results["ensemble"][k] for k in ("members", "threshold", "test")}} if seeds > 1 else {}
     return {"test": results["test"], "runs": [{k: run[k] for k in keep} for run in results["runs"]], **ensemble}
@@ -189,8 +215,10 @@ def multilabel_probe(features_dir: Path, name: str) -> dict:
                 best = (val, c, threshold, test_scores)
     _, c, threshold, test_scores = best
     predicted = test_scores > threshold
-    test = {"micro_f1": f1_score(y_test, predicted, average="micro", zero_division=0),
-            "macro_f1": f1_score(y_test, predicted, average="macro", zero_division=0)}  # fmt: skip
+    test = {
+        "micro_f1": f1_score(y_test, predicted, average="micro", zero_division=0),
+        "macro_f1": f1_score(y_test, predicted, average="macro", zero_division=0),
+    }
     return {"C": c, "threshold": round(float(threshold), 2), "test": test}
 
 
@@ -209,27 +237,36 @@ def epochs(row: dict) -> str:
 
 def tables(results: dict, fast_protocol: str) -> str:
     lines = ["## Single-label: accuracy and weighted-F1 (%), test split", ""]
-    lines += ["Backbones by the slot they fill: llama = SmolLM2-135M-Instruct, bert = all-MiniLM-L6-v2, roberta = "
-              "all-mpnet-base-v2. Mean +- population std over seeds.", ""]  # fmt: skip
+    lines += [
+        "Backbones by the slot they fill: llama = SmolLM2-135M-Instruct, bert = all-MiniLM-L6-v2, roberta = "
+        "all-mpnet-base-v2. Mean +- population std over seeds.",
+        "",
+    ]
     lines += [
         "| data set | model | protocol | seeds | accuracy | weighted-F1 | epochs run (kept) per seed |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for dataset in SINGLE_LABEL:
         paper = PAPER[dataset]
-        lines.append(f"| {dataset} | paper: Llama-2-7b-chat + BERT-large + RoBERTa-large (published) | paper | 5 | "
-                     f"{paper['accuracy'][0]:.2f} +- {paper['accuracy'][1]:.2f} | "
-                     f"{paper['weighted_f1'][0]:.2f} +- {paper['weighted_f1'][1]:.2f} | - |")  # fmt: skip
+        lines.append(
+            f"| {dataset} | paper: Llama-2-7b-chat + BERT-large + RoBERTa-large (published) | paper | 5 | "
+            f"{paper['accuracy'][0]:.2f} +- {paper['accuracy'][1]:.2f} | "
+            f"{paper['weighted_f1'][0]:.2f} +- {paper['weighted_f1'][1]:.2f} | - |"
+        )
         for key, row in results.get(dataset, {}).items():
             protocol = "paper" if key.startswith("fusion") else fast_protocol if key.startswith("head") else "probe"
             count = len(row.get("runs", [])) or "-"
             test = row["test"]
-            lines.append(f"| {dataset} | {key} | {protocol} | {count} | {fmt(test['accuracy'])} | "
-                         f"{fmt(test['weighted_f1'])} | {epochs(row)} |")  # fmt: skip
+            lines.append(
+                f"| {dataset} | {key} | {protocol} | {count} | {fmt(test['accuracy'])} | "
+                f"{fmt(test['weighted_f1'])} | {epochs(row)} |"
+            )
             if row.get("ensemble"):
                 test = row["ensemble"]["test"]
-                lines.append(f"| {dataset} | {key}, ensemble of the {count} seeds | {protocol} | {count} | "
-                             f"{fmt(test['accuracy'])} | {fmt(test['weighted_f1'])} | - |")  # fmt: skip
+                lines.append(
+                    f"| {dataset} | {key}, ensemble of the {count} seeds | {protocol} | {count} | "
+                    f"{fmt(test['accuracy'])} | {fmt(test['weighted_f1'])} | - |"
+                )
     multi = results.get("go_emotions_multilabel", {})
     if multi:
         lines += ["", "## Multi-label GoEmotions (28 labels): micro- and macro-F1 (%), test split", ""]
@@ -237,12 +274,16 @@ def tables(results: dict, fast_protocol: str) -> str:
         for key, row in multi.items():
             thresholds = sorted({run["threshold"] for run in row["runs"]}) if "runs" in row else [row["threshold"]]
             count = len(row.get("runs", [])) or "-"
-            lines.append(f"| {key} | {count} | {', '.join(map(str, thresholds))} | {fmt(row['test']['micro_f1'])} | "
-                         f"{fmt(row['test']['macro_f1'])} |")  # fmt: skip
+            lines.append(
+                f"| {key} | {count} | {', '.join(map(str, thresholds))} | {fmt(row['test']['micro_f1'])} | "
+                f"{fmt(row['test']['macro_f1'])} |"
+            )
             if row.get("ensemble"):
                 test = row["ensemble"]
-                lines.append(f"| {key}, ensemble of the {count} seeds | {count} | {test['threshold']} | "
-                             f"{fmt(test['test']['micro_f1'])} | {fmt(test['test']['macro_f1'])} |")  # fmt: skip
+                lines.append(
+                    f"| {key}, ensemble of the {count} seeds | {count} | {test['threshold']} | "
+                    f"{fmt(test['test']['micro_f1'])} | {fmt(test['test']['macro_f1'])} |"
+                )
     return "\n".join(lines)
 
 
@@ -273,13 +314,23 @@ class Rows:
     def __init__(self, args: argparse.Namespace, stages: Stages):
         self.args, self.stages, self.work = args, stages, Path(args.work_dir)
         self.paper = ["--num_train_epochs", str(args.epochs)]
-        self.fast = [*self.paper, "--per_device_train_batch_size", str(args.fast_batch_size),
-                     "--learning_rate", str(args.fast_learning_rate)]  # fmt: skip
+        self.fast = [
+            *self.paper,
+            "--per_device_train_batch_size",
+            str(args.fast_batch_size),
+            "--learning_rate",
+            str(args.fast_learning_rate),
+        ]
         self.fast_protocol = f"fast (batch {args.fast_batch_size}, lr {args.fast_learning_rate:g})"
 
     def of_stage(self, stage: str, dataset: str) -> dict[str, dict | None]:
-        stages = {"probe": self.probes, "ablation": self.ablation, "multilabel": self.multilabel,
-                  "fusion": self.fusion, "fusion-paper": self.fusion_paper}  # fmt: skip
+        stages = {
+            "probe": self.probes,
+            "ablation": self.ablation,
+            "multilabel": self.multilabel,
+            "fusion": self.fusion,
+            "fusion-paper": self.fusion_paper,
+        }
         return stages[stage](dataset)
 
     def head(self, stage: str, dataset: str, seeds: int, subset: list[str] | None, protocol: list[str]) -> dict | None:
@@ -288,8 +339,16 @@ class Rows:
             done = self.stages.done.iterdir()
             finished = [re.fullmatch(re.escape(stage) + r"-(\d+)seeds", path.stem) for path in done]
             seeds = max((int(match[1]) for match in finished if match), default=seeds)
-        return self.stages.run(f"{stage}-{seeds}seeds", train_head, self.work / "features" / dataset,
-                               self.work / "heads" / stage, dataset, seeds, subset, protocol)  # fmt: skip
+        return self.stages.run(
+            f"{stage}-{seeds}seeds",
+            train_head,
+            self.work / "features" / dataset,
+            self.work / "heads" / stage,
+            dataset,
+            seeds,
+            subset,
+            protocol,
+        )
 
     def probes(self, dataset: str) -> dict[str, dict | None]:
         features = self.work / "features" / dataset

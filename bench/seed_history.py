@@ -1,8 +1,8 @@
 """How each seed of a training run stopped: every validation evaluation, read from the run's `results.json`.
 
-    python bench/seed_history.py outputs/llm-fusion-ed/results.json
-    python bench/seed_history.py outputs/llm-fusion-ed/results.json --reaching 0.10   # when each seed left the prior
-    python bench/seed_history.py outputs/llm-fusion-ed/runs/seed-42/result.json   # one finished seed
+    python -m bench.seed_history outputs/llm-fusion-ed/results.json
+    python -m bench.seed_history outputs/llm-fusion-ed/results.json --reaching 0.10   # when each seed left the prior
+    python -m bench.seed_history outputs/llm-fusion-ed/runs/seed-42/result.json   # one finished seed
 
 One line a seed: `epoch: loss / selection metric`, `*` where a stopping metric improved (which resets the
 patience), then the epochs run, the epoch kept and the test scores of the kept checkpoint. `--reaching LEVEL` adds
@@ -33,8 +33,10 @@ def seed_lines(results: dict, reaching: float | None = None) -> list[str]:
             for entry in run["history"]
         )
         test = " / ".join(f"{100 * run['test'][name]:.2f}" for name in ("accuracy", metric) if name in run["test"])
-        line = (f"seed {run['seed']}: {evaluations} -> {run['epochs']:g} epochs run, "
-                f"epoch {run['best_epoch']:g} kept, test {test}")  # fmt: skip
+        line = (
+            f"seed {run['seed']}: {evaluations} -> {run['epochs']:g} epochs run, "
+            f"epoch {run['best_epoch']:g} kept, test {test}"
+        )
         if reaching is not None:
             epoch = first_epoch_reaching(run, metric, reaching)
             line += f"; {metric} first >= {reaching:g} at epoch {'never' if epoch is None else f'{epoch:g}'}"

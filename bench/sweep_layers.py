@@ -3,7 +3,7 @@ probe scores each layer and each window of k consecutive layers (of each feature
 prompt), and the winner is written as a backbone description that extraction reads.
 
     python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-all-layers
-    python bench/sweep_layers.py features/ED-all-layers --window 5 --output llama-layers.json
+    python -m bench.sweep_layers features/ED-all-layers --window 5 --output llama-layers.json
     python extract_features.py --dataset ED --preset small --backbone-spec llama-layers.json \
         --cache-dir features/ED-all-layers/cache   # the chosen layers are cut from the all-layers column
 
@@ -11,10 +11,10 @@ prompt), and the winner is written as a backbone description that extraction rea
     python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-prompt-all-layers \
         --pooling llama=layer_last_token --template 'llama=This sentence : "{text}" means in one word:"' \
         --cache-dir features/ED-all-layers/cache   # the encoders' columns are reused
-    python bench/sweep_layers.py features/ED-all-layers features/ED-prompt-all-layers --output llama-layers.json
+    python -m bench.sweep_layers features/ED-all-layers features/ED-prompt-all-layers --output llama-layers.json
 
     # an encoder's pooling: one folder per pooling (--pooling bert=mean in the second), the encoder named
-    python bench/sweep_layers.py features/ED features/ED-mean --backbone bert --output bert-pooling.json
+    python -m bench.sweep_layers features/ED features/ED-mean --backbone bert --output bert-pooling.json
 
 The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
 on the train split: multinomial for single-label data, one-vs-rest for multi-label data. It is fitted at each L2
@@ -41,13 +41,12 @@ import datasets
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.reproduce import fit_logistic
+from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
+from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, choose_threshold, load_metric, score
+from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
 
-from bench.reproduce import fit_logistic  # noqa: E402
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone  # noqa: E402
-from fusion_features import FeatureMetadata, read_metadata  # noqa: E402
-from fusion_metrics import SELECTION_METRICS, choose_threshold, load_metric, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SWEEP_SPLITS = ("train", "validation")
 """The splits a sweep reads. Never the test split: the choice of layers is part of the model."""
@@ -186,8 +185,10 @@ def check_same_rows(
     """Refuse a folder whose train and validation labels differ from the first folder's (`None`: this is the first):
     folders compared must be extracted from the same data."""
     if first_labels is not None and not all(map(np.array_equal, first_labels, labels)):
-        raise ValueError(f"{folder} holds other train or validation rows than {first_folder}: extract every folder "
-                         "compared from the same data.")  # fmt: skip
+        raise ValueError(
+            f"{folder} holds other train or validation rows than {first_folder}: extract every folder "
+            "compared from the same data."
+        )
 
 
 def sweep(
@@ -217,11 +218,16 @@ def sweep(
     best = chosen_spec(specs[scores[0].features], scores[0].layers)
     other = next((row for row in scores if row.features != scores[0].features), None)
     return SweepResult(
-        backbone=best["name"], metric=SELECTION_METRICS[metadata.problem_type], combine=combine,
-        train_rows=len(labels[0]), validation_rows=len(labels[1]), scores=scores, best_spec=best,
+        backbone=best["name"],
+        metric=SELECTION_METRICS[metadata.problem_type],
+        combine=combine,
+        train_rows=len(labels[0]),
+        validation_rows=len(labels[1]),
+        scores=scores,
+        best_spec=best,
         poolings=folder_poolings(specs),
         second_view=None if other is None else chosen_spec(specs[other.features], other.layers, "_view2"),
-    )  # fmt: skip
+    )
 
 
 def chosen_spec(spec: dict, layers: list[int], suffix: str = "") -> dict:
@@ -249,9 +255,14 @@ def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[Feat
 
 
 def folder_scores(
-    features_dir: str | Path, metadata: FeatureMetadata, spec: dict, window: int, combine: str, cs: Sequence[float],
+    features_dir: str | Path,
+    metadata: FeatureMetadata,
+    spec: dict,
+    window: int,
+    combine: str,
+    cs: Sequence[float],
     device: torch.device,
-) -> list[LayerScore]:  # fmt: skip
+) -> list[LayerScore]:
     """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
     encoder pooling's one vector is its only candidate (`layers` `[]`)."""
     metric = load_metric(metadata.problem_type)
@@ -297,9 +308,15 @@ def strengths_words(cs: Sequence[float]) -> str:
 
 def add_strengths_argument(parser: argparse.ArgumentParser, each: str) -> None:
     """The scripts' `--c`: the probe's inverse L2 strengths, of which `each` (a candidate, a folder) keeps its best."""
-    parser.add_argument("--c", type=float, nargs="+", default=list(PROBE_STRENGTHS), metavar="C",
-                        help=f"inverse L2 strengths of the probe (sklearn's C); {each} keeps the one that scores best "
-                        "on validation (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--c",
+        type=float,
+        nargs="+",
+        default=list(PROBE_STRENGTHS),
+        metavar="C",
+        help=f"inverse L2 strengths of the probe (sklearn's C); {each} keeps the one that scores best "
+        "on validation (default: %(default)s)",
+    )
 
 
 def table(result: SweepResult) -> str:
@@ -320,21 +337,32 @@ def table(result: SweepResult) -> str:
 
 def main(argv: list[str] | None = None) -> SweepResult:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("features_dirs", nargs="+", metavar="features_dir",
-                        help="features extracted by extract_features.py (best with --all-layers); several: one per "
-                        "pooling or prompt of the same data, ranked together")  # fmt: skip
-    parser.add_argument("--backbone", help="the backbone to sweep (default: the only layer-pooled one); an encoder is "
-                        "swept across folders that pool it otherwise (--pooling NAME=pooler, NAME=mean)")  # fmt: skip
+    parser.add_argument(
+        "features_dirs",
+        nargs="+",
+        metavar="features_dir",
+        help="features extracted by extract_features.py (best with --all-layers); several: one per "
+        "pooling or prompt of the same data, ranked together",
+    )
+    parser.add_argument(
+        "--backbone",
+        help="the backbone to sweep (default: the only layer-pooled one); an encoder is "
+        "swept across folders that pool it otherwise (--pooling NAME=pooler, NAME=mean)",
+    )
     parser.add_argument("--window", type=int, default=5, help="k: the width of the windows of consecutive layers")
     parser.add_argument("--combine", choices=COMBINES, default="mean", help="a window's probe input")
     add_strengths_argument(parser, "each candidate")
     parser.add_argument("--device", help="where the probes are fitted (default: cuda if present)")
-    parser.add_argument("--output", help="the winning backbone description (default: in the first FEATURES_DIR, "
-                        "best-NAME.json)")  # fmt: skip
-    parser.add_argument("--second-view", metavar="FILE",
-                        help="also write the best candidate of the folders other than the winner's (another pooling "
-                        "or prompt) as NAME_view2, for extract_features.py --add-backbone-spec: the head then reads "
-                        "both views (needs two or more folders)")  # fmt: skip
+    parser.add_argument(
+        "--output", help="the winning backbone description (default: in the first FEATURES_DIR, best-NAME.json)"
+    )
+    parser.add_argument(
+        "--second-view",
+        metavar="FILE",
+        help="also write the best candidate of the folders other than the winner's (another pooling "
+        "or prompt) as NAME_view2, for extract_features.py --add-backbone-spec: the head then reads "
+        "both views (needs two or more folders)",
+    )
     parser.add_argument("--results", help="also write every candidate's score to this JSON file")
     args = parser.parse_args(argv)
     if args.second_view and len(args.features_dirs) < 2:
@@ -358,10 +386,11 @@ def main(argv: list[str] | None = None) -> SweepResult:
     if args.second_view:
         Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
         folder = next(row.features for row in result.scores if row.features != result.scores[0].features)
-        print(f"Second view: {chosen_words(result.second_view)} ({result.poolings[folder]}) -> "
-              f"{args.second_view}")  # fmt: skip
-        print(f"Extract both: python extract_features.py ... --backbone-spec {output} "
-              f"--add-backbone-spec {args.second_view}")  # fmt: skip
+        print(f"Second view: {chosen_words(result.second_view)} ({result.poolings[folder]}) -> {args.second_view}")
+        print(
+            f"Extract both: python extract_features.py ... --backbone-spec {output} "
+            f"--add-backbone-spec {args.second_view}"
+        )
     else:
         print(f"Extract with them: python extract_features.py ... --backbone-spec {output}")
     return result

@@ -38,5 +38,8 @@ def small_models() -> dict[str, str]:
     if result.returncode:
         pytest.skip(f"prepare.py failed: {result.stderr[-500:]}")
     folders = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
-    return {"llama": folders["smollm2-135m-instruct"], "bert": folders["all-minilm-l6-v2"],
-            "roberta": folders["all-mpnet-base-v2"]}  # fmt: skip
+    return {
+        "llama": folders["smollm2-135m-instruct"],
+        "bert": folders["all-minilm-l6-v2"],
+        "roberta": folders["all-mpnet-base-v2"],
+    }

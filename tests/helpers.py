@@ -24,7 +24,7 @@ from transformers import (
     RobertaModel,
 )
 
-from fusion_features import METADATA_FILE
+from llm_fusion_fec.features.metadata import METADATA_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = Path(__file__).resolve().parent / "programs"  # what tests run in a fresh process: `run_program`
@@ -57,42 +57,73 @@ def build_tiny_backbones(root: Path) -> list[dict]:
     torch.manual_seed(0)
     llama_tok = _tokenizer(["<unk>", "<s>", "</s>"], "<s> $A", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     bert_tok = _tokenizer(
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]",
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-    )  # fmt: skip
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "[CLS] $A [SEP]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     roberta_tok = _tokenizer(
-        ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
-        unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-    )  # fmt: skip
+        ["<s>", "<pad>", "</s>", "<unk>"],
+        "<s> $A </s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     small = {"num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}
     built = {
-        "llama": (LlamaModel(LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=6,
-                                         num_key_value_heads=2, **small)), llama_tok),
+        "llama": (
+            LlamaModel(
+                LlamaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=6, num_key_value_heads=2, **small)
+            ),
+            llama_tok,
+        ),
         "bert": (BertModel(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, **small)), bert_tok),
-        "roberta": (RobertaModel(RobertaConfig(vocab_size=96, hidden_size=24, num_hidden_layers=2, pad_token_id=1,
-                                               **{**small, "max_position_embeddings": 130})), roberta_tok),
-    }  # fmt: skip
+        "roberta": (
+            RobertaModel(
+                RobertaConfig(
+                    vocab_size=96,
+                    hidden_size=24,
+                    num_hidden_layers=2,
+                    pad_token_id=1,
+                    **{**small, "max_position_embeddings": 130},
+                )
+            ),
+            roberta_tok,
+        ),
+    }
     for name, (model, tokenizer) in built.items():
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return [
-        {"name": "llama", "model": str(root / "llama"), "pooling": "layer_mean", "num_layers": 3, "hidden_size": 32,
-         "max_length": 64},
+        {
+            "name": "llama",
+            "model": str(root / "llama"),
+            "pooling": "layer_mean",
+            "num_layers": 3,
+            "hidden_size": 32,
+            "max_length": 64,
+        },
         {"name": "bert", "model": str(root / "bert"), "pooling": "pooler", "hidden_size": 32, "max_length": 64},
-        {"name": "roberta", "model": str(root / "roberta"), "pooling": "pooler", "hidden_size": 24,
-         "max_length": 64},
-    ]  # fmt: skip
+        {"name": "roberta", "model": str(root / "roberta"), "pooling": "pooler", "hidden_size": 24, "max_length": 64},
+    ]
 
 
-def run_program(program: str, *args: str | os.PathLike, python: str | os.PathLike = sys.executable) -> Any:
+def run_program(
+    program: str, *args: str | os.PathLike, python: str | os.PathLike = sys.executable, repo: bool = False
+) -> Any:
     """Run `tests/programs/<program>` with `args` in a fresh Python process and return the JSON its last line holds.
 
     Nothing of this process is imported there, and the repository's modules cannot be imported (a script's own
-    folder is on its path, not the current one, which is `/`; `PYTHONPATH` is empty): model code comes from a saved
-    folder through `trust_remote_code`, or from where a program that needs the repository is told it is. `python`
-    is the interpreter, e.g. that of another environment.
+    folder is on its path, not the current one, which is `/`; `PYTHONPATH` is empty) unless `repo` puts the
+    repository root on `PYTHONPATH`: model code comes from a saved folder through `trust_remote_code`, or from the
+    checkout. `python` is the interpreter, e.g. that of another environment.
     """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO) if repo else ""}
     command = [str(python), str(PROGRAMS / program), *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, cwd="/", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,9 +141,16 @@ def write_csv_dataset(folder: Path, rows: list[tuple[str, int]], labels=("sad", 
 
 
 def synthetic_features(
-    folder, problem_type: str, informative: int, layers=(-1, -2, -3, -4), rows=240, strength=2.0,
-    bert: tuple[str, float] | None = None, splits=("train", "validation"), **spec_options,
-):  # fmt: skip
+    folder,
+    problem_type: str,
+    informative: int,
+    layers=(-1, -2, -3, -4),
+    rows=240,
+    strength=2.0,
+    bert: tuple[str, float] | None = None,
+    splits=("train", "validation"),
+    **spec_options,
+):
     """A features folder (by default without a test split), whose LLM features carry the labels in one hidden state
     only (`strength` times a label direction); `spec_options` go into the LLM's description (its pooling, ...). `bert`
     (its pooling, its strength) adds an encoder that carries them too."""

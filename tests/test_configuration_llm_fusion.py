@@ -61,20 +61,26 @@ def test_backbone_dtype_and_quantization_round_trip(tmp_path):
         ({"backbones": []}, "at least one backbone"),
         ({"backbones": [{"name": "x", "model": "m", "pooling": "max", "hidden_size": 8}]}, "unknown pooling 'max'"),
         ({"backbones": [{"name": "x", "model": "m", "hidden_size": 0}]}, "hidden_size must be a positive"),
-        ({"backbones": [{"name": "x", "model": "m", "pooling": "pooler", "num_layers": 3, "hidden_size": 8}]},
-         "needs pooling 'layer_mean'"),
+        (
+            {"backbones": [{"name": "x", "model": "m", "pooling": "pooler", "num_layers": 3, "hidden_size": 8}]},
+            "needs pooling 'layer_mean'",
+        ),
         ({"backbones": [{"name": "labels", "model": "m", "hidden_size": 8}]}, "'labels' must be a Python identifier"),
         ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8}] * 2}, "must be unique"),
         ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "width": 3}]}, "Unknown backbone keys"),
-        ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "dtype": "float64"}]},
-         "unknown dtype 'float64'; allowed: float32, bfloat16, float16 or None"),
-        ({"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "quantization": "3bit"}]},
-         "unknown quantization '3bit'; allowed: 8bit, 4bit or None"),
+        (
+            {"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "dtype": "float64"}]},
+            "unknown dtype 'float64'; allowed: float32, bfloat16, float16 or None",
+        ),
+        (
+            {"backbones": [{"name": "a", "model": "m", "hidden_size": 8, "quantization": "3bit"}]},
+            "unknown quantization '3bit'; allowed: 8bit, 4bit or None",
+        ),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"sigma": 0}, "sigma must be positive"),
         ({"mlp_dims": [64, 0]}, "mlp_dims must be positive"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LLMFusionConfig(**kwargs)
@@ -105,8 +111,11 @@ def test_layers_pooling_and_template_round_trip(tmp_path):
     config = LLMFusionConfig(backbones=[llama, *PRESETS["small"]["backbones"][1:]], num_labels=3)
     spec = config.backbone("llama")
     assert (spec["layers"], spec["num_layers"], spec["pooling"], spec["template"]) == (
-        [-12, 0, 7], 3, "layer_last_token", PROMPT_EOL,
-    )  # fmt: skip
+        [-12, 0, 7],
+        3,
+        "layer_last_token",
+        PROMPT_EOL,
+    )
     assert config.feature_shapes["llama"] == (3, 576)
     config.save_pretrained(tmp_path)
     for other in (LLMFusionConfig.from_dict(config.to_dict()), LLMFusionConfig.from_pretrained(tmp_path)):
@@ -134,7 +143,7 @@ def llm(**keys) -> dict:
         (llm(template=["{text}"]), r"exactly one \{text\} slot"),
         (llm(pooling="last_token"), r"unknown pooling 'last_token'; allowed: layer_mean, layer_last_token, pooler"),
     ],
-)  # fmt: skip
+)
 def test_bad_layer_choices_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LLMFusionConfig(**kwargs)
@@ -142,8 +151,15 @@ def test_bad_layer_choices_raise(kwargs, message):
 
 def test_every_pooling_is_described_with_its_feature_shape():
     for pooling in POOLINGS:
-        spec = normalize_backbone({"name": "b", "model": "org/b", "pooling": pooling, "hidden_size": 48,
-                                   "num_layers": 3 if pooling == "layer_mean" else 1})  # fmt: skip
+        spec = normalize_backbone(
+            {
+                "name": "b",
+                "model": "org/b",
+                "pooling": pooling,
+                "hidden_size": 48,
+                "num_layers": 3 if pooling == "layer_mean" else 1,
+            }
+        )
         shape = " x ".join(map(str, LLMFusionConfig(backbones=[spec]).feature_shapes["b"]))
         assert describe_pooling(spec).endswith(f"-> {shape}"), pooling
     assert "mean over the text's tokens" in describe_pooling(PRESETS["paper"]["backbones"][0])

@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 from datasets import Array2D, List, Value
 
-import extract_features
+import llm_fusion_fec.commands.extract as extract_command
+import llm_fusion_fec.features.extraction as extract_features
 from configuration_llm_fusion import normalize_backbone
-from extract_features import ExtractionResult, column_key, customize_backbones, extract, resolve_backbones
-from fusion_features import METADATA_FILE, FeatureMetadata, load_features, read_metadata
 from helpers import REPO, run_program, write_csv_dataset
+from llm_fusion_fec.features.extraction import (
+    ExtractionResult,
+    column_key,
+    customize_backbones,
+    extract,
+    resolve_backbones,
+)
+from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, load_features, read_metadata
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120
@@ -60,8 +67,9 @@ def test_second_run_loads_no_model(features_dir, tiny_backbones, data_dir, monke
         raise AssertionError("a cache hit must not load any backbone")
 
     monkeypatch.setattr(FrozenBackbone, "load", refuse)
-    result = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
-                     shard_size=50)  # fmt: skip
+    result = extract(
+        "ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT, shard_size=50
+    )
     assert result.computed == []
 
 
@@ -70,15 +78,17 @@ def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbone
     before = before["train"].with_format("numpy")[:]
     changed = [dict(spec) for spec in tiny_backbones]
     changed[1]["max_length"] = 8  # truncating BERT's input changes BERT's features only
-    result = extract("ED", data_dir=str(data_dir), backbones=changed, output_dir=features_dir, limit=LIMIT,
-                     shard_size=50)  # fmt: skip
+    result = extract(
+        "ED", data_dir=str(data_dir), backbones=changed, output_dir=features_dir, limit=LIMIT, shard_size=50
+    )
     assert result.computed == ["bert"]
     after = load_features(features_dir)[0]["train"].with_format("numpy")[:]
     np.testing.assert_array_equal(after["llama"], before["llama"])
     np.testing.assert_array_equal(after["roberta"], before["roberta"])
     assert not np.array_equal(after["bert"], before["bert"])
-    restored = extract("ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT,
-                       shard_size=50)  # fmt: skip
+    restored = extract(
+        "ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT, shard_size=50
+    )
     assert restored.computed == []  # the first BERT column is still cached: nothing to recompute
 
 
@@ -94,8 +104,14 @@ def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch
         return original(self, texts)
 
     monkeypatch.setattr(FrozenBackbone, "__call__", interrupt_after_two_batches)
-    kwargs = {"data_dir": str(data_dir), "backbones": tiny_backbones[:1], "output_dir": out, "limit": 40,
-              "shard_size": 10, "batch_size": 10}  # fmt: skip
+    kwargs = {
+        "data_dir": str(data_dir),
+        "backbones": tiny_backbones[:1],
+        "output_dir": out,
+        "limit": 40,
+        "shard_size": 10,
+        "batch_size": 10,
+    }
     with pytest.raises(KeyboardInterrupt):
         extract("ED", **kwargs)
     monkeypatch.setattr(FrozenBackbone, "__call__", original)
@@ -111,8 +127,9 @@ def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch
 
 
 def test_multi_label_go_emotions(tiny_backbones, data_dir, tmp_path):
-    extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones[1:2], output_dir=tmp_path,
-            limit=30)  # fmt: skip
+    extract(
+        "go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones[1:2], output_dir=tmp_path, limit=30
+    )
     data, metadata = load_features(tmp_path)
     assert metadata.problem_type == "multi_label_classification" and len(metadata.label_names) == 28
     labels = np.array(data["validation"]["label"])
@@ -131,18 +148,49 @@ def test_length_sorted_batches():
 
 def test_two_processes_equal_one(tiny_backbones, data_dir, tmp_path):
     overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
-    args = ["extract_features.py", "--dataset", "ED", "--data-dir", str(data_dir), "--preset", "small",
-            "--limit", "30", "--shard-size", "10", "--log-level", "info"]  # fmt: skip
+    args = [
+        "extract_features.py",
+        "--dataset",
+        "ED",
+        "--data-dir",
+        str(data_dir),
+        "--preset",
+        "small",
+        "--limit",
+        "30",
+        "--shard-size",
+        "10",
+        "--log-level",
+        "info",
+    ]
     args += ["--backbone", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *args, "--output-dir", str(tmp_path / "one")], cwd=REPO, env=env,
-                         capture_output=True, text=True)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, *args, "--output-dir", str(tmp_path / "one")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", *args,
-         "--output-dir", str(tmp_path / "two")],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            *args,
+            "--output-dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     # Both ranks took part, each with its own shards (3 splits x 3 shards of 10 rows, split 5 + 4).
     assert "[rank 0/2] llama: 5 shards" in two.stderr and "[rank 1/2] llama: 4 shards" in two.stderr
@@ -172,8 +220,13 @@ def test_bad_backbones_fail_before_any_work(tiny_backbones, data_dir, tmp_path, 
 
 
 def test_cli_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "extract_features.py", "--dataset", "no_such_set"], cwd=REPO,
-                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "extract_features.py", "--dataset", "no_such_set"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: Unknown data set 'no_such_set'")
     assert "Traceback" not in result.stderr
@@ -181,8 +234,11 @@ def test_cli_reports_errors_without_traceback(tmp_path):
 
 def test_metadata_is_json(features_dir):
     metadata = json.loads((features_dir / METADATA_FILE).read_text())
-    assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {"train": LIMIT, "validation": LIMIT,
-                                                                           "test": LIMIT}  # fmt: skip
+    assert metadata["feature_dtype"] == "float16" and metadata["rows"] == {
+        "train": LIMIT,
+        "validation": LIMIT,
+        "test": LIMIT,
+    }
     # Each backbone records how it computed, so that the trained model is served the same way.
     assert [(b["dtype"], b["quantization"]) for b in metadata["backbones"]] == [(metadata["compute_dtype"], None)] * 3
 
@@ -347,10 +403,21 @@ def test_full_disk_is_one_line_and_leaves_no_temporary_file(small_run, monkeypat
 def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
     folder = write_csv_dataset(tmp_path / "data" / "mine", ROWS)
     overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
-    command = [sys.executable, str(REPO / "extract_features.py"), "--dataset", str(folder), "--preset", "small",
-               "--limit", "4", "--backbone", *overrides]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "extract_features.py"),
+        "--dataset",
+        str(folder),
+        "--preset",
+        "small",
+        "--limit",
+        "4",
+        "--backbone",
+        *overrides,
+    ]
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0].endswith("-> features/mine")
     assert (tmp_path / "features" / "mine" / METADATA_FILE).exists()
@@ -358,9 +425,9 @@ def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
 
 
 def test_help_imports_no_heavy_module():
-    answer = run_program("script_help.py", REPO, "extract_features")
+    answer = run_program("script_help.py", "llm_fusion_fec.commands.extract", repo=True)
     assert "--backbone-path" in answer["help"]
-    assert [m for m in ("torch", "datasets", "transformers", "numpy") if m in answer["modules"]] == []
+    assert [m for m in ("torch", "datasets") if m in answer["modules"]] == []
 
 
 def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):
@@ -411,22 +478,29 @@ def test_metadata_is_a_typed_record(small_run):
         (["--shard-size", "0"], r"--shard-size must be an integer of at least 1, got 0"),
         (["--batch-size", "0"], r"--batch-size must be an integer of at least 1, got 0"),
         (["--max-tokens", "-5"], r"--max-tokens must be an integer of at least 1 \(leave it out for no token "),
-        (["--backbone-path", "gpt=/tmp"], r"--backbone-path gpt=/tmp: no backbone 'gpt'; the backbones are \['llama', "
-                                          r"'bert', 'roberta'\]"),
-        (["--backbone-path", "bert=/missing"], r"--backbone-path bert=/missing: folder not found; it must be a local "
-                                               r"copy of sentence-transformers/all-MiniLM-L6-v2"),
+        (
+            ["--backbone-path", "gpt=/tmp"],
+            r"--backbone-path gpt=/tmp: no backbone 'gpt'; the backbones are \['llama', "
+            r"'bert', 'roberta'\]",
+        ),
+        (
+            ["--backbone-path", "bert=/missing"],
+            r"--backbone-path bert=/missing: folder not found; it must be a local "
+            r"copy of sentence-transformers/all-MiniLM-L6-v2",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_are_refused_before_any_work(monkeypatch, argv, message):
     monkeypatch.setattr(extract_features, "load_data", lambda *a, **k: pytest.fail("must fail before reading data"))
     with pytest.raises(ValueError, match=message):
-        extract_features.main(["--preset", "small", *argv])
+        extract_command.main(["--preset", "small", *argv])
 
 
 @pytest.mark.real
 def test_real_small_trio(small_models, data_dir, tmp_path):
-    result = extract("ED", data_dir=str(data_dir), preset="small", backbone_paths=small_models, output_dir=tmp_path,
-                     limit=12)  # fmt: skip
+    result = extract(
+        "ED", data_dir=str(data_dir), preset="small", backbone_paths=small_models, output_dir=tmp_path, limit=12
+    )
     data, metadata = load_features(tmp_path)
     # The config names the Hub models; the local folders were only where they were read from.
     assert [b["model"] for b in metadata.backbones] == [
@@ -468,8 +542,13 @@ def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):
 
 def test_customize_backbones(tiny_backbones, tmp_path):
     specs = [dict(spec) for spec in tiny_backbones]
-    chosen = customize_backbones(specs, layers=["llama=-2,0,4"], pooling=["llama=layer_last_token"],
-                                 template=['llama=Text: "{text}" means'], max_length=32)  # fmt: skip
+    chosen = customize_backbones(
+        specs,
+        layers=["llama=-2,0,4"],
+        pooling=["llama=layer_last_token"],
+        template=['llama=Text: "{text}" means'],
+        max_length=32,
+    )
     assert (chosen[0]["layers"], chosen[0]["num_layers"], chosen[0]["pooling"]) == ([-2, 0, 4], 3, "layer_last_token")
     assert chosen[0]["template"] == 'Text: "{text}" means' and {s["max_length"] for s in chosen} == {32}
     assert specs == tiny_backbones  # the input is not mutated
@@ -493,7 +572,7 @@ def test_customize_backbones(tiny_backbones, tmp_path):
         ({"all_layers": True, "pooling": ["llama=cls"]}, r"--all-layers: no backbone has a layer pooling"),
         ({"spec_files": [tmp_path / "missing.json"]}, r"--backbone-spec .*missing.json: not a readable JSON"),
         ({"added_spec_files": [tmp_path / "spec.json"]}, r"--add-backbone-spec: a backbone named 'llama' exists"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ValueError, match=message):
             customize_backbones(specs, **kwargs)
 

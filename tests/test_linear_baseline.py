@@ -9,23 +9,26 @@ from datasets import load_from_disk
 from bench import linear_baseline
 from bench.probe_features import head_input
 from bench.sweep_layers import best_probe, swept_split
-from fusion_features import read_metadata
-from fusion_metrics import load_metric
 from helpers import synthetic_features
+from llm_fusion_fec.evaluation.metrics import load_metric
+from llm_fusion_fec.features.metadata import read_metadata
 
 SPLITS = ("train", "validation", "test")
 
 
 def test_the_validation_choice_is_scored_on_test(tmp_path, capsys):
-    folder = synthetic_features(tmp_path / "f", "single_label_classification", informative=-2, strength=1.0,
-                                bert=("mean", 0.5), splits=SPLITS)  # fmt: skip
+    folder = synthetic_features(
+        tmp_path / "f", "single_label_classification", informative=-2, strength=1.0, bert=("mean", 0.5), splits=SPLITS
+    )
     results = tmp_path / "baseline.json"
     (row,) = linear_baseline.main([str(folder), "--c", "0.001", "1", "--results", str(results)])
     metadata = read_metadata(folder)
     splits = {split: head_input(load_from_disk(str(folder / split)), metadata) for split in SPLITS}
     metric = load_metric("single_label_classification")
-    alone = {c: best_probe(*splits["train"], *splits["validation"], metadata.problem_type, [c], metric)
-             for c in (0.001, 1.0)}  # fmt: skip
+    alone = {
+        c: best_probe(*splits["train"], *splits["validation"], metadata.problem_type, [c], metric)
+        for c in (0.001, 1.0)
+    }
     chosen = max(alone.values(), key=lambda probe: probe.score)
     assert (row.c, row.validation, row.threshold) == (chosen.c, chosen.score, None)
     x_test, y_test = splits["test"]

@@ -1,6 +1,8 @@
 import importlib.machinery
 import importlib.util
+import json
 import re
+import sys
 
 import pytest
 import torch
@@ -104,7 +106,9 @@ def test_save_and_load_with_trust_remote_code_in_a_fresh_process(tmp_path):
 
 def test_modules_import_from_the_repo_root():
     modules = ("modeling_llm_fusion", "configuration_llm_fusion")
-    assert run_program("import_from_repo.py", REPO, *modules) == {name: str(REPO / f"{name}.py") for name in modules}
+    assert run_program("import_from_repo.py", *modules, repo=True) == {
+        name: str(REPO / f"{name}.py") for name in modules
+    }
 
 
 # ---- features: the one text -> features code path ----
@@ -336,3 +340,38 @@ def test_ensemble_members_must_share_a_config():
         LLMFusionEnsembleForSequenceClassification.from_members(
             [small_head(1, num_labels=4), small_head(2, num_labels=5)]
         )
+
+
+# ---- the Hub files and folders saved before ----
+
+HUB_FILES = ("configuration_llm_fusion.py", "modeling_llm_fusion.py", "pipeline_fec.py")
+PREVIOUS_LAYOUT_MODEL = REPO / "tests" / "fixtures" / "previous-layout-model"
+
+
+@pytest.mark.parametrize("file", HUB_FILES)
+def test_hub_files_import_only_the_standard_library_torch_transformers_and_each_other(file):
+    import ast
+
+    allowed = {"torch", "transformers", *(name.removesuffix(".py") for name in HUB_FILES)}
+    imported = set()
+    for node in ast.walk(ast.parse((REPO / file).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level in (0, 1), f"{file}: only single-dot relative imports travel with a Hub folder"
+            imported.add((node.module or "").split(".")[0])
+    assert imported - allowed - sys.stdlib_module_names == set()
+
+
+def test_a_folder_saved_by_the_previous_layout_loads_with_remote_code_and_with_this_code(tmp_path):
+    """The fixture was saved (`save_for_pipeline`) by the flat layout of before the package, with its own copies of
+    the Hub files; its logits on the saved features were recorded then."""
+    expected = json.loads((PREVIOUS_LAYOUT_MODEL / "expected.json").read_text())
+    features = {name: torch.tensor(values) for name, values in expected["features"].items()}
+    torch.save(features, tmp_path / "features.pt")
+    loaded = run_program("remote_code_logits.py", PREVIOUS_LAYOUT_MODEL, tmp_path / "features.pt", tmp_path / "l.pt")
+    assert loaded["module"].startswith("transformers_modules")
+    assert torch.allclose(torch.load(tmp_path / "l.pt"), torch.tensor(expected["logits"]), atol=1e-6)
+    model = LLMFusionForSequenceClassification.from_pretrained(PREVIOUS_LAYOUT_MODEL, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**features).logits, torch.tensor(expected["logits"]), atol=1e-6)

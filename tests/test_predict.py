@@ -9,9 +9,10 @@ import json
 import pytest
 import torch
 
-import predict
+import llm_fusion_fec.commands.predict as predict_command
+import llm_fusion_fec.inference.predict as predict
 from configuration_llm_fusion import LLMFusionConfig
-from helpers import REPO, run_program
+from helpers import run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import FECPipeline, save_for_pipeline
 
@@ -59,7 +60,9 @@ def test_labels_a_csv_with_bad_rows(tmp_path, model_folder, backbone_args, pipe,
         "5,someone broke into my car,angry\n",
         encoding="utf-8",
     )
-    status = predict.main(["--model", str(model_folder), "--input", str(source), "--batch-size", "2", *backbone_args])
+    status = predict_command.main(
+        ["--model", str(model_folder), "--input", str(source), "--batch-size", "2", *backbone_args]
+    )
     err = capsys.readouterr().err
     assert status == 1
     assert f"{source}:3: the text is empty" in err and f"{source}:6: the text is empty" in err
@@ -91,7 +94,7 @@ def test_top_k_from_jsonl(tmp_path, model_folder, backbone_args, pipe, capsys):
     ]
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     args = ["--model", str(model_folder), "--input", str(source), "--output", str(output), "--text-column", "body"]
-    assert predict.main([*args, "--top-k", "2", *backbone_args]) == 1
+    assert predict_command.main([*args, "--top-k", "2", *backbone_args]) == 1
     err = capsys.readouterr().err
     for line, problem in ((2, "the text is int (42), not a string"), (3, "not valid JSON"), (5, "no 'body' field")):
         assert f"{source}:{line}: {problem}" in err
@@ -107,7 +110,7 @@ def test_top_k_from_jsonl(tmp_path, model_folder, backbone_args, pipe, capsys):
 def test_all_rows_labelled_exits_0(tmp_path, model_folder, backbone_args):
     source = tmp_path / "texts.txt"
     source.write_text("i finally got the job\nmy dog died\n", encoding="utf-8")
-    assert predict.main(["--model", str(model_folder), "--input", str(source), *backbone_args]) == 0
+    assert predict_command.main(["--model", str(model_folder), "--input", str(source), *backbone_args]) == 0
     with open(tmp_path / "texts.predictions.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["text"] for row in rows] == ["i finally got the job", "my dog died"]
@@ -125,12 +128,12 @@ def test_unusable_input_is_refused_before_loading_the_model(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
     (tmp_path / "in.csv").write_text(content, encoding="utf-8")
-    assert predict.main(["--model", "no/such-model", "--input", "in.csv", *extra]) == 2
+    assert predict_command.main(["--model", "no/such-model", "--input", "in.csv", *extra]) == 2
     assert message in capsys.readouterr().err
 
 
-def test_help_imports_neither_torch_nor_transformers():
-    answer = run_program("script_help.py", REPO, "predict")
+def test_help_imports_no_heavy_module():
+    answer = run_program("script_help.py", "llm_fusion_fec.commands.predict", repo=True)
     assert answer["exit_code"] == 0
     assert "--backbone-path NAME=FOLDER" in answer["help"] and "--top-k" in answer["help"]
-    assert sorted(name for name in ("torch", "transformers", "datasets") if name in answer["modules"]) == []
+    assert sorted(name for name in ("torch", "datasets") if name in answer["modules"]) == []

@@ -10,8 +10,8 @@ from datasets import load_from_disk
 
 from bench import probe_features
 from bench.sweep_layers import PROBE_STRENGTHS
-from fusion_features import METADATA_FILE, read_metadata
 from helpers import synthetic_features
+from llm_fusion_fec.features.metadata import METADATA_FILE, read_metadata
 
 SINGLE = "single_label_classification"
 
@@ -29,8 +29,15 @@ def test_head_input_is_each_views_layer_mean_then_each_encoders_vector(tmp_path)
 
 def test_folders_are_ranked_by_their_whole_feature_set(tmp_path, capsys):
     weak = synthetic_features(tmp_path / "weak", SINGLE, informative=-1, strength=0.2, bert=("pooler", 0.2))
-    strong = synthetic_features(tmp_path / "strong", SINGLE, informative=-1, strength=0.2, bert=("mean", 3.0),
-                                pooling="layer_last_token", template="Say: {text}")  # fmt: skip
+    strong = synthetic_features(
+        tmp_path / "strong",
+        SINGLE,
+        informative=-1,
+        strength=0.2,
+        bert=("mean", 3.0),
+        pooling="layer_last_token",
+        template="Say: {text}",
+    )
     results = tmp_path / "probe.json"
     scores = probe_features.main([str(weak), str(strong), "--device", "cpu", "--results", str(results)])
     assert [row.features for row in scores] == [str(strong), str(weak)]

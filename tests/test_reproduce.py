@@ -30,8 +30,20 @@ def test_one_vs_rest_probe_matches_sklearn(c):
 
 @pytest.mark.real
 def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_path):
-    command = [sys.executable, "bench/reproduce.py", "--limit", "30", "--seeds", "2", "--ablation-seeds", "1",
-               "--epochs", "1", "--work-dir", str(tmp_path)]  # fmt: skip
+    command = [
+        sys.executable,
+        "bench/reproduce.py",
+        "--limit",
+        "30",
+        "--seeds",
+        "2",
+        "--ablation-seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+    ]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -59,8 +71,9 @@ def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_p
     assert "Loading weights" not in second.stderr
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
     # Reporting while asking for more seeds than are finished shows the rows with the seeds they have.
-    report = subprocess.run([*command, "--report-only", "--seeds", "5", "--ablation-seeds", "3"], cwd=REPO,
-                            capture_output=True, text=True)  # fmt: skip
+    report = subprocess.run(
+        [*command, "--report-only", "--seeds", "5", "--ablation-seeds", "3"], cwd=REPO, capture_output=True, text=True
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
 
@@ -92,8 +105,13 @@ def test_seed_history_marks_the_evaluations_that_reset_the_patience():
         {"epoch": 2.0, "validation": {"loss": 1.4, "weighted_f1": 0.49}, "improved": ["loss"]},
         {"epoch": 3.0, "validation": {"loss": 1.6, "weighted_f1": 0.45}, "improved": []},
     ]
-    run = {"seed": 42, "history": history, "epochs": 3.0, "best_epoch": 2.0,
-           "test": {"accuracy": 0.5512, "weighted_f1": 0.5488, "macro_f1": 0.5}}  # fmt: skip
+    run = {
+        "seed": 42,
+        "history": history,
+        "epochs": 3.0,
+        "best_epoch": 2.0,
+        "test": {"accuracy": 0.5512, "weighted_f1": 0.5488, "macro_f1": 0.5},
+    }
     results = {"selection_metric": "weighted_f1", "runs": [run]}
     assert seed_lines(results) == [
         "seed 42: 1: 1.5000 / 0.5000*, 2: 1.4000 / 0.4900*, 3: 1.6000 / 0.4500 -> 3 epochs run, epoch 2 kept, "
@@ -103,8 +121,9 @@ def test_seed_history_marks_the_evaluations_that_reset_the_patience():
     assert seed_lines(results, reaching=0.9)[0].endswith("; weighted_f1 first >= 0.9 at epoch never")
     # One seed's result.json (a finished seed of an unfinished run) reads as a run of that seed alone.
     assert as_run_results({**run, "validation": {"loss": 1.4, "weighted_f1": 0.49}}) == {
-        "selection_metric": "weighted_f1", "runs": [{**run, "validation": {"loss": 1.4, "weighted_f1": 0.49}}]
-    }  # fmt: skip
+        "selection_metric": "weighted_f1",
+        "runs": [{**run, "validation": {"loss": 1.4, "weighted_f1": 0.49}}],
+    }
     assert as_run_results(results) is results
     assert as_run_results({**run, "validation": {"macro_f1": 0.4}})["selection_metric"] == "macro_f1"
     # A multi-label evaluation shows the threshold it was scored at.

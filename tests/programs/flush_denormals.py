@@ -1,7 +1,7 @@
 """Flush denormals as train_fusion.py does (first thing, after its imports), then multiply denormal numbers on two
 intra-op threads; with `late`, flush only after a parallel operation has started the threads.
 
-    python flush_denormals.py REPO [late]
+    PYTHONPATH=REPO python flush_denormals.py [late]
 
 Prints, as JSON, how many of the products stayed denormal (0: every thread flushed them).
 """
@@ -9,12 +9,12 @@ Prints, as JSON, how many of the products stayed denormal (0: every thread flush
 import json
 import sys
 
-repo, *mode = sys.argv[1:]
-sys.path.insert(0, repo)
-import torch  # noqa: E402
+import torch
 
-import train_fusion  # noqa: E402, F401  (its imports must start no threads)
-from fusion_trainer import flush_denormals  # noqa: E402
+import llm_fusion_fec.training.run as train_fusion  # noqa: F401  (its imports must start no threads)
+from llm_fusion_fec.training.trainer import flush_denormals
+
+mode = sys.argv[1:]
 
 torch.set_num_threads(2)
 if mode != ["late"]:

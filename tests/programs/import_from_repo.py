@@ -1,7 +1,7 @@
-"""Import modules from the repository root as its scripts do (`python train_fusion.py`: the root first on
+"""Import the Hub modules from the repository root as its scripts do (`python train_fusion.py`: the root on
 `sys.path`, the modules not a package, so their relative imports fall back to absolute ones).
 
-    python import_from_repo.py REPO MODULE [MODULE ...]
+    PYTHONPATH=REPO python import_from_repo.py MODULE [MODULE ...]
 
 Prints, as JSON, the file each module was imported from.
 """
@@ -10,6 +10,5 @@ import importlib
 import json
 import sys
 
-repo, *modules = sys.argv[1:]
-sys.path.insert(0, repo)
+modules = sys.argv[1:]
 print(json.dumps({name: importlib.import_module(name).__file__ for name in modules}))

@@ -1,6 +1,6 @@
-"""Answer `--help` with a script of the repository (`MODULE.main(["--help"])`), and see which modules that imported.
+"""Answer `--help` with a command of the repository (`MODULE.main(["--help"])`), and see which modules that imported.
 
-    python script_help.py REPO MODULE
+    PYTHONPATH=REPO python script_help.py MODULE
 
 Prints, as JSON: the help, the exit code (`null` if `main` returned) and the names of every module imported.
 """
@@ -11,8 +11,7 @@ import io
 import json
 import sys
 
-repo, module = sys.argv[1:]
-sys.path.insert(0, repo)
+(module,) = sys.argv[1:]
 exit_code = None
 with contextlib.redirect_stdout(io.StringIO()) as help_text:
     try:

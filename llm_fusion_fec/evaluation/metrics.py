@@ -12,7 +12,7 @@ from torch import nn
 
 from modeling_llm_fusion import decide
 
-METRICS_PATH = Path(__file__).resolve().parent / "metrics" / "fec_metrics"
+METRICS_PATH = Path(__file__).resolve().parent / "fec_metrics"
 # The scores of the metric module, by problem type.
 METRIC_KEYS = {
     "single_label_classification": ("accuracy", "weighted_f1", "macro_f1"),
@@ -26,7 +26,7 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def load_metric(problem_type: str) -> evaluate.EvaluationModule:
-    """The repository's metric module (`metrics/fec_metrics`), loaded by path: no Hub access needed."""
+    """The repository's metric module (`fec_metrics/` beside this file), loaded by path: no Hub access needed."""
     return evaluate.load(str(METRICS_PATH), config_name=problem_type)
 
 
@@ -77,5 +77,14 @@ def validation_loss(logits: np.ndarray, labels: np.ndarray, problem_type: str) -
     return nn.functional.cross_entropy(logits, torch.from_numpy(labels).long()).item()
 
 
-__all__ = ["METRIC_KEYS", "SELECTION_METRICS", "THRESHOLDS", "choose_threshold", "load_metric", "score",
-           "selection_metric", "stopping_metrics", "validation_loss"]  # fmt: skip
+__all__ = [
+    "METRIC_KEYS",
+    "SELECTION_METRICS",
+    "THRESHOLDS",
+    "choose_threshold",
+    "load_metric",
+    "score",
+    "selection_metric",
+    "stopping_metrics",
+    "validation_loss",
+]

@@ -9,8 +9,8 @@ import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 
 from configuration_llm_fusion import LLMFusionConfig
-from fec_datasets import SPLITS, dataset_name
-from fusion_features import FeatureMetadata
+from llm_fusion_fec.data.datasets import SPLITS, dataset_name
+from llm_fusion_fec.features.metadata import FeatureMetadata
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 

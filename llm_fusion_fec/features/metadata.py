@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fec_datasets import dataset_name, one_line
+from llm_fusion_fec.data.datasets import dataset_name, one_line
 
 if typing.TYPE_CHECKING:
     from datasets import DatasetDict
@@ -93,6 +93,12 @@ class FeatureMetadata:
 def default_features_dir(dataset: str) -> Path:
     """The features folder of a data set when none is given: `features/<dataset_name(dataset)>`."""
     return FEATURES_ROOT / dataset_name(dataset)
+
+
+def default_output_dir(dataset: str) -> Path:
+    """The model folder of a run on a data set when none is given: `outputs/llm-fusion-<name>`, from the same
+    `dataset_name` as the features folder (so it never resolves outside `outputs/`)."""
+    return Path("outputs") / f"llm-fusion-{dataset_name(dataset).lower().replace('_', '-')}"
 
 
 def read_metadata(features_dir: str | os.PathLike) -> FeatureMetadata:

@@ -1,21 +1,12 @@
-"""Label a file of texts with a trained model: the input's rows come back with the predicted label and score.
+"""Labelling a file of texts with a trained model: the input's rows come back with the predicted label and score
+(what `fec predict` does).
 
-    fec-predict --model outputs/llm-fusion-ed --input posts.csv               # -> posts.predictions.csv
-    fec-predict --model org/llm-fusion-ed --input posts.jsonl --text-column body --top-k 3
-    fec-predict --model outputs/llm-fusion-ed --input lines.txt --output labels.jsonl \\
-        --backbone-path llama=/models/Llama-2-7b-chat-hf
-
-(`python predict.py ...` from the repository works the same.) A row whose text cannot be labelled (empty, only
-whitespace, not a string, not valid JSON) is reported with its line number on stderr and written with an empty label;
-the other rows are labelled all the same. The exit status is 0 when every row was labelled, 1 when some were not,
-2 when nothing was done (bad arguments, unreadable input, a model that cannot be loaded).
-
-torch and transformers are imported only once the arguments are read, so `--help` answers at once.
+A row whose text cannot be labelled (empty, only whitespace, not a string, not valid JSON) is reported with its line
+number on stderr and written with an empty label; the other rows are labelled all the same.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -23,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fec_arguments import name_value_pairs
+from llm_fusion_fec.commands.arguments import PredictArguments, name_value_pairs
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -45,58 +36,6 @@ class Row:
     fields: dict[str, Any]
     text: Any
     problem: str | None = None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="fec-predict",
-        description="Label the texts of a CSV, JSONL or TXT file (one text per line) with a trained fusion model. "
-        "The output holds the input's rows and columns plus `label` and `score` (`labels` and `scores` lists with "
-        "--top-k or for a multi-label model; prefixed `predicted_` if the input has such columns already). It runs "
-        "this package's code: no trust_remote_code.",
-        epilog="Exit status: 0 every row labelled; 1 some rows could not be labelled (reported by line on stderr, "
-        "written with an empty label); 2 nothing done.",
-    )
-    parser.add_argument("--model", required=True, help="A model folder (e.g. outputs/llm-fusion-ed) or a Hub id.")
-    parser.add_argument("--input", required=True, type=Path, help="The texts: a .csv, .jsonl or .txt file.")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="A .csv or .jsonl file (default: beside the input, INPUT.predictions.csv, or .jsonl for a .jsonl input).",
-    )
-    parser.add_argument("--text-column", default="text", help="Column (CSV) or field (JSONL) of the texts.")
-    parser.add_argument(
-        "--top-k", type=top_k, help="Give the K best labels of each text with their scores ('all': every label)."
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="Texts run through the backbones together.")
-    parser.add_argument(
-        "--backbone-path",
-        action="append",
-        default=[],
-        metavar="NAME=FOLDER",
-        help="Load backbone NAME from a local folder instead of the Hub (repeatable).",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the first GPU if there is one).")
-    parser.add_argument(
-        "--dtype", help="Compute dtype of every backbone and the head (default: each backbone's recorded one)."
-    )
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    try:
-        args.backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
-    except ValueError as error:
-        parser.error(str(error))
-    return args
-
-
-def top_k(value: str) -> int | str:
-    """`--top-k`: a positive integer, or `all` (every label)."""
-    if value == "all":
-        return value
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    return int(value)
 
 
 def default_output(input_path: Path) -> Path:
@@ -176,7 +115,7 @@ def text_problem(text: Any) -> str | None:
 # ---- labelling and writing ----
 
 
-def load_pipeline(args: argparse.Namespace):
+def load_pipeline(args: PredictArguments):
     """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
     import torch
 
@@ -188,7 +127,11 @@ def load_pipeline(args: argparse.Namespace):
         raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
     model = LLMFusionForSequenceClassification.from_pretrained(args.model, **({"dtype": dtype} if dtype else {}))
     return FECPipeline(
-        model=model, backbone_paths=args.backbone_paths, device=args.device, dtype=dtype, batch_size=args.batch_size
+        model=model,
+        backbone_paths=name_value_pairs(args.backbone_path, "--backbone-path"),
+        device=args.device,
+        dtype=dtype,
+        batch_size=args.batch_size,
     )
 
 
@@ -229,18 +172,19 @@ def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[in
             )
 
 
-def predict(args: argparse.Namespace) -> int:
+def predict(args: PredictArguments) -> int:
     """Label `args.input` into the output file; return the exit status (0: every row labelled, 1: some not)."""
-    output = args.output or default_output(args.input)
+    input_path = Path(args.input)
+    output = Path(args.output) if args.output else default_output(input_path)
     if output.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
-    if output.resolve() == args.input.resolve():
+    if output.resolve() == input_path.resolve():
         raise ValueError(f"--output {output} is the input file; choose another.")
-    columns, rows = read_rows(args.input, args.text_column)
+    columns, rows = read_rows(input_path, args.text_column)
     for row in rows:
         row.problem = row.problem or text_problem(row.text)
         if row.problem:
-            print(f"{args.input}:{row.line}: {row.problem}", file=sys.stderr)
+            print(f"{input_path}:{row.line}: {row.problem}", file=sys.stderr)
     labellable = [i for i, row in enumerate(rows) if row.problem is None]
 
     answers = {}
@@ -248,30 +192,17 @@ def predict(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         pipe = load_pipeline(args)
-        kwargs = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else args.top_k}
+        kwargs = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else int(args.top_k)}
         stream = pipe((rows[i].text for i in labellable), batch_size=args.batch_size, **kwargs)
         progress = tqdm(stream, total=len(labellable), desc="Labelling", unit="text", file=sys.stderr, disable=None)
         answers = dict(zip(labellable, progress, strict=True))
     write_rows(output, columns, rows, answers)
 
     bad = [row.line for row in rows if row.problem]
-    print(f"Labelled {len(labellable)} of {len(rows)} rows of {args.input} -> {output}")
+    print(f"Labelled {len(labellable)} of {len(rows)} rows of {input_path} -> {output}")
     if bad:
         lines = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
         summary = f"{len(bad)} of {len(rows)} rows could not be labelled (lines {lines})"
         print(f"{summary}; they have an empty label in {output}.", file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return predict(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-import fec_datasets
-from fec_datasets import load_data
+import llm_fusion_fec.data.datasets as fec_datasets
 from helpers import write_csv_dataset
+from llm_fusion_fec.data.datasets import load_data
 
 
 def test_local_folder_dataset(tmp_path):
@@ -49,17 +49,29 @@ GOOD = HEADER + "fine,0\nalso fine,1\n"
         ({"valid.csv": HEADER + '"fine,0\nok,1\n'}, r"valid\.csv is not valid CSV: EOF inside string starting at row"),
         ({"test.csv": HEADER + "fine,0\na,b,1\n"}, r"test\.csv is not valid CSV: Expected 2 fields in line 3, saw 3"),
         ({"test.csv": "text\nfine\n"}, r"Split 'test' \(.*test\.csv\) has no column 'label'; it has \['text'\]"),
-        ({"train.csv": (HEADER + "caf\xe9,0\n").encode("latin-1")},
-         r"train\.csv is not UTF-8 text \(line 2 has byte 0xe9\); the expected encoding is UTF-8"),
+        (
+            {"train.csv": (HEADER + "caf\xe9,0\n").encode("latin-1")},
+            r"train\.csv is not UTF-8 text \(line 2 has byte 0xe9\); the expected encoding is UTF-8",
+        ),
         ({"valid.csv": HEADER}, r"valid\.csv has no rows"),
-        ({"train.csv": None, "valid.csv": None, "test.csv": None, "train.jsonl": "",
-          "valid.jsonl": '{"text": "a", "label": 0}\n', "test.jsonl": '{"text": "a", "label": 0}\n'},
-         r"train\.jsonl is empty"),
-        ({"valid.csv": None, "valid.jsonl": '{"text": "a", "label": 0}\n'},
-         r"mix formats \(train\.csv is CSV, valid\.jsonl is JSON, test\.csv is CSV\): use one format"),
+        (
+            {
+                "train.csv": None,
+                "valid.csv": None,
+                "test.csv": None,
+                "train.jsonl": "",
+                "valid.jsonl": '{"text": "a", "label": 0}\n',
+                "test.jsonl": '{"text": "a", "label": 0}\n',
+            },
+            r"train\.jsonl is empty",
+        ),
+        (
+            {"valid.csv": None, "valid.jsonl": '{"text": "a", "label": 0}\n'},
+            r"mix formats \(train\.csv is CSV, valid\.jsonl is JSON, test\.csv is CSV\): use one format",
+        ),
     ],
     ids=["unterminated-quote", "extra-fields", "missing-column", "latin-1", "header-only", "empty-jsonl", "mixed"],
-)  # fmt: skip
+)
 def test_bad_data_files_are_named_in_one_line(tmp_path, capfd, files, message):
     folder = tmp_path / "bad"
     folder.mkdir()

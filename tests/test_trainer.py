@@ -6,12 +6,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState
 
-import train_fusion
+import llm_fusion_fec.commands.train as train_command
+import llm_fusion_fec.training.run as train_fusion
+import llm_fusion_fec.training.trainer as trainer_module
 from configuration_llm_fusion import LLMFusionConfig
-from extract_features import extract
-from fusion_data import build_config, training_splits
-from fusion_features import load_features
-from fusion_trainer import (
+from helpers import run_program
+from llm_fusion_fec.data.splits import build_config, training_splits
+from llm_fusion_fec.features.extraction import extract
+from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.training.trainer import (
     FusionTrainer,
     NonFiniteError,
     ProtocolCallback,
@@ -22,7 +25,6 @@ from fusion_trainer import (
     build_model,
     epoch_order,
 )
-from helpers import REPO, run_program
 
 LIMIT = 40
 
@@ -158,8 +160,9 @@ def test_batched_seeds_train_as_each_seed_alone_without_dropout(features, tmp_pa
     config = build_config(metadata, dropout=0.0)
     rule = StoppingRule(["loss", "weighted_f1"], 10, "weighted_f1", "last_improvement")
     setup = train_fusion.Setup(metadata, config, training_splits(data, config), None, rule)
-    args = train_fusion.FusionTrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, report_to="none",
-                                                disable_tqdm=True)  # fmt: skip
+    args = train_fusion.FusionTrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, report_to="none", disable_tqdm=True
+    )
     together = train_fusion.train_seeds(setup, args, [42, 43, 44], tmp_path / "together")
     for seed, batched in zip((42, 43, 44), together, strict=True):
         (alone,) = train_fusion.train_seeds(setup, args, [seed], tmp_path / f"alone-{seed}")
@@ -168,8 +171,10 @@ def test_batched_seeds_train_as_each_seed_alone_without_dropout(features, tmp_pa
         for one, other in zip(batched.history, alone.history, strict=True):
             assert one.improved == other.improved
             assert one.validation == pytest.approx(other.validation, abs=1e-5)
-        weights = [load_file(tmp_path / run / f"seed-{seed}" / "model" / "model.safetensors")
-                   for run in ("together", f"alone-{seed}")]  # fmt: skip
+        weights = [
+            load_file(tmp_path / run / f"seed-{seed}" / "model" / "model.safetensors")
+            for run in ("together", f"alone-{seed}")
+        ]
         for name, value in weights[0].items():
             torch.testing.assert_close(value, weights[1][name], atol=1e-5, rtol=1e-4, msg=name)
     assert not (tmp_path / "together" / "seeds-42-43-44").exists()  # its checkpoints served to resume only
@@ -179,9 +184,21 @@ def test_batched_and_sequential_runs_write_the_same_shapes(features, tmp_path):
     outputs = {}
     for batch in ("true", "false"):
         output = tmp_path / batch
-        cli = ["--features-dir", str(features), "--output-dir", str(output), "--num_train_epochs", "2",
-               "--disable_tqdm", "true", "--seeds", "2", "--batch_seeds", batch]  # fmt: skip
-        outputs[batch] = (train_fusion.main(cli).to_dict(), output)
+        cli = [
+            "--features-dir",
+            str(features),
+            "--output-dir",
+            str(output),
+            "--num_train_epochs",
+            "2",
+            "--disable_tqdm",
+            "true",
+            "--seeds",
+            "2",
+            "--batch_seeds",
+            batch,
+        ]
+        outputs[batch] = (train_command.main(cli).to_dict(), output)
     (batched, batched_dir), (sequential, sequential_dir) = outputs["true"], outputs["false"]
 
     def shape(value):
@@ -214,11 +231,19 @@ def test_the_gradient_norm_shortcut_still_fits_trainer(features, tmp_path):
     logged = {}
     for clip in (0.0, 1.0):
         args = train_fusion.FusionTrainingArguments(
-            output_dir=str(tmp_path / str(clip)), max_steps=2, logging_steps=1, logging_strategy="steps",
-            eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, max_grad_norm=clip,
-        )  # fmt: skip
-        trainer = FusionTrainer(model=build_model(config, 0, None), args=args,
-                                train_dataset=training_splits(data, config)["train"])  # fmt: skip
+            output_dir=str(tmp_path / str(clip)),
+            max_steps=2,
+            logging_steps=1,
+            logging_strategy="steps",
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            max_grad_norm=clip,
+        )
+        trainer = FusionTrainer(
+            model=build_model(config, 0, None), args=args, train_dataset=training_splits(data, config)["train"]
+        )
         trainer.train()
         logged[clip] = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logged[0.0]) == 2 and not any("grad_norm" in log for log in logged[0.0])  # skipped: nothing clipped
@@ -228,20 +253,20 @@ def test_the_gradient_norm_shortcut_still_fits_trainer(features, tmp_path):
 def test_flushing_denormals_reaches_every_thread_when_done_first():
     """train_fusion.main flushes denormals before any parallel work: then no intra-op thread computes on them (the
     paper's head slows down on them); flushed after the threads exist, only the main thread's share is flushed."""
-    assert run_program("flush_denormals.py", REPO) == {"denormal_products": 0}
+    assert run_program("flush_denormals.py", repo=True) == {"denormal_products": 0}
     if torch.get_num_threads() >= 2:  # with two cores the second thread keeps its denormals
-        assert run_program("flush_denormals.py", REPO, "late")["denormal_products"] > 0
+        assert run_program("flush_denormals.py", "late", repo=True)["denormal_products"] > 0
 
 
 def test_train_fusion_flushes_denormals_before_anything_else(monkeypatch):
     calls = []
-    monkeypatch.setattr(train_fusion, "flush_denormals", lambda: calls.append("flush"))
+    monkeypatch.setattr(trainer_module, "flush_denormals", lambda: calls.append("flush"))
 
-    def parse_args(argv):
+    def parse_args(argv, prog):
         calls.append("parse")
         raise SystemExit
 
-    monkeypatch.setattr(train_fusion, "parse_args", parse_args)
+    monkeypatch.setattr(train_command, "parse_args", parse_args)
     with pytest.raises(SystemExit):
-        train_fusion.main([])
+        train_command.main([])
     assert calls == ["flush", "parse"]

@@ -27,7 +27,7 @@ Args:
 Returns:
     `dict[str, float]`: `accuracy`, `weighted_f1`, `macro_f1` (single-label) or `micro_f1`, `macro_f1` (multi-label).
 Examples:
-    >>> metric = evaluate.load("metrics/fec_metrics")
+    >>> metric = evaluate.load("llm_fusion_fec/evaluation/fec_metrics")
     >>> metric.compute(predictions=[0, 1, 1], references=[0, 1, 2])
     {'accuracy': 0.6666666666666666, 'weighted_f1': 0.5555555555555555, 'macro_f1': 0.5555555555555555}
 """

@@ -15,27 +15,39 @@ import re
 import typing
 from pathlib import Path
 
-from fec_arguments import check_at_least_one
+from llm_fusion_fec.commands.arguments import check_at_least_one
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from datasets.features.features import FeatureType
 
 SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
-                 "test": "test"}  # fmt: skip
+SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 # The published splits: the data/ folders of LLM-FusionClassifier (ED, go_emotion) and GoEmotions-pytorch.
 BUILTIN_DATASETS = {
-    "ED": {"base": "https://raw.githubusercontent.com/havelhakimi/LLM-FusionClassifier/main/data/ED",
-           "files": {"train": "train.csv", "validation": "valid.csv", "test": "test.csv"},
-           "labels": "label2idx.txt"},
-    "go_emotion": {"base": "https://raw.githubusercontent.com/havelhakimi/LLM-FusionClassifier/main/data/go_emotion",
-                   "files": {"train": "train.csv", "validation": "valid.csv", "test": "test.csv"},
-                   "labels": "label2idx.txt"},
-    "go_emotions_multilabel": {"base": "https://raw.githubusercontent.com/monologg/GoEmotions-pytorch/master/data/original",
-                               "files": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
-                               "labels": "labels.txt", "multilabel": True},
-}  # fmt: skip
+    "ED": {
+        "base": "https://raw.githubusercontent.com/havelhakimi/LLM-FusionClassifier/main/data/ED",
+        "files": {"train": "train.csv", "validation": "valid.csv", "test": "test.csv"},
+        "labels": "label2idx.txt",
+    },
+    "go_emotion": {
+        "base": "https://raw.githubusercontent.com/havelhakimi/LLM-FusionClassifier/main/data/go_emotion",
+        "files": {"train": "train.csv", "validation": "valid.csv", "test": "test.csv"},
+        "labels": "label2idx.txt",
+    },
+    "go_emotions_multilabel": {
+        "base": "https://raw.githubusercontent.com/monologg/GoEmotions-pytorch/master/data/original",
+        "files": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
+        "labels": "labels.txt",
+        "multilabel": True,
+    },
+}
 # Data file formats by suffix: the `datasets` builder that reads them, its options, and the format's name.
 FILE_FORMATS = {
     ".csv": ("csv", {}, "CSV"),
@@ -171,8 +183,9 @@ def _builtin(name: str, data_dir: str | None) -> tuple[dict[str, str], dict, lis
     options = {}
     if spec.get("multilabel"):
         # text<TAB>comma-separated label ids<TAB>comment id, no header, no quoting.
-        columns = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string"),
-                                     "id": datasets.Value("string")})  # fmt: skip
+        columns = datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.Value("string"), "id": datasets.Value("string")}
+        )
         options = {"header": None, "quoting": 3, "column_names": list(columns), "features": columns}
     return files, options, _read_label_names(f"{base}/{spec['labels']}"), bool(spec.get("multilabel"))
 

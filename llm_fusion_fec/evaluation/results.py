@@ -196,8 +196,12 @@ def per_label_scores(
         precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
         recall = true_positive[i] / actual[i] if actual[i] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                        "support": int(actual[i])}  # fmt: skip
+        scores[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(actual[i]),
+        }
     return scores, confusion
 
 

@@ -17,11 +17,9 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import TrainingArguments
 
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling
-from fusion_results import RunResults, SeedResult, per_label_scores
-from fusion_trainer import CHECKPOINT_SELECTIONS
 from helpers import REPO, run_program
-from modeling_llm_fusion import LLMFusionForSequenceClassification
-from publish_fusion import (
+from llm_fusion_fec.evaluation.results import RunResults, SeedResult, per_label_scores
+from llm_fusion_fec.publishing.hub import (
     CHECKPOINT_SELECTION_TEXTS,
     PublishSpec,
     check_shareable,
@@ -31,6 +29,8 @@ from publish_fusion import (
     save_model_folder,
     training_arguments,
 )
+from llm_fusion_fec.training.trainer import CHECKPOINT_SELECTIONS
+from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 LABELS = ["sad", "joyful", "furious", "anxious", "proud", "afraid"]
 TOKEN = "hf_DoNotLeakThisToken"
@@ -45,9 +45,14 @@ def hub_backbones(tiny_backbones: list[dict]) -> list[dict]:
 
 def make_model(backbones: list[dict], problem_type: str = SINGLE, **head) -> LLMFusionForSequenceClassification:
     config = LLMFusionConfig(
-        backbones=backbones, id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)},
-        problem_type=problem_type, fusion_dim=64, mlp_dims=[32], **head,
-    )  # fmt: skip
+        backbones=backbones,
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+        problem_type=problem_type,
+        fusion_dim=64,
+        mlp_dims=[32],
+        **head,
+    )
     torch.manual_seed(0)
     return LLMFusionForSequenceClassification(config)
 
@@ -68,22 +73,47 @@ def make_results(problem_type: str = SINGLE, dataset: str = "ED", **protocol) ->
             test = {"micro_f1": 0.45 - seed / 1000, "macro_f1": 0.4 - seed / 1000}
         per_label, confusion = per_label_scores(decisions, references, LABELS)
         runs.append(
-            SeedResult(seed=seed, epochs=14, best_epoch=4, wall_time_s=12.5, threshold=None if problem_type == SINGLE
-                       else 0.35, validation={selection: validation, "loss": 1.2}, test=test, per_label=per_label,
-                       confusion=confusion, trained_with=[42, 43])
-        )  # fmt: skip
+            SeedResult(
+                seed=seed,
+                epochs=14,
+                best_epoch=4,
+                wall_time_s=12.5,
+                threshold=None if problem_type == SINGLE else 0.35,
+                validation={selection: validation, "loss": 1.2},
+                test=test,
+                per_label=per_label,
+                confusion=confusion,
+                trained_with=[42, 43],
+            )
+        )
     defaults = {"early_stopping_metrics": [selection], "checkpoint_selection": "best"}
-    return RunResults(dataset=dataset, problem_type=problem_type, selection_metric=selection, best_seed=43, runs=runs,
-                      **{**defaults, **protocol})  # fmt: skip
+    return RunResults(
+        dataset=dataset,
+        problem_type=problem_type,
+        selection_metric=selection,
+        best_seed=43,
+        runs=runs,
+        **{**defaults, **protocol},
+    )
 
 
 def make_args(tmp_path: Path, **overrides) -> TrainingArguments:
     """Training arguments holding local paths and a token, as a real run's do."""
     (tmp_path / "checkpoint-4").mkdir(parents=True, exist_ok=True)
-    values = {"output_dir": str(tmp_path / "out"), "run_name": str(tmp_path / "run"), "hub_token": TOKEN,
-              "resume_from_checkpoint": str(tmp_path / "checkpoint-4"), "report_to": "none", "learning_rate": 1e-4,
-              "per_device_train_batch_size": 10, "num_train_epochs": 200, "eval_strategy": "epoch",
-              "lr_scheduler_type": "constant", "max_grad_norm": 0.0, **overrides}  # fmt: skip
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "run_name": str(tmp_path / "run"),
+        "hub_token": TOKEN,
+        "resume_from_checkpoint": str(tmp_path / "checkpoint-4"),
+        "report_to": "none",
+        "learning_rate": 1e-4,
+        "per_device_train_batch_size": 10,
+        "num_train_epochs": 200,
+        "eval_strategy": "epoch",
+        "lr_scheduler_type": "constant",
+        "max_grad_norm": 0.0,
+        **overrides,
+    }
     return TrainingArguments(**values)
 
 
@@ -155,10 +185,17 @@ def test_folder_holds_the_model_its_results_and_its_card(published, published_mu
     folder, written, results, _ = published
     files = [path.relative_to(folder) for path in folder.rglob("*") if path.is_file()]
     assert written == sorted(str(path) for path in files if path.parts[0] != "runs")  # runs/: this machine's record
-    assert {"config.json", "model.safetensors", "configuration_llm_fusion.py", "modeling_llm_fusion.py",
-            "pipeline_fec.py", "results.json", "training_args.json", "README.md", "confusion_matrix.png"} == set(
-        written
-    )  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_llm_fusion.py",
+        "modeling_llm_fusion.py",
+        "pipeline_fec.py",
+        "results.json",
+        "training_args.json",
+        "README.md",
+        "confusion_matrix.png",
+    } == set(written)
     saved = RunResults.load(folder / "results.json")
     assert saved.dataset == "ED"  # the publishable name, not the local folder the data came from
     assert saved.to_dict() == {**results.to_dict(), "dataset": "ED"}
@@ -191,8 +228,11 @@ def test_card_loads_back_with_the_saved_seeds_measured_scores(published):
     best = results.best
     assert best.seed == 43 and results.runs[0].test != best.test  # the saved seed is not the best on test
     measured = {(r.metric_type, (r.metric_args or {}).get("average")): r.metric_value for r in card.data.eval_results}
-    assert measured == {("accuracy", None): best.test["accuracy"], ("f1", "weighted"): best.test["weighted_f1"],
-                        ("f1", "macro"): best.test["macro_f1"]}  # fmt: skip
+    assert measured == {
+        ("accuracy", None): best.test["accuracy"],
+        ("f1", "weighted"): best.test["weighted_f1"],
+        ("f1", "macro"): best.test["macro_f1"],
+    }
     assert {(r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {
         ("facebook/empathetic_dialogues", "test")
     }
@@ -264,8 +304,10 @@ def test_card_has_each_labels_scores_and_the_confusion_matrix(published, publish
     text = (folder / "README.md").read_text()
     for label in LABELS:
         scores = results.best.per_label[label]
-        row = (f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
-               f"{scores['support']} |")  # fmt: skip
+        row = (
+            f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
+            f"{scores['support']} |"
+        )
         assert row in text, label
     assert "](confusion_matrix.png)" in text
     image = read_png((folder / "confusion_matrix.png").read_bytes())
@@ -305,18 +347,31 @@ def test_card_states_the_protocol_as_trained_the_head_and_the_versions(tmp_path,
     model = make_model(hub_backbones(tiny_backbones), encoders_in_tail=True)
     save_model_folder(model, tmp_path / "out", PublishSpec(results, args, "ED", early_stopping_patience=7))
     text = (tmp_path / "out" / "README.md").read_text()
-    for fact in ("learning rate 0.0003", "constant schedule", "batch size 16", "at most 50 epochs",
-                 "no gradient clipping", "after 7 evaluations without improvement of validation weighted_f1 or loss",
-                 "the last evaluation at which any early-stopping metric improved", "Seeds 42, 43",
-                 "Seeds 42+43 were trained together as one batched model",
-                 "`standardize_features=False`", "`encoders_in_tail=True`", "followed by the mean of the raw llama "
-                 "layer vectors and the raw encoder vectors", "MLP (32 -> 6 labels)"):  # fmt: skip
+    for fact in (
+        "learning rate 0.0003",
+        "constant schedule",
+        "batch size 16",
+        "at most 50 epochs",
+        "no gradient clipping",
+        "after 7 evaluations without improvement of validation weighted_f1 or loss",
+        "the last evaluation at which any early-stopping metric improved",
+        "Seeds 42, 43",
+        "Seeds 42+43 were trained together as one batched model",
+        "`standardize_features=False`",
+        "`encoders_in_tail=True`",
+        "followed by the mean of the raw llama layer vectors and the raw encoder vectors",
+        "MLP (32 -> 6 labels)",
+    ):
         assert fact in text, fact
     # Each backbone's feature is described by the config's own description of its pooling.
     for spec in model.config.backbones:
         assert f"| {spec['name']} | `{spec['model']}` | - | {describe_pooling(spec)} |" in text
-    for name, value in (("Python", platform.python_version()), ("PyTorch", torch.__version__),
-                        ("Transformers", transformers.__version__), ("Datasets", datasets.__version__)):  # fmt: skip
+    for name, value in (
+        ("Python", platform.python_version()),
+        ("PyTorch", torch.__version__),
+        ("Transformers", transformers.__version__),
+        ("Datasets", datasets.__version__),
+    ):
         assert f"- {name}: {value}" in text
     entries = re.findall(r"```bibtex\n(@\w+\{.*?\n\})\n```", text, flags=re.DOTALL)
     assert len(entries) == 2 and "TODO" not in text
@@ -424,8 +479,9 @@ def test_push_uploads_only_the_files_this_run_wrote(tmp_path, tiny_backbones, hu
     assert (create, repo_id, options["private"]) == ("create_repo", REPO_ID, True) and upload == "upload_folder"
     assert kwargs["repo_id"] == REPO_ID and Path(kwargs["folder_path"]) == folder and token == TOKEN
     everything = [str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()]
-    uploaded = filter_repo_objects(everything, allow_patterns=kwargs.get("allow_patterns"),
-                                   ignore_patterns=kwargs.get("ignore_patterns"))  # fmt: skip
+    uploaded = filter_repo_objects(
+        everything, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=kwargs.get("ignore_patterns")
+    )
     assert sorted(uploaded) == sorted([*written, "notes [draft].md"])
 
 
@@ -443,8 +499,14 @@ def test_push_refuses_files_it_did_not_write(tmp_path, files, hub):
 def test_push_refuses_backbones_named_by_local_folders(tmp_path, tiny_backbones, monkeypatch, hub, where):
     llama = Path(tiny_backbones[0]["model"])
     monkeypatch.chdir(llama.parent.parent)
-    model = {"absolute": str(llama), "relative folder": f"{llama.parent.name}/llama", "bare folder": "llama",
-             "dot": "./models/llama", "home": "~/models/llama", "not a repo id": "models/llama/v2"}[where]  # fmt: skip
+    model = {
+        "absolute": str(llama),
+        "relative folder": f"{llama.parent.name}/llama",
+        "bare folder": "llama",
+        "dot": "./models/llama",
+        "home": "~/models/llama",
+        "not a repo id": "models/llama/v2",
+    }[where]
     if where == "bare folder":
         monkeypatch.chdir(llama.parent)
     config = LLMFusionConfig(backbones=[{**tiny_backbones[0], "model": model}, *hub_backbones(tiny_backbones)[1:]])

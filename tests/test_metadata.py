@@ -5,11 +5,21 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from fec_datasets import dataset_name
-from fusion_features import METADATA_FILE, FeatureMetadata, default_features_dir, load_features, read_metadata
+from llm_fusion_fec.data.datasets import dataset_name
+from llm_fusion_fec.features.metadata import (
+    METADATA_FILE,
+    FeatureMetadata,
+    default_features_dir,
+    load_features,
+    read_metadata,
+)
 
-RECORD = {"dataset": "ED", "problem_type": "single_label_classification", "label_names": ["a", "b"],
-          "backbones": [{"name": "bert", "model": "m", "pooling": "pooler", "hidden_size": 2}]}  # fmt: skip
+RECORD = {
+    "dataset": "ED",
+    "problem_type": "single_label_classification",
+    "label_names": ["a", "b"],
+    "backbones": [{"name": "bert", "model": "m", "pooling": "pooler", "hidden_size": 2}],
+}
 
 
 def features_folder(folder: Path, rows: dict[str, int]) -> Path:
@@ -86,8 +96,8 @@ def test_dataset_name_and_default_features_dir(tmp_path, monkeypatch):
 
 
 def test_training_defaults_to_the_same_features_folder(tmp_path):
-    import train_fusion
+    import llm_fusion_fec.commands.train as train_command
 
     for dataset in ("go_emotion", str(tmp_path / "mine"), "org/name"):
-        args, _ = train_fusion.parse_args(["--dataset", dataset])
+        args, _ = train_command.parse_args(["--dataset", dataset])
         assert args.features_dir == str(default_features_dir(dataset))

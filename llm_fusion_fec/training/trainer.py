@@ -27,7 +27,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from configuration_llm_fusion import LLMFusionConfig
-from fusion_results import EpochRecord
+from llm_fusion_fec.evaluation.results import EpochRecord
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 CHECKPOINT_SELECTIONS = ("best", "last_improvement")
@@ -290,8 +290,14 @@ def flush_denormals() -> bool:
 
 def protocol_arguments(args: TrainingArguments, output_dir: Path, seed: int) -> TrainingArguments:
     """The training arguments of one `Trainer`: keeping checkpoints is the protocol's business, not `Trainer`'s."""
-    return dataclasses.replace(args, output_dir=str(output_dir), seed=seed, metric_for_best_model=None,
-                               load_best_model_at_end=False, push_to_hub=False)  # fmt: skip
+    return dataclasses.replace(
+        args,
+        output_dir=str(output_dir),
+        seed=seed,
+        metric_for_best_model=None,
+        load_best_model_at_end=False,
+        push_to_hub=False,
+    )
 
 
 class FusionTrainer(Trainer):
@@ -451,8 +457,11 @@ def load_progress(checkpoint: str | Path | None, rules: dict[int, StoppingRule])
     for seed, rule in rules.items():
         old = saved[seed].rule
         if (old.metrics, old.patience, old.selection, old.checkpoint_selection) != (
-            rule.metrics, rule.patience, rule.selection, rule.checkpoint_selection,
-        ):  # fmt: skip
+            rule.metrics,
+            rule.patience,
+            rule.selection,
+            rule.checkpoint_selection,
+        ):
             raise ValueError(
                 f"{checkpoint} was trained with early stopping on {old.metrics} (patience {old.patience}, keeping "
                 f"{old.checkpoint_selection} by {old.selection}), not {rule.metrics} (patience {rule.patience}, "
@@ -462,8 +471,11 @@ def load_progress(checkpoint: str | Path | None, rules: dict[int, StoppingRule])
 
 
 def _flatten(signature: dict) -> dict:
-    return {f"{part}.{key}": value for part, values in signature.items()
-            for key, value in (values.items() if isinstance(values, dict) else [("", values)])}  # fmt: skip
+    return {
+        f"{part}.{key}": value
+        for part, values in signature.items()
+        for key, value in (values.items() if isinstance(values, dict) else [("", values)])
+    }
 
 
 def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:

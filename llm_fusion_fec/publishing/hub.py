@@ -1,8 +1,8 @@
 """Publish a trained fusion head: the shared folder (weights, code, results, arguments, model card) and the Hub push.
 
-`train_fusion.py` calls `save_model_folder` once training has picked the seed to save, and `push_to_hub` with
-`--push-to-hub`. The card's body is `templates/model_card.md`, rendered by `huggingface_hub.ModelCard.from_template`
-from the typed results (`RunResults`) and the model's config. Nothing written here names a local path: the data set
+Training calls `save_model_folder` once it has picked the seed to save, and `push_to_hub` with `--push-to-hub`.
+The card's body is `model_card.md` beside this file, rendered by `huggingface_hub.ModelCard.from_template` from the
+typed results (`RunResults`) and the model's config. Nothing written here names a local path: the data set
 is named by its publishable name, the training arguments lose their paths and secrets, and the push refuses backbones
 named by local folders and uploads only the files this run wrote.
 """
@@ -28,12 +28,12 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling, feature_shape
-from fusion_results import RunResults
+from llm_fusion_fec.evaluation.results import RunResults
 from pipeline_fec import save_for_pipeline
 
 logger = logging.get_logger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 RUNS_DIR = "runs"  # per-seed models and results: they stay on this machine
 WRITTEN_FILE = "published.json"  # in RUNS_DIR: the files the last save wrote into the folder
@@ -85,10 +85,12 @@ DATASET_CARDS = {
         examples=_REDDIT_EXAMPLES,
     ),
     "go_emotions_multilabel": DatasetCard(
-        hub_id="google-research-datasets/go_emotions", title="GoEmotions", license="apache-2.0",
+        hub_id="google-research-datasets/go_emotions",
+        title="GoEmotions",
+        license="apache-2.0",
         examples=_REDDIT_EXAMPLES,
     ),
-}  # fmt: skip
+}
 DEFAULT_EXAMPLES = (
     "I finally got the job I had been hoping for all year!",
     "My dog died last week and I still miss him.",
@@ -118,8 +120,8 @@ CHECKPOINT_SELECTION_TEXTS = {
         "code's rule)"
     ),
 }
-"""How each `RunResults.checkpoint_selection` mode (`fusion_trainer.CHECKPOINT_SELECTIONS`) picks a seed's
-checkpoint, in words."""
+"""How each `RunResults.checkpoint_selection` mode (`llm_fusion_fec.training.trainer.CHECKPOINT_SELECTIONS`) picks a
+seed's checkpoint, in words."""
 
 
 @dataclass
@@ -290,16 +292,28 @@ def format_results_table(results: RunResults) -> str:
         saved = run.seed == results.best_seed and not results.ensemble
         seed = f"{run.seed} (saved)" if saved else str(run.seed)
         best_epoch = f"{run.best_epoch:g}" if run.best_epoch is not None else "-"
-        cells = [seed, f"{run.epochs:g}", best_epoch, f"{run.wall_time_s:.0f}", f"{run.validation[selection]:.4f}",
-                 *[f"{run.test[k]:.4f}" for k in keys]]  # fmt: skip
+        cells = [
+            seed,
+            f"{run.epochs:g}",
+            best_epoch,
+            f"{run.wall_time_s:.0f}",
+            f"{run.validation[selection]:.4f}",
+            *[f"{run.test[k]:.4f}" for k in keys],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     summary = [f"{results.test[k]['mean']:.4f} +- {results.test[k]['std']:.4f}" for k in keys]
     seeds = f"{len(results.runs)} seed{'s' if len(results.runs) > 1 else ''}"
     lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
     if results.ensemble:
         ensemble = results.ensemble
-        cells = [f"ensemble of the {len(ensemble.members)} seeds (saved)", "", "", "",
-                 f"{ensemble.validation[selection]:.4f}", *[f"{ensemble.test[k]:.4f}" for k in keys]]  # fmt: skip
+        cells = [
+            f"ensemble of the {len(ensemble.members)} seeds (saved)",
+            "",
+            "",
+            "",
+            f"{ensemble.validation[selection]:.4f}",
+            *[f"{ensemble.test[k]:.4f}" for k in keys],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -402,8 +416,12 @@ def model_card_data(config: LLMFusionConfig, spec: PublishSpec, model_name: str)
 def framework_versions() -> dict[str, str]:
     """The versions of Python and of the libraries that trained and saved the model."""
     versions = {"Python": platform.python_version()}
-    for name, package in (("PyTorch", "torch"), ("Transformers", "transformers"), ("Datasets", "datasets"),
-                          ("Hugging Face Hub", "huggingface_hub")):  # fmt: skip
+    for name, package in (
+        ("PyTorch", "torch"),
+        ("Transformers", "transformers"),
+        ("Datasets", "datasets"),
+        ("Hugging Face Hub", "huggingface_hub"),
+    ):
         try:
             versions[name] = version(package)
         except PackageNotFoundError:
@@ -438,9 +456,9 @@ def _most_confused(confusion: list[list[int]] | None, labels: list[str], count: 
 
 
 def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> ModelCard:
-    """The model card, rendered from `templates/model_card.md`: what the model does and how to run it, the results
-    of every seed and of each label, the backbones and head as the config describes them, the training protocol,
-    framework versions, limitations and citations.
+    """The model card, rendered from `model_card.md` beside this file: what the model does and how to run it, the
+    results of every seed and of each label, the backbones and head as the config describes them, the training
+    protocol, framework versions, limitations and citations.
 
     Args:
         model (`LLMFusionForSequenceClassification`): The saved model.
@@ -513,9 +531,11 @@ def push_to_hub(
     bad = [
         name
         for name in files
-        if looks_like_a_path(name) or ".." in Path(name).parts or Path(name).parts[:1] == (RUNS_DIR,)
+        if looks_like_a_path(name)
+        or ".." in Path(name).parts
+        or Path(name).parts[:1] == (RUNS_DIR,)
         or not (folder / name).is_file()
-    ]  # fmt: skip
+    ]
     if bad or not files:
         raise ValueError(
             f"Cannot upload {bad or 'no files'} from {folder}: name the files save_model_folder wrote (relative "

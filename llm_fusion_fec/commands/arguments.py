@@ -1,0 +1,318 @@
+"""The commands' arguments: plain dataclasses that `HfArgumentParser` turns into a command line.
+
+Nothing here imports torch or transformers at import time, so `fec --help` answers at once; `command_parser` imports
+`HfArgumentParser` (transformers' light argument module) when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class ExtractArguments:
+    dataset: str = field(
+        default="ED",
+        metadata={
+            "help": "ED, go_emotion, go_emotions_multilabel, a folder of train/valid/test csv|tsv|json files, "
+            "'train=a.csv,validation=b.csv,test=c.csv', or a Hub data set id."
+        },
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Read a built-in data set's files from this folder instead of GitHub."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the texts."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the labels."})
+    preset: str = field(
+        default="paper",
+        metadata={
+            "help": "Backbones and head options: a preset of configuration_llm_fusion.PRESETS, e.g. paper (the "
+            "paper's backbones) or small (laptop-size stand-ins)."
+        },
+    )
+    backbone: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).", "action": "extend"},
+    )
+    backbone_path: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).",
+            "action": "extend",
+            "metavar": "NAME=FOLDER",
+        },
+    )
+    backbone_spec: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
+            "preset's backbone of the same name (repeatable).",
+            "action": "extend",
+        },
+    )
+    add_backbone_spec: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "FILE: a JSON backbone description with a name of its own, added after the preset's "
+            "backbones, e.g. a second view of the LLM (other layers, pooling or prompt; its shards are cut "
+            "from the LLM's cached --all-layers column where the cache holds it) (repeatable).",
+            "action": "extend",
+        },
+    )
+    layers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=I,J,K: the hidden states a layer-pooled backbone reads, in feature order "
+            "(hidden_states[i]: 0 = embeddings, negative = from the top; default: the last num_layers, last "
+            "first) (repeatable).",
+            "action": "extend",
+        },
+    )
+    pooling: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=POOLING: layer_mean, layer_last_token, pooler, cls or mean (repeatable).",
+            "action": "extend",
+        },
+    )
+    template: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
+            '\'llama=This sentence : "{text}" means in one word:"\' (repeatable).',
+            "action": "extend",
+        },
+    )
+    all_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "Read every hidden state (the embeddings and each layer) of each layer-pooled backbone, in "
+            "one pass: the features bench/sweep_layers.py chooses layers from."
+        },
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Defaults to features/<data set name> (see `dataset_name`)."}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the feature shards are cached (default OUTPUT_DIR/cache). Folders that share it "
+            "share the columns they have in common; chosen layers are cut from a cached --all-layers column."
+        },
+    )
+    limit: int | None = field(default=None, metadata={"help": "Only the first N rows of each split (N >= 1)."})
+    batch_size: int = field(default=16, metadata={"help": "Texts per forward pass (at most; 16 is fastest on CPU)."})
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "Token budget per forward pass (padded length x texts), e.g. 16384 on a GPU."}
+    )
+    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if present)."})
+    device_map: str | None = field(default=None, metadata={"help": "'auto' spreads a model over several GPUs."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Compute dtype (default float32 on CPU, bfloat16 on GPU)."}
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "8bit or 4bit: load the LLM (layer_mean backbones) quantized by bitsandbytes; needs a CUDA "
+            "GPU. Recorded with the features, so the trained model is served the same way."
+        },
+    )
+    feature_dtype: str = field(default="float16", metadata={"help": "Stored feature dtype: float16 or float32."})
+    shard_size: int = field(default=1024, metadata={"help": "Rows per resumable unit of work."})
+    log_level: str = field(
+        default="warning",
+        metadata={"help": "How much to log (info: what is computed and why).", "choices": LOG_LEVELS},
+    )
+
+
+@dataclass
+class FusionArguments:
+    dataset: str = field(
+        default="ED", metadata={"help": "The data set the features must come from (ED, go_emotion, ...)."}
+    )
+    features_dir: str | None = field(
+        default=None, metadata={"help": "Folder written by extract_features.py; defaults to features/<dataset>."}
+    )
+    backbones: list[str] | None = field(
+        default=None, metadata={"help": "Train on these backbones' features only (default: all in the folder)."}
+    )
+    seeds: int = field(
+        default=1,
+        metadata={
+            "help": "Seeds to train (--seed, --seed + 1, ...); 5 is the paper's protocol. The seed with the "
+            "best validation score is saved (or, with --ensemble, the seeds' ensemble)."
+        },
+    )
+    batch_seeds: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Train the --seeds seeds together as one batched model (one step advances every seed; each "
+            "keeps its own initialisation, data order, dropout, early stopping and checkpoint), or (false) one "
+            "after another. Default: together on a GPU or other accelerator, one after another on a CPU, where "
+            "the batched step costs about what the seeds' steps cost one by one (README, Training)."
+        },
+    )
+    early_stopping_patience: int = field(
+        default=10, metadata={"help": "Stop a seed after this many evaluations without improvement."}
+    )
+    early_stopping_metrics: list[str] = field(
+        default_factory=lambda: ["auto"],
+        metadata={
+            "help": "Validation metrics whose improvement resets the patience (any of them: the original's "
+            "rule); auto: loss and weighted_f1 (single-label) or loss and macro_f1 (multi-label)."
+        },
+    )
+    checkpoint_selection: str = field(
+        default="best",
+        metadata={
+            "help": "best: keep the checkpoint with the best validation --metric_for_best_model; "
+            "last_improvement: the last one at which any early-stopping metric improved (what the original "
+            "code reported)."
+        },
+    )
+    standardize_features: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Standardise each feature dimension with training-set statistics kept in the model (not in "
+            "the paper). Default: what the features' preset recorded (small: true, paper: false)."
+        },
+    )
+    encoders_in_tail: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Also feed the encoder vectors to the MLP directly (not in the paper). Default: what the "
+            "features' preset recorded (small: true, paper: false)."
+        },
+    )
+    sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
+    ensemble: bool = field(
+        default=False,
+        metadata={
+            "help": "Save the seed ensemble instead of the best seed: one model whose probabilities are the "
+            "mean of the --seeds seeds' (scored once on test like a seed; the seeds' own rows stay in "
+            "results.json)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into an output folder that holds files this package did not write (they stay, and "
+            "are not uploaded)."
+        },
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "Model card license; defaults to the training data's license."}
+    )
+
+
+@dataclass
+class ProtocolArguments:
+    """The paper's protocol as the defaults of `TrainingArguments` fields (`train_fusion.FusionTrainingArguments`
+    takes them over).
+
+    The original used `torch.optim.Adam` with a constant learning rate and no gradient clipping. Adam is AdamW with
+    weight decay 0 (the default `--weight_decay`), so the default optimizer is the paper's.
+    """
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Defaults to outputs/llm-fusion-<data set name> (as the features folder)."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate (paper: 1e-4)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning rate schedule (paper: constant)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none (paper)."})
+    per_device_train_batch_size: int = field(default=10, metadata={"help": "Batch size (paper: 10)."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    num_train_epochs: float = field(default=200, metadata={"help": "Maximum number of epochs (paper: 200)."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate on validation."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Save a checkpoint (to resume)."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "Log the training loss."})
+    save_total_limit: int | None = field(
+        default=1, metadata={"help": "Checkpoints kept besides the best one (for resuming)."}
+    )
+    metric_for_best_model: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Validation metric that selects the checkpoint and the saved seed: loss, accuracy, "
+            "weighted_f1, macro_f1, micro_f1; auto: weighted_f1 (single-label) or macro_f1 (multi-label)."
+        },
+    )
+
+
+def check_at_least_one(flag: str, value: int | None, hint: str = "") -> None:
+    """Refuse a size that cannot be meant (0 or less), naming the flag; None means the flag was left out."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{flag} must be an integer of at least 1{hint}, got {value!r}.")
+
+
+def name_value_pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, str]:
+    """`NAME=VALUE` items of a command-line flag as a dict, or `ValueError` naming the bad one."""
+    if isinstance(items, dict):
+        return dict(items)
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}.")
+        if name in pairs:
+            raise ValueError(f"{flag} gives {name} twice ({name}={pairs[name]} and {item}); give each name once.")
+        pairs[name] = value
+    return pairs
+
+
+@dataclass
+class PredictArguments:
+    model: str = field(metadata={"help": "A model folder (e.g. outputs/llm-fusion-ed) or a Hub id."})
+    input: str = field(metadata={"help": "The texts: a .csv, .jsonl or .txt file (one text per line)."})
+    output: str | None = field(
+        default=None,
+        metadata={
+            "help": "A .csv or .jsonl file (default: beside the input, INPUT.predictions.csv, or .jsonl for a .jsonl "
+            "input). An existing file is refused unless --overwrite is given."
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace the --output file if it exists."})
+    text_column: str = field(default="text", metadata={"help": "Column (CSV) or field (JSONL) of the texts."})
+    top_k: str | None = field(
+        default=None, metadata={"help": "Give the K best labels of each text with their scores ('all': every label)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Texts run through the backbones together."})
+    backbone_path: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=FOLDER: load backbone NAME from a local folder instead of the Hub (repeatable).",
+            "action": "extend",
+            "metavar": "NAME=FOLDER",
+        },
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: the first GPU if there is one)."}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Compute dtype of every backbone and the head (default: each backbone's recorded one)."},
+    )
+
+
+def command_parser(types: Sequence[type], prog: str | None, description: str, epilog: str | None = None):
+    """The `HfArgumentParser` of a command's argument dataclasses: `--flag_name` and `--flag-name` for each field,
+    its help and default, `--flag` alone or `--flag true|false` for booleans."""
+    from transformers import HfArgumentParser
+
+    formatter = type(
+        "HelpFormatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}
+    )
+    return HfArgumentParser(list(types), prog=prog, description=description, epilog=epilog, formatter_class=formatter)
+
+
+def parse(parser, argv: Sequence[str] | None) -> tuple[Any, ...]:
+    """The dataclasses of a command line. A usage error (an unknown flag, a value of the wrong type) ends the
+    command with argparse's message and exit status 2; a dataclass that refuses its values raises `ValueError`."""
+    namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return parser.parse_dict(vars(namespace))

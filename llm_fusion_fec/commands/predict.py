@@ -1,0 +1,47 @@
+"""Label the texts of a CSV, JSONL or TXT file (one text per line) with a trained fusion model.
+
+    fec predict --model outputs/llm-fusion-ed --input posts.csv               # -> posts.predictions.csv
+    fec predict --model org/llm-fusion-ed --input posts.jsonl --text-column body --top-k 3
+    fec predict --model outputs/llm-fusion-ed --input lines.txt --output labels.jsonl \\
+        --backbone-path llama=/models/Llama-2-7b-chat-hf
+
+The output holds the input's rows and columns plus `label` and `score` (`labels` and `scores` lists with --top-k or
+for a multi-label model; prefixed `predicted_` if the input has such columns already). It runs this package's code:
+no trust_remote_code. A row that cannot be labelled is reported by line on stderr and written with an empty label.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from llm_fusion_fec.commands.arguments import PredictArguments, command_parser, name_value_pairs
+
+EPILOG = """Exit status: 0 every row labelled; 1 some rows could not be labelled (reported by line on stderr, written
+with an empty label); 2 nothing done (bad flags, unreadable input, a model that cannot be loaded)."""
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> PredictArguments:
+    parser = command_parser([PredictArguments], prog, __doc__, EPILOG)
+    (args,) = parser.parse_dict(vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv))))
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    if args.top_k is not None and args.top_k != "all" and (not args.top_k.isdigit() or int(args.top_k) < 1):
+        parser.error(f"--top-k expects a positive integer or 'all', got {args.top_k!r}.")
+    try:
+        name_value_pairs(args.backbone_path, "--backbone-path")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """`fec predict`: label the file; the exit status says whether every row was labelled."""
+    args = parse_args(argv, prog)
+    from llm_fusion_fec.inference.predict import predict
+
+    try:
+        return predict(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

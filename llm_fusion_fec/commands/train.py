@@ -1,0 +1,52 @@
+"""Train the fusion head on saved features; save (and push) the model with its card.
+
+    fec train                                  # features/ED -> outputs/llm-fusion-ed, one seed
+    fec train --seeds 5                        # the paper's protocol: 5 seeds, mean +- std
+    fec train --seeds 5 --ensemble             # save the seeds' ensemble (the mean of their probabilities)
+    fec train --seeds 5 --push_to_hub --hub_model_id ORG/NAME
+
+Every `TrainingArguments` flag works. The defaults are the paper's protocol: Adam, lr 1e-4, batch 10, up to 200
+epochs, validation after each epoch, the original's early stopping (loss or weighted-F1 resets a patience of 10).
+Each seed's test split is scored once, on the checkpoint validation kept; the best seed by validation is saved
+(with --ensemble, the seeds' ensemble, scored once too).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from llm_fusion_fec.commands.arguments import FusionArguments, ProtocolArguments, command_parser
+
+EPILOG = """Every flag of transformers' TrainingArguments works too, e.g. --seed, --resume_from_checkpoint true,
+--push_to_hub --hub_model_id ORG/NAME, --log_level info, --use_cpu; --help-all lists them all (it imports torch: a
+few seconds)."""
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None):
+    """The run's `FusionArguments` and `FusionTrainingArguments` (`--help-all`: the help of every flag)."""
+    from llm_fusion_fec.training.run import FusionTrainingArguments, training_arguments_of
+
+    argv = ["--help" if arg == "--help-all" else arg for arg in (sys.argv[1:] if argv is None else argv)]
+    parser = command_parser([FusionArguments, FusionTrainingArguments], prog, __doc__)
+    namespace = vars(parser.parse_args(argv))  # a usage error exits 2 here
+    fusion = {name: namespace.pop(name) for name in list(namespace) if name in FusionArguments.__dataclass_fields__}
+    if namespace["output_dir"] is None:
+        del namespace["output_dir"]  # the data set's default folder
+    return training_arguments_of(FusionArguments(**fusion), None, namespace)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None):
+    """`fec train`: train, print the results table and where the model went. `--help` shows this command's own
+    flags and the protocol's at once, without importing torch."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        command_parser([FusionArguments, ProtocolArguments], prog, __doc__, EPILOG).print_help()
+        return 0
+    from llm_fusion_fec.training import trainer
+
+    trainer.flush_denormals()  # before any parallel torch work, so that every intra-op thread flushes
+    args, training_args = parse_args(argv, prog)
+    from llm_fusion_fec.training.run import run_command
+
+    return run_command(args, training_args)
