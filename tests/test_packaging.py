@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -43,8 +44,13 @@ def venv(tmp_path_factory) -> Path:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / name, source / name)
     environment = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", environment], check=True)
+    subprocess.run([sys.executable, "-m", "venv", environment], check=True)
     python = environment / "bin" / "python"
+    # This Python's packages (torch, transformers, ...) without its copy of this project: a path file in the new
+    # environment's site-packages names the folder they are in. (`--system-site-packages` would give the base
+    # interpreter's instead, which inside a virtual environment are not these.)
+    new_purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root).stdout
+    (Path(new_purelib.strip()) / "this_python_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     result = run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", source], root)
     assert result.returncode == 0, result.stderr[-3000:]
     return environment
