@@ -175,7 +175,12 @@ class FrozenBackbone:
                 source, revision=revision, dtype=dtype, device_map=device_map, quantization_config=quantization
             )
         except (OSError, ValueError) as error:
-            raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}: {error}") from error
+            # Offline, or without access to a gated model, a local copy of it is the way.
+            hint = "" if path else f" (a local copy: backbone_paths={{{spec['name']!r}: FOLDER}}, --backbone-path)"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"Backbone {spec['name']!r} could not be loaded from {source!r}{hint}: {first_line}"
+            ) from error
         if device_map is None and device is not None:
             model.to(device)
         return cls(spec, model, tokenizer)

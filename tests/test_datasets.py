@@ -114,3 +114,41 @@ def test_offline_without_data_dir(monkeypatch):
         match=r"^could not download http://127\.0\.0\.1:9/ED/\S+( \(.*\))?; pass --data-dir DIR with a local copy",
     ):
         load_data("ED")
+
+
+# ---- errors that name the right file, row and value ----
+
+
+def write_split_files(folder, text: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.csv").write_text(text)
+    return str(folder)
+
+
+def test_a_label_name_among_ids_names_its_row(tmp_path):
+    folder = write_split_files(tmp_path / "mixed", "text,label\nhello there,0\nnice day,joy\nbad day,1\n")
+    with pytest.raises(ValueError, match=r"Split 'train', row 1: label 'joy' is a name where the other labels are"):
+        load_data(folder)
+    (tmp_path / "mixed" / "label2idx.txt").write_text("sad 0\nhappy 1\n")  # with names: row 1 is not one of them
+    with pytest.raises(ValueError, match=r"Split 'train' \(.*train.csv\), row 1: label 'joy' is outside"):
+        load_data(folder)
+
+
+def test_a_huge_integer_label_names_its_row(tmp_path):
+    folder = write_split_files(tmp_path / "huge", "text,label\nhello,0\nnice,99999999999999999999999\nbad,1\n")
+    with pytest.raises(ValueError, match=r"Split 'train', row 1: label '99999999999999999999999' is far larger"):
+        load_data(folder)
+
+
+def test_a_name_given_twice_in_label2idx_names_the_file_and_the_name(tmp_path):
+    folder = write_csv_dataset(tmp_path / "twice", [("fine", 0), ("also", 1)])
+    (tmp_path / "twice" / "label2idx.txt").write_text("sad 0\nhappy 1\nsad 2\n")
+    with pytest.raises(ValueError, match=r"label2idx.txt: label name 'sad' is given twice \(ids 0 and 2\)"):
+        load_data(str(folder))
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    folder = write_split_files(tmp_path / "dup", "text,text,label\nhello,x,0\nnice,y,1\n")
+    with pytest.raises(ValueError, match=r"train.csv: the header names column 'text' twice"):
+        load_data(folder)

@@ -582,3 +582,39 @@ def test_layers_outside_the_model_fail_before_any_work(tiny_backbones, data_dir,
     deep = [{**tiny_backbones[0], "num_layers": 2, "layers": [-1, 7]}]
     with pytest.raises(ValueError, match=r"has 7 hidden states .*layers \[7\] are out of range"):
         extract("ED", data_dir=str(data_dir), backbones=deep, output_dir=tmp_path, limit=5)
+
+
+def test_names_and_flags_that_would_fail_late_are_refused_before_any_work(tiny_backbones, tmp_path, monkeypatch):
+    monkeypatch.setattr(extract_features, "load_data", lambda *a, **k: pytest.fail("must fail before reading data"))
+    llama = {key: value for key, value in tiny_backbones[0].items() if key != "name"}
+    files = {
+        "text": [{**llama, "name": "text"}],
+        "twice": [{**llama, "name": "llama"}, {**llama, "name": "llama", "layers": [-2], "num_layers": 1}],
+        "empty": [],
+    }
+    for name, described in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(described))
+    cases = [
+        (["--add-backbone-spec", str(tmp_path / "text.json")], r"Backbone name 'text' is the name of a data column"),
+        (["--backbone-spec", str(tmp_path / "twice.json")], r"twice.json: two descriptions of backbone 'llama'"),
+        (["--backbone-spec", str(tmp_path / "empty.json")], r"empty.json: the list of backbone descriptions is empty"),
+        (["--layers", "llama=-1", "llama=-2"], r"--layers gives llama twice \(llama=-1 and llama=-2\)"),
+        (["--pooling", "bert=mean", "bert=cls"], r"--pooling gives bert twice"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(ValueError, match=message):
+            extract_command.main(["--preset", "small", "--output-dir", str(tmp_path / "out"), *argv])
+
+
+def test_a_large_backbone_on_the_cpu_gets_a_notice(caplog):
+    from transformers import LlamaConfig
+
+    spec = {"name": "llama", "model": "meta-llama/Llama-2-7b-chat-hf"}
+    config = LlamaConfig(hidden_size=4096, num_hidden_layers=32, vocab_size=32000)
+    with caplog.at_level("WARNING"):
+        extract_features._notice_large_models_on_cpu([spec], {"llama": config}, "float32")
+    assert "about 6.6B parameters" in caplog.text and "26 GB" in caplog.text and "--preset small" in caplog.text
+    caplog.clear()
+    small = LlamaConfig(hidden_size=576, num_hidden_layers=30, vocab_size=49152)
+    extract_features._notice_large_models_on_cpu([{**spec, "model": "small"}], {"llama": small}, "float32")
+    assert caplog.text == ""

@@ -137,3 +137,98 @@ def test_help_imports_no_heavy_module():
     assert answer["exit_code"] == 0
     assert "--backbone-path NAME=FOLDER" in answer["help"] and "--top-k" in answer["help"]
     assert sorted(name for name in ("torch", "datasets") if name in answer["modules"]) == []
+
+
+# ---- loading exactly the model the folder holds ----
+
+
+@pytest.fixture(scope="module")
+def ensemble_folder(tmp_path_factory, model_folder):
+    """An ensemble of three seeds' heads, saved as `train_fusion.py --seeds 3 --ensemble true` saves it."""
+    from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification
+
+    members = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        members.append(LLMFusionForSequenceClassification(LLMFusionConfig.from_pretrained(model_folder)))
+    folder = tmp_path_factory.mktemp("ensemble")
+    save_for_pipeline(LLMFusionEnsembleForSequenceClassification.from_members(members), folder)
+    return folder
+
+
+def test_an_ensemble_labels_the_same_twice_and_as_the_pipeline(
+    ensemble_folder, tiny_backbones, backbone_args, tmp_path
+):
+    from transformers import pipeline
+
+    texts = ["i finally got the job", "my dog died last week", "someone broke into my car"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    answers = []
+    for run in ("first", "second"):
+        output = tmp_path / f"{run}.jsonl"
+        args = ["--model", str(ensemble_folder), "--input", str(tmp_path / "in.txt"), "--output", str(output)]
+        assert predict_command.main([*args, *backbone_args]) == 0
+        answers.append([json.loads(line) for line in output.read_text().splitlines()])
+    assert answers[0] == answers[1]
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+    served = pipeline("fec", model=str(ensemble_folder), trust_remote_code=True, backbone_paths=paths, device="cpu")
+    for row, expected in zip(answers[0], served(texts), strict=True):
+        assert row["label"] == expected["label"] and row["score"] == pytest.approx(expected["score"], abs=1e-6)
+
+
+def test_weights_that_do_not_match_the_config_are_refused_in_one_line(ensemble_folder, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ensemble_folder, broken)
+    weights = load_file(broken / "model.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if not key.startswith("members.2.")},
+        broken / "model.safetensors",
+    )
+    (tmp_path / "in.txt").write_text("hello\n")
+    assert predict_command.main(["--model", str(broken), "--input", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not match its config" in err and "missing" in err and "members.2." in err
+
+
+def test_a_features_folder_is_named_as_such(tmp_path, capsys):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "fec_features.json").write_text("{}")
+    (tmp_path / "in.txt").write_text("hello\n")
+    assert predict_command.main(["--model", str(features), "--input", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a features folder" in err and "train_fusion.py" in err
+
+
+def test_a_pickled_checkpoint_is_refused_in_one_line(model_folder, tmp_path, capsys):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_folder, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
+    (tmp_path / "in.txt").write_text("hello\n")
+    assert predict_command.main(["--model", str(pickled), "--input", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_an_existing_output_is_kept_unless_overwrite(model_folder, backbone_args, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("hello there\n")
+    output = tmp_path / "out.csv"
+    output.write_text("precious\n")
+    args = ["--model", str(model_folder), "--input", str(tmp_path / "in.txt"), "--output", str(output), *backbone_args]
+    assert predict_command.main(args) == 2
+    assert output.read_text() == "precious\n" and "--overwrite" in capsys.readouterr().err
+    assert predict_command.main([*args, "--overwrite"]) == 0
+    assert output.read_text().startswith("text,label,score")
+
+
+def test_a_repeated_backbone_path_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        predict_command.main(["--model", "m", "--input", "x.txt", "--backbone-path", "llama=/a", "llama=/b"])
+    assert exit.value.code == 2 and "gives llama twice" in capsys.readouterr().err

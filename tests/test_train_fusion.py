@@ -537,3 +537,46 @@ def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, t
     assert name == "LLMFusionEnsembleForSequenceClassification" and len(answer) == 1 and 0 < answer[0]["score"] <= 1
     with pytest.raises(ValueError, match="--seeds must be at least 2 for --ensemble, got 1"):
         main(cli(ed_features, tmp_path / "one", "--ensemble", "true"))
+
+
+def test_the_default_output_folder_is_the_data_sets_folder_name_under_outputs(tmp_path):
+    cases = {"ED": "llm-fusion-ed", str(tmp_path / "mydata"): "llm-fusion-mydata", "org/name": "llm-fusion-org--name"}
+    for dataset, folder in cases.items():
+        _, training_args = train_command.parse_args(["--dataset", dataset])
+        assert training_args.output_dir == f"outputs/{folder}"
+
+
+def test_an_invalid_hub_repo_id_is_refused_before_training():
+    with pytest.raises(ValueError, match=r"--hub_model_id '\.\./x y' is not a Hub repository id"):
+        train_command.parse_args(["--push_to_hub", "--hub_model_id", "../x y"])
+
+
+def test_what_a_user_sees_while_training(ed_features, tmp_path, capfd):
+    argv = cli(ed_features, tmp_path / "out", "--seeds", "2", "--ensemble", "true")
+    main([arg for arg in argv if arg not in ("--disable_tqdm", "true")] + ["--disable_tqdm", "false"])
+    err = capfd.readouterr().err
+    assert "{'loss'" not in err and "'eval_" not in err  # no dict per log or evaluation
+    evaluations = [
+        line for line in err.replace("\r", "\n").splitlines() if " epoch " in line and "validation loss" in line
+    ]
+    assert [line.split(":")[0] for line in evaluations] == [
+        "seed 1/2 (42) epoch 1",
+        "seed 1/2 (42) epoch 2",
+        "seed 2/2 (43) epoch 1",
+        "seed 2/2 (43) epoch 2",
+    ]
+    assert all("weighted_f1" in line and "(best " in line and "patience " in line for line in evaluations)
+    assert "seed 1/2 (42) done: 2 epochs" in err and "seed 2/2 (43) done: 2 epochs" in err
+    assert "ensemble of seeds [42, 43]: test accuracy" in err
+
+
+def test_the_cards_examples_are_validation_texts_and_its_limitations_name_the_backbones(ed_run, ed_features):
+    _, output, _ = ed_run
+    card = ModelCard.load(output / "README.md")
+    validation = set(load_features(ed_features)[0]["validation"]["text"])
+    widget = [item["text"] for item in card.data.widget]
+    assert 3 <= len(widget) <= 4 and set(widget) <= validation
+    assert json.dumps(widget[0]) in card.text  # the usage snippet labels the first of them
+    limitations = card.text.split("## Limitations")[1].split("\n## ")[0]
+    assert "fec-tests/tiny-llama, fec-tests/tiny-bert, fec-tests/tiny-roberta" in limitations
+    assert "which all run on a CPU" in limitations and "Llama 2" not in limitations and "7B" not in limitations

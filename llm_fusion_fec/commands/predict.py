@@ -38,7 +38,14 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Pr
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """`fec predict`: label the file; the exit status says whether every row was labelled."""
     args = parse_args(argv, prog)
+    from transformers.utils import logging
+
     from llm_fusion_fec.inference.predict import predict
+
+    # The command's own lines say what happens (and one line what went wrong): no bar per weights file loaded, and
+    # no warnings of weights that do not match, which `load_model` refuses in its own words.
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
     try:
         return predict(args)

@@ -141,6 +141,11 @@ def _read_file(path: str, label_column: str | None = None, **options) -> Dataset
     if builder == "csv":
         # Texts such as "NaN", "null" or "None" are texts: only an empty label cell is a missing value.
         defaults = {**defaults, "keep_default_na": False, "na_values": {label_column: [""]} if label_column else None}
+        # Labels are read as text and turned into ids here (`_label_ids`): a column of ids with one name among them,
+        # or an id too large for an integer column, is then refused naming its row, not read as another type.
+        if label_column:
+            defaults["converters"] = {label_column: str}
+        _check_csv_header(path, defaults.get("sep", ","))
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the reader's own error log: ours says it in one line
     try:
@@ -156,6 +161,21 @@ def _read_file(path: str, label_column: str | None = None, **options) -> Dataset
     return data
 
 
+def _check_csv_header(path: str, separator: str) -> None:
+    """Refuse a header that names a column twice: the reader would silently keep one of them."""
+    import csv
+
+    import fsspec
+
+    try:
+        with fsspec.open(path, "r", encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=separator), [])
+    except (OSError, UnicodeDecodeError):
+        return  # the reader says what is wrong with the file
+    if repeated := sorted({name for name in header if header.count(name) > 1}):
+        raise ValueError(f"Data file {path}: the header names column {repeated[0]!r} twice; rename one of them.")
+
+
 def _read_label_names(path: str) -> list[str]:
     import fsspec  # datasets' own file layer: local paths and URLs alike
 
@@ -168,8 +188,16 @@ def _read_label_names(path: str) -> list[str]:
         names = {int(i): name for name, i in rows}
         if sorted(names) != list(range(len(names))):
             raise ValueError(f"{path}: the label ids must be 0..{len(names) - 1}, each once; got {sorted(names)}.")
-        return [names[i] for i in range(len(names))]
-    return [" ".join(row) for row in rows]  # one name per line, line i = id i (labels.txt)
+        names = [names[i] for i in range(len(names))]
+    else:
+        names = [" ".join(row) for row in rows]  # one name per line, line i = id i (labels.txt)
+    if repeated := [name for i, name in enumerate(names) if name in names[:i]]:
+        first = names.index(repeated[0])
+        raise ValueError(
+            f"{path}: label name {repeated[0]!r} is given twice (ids {first} and "
+            f"{names.index(repeated[0], first + 1)}); give each label one name."
+        )
+    return names
 
 
 def _builtin(name: str, data_dir: str | None) -> tuple[dict[str, str], dict, list[str], bool]:
@@ -240,6 +268,8 @@ def _label_ids(value, label_names: list[str], multilabel: bool) -> list[int] | i
         return list(value) if isinstance(value, list) else None
     if isinstance(value, str) and value in label_names:
         return label_names.index(value)
+    if isinstance(value, str) and value.strip().isdigit():  # an id, read as text
+        return int(value)
     if isinstance(value, float) and value.is_integer():  # an integer column with a missing cell is read as floats
         return int(value)
     return value
@@ -361,8 +391,31 @@ def _label_set(
         ids = [i for labels in raw_labels.values() for v in labels for i in _label_ids(v, [], True) or []]
         return [str(i) for i in range(max((i for i in ids if isinstance(i, int)), default=-1) + 1)], multilabel
     values = {_label_ids(v, [], False) for labels in raw_labels.values() for v in labels if v is not None}
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    ids = {v for v in values if isinstance(v, int) and not isinstance(v, bool)}
+    if values and values == ids:
+        if max(ids) >= max(1000, 10 * len(ids)):  # ids 0..max would be label names: refuse what cannot be meant
+            split, row, value = next(
+                (split, row, value)
+                for split, labels in raw_labels.items()
+                for row, value in enumerate(labels)
+                if value is not None and _label_ids(value, [], False) == max(ids)
+            )
+            raise ValueError(
+                f"Split {split!r}, row {row}: label {value!r} is far larger than the other ids ({len(ids)} distinct "
+                "ids); label ids are 0..number of labels - 1."
+            )
         return [str(i) for i in range(max(values) + 1)], multilabel
+    if ids:  # ids and names mixed, and no file of label names to say which name an id is
+        split, row, value = next(
+            (split, row, value)
+            for split, labels in raw_labels.items()
+            for row, value in enumerate(labels)
+            if value is not None and not isinstance(_label_ids(value, [], False), int)
+        )
+        raise ValueError(
+            f"Split {split!r}, row {row}: label {value!r} is a name where the other labels are integer ids; use one "
+            "kind, or give the names of the ids in a label2idx.txt beside the data files."
+        )
     return sorted({str(v) for v in values}), multilabel  # string labels: ids in sorted order
 
 
@@ -371,7 +424,7 @@ def _checked_labels(raw_labels: list, label_names: list[str], multilabel: bool, 
     and the row of a missing label or one outside the label set."""
     labels = []
     for row, value in enumerate(raw_labels):
-        if value is None:
+        if value is None or value == "":
             raise ValueError(f"{where}, row {row}: the label is missing.")
         ids = _label_ids(value, label_names, multilabel)
         if multilabel and ids is None:
@@ -384,7 +437,7 @@ def _checked_labels(raw_labels: list, label_names: list[str], multilabel: bool, 
             not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(label_names) for i in checked
         ):
             raise ValueError(
-                f"{where}, row {row}: label {value!r} is outside the label set "
+                f"{where}, row {row}: label {ids if isinstance(ids, int) else repr(value)} is outside the label set "
                 f"(ids 0..{len(label_names) - 1}: {', '.join(label_names[:5])}, ...)."
             )
         labels.append(ids)

@@ -45,6 +45,8 @@ if typing.TYPE_CHECKING:
 # that name), taken from the standard library so that importing this module does not import transformers.
 logger = logging.getLogger(__name__)
 
+RESERVED_COLUMNS = ("text", "label")  # the data columns of every split, beside one column per backbone
+
 
 @dataclass
 class ExtractionResult:
@@ -168,6 +170,17 @@ def _with_spec_files(
     return specs
 
 
+def check_backbone_names(backbones: list[dict]) -> None:
+    """Refuse a backbone whose name is a column the features table holds already (`text`, `label`): its column
+    would collide with that one once every backbone had been extracted."""
+    for spec in backbones:
+        if spec["name"] in RESERVED_COLUMNS:
+            raise ValueError(
+                f"Backbone name {spec['name']!r} is the name of a data column ({', '.join(RESERVED_COLUMNS)}); "
+                "give the backbone another name."
+            )
+
+
 def _backbone_position(names: list[str], name: str, flag: str) -> int:
     """Where the backbone a command-line `flag` names is in `names`; `ValueError` naming the flag if nowhere."""
     if name not in names:
@@ -184,7 +197,13 @@ def _described_backbones(spec_files: Sequence[str | os.PathLike], flag: str) -> 
             described = json.loads(Path(file).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"{flag} {file}: not a readable JSON backbone description ({error}).") from None
-        for spec in described if isinstance(described, list) else [described]:
+        described = described if isinstance(described, list) else [described]
+        if not described:
+            raise ValueError(f"{flag} {file}: the list of backbone descriptions is empty; describe one at least.")
+        names = [spec.get("name") if isinstance(spec, dict) else None for spec in described]
+        if repeated := next((name for i, name in enumerate(names) if name is not None and name in names[:i]), None):
+            raise ValueError(f"{flag} {file}: two descriptions of backbone {repeated!r}; keep one.")
+        for spec in described:
             yield normalize_backbone(spec)
 
 
@@ -503,6 +522,7 @@ def extract(
     if backbones is None:
         backbones = backbones_of(args, backbone_paths)
     backbones = [normalize_backbone(spec) for spec in backbones]
+    check_backbone_names(backbones)
     backbone_paths = dict(backbone_paths)
     _check_backbone_paths(backbone_paths, backbones)
     output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
@@ -582,6 +602,8 @@ def _extract(
     configs = {spec["name"]: _model_config(spec, backbone_paths.get(spec["name"])) for spec in metadata.backbones}
     for spec in metadata.backbones:  # refuse a backbone that cannot give these features before any work is done
         FrozenBackbone.check_config(spec, configs[spec["name"]])
+    if not str(device).startswith("cuda"):
+        _notice_large_models_on_cpu(metadata.backbones, configs, dtype)
 
     shards = _Shards(cache_dir, metadata.column_keys, metadata.rows, args.shard_size)
     computed, throughput = [], {}
@@ -611,6 +633,25 @@ def _extract(
         metadata = _assemble(data, shards, output_dir, metadata)
     _barrier(world)
     return ExtractionResult(metadata, output_dir, computed, throughput)
+
+
+def _notice_large_models_on_cpu(backbones: list[dict], configs: dict, dtype: str) -> None:
+    """Say what a large backbone costs on a CPU before it is loaded (a notice, not a refusal: it does run)."""
+    import torch
+
+    for spec in backbones:
+        text_config = configs[spec["name"]].get_text_config()
+        hidden, layers = text_config.hidden_size, getattr(text_config, "num_hidden_layers", 0)
+        parameters = (
+            12 * hidden**2 * layers + getattr(text_config, "vocab_size", 0) * hidden
+        )  # about, for a transformer
+        if parameters >= 1e9:
+            gigabytes = parameters * torch.empty((), dtype=getattr(torch, dtype)).element_size() / 1e9
+            logger.warning(
+                f"Backbone {spec['name']!r} ({spec['model']}, about {parameters / 1e9:.1f}B parameters) is loaded on "
+                f"the CPU: about {gigabytes:.0f} GB of memory in {dtype}, and hours for a data set. A GPU (--device "
+                "cuda) or laptop-size backbones (--preset small) are much faster."
+            )
 
 
 def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: int) -> tuple[str, str]:

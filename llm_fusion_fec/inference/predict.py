@@ -119,13 +119,13 @@ def load_pipeline(args: PredictArguments):
     """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
     import torch
 
-    from modeling_llm_fusion import LLMFusionForSequenceClassification
+    from llm_fusion_fec.inference.loading import load_model
     from pipeline_fec import FECPipeline
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.dtype and not isinstance(dtype, torch.dtype):
         raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
-    model = LLMFusionForSequenceClassification.from_pretrained(args.model, **({"dtype": dtype} if dtype else {}))
+    model = load_model(args.model, **({"dtype": dtype} if dtype else {}))
     return FECPipeline(
         model=model,
         backbone_paths=name_value_pairs(args.backbone_path, "--backbone-path"),
@@ -180,6 +180,8 @@ def predict(args: PredictArguments) -> int:
         raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
     if output.resolve() == input_path.resolve():
         raise ValueError(f"--output {output} is the input file; choose another.")
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
     columns, rows = read_rows(input_path, args.text_column)
     for row in rows:
         row.problem = row.problem or text_problem(row.text)

@@ -10,12 +10,11 @@ named by local folders and uploads only the files this run wrote.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import platform
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,7 +26,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.utils import logging
 
-from configuration_llm_fusion import LLMFusionConfig, describe_pooling, feature_shape
+from configuration_llm_fusion import LAYER_POOLINGS, LLMFusionConfig, describe_pooling, feature_shape
 from llm_fusion_fec.evaluation.results import RunResults
 from pipeline_fec import save_for_pipeline
 
@@ -49,46 +48,28 @@ class DatasetCard:
         hub_id (`str`): The Hub data set the splits come from.
         title (`str`): Its name in prose.
         license (`str`): Its license, which the trained head inherits.
-        examples (`tuple[str, ...]`): Texts in the style of the data set, for the widget and the usage snippet.
     """
 
     hub_id: str
     title: str
     license: str
-    examples: tuple[str, ...]
 
 
-# Reddit comments, as in GoEmotions.
-_REDDIT_EXAMPLES = (
-    "Thank you so much, this made my whole week!",
-    "I can't believe they cancelled the show after that cliffhanger.",
-    "Honestly this is terrifying, I hope everyone there is safe.",
-    "Wait, that actually worked? How?",
-)
 DATASET_CARDS = {
     "ED": DatasetCard(
         hub_id="facebook/empathetic_dialogues",
         title="Empathetic Dialogues",
         license="cc-by-nc-4.0",
-        # Situations told in the first person, as in Empathetic Dialogues.
-        examples=(
-            "I finally got the job I had been hoping for all year!",
-            "My grandmother passed away last week and I still can't believe she's gone.",
-            "Someone keyed my car in the parking lot and didn't even leave a note.",
-            "I have a big presentation tomorrow and I can't stop thinking about it.",
-        ),
     ),
     "go_emotion": DatasetCard(
         hub_id="google-research-datasets/go_emotions",
         title="GoEmotions, single-label subset",
         license="apache-2.0",
-        examples=_REDDIT_EXAMPLES,
     ),
     "go_emotions_multilabel": DatasetCard(
         hub_id="google-research-datasets/go_emotions",
         title="GoEmotions",
         license="apache-2.0",
-        examples=_REDDIT_EXAMPLES,
     ),
 }
 DEFAULT_EXAMPLES = (
@@ -96,7 +77,7 @@ DEFAULT_EXAMPLES = (
     "My dog died last week and I still miss him.",
     "I have a big exam tomorrow and I can't stop worrying.",
 )
-"""Widget and snippet texts for a data set that is not built in."""
+"""Widget and snippet texts where the validation split gave none (`PublishSpec.examples`)."""
 
 
 class HubMetric(NamedTuple):
@@ -137,6 +118,8 @@ class PublishSpec:
         early_stopping_patience (`int`): Evaluations without improvement before a seed stops.
         license (`str`, *optional*): The card's license; defaults to the training data's (`other` if unknown).
         feature_dtype (`str`, *optional*, defaults to `"float16"`): The dtype the features were stored in.
+        examples (`tuple[str, ...]`, *optional*): Texts of the validation split for the widget and the usage snippet
+            (`validation_examples`); `DEFAULT_EXAMPLES` where there are none.
     """
 
     results: RunResults
@@ -145,6 +128,7 @@ class PublishSpec:
     early_stopping_patience: int
     license: str | None = None
     feature_dtype: str = "float16"
+    examples: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.dataset_name or looks_like_a_path(self.dataset_name):
@@ -152,6 +136,11 @@ class PublishSpec:
                 f"dataset_name must be the data set's publishable name, not a local path: got {self.dataset_name!r}. "
                 "Pass the folder's name (e.g. 'ED') instead."
             )
+
+    @property
+    def card_examples(self) -> tuple[str, ...]:
+        """The widget's and the snippet's texts: `examples`, with `DEFAULT_EXAMPLES` after them up to three."""
+        return (*self.examples, *DEFAULT_EXAMPLES[: max(0, 3 - len(self.examples))])
 
     @property
     def dataset(self) -> DatasetCard | None:
@@ -191,6 +180,18 @@ def is_local_model(name: str) -> bool:
     except HFValidationError:
         return True
     return False
+
+
+def check_hub_model_id(training_args: TrainingArguments) -> None:
+    """Refuse a `--hub_model_id` the Hub would refuse, before training rather than at the push after it."""
+    if training_args.push_to_hub and training_args.hub_model_id:
+        try:
+            validate_repo_id(training_args.hub_model_id)
+        except HFValidationError as error:
+            raise ValueError(
+                f"--hub_model_id {training_args.hub_model_id!r} is not a Hub repository id (NAME or ORG/NAME of "
+                f"letters, digits, '-', '_' and '.'): {str(error).splitlines()[0]}"
+            ) from None
 
 
 def check_shareable(config: LLMFusionConfig) -> None:
@@ -255,10 +256,12 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, spe
     (output_dir / "training_args.json").write_text(arguments + "\n")
     written += ["results.json", "training_args.json"]
     confusion = spec.results.saved.confusion
-    if confusion is not None:
-        (output_dir / CONFUSION_MATRIX_FILE).write_bytes(confusion_matrix_png(confusion))
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    image = confusion_matrix_png(confusion, labels) if confusion is not None else None
+    if image is not None:
+        (output_dir / CONFUSION_MATRIX_FILE).write_bytes(image)
         written.append(CONFUSION_MATRIX_FILE)
-    model_card(model, spec, output_dir.name).save(output_dir / "README.md")
+    model_card(model, spec, output_dir.name, confusion_image=image is not None).save(output_dir / "README.md")
     written.append("README.md")
     (output_dir / RUNS_DIR).mkdir(exist_ok=True)
     (output_dir / RUNS_DIR / WRITTEN_FILE).write_text(json.dumps(sorted(written)) + "\n")
@@ -318,49 +321,47 @@ def format_results_table(results: RunResults) -> str:
     return "\n".join(lines)
 
 
-# ---- the confusion matrix as a PNG (no plotting library needed) ----
-
-_WHITE = np.array([255, 255, 255])
-_DARK = np.array([8, 48, 107])
-_GRID = 200
+# ---- the confusion matrix ----
 
 
-def confusion_matrix_png(confusion: list[list[int]], cell: int | None = None) -> bytes:
-    """The confusion matrix as a PNG image: one square per (true label, predicted label), rows in label-id order,
-    from white (none of the true label's texts) to dark blue (all of them), so the diagonal shows each label's recall.
+def confusion_matrix_png(confusion: list[list[int]], labels: list[str]) -> bytes | None:
+    """The test confusion matrix as a PNG drawn by matplotlib: true labels down, predicted labels across, both named,
+    the count in every non-empty square, each square shaded by its share of the true label's texts (the diagonal
+    shows each label's recall). About 0.42 inch a label, so 32 labels stay readable (about 1,600 pixels a side).
 
-    Args:
-        confusion (`list[list[int]]`): Counts; rows are true labels, columns predicted labels.
-        cell (`int`, *optional*): Side of a square in pixels; by default about 480 pixels for the whole matrix.
+    Returns `None`, with a notice, where matplotlib is not installed: the card then lists the most frequent
+    confusions without the image.
     """
-    matrix = np.asarray(confusion, dtype=np.float64)
-    num_labels = len(matrix)
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    colors = np.rint(_WHITE + shares[..., None] * (_DARK - _WHITE)).astype(np.uint8)
-    cell = cell or max(4, min(24, 480 // max(num_labels, 1)))
-    step = cell + 1  # a one-pixel grid line before each square
-    image = np.full((num_labels * step + 1, num_labels * step + 1, 3), _GRID, dtype=np.uint8)
-    for row in range(num_labels):
-        for column in range(num_labels):
-            image[row * step + 1 : (row + 1) * step, column * step + 1 : (column + 1) * step] = colors[row, column]
-    return _png(image)
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    """Encode an `(height, width, 3)` uint8 RGB array as an 8-bit truecolor PNG (no filtering)."""
-    height, width, _ = pixels.shape
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], axis=1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
-        + chunk(b"IEND", b"")
-    )
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning(
+            "matplotlib is not installed: the model card has no confusion-matrix image "
+            "(pip install 'llm-fusion-fec[card]' draws one)."
+        )
+        return None
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.42 * len(labels) + 2.5)
+    figure = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=90)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted label")
+    axes.set_ylabel("true label")
+    axes.set_title("Test confusion matrix: counts, shaded by share of the true label")
+    size = 7 if len(labels) > 16 else 9
+    for (row, column), count in np.ndenumerate(counts):
+        if count:
+            color = "white" if shares[row, column] > 0.5 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=size, color=color)
+    figure.tight_layout()
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    return image.getvalue()
 
 
 # ---- the model card ----
@@ -409,8 +410,22 @@ def model_card_data(config: LLMFusionConfig, spec: PublishSpec, model_name: str)
         base_model_relation="adapter" if base_model else None,
         metrics=sorted({HUB_METRICS[key].type for key in spec.results.saved.test}),
         eval_results=eval_results,
-        widget=[{"text": text} for text in (dataset.examples if dataset else DEFAULT_EXAMPLES)],
+        widget=[{"text": text} for text in spec.card_examples],
     )
+
+
+def backbone_limitations(config: LLMFusionConfig) -> dict:
+    """What the card's limitations say of the backbones actually used: their models, the large LLM that needs a GPU
+    (a layer-pooled backbone 2048 wide or more: 1B-class and up), and the Llama 2 license where a Llama-2 is used."""
+    models = list(dict.fromkeys(spec["model"] for spec in config.backbones))
+    large = [
+        spec["model"] for spec in config.backbones if spec["pooling"] in LAYER_POOLINGS and spec["hidden_size"] >= 2048
+    ]
+    return {
+        "backbone_models": models,
+        "large_llm": large[0] if large else None,
+        "llama2_models": [model for model in models if "llama-2" in model.lower()],
+    }
 
 
 def framework_versions() -> dict[str, str]:
@@ -455,7 +470,9 @@ def _most_confused(confusion: list[list[int]] | None, labels: list[str], count: 
     ]
 
 
-def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> ModelCard:
+def model_card(
+    model: PreTrainedModel, spec: PublishSpec, folder_name: str, confusion_image: bool = False
+) -> ModelCard:
     """The model card, rendered from `model_card.md` beside this file: what the model does and how to run it, the
     results of every seed and of each label, the backbones and head as the config describes them, the training
     protocol, framework versions, limitations and citations.
@@ -465,11 +482,13 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         spec (`PublishSpec`): Its results and how it was trained.
         folder_name (`str`): The output folder's name: the model's name, and the repository's name in the
             placeholder id of the snippets when `spec.training_args.hub_model_id` is not set.
+        confusion_image (`bool`, *optional*, defaults to `False`): Whether the folder holds the confusion matrix
+            image (`CONFUSION_MATRIX_FILE`).
     """
     config, results, args = model.config, spec.results, spec.training_args
     labels = [config.id2label[i] for i in range(config.num_labels)]
     model_id = spec.repo_id or f"YOUR_ORG/{folder_name}"
-    examples = list(spec.dataset.examples if spec.dataset else DEFAULT_EXAMPLES)
+    examples = spec.card_examples
     saved = results.saved
     variables = {
         "model_name": spec.repo_id or folder_name,
@@ -491,7 +510,7 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         else f"seed {results.best_seed}",
         "results_table": format_results_table(results),
         "per_label": [{"label": label, **saved.per_label[label]} for label in labels if label in saved.per_label],
-        "confusion_image": CONFUSION_MATRIX_FILE if saved.confusion is not None else None,
+        "confusion_image": CONFUSION_MATRIX_FILE if confusion_image else None,
         "most_confused": _most_confused(saved.confusion, labels),
         "feature_dtype": spec.feature_dtype,
         "optimizer": _optimizer(args),
@@ -505,6 +524,7 @@ def model_card(model: PreTrainedModel, spec: PublishSpec, folder_name: str) -> M
         ).format(selection=results.selection_metric),
         "batches": sorted({tuple(run.trained_with) for run in results.runs if len(run.trained_with) > 1}),
         "versions": framework_versions(),
+        **backbone_limitations(config),
     }
     card_data = model_card_data(config, spec, variables["model_name"])
     return ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **variables)

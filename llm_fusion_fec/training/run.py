@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import evaluate
 import numpy as np
 import torch
 from datasets import DatasetDict
-from transformers import PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel, PrinterCallback, ProgressCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -38,9 +39,11 @@ from llm_fusion_fec.evaluation.metrics import (
 )
 from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult, best_seed, per_label_scores
 from llm_fusion_fec.features.metadata import FeatureMetadata, default_features_dir, default_output_dir, load_features
+from llm_fusion_fec.inference.loading import load_model
 from llm_fusion_fec.publishing.hub import (
     RUNS_DIR,
     PublishSpec,
+    check_hub_model_id,
     check_output_folder,
     check_shareable,
     format_results_table,
@@ -54,6 +57,7 @@ from llm_fusion_fec.training.trainer import (
     SeedProgress,
     SeedStack,
     StoppingRule,
+    TrainingReport,
     build_model,
     check_run,
     group_folder,
@@ -62,7 +66,7 @@ from llm_fusion_fec.training.trainer import (
     per_seed_metrics,
     protocol_arguments,
 )
-from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification
 
 logger = logging.get_logger(__name__)
 
@@ -102,7 +106,12 @@ class FusionTrainingArguments(ProtocolArguments, TrainingArguments):
 
 
 def train_seeds(
-    setup: Setup, args: TrainingArguments, seeds: list[int], runs_dir: Path, checkpoint: str | None = None
+    setup: Setup,
+    args: TrainingArguments,
+    seeds: list[int],
+    runs_dir: Path,
+    checkpoint: str | None = None,
+    numbers: dict[int, tuple[int, int]] | None = None,
 ) -> list[SeedResult]:
     """Train `seeds` with `Trainer`: one model for one seed, one `SeedStack` for several (one step advances them
     all). Each seed follows the protocol on its own (own stopping, own kept checkpoint in `runs_dir/seed-N/kept`),
@@ -132,6 +141,12 @@ def train_seeds(
         trainer.seed_model(seed).save_pretrained(runs_dir / f"seed-{seed}" / "kept")
 
     trainer.add_callback(ProtocolCallback(progress, keep))
+    # One line per seed and evaluation and a bar bounded by the stopping rule, instead of a dict per log.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(
+        TrainingReport(progress, numbers or {seed: (i + 1, len(seeds)) for i, seed in enumerate(seeds)})
+    )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     training_time = time.perf_counter() - start
@@ -207,7 +222,7 @@ def finish_seed(
     """Load the seed's kept checkpoint, score it once (`score_kept`), save the model to `run_dir/model` and its
     result to `run_dir/result.json`."""
     start, seed = time.perf_counter(), int(run_dir.name.removeprefix("seed-"))
-    model = LLMFusionForSequenceClassification.from_pretrained(run_dir / "kept", dtype=torch.float32)
+    model = load_model(run_dir / "kept", dtype=torch.float32)
     scores = score_kept(setup, args, metric, model, run_dir, seed)
     result = SeedResult(
         seed=seed,
@@ -230,10 +245,7 @@ def ensemble_of(
     setup: Setup, args: TrainingArguments, runs_dir: Path, seeds: list[int]
 ) -> tuple[PreTrainedModel, EnsembleResult]:
     """The seed ensemble of the run's seeds (their saved models), scored once as one model (`score_kept`)."""
-    members = [
-        LLMFusionForSequenceClassification.from_pretrained(runs_dir / f"seed-{seed}" / "model", dtype=torch.float32)
-        for seed in seeds
-    ]
+    members = [load_model(runs_dir / f"seed-{seed}" / "model", dtype=torch.float32) for seed in seeds]
     ensemble = LLMFusionEnsembleForSequenceClassification.from_members(members)
     scores = score_kept(setup, args, load_metric(setup.config.problem_type), ensemble, runs_dir, seeds[0])
     return ensemble, EnsembleResult(members=seeds, **scores)
@@ -248,6 +260,7 @@ class Setup:
     data: DatasetDict
     statistics: dict | None
     rule: StoppingRule  # every seed starts from a copy
+    examples: tuple[str, ...] = ()  # validation texts for the card (`validation_examples`)
 
 
 def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
@@ -266,7 +279,8 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
         value = getattr(args, option)
         head[option] = bool((metadata.head or {}).get(option, False)) if value is None else value
     config = build_config(metadata, args.backbones, **head)
-    data = training_splits(data, config)
+    features, data = data, training_splits(data, config)
+    examples = validation_examples(features["validation"].select_columns(["text", "label"]))
     check_finite(data, config)
     selection = selection_metric(training_args.metric_for_best_model, config.problem_type)
     if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
@@ -278,7 +292,7 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     if training_args.push_to_hub:
         check_shareable(config)  # before hours of training, not after
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
-    return Setup(metadata, config, data, statistics, rule)
+    return Setup(metadata, config, data, statistics, rule, examples)
 
 
 def train(
@@ -323,6 +337,7 @@ def training_arguments_of(
         training_args = FusionTrainingArguments(**changes)
     elif changes:
         training_args = dataclasses.replace(training_args, **changes)
+    check_hub_model_id(training_args)
     return args, training_args
 
 
@@ -356,7 +371,10 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
             checkpoint = given_checkpoint or (get_last_checkpoint(group_dir) if group_dir.is_dir() else None)
             given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
         logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
-        finished |= {result.seed: result for result in train_seeds(setup, training_args, group, runs_dir, checkpoint)}
+        numbers = {seed: (seeds.index(seed) + 1, len(seeds)) for seed in group}
+        for result in train_seeds(setup, training_args, group, runs_dir, checkpoint, numbers):
+            finished[result.seed] = result
+            report_seed(result, numbers[result.seed], setup.rule.selection)
     runs, rule = [finished[seed] for seed in seeds], setup.rule
     results = RunResults(
         dataset=setup.metadata.dataset_name,
@@ -369,11 +387,11 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
     )
     if args.ensemble:
         model, results.ensemble = ensemble_of(setup, training_args, runs_dir, seeds)
+        print(f"ensemble of seeds {seeds}: test {scores_line(results.ensemble.test)}", file=sys.stderr)
     else:
-        model = LLMFusionForSequenceClassification.from_pretrained(
-            runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32
-        )
+        model = load_model(runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32)
     publish = PublishSpec(
+        examples=setup.examples,
         results=results,
         training_args=training_args,
         dataset_name=setup.metadata.dataset_name,
@@ -391,6 +409,34 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
             private=training_args.hub_private_repo,
         )
     return results
+
+
+def validation_examples(split, count: int = 4) -> tuple[str, ...]:
+    """Texts of the validation split for the card's widget and snippet: the first of each label in row order (of
+    each label set, for multi-label data), between 20 and 200 characters, at most `count`."""
+    examples, seen = [], set()
+    for text, label in zip(split["text"], split["label"], strict=True):
+        key = tuple(label) if isinstance(label, list) else label
+        if key not in seen and 20 <= len(text.strip()) <= 200:
+            seen.add(key)
+            examples.append(text)
+            if len(examples) == count:
+                break
+    return tuple(examples)
+
+
+def report_seed(result: SeedResult, number: tuple[int, int], selection: str) -> None:
+    """The line that ends a seed: how long it ran, the epoch it kept, its test scores."""
+    kept = f"kept epoch {result.best_epoch:g}" if result.best_epoch is not None else "kept its last weights"
+    print(
+        f"seed {number[0]}/{number[1]} ({result.seed}) done: {result.epochs:g} epochs in {result.wall_time_s:.0f} s, "
+        f"{kept} (best validation {selection}); test {scores_line(result.test)}",
+        file=sys.stderr,
+    )
+
+
+def scores_line(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if name != "loss")
 
 
 def trains_together(args: FusionArguments) -> bool:

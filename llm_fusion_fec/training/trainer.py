@@ -444,6 +444,71 @@ class ProtocolCallback(TrainerCallback):
             (checkpoint / PROTOCOL_FILE).write_text(json.dumps(state_file, indent=2) + "\n")
 
 
+class TrainingReport(TrainerCallback):
+    """What a user sees while seeds train, in place of `Trainer`'s own bar and its dict per log: a bar of steps whose
+    total (and so its ETA) is bounded by what the stopping rule can still run, and one line per seed and evaluation
+    (seed i/N, epoch, validation loss and selection metric, best so far, patience left).
+
+    Args:
+        progress (`dict[int, SeedProgress]`): The seeds of this `Trainer`, as `ProtocolCallback` updates them (it
+            runs first).
+        numbers (`dict[int, tuple[int, int]]`): Each seed's place in the whole run: (i, N).
+    """
+
+    def __init__(self, progress: dict[int, SeedProgress], numbers: dict[int, tuple[int, int]]):
+        self.progress, self.numbers = progress, numbers
+        self.bar = None
+
+    def _bound(self, args, state) -> int:
+        """Steps the run can still take: until every seed's patience would run out, within the epochs allowed."""
+        steps_per_epoch = max(1, state.max_steps // max(1, math.ceil(args.num_train_epochs)))
+        left = max((p.rule.patience - p.rule.wait for p in self.progress.values() if not p.rule.stopped), default=0)
+        return min(state.max_steps, state.global_step + left * steps_per_epoch)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not args.disable_tqdm:
+            from tqdm.auto import tqdm
+
+            first, count = self.numbers[next(iter(self.progress))]
+            seeds = (
+                f"seed {first}/{count}"
+                if len(self.progress) == 1
+                else f"seeds {first}-{first + len(self.progress) - 1}/{count}"
+            )
+            self.bar = tqdm(
+                total=self._bound(args, state), initial=state.global_step, desc=seeds, unit="step", file=sys.stderr
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        for seed, progress in self.progress.items():
+            if not progress.history or progress.history[-1].epoch != round(state.epoch, 2):
+                continue  # stopped before this evaluation
+            rule, record = progress.rule, progress.history[-1]
+            i, count = self.numbers[seed]
+            selection = record.validation[rule.selection]
+            line = (
+                f"seed {i}/{count} ({seed}) epoch {state.epoch:.0f}: validation loss {record.validation['loss']:.4f}, "
+                f"{rule.selection} {selection:.4f} (best {rule.best[rule.selection]:.4f}), "
+                + ("stopped" if rule.stopped else f"patience {rule.patience - rule.wait}/{rule.patience}")
+            )
+            (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)
+        if self.bar is not None:
+            self.bar.total = self._bound(args, state)
+            self.bar.refresh()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.total = self.bar.n  # early stopping ended it: the bar is complete
+            self.bar.close()
+            self.bar = None
+
+
 def load_progress(checkpoint: str | Path | None, rules: dict[int, StoppingRule]) -> dict[int, SeedProgress]:
     """Each seed's progress: fresh, or as saved in `checkpoint` (refused if it was made with another rule)."""
     if checkpoint is None:

@@ -1,5 +1,5 @@
-"""Build the fusion pipeline from saved model folders with `trust_remote_code`, where the repository's modules cannot
-be imported: only the code saved with the model runs.
+"""Build the fusion pipeline from saved model folders with `trust_remote_code`, where the project's modules cannot
+be imported (not even an installed copy: they are refused here): only the code saved with the model runs.
 
     python saved_pipelines.py '{"folders": {"saved": DIR, ...}, "backbone_paths": {NAME: DIR}, "texts": [...]}'
 
@@ -9,7 +9,7 @@ error when no task is named; the dtypes of the head and backbones with `dtype=to
 no backbone paths are given, without and with `trust_remote_code`.
 """
 
-import importlib.util
+import importlib.abc
 import io
 import json
 import sys
@@ -17,7 +17,17 @@ import sys
 import torch
 from transformers import pipeline
 
-assert importlib.util.find_spec("pipeline_fec") is None and importlib.util.find_spec("modeling_llm_fusion") is None
+PROJECT_MODULES = {"configuration_llm_fusion", "modeling_llm_fusion", "pipeline_fec", "llm_fusion_fec"}
+
+
+class RefuseProjectModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in PROJECT_MODULES:
+            raise ModuleNotFoundError(f"{name} is refused here: only the code saved with the model may run")
+        return None
+
+
+sys.meta_path.insert(0, RefuseProjectModules())
 inputs = json.loads(sys.argv[1])
 paths, texts, folder = inputs["backbone_paths"], inputs["texts"], inputs["folders"]["saved"]
 answers = {}
