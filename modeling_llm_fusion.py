@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 try:
     from .configuration_llm_fusion import (
@@ -322,31 +322,10 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of `logits` against `labels`, by the config's problem type (set from the labels' dtype
-        on first use, as transformers' classification heads do)."""
-        labels = labels.to(logits.device)
-        if self.config.problem_type is None:
-            if self.config.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            return nn.functional.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-        if self.config.problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-    def output(
-        self, logits: torch.Tensor, labels: torch.Tensor | None, return_dict: bool | None
-    ) -> SequenceClassifierOutput | tuple:
-        """What `forward` returns for `logits`: with the loss when `labels` are given, as a tuple or a dataclass."""
-        loss = None if labels is None else self.loss(logits, labels)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not return_dict:
-            return (logits,) if loss is None else (loss, logits)
+    def output(self, logits: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
+        """What `forward` returns for `logits`: with the loss when `labels` are given, by the config's problem type
+        (`ForSequenceClassificationLoss`: set from the labels' dtype on first use, as transformers' heads do)."""
+        loss = None if labels is None else self.loss_function(labels, logits, self.config)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
@@ -514,11 +493,11 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         normalised = 2 * torch.sigmoid(self.config.sigma * co_occurrence) - 1
         return torch.cat([normalised.flatten(start_dim=-2), *tails], dim=-1)
 
-    def forward(
-        self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
-    ) -> SequenceClassifierOutput | tuple:
-        """Logits (and loss when `labels` are given) for precomputed features, one keyword per backbone."""
-        return self.output(self.classifier(self.fuse(**features)), labels, return_dict)
+    @can_return_tuple
+    def forward(self, labels: torch.Tensor | None = None, **features: torch.Tensor) -> SequenceClassifierOutput:
+        """Logits (and loss when `labels` are given) for precomputed features, one keyword per backbone
+        (`return_dict=False`: a tuple)."""
+        return self.output(self.classifier(self.fuse(**features)), labels)
 
 
 class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
@@ -558,19 +537,18 @@ class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
             target.load_state_dict(member.state_dict())
         return ensemble.to(members[0].device, members[0].dtype)
 
-    def forward(
-        self, labels: torch.Tensor | None = None, return_dict: bool | None = None, **features: torch.Tensor
-    ) -> SequenceClassifierOutput | tuple:
+    @can_return_tuple
+    def forward(self, labels: torch.Tensor | None = None, **features: torch.Tensor) -> SequenceClassifierOutput:
         """The ensemble's logits (and loss when `labels` are given) for precomputed features, one keyword per
         backbone, as `LLMFusionForSequenceClassification.forward`."""
-        logits = torch.stack([member(**features, return_dict=True).logits for member in self.members])
+        logits = torch.stack([member(**features).logits for member in self.members])
         if self.config.problem_type == "multi_label_classification":
             logits = torch.logit(logits.sigmoid().mean(0), eps=1e-7)
         elif self.config.problem_type == "regression" or self.config.num_labels == 1:
             logits = logits.mean(0)
         else:  # the log of the mean softmax, computed stably
             logits = torch.logsumexp(logits.log_softmax(-1), dim=0) - math.log(len(self.members))
-        return self.output(logits, labels, return_dict)
+        return self.output(logits, labels)
 
 
 LLMFusionConfig.register_for_auto_class()

@@ -11,6 +11,7 @@ import pytest
 from datasets import Array2D, List, Value
 
 import llm_fusion_fec.commands.extract as extract_command
+import llm_fusion_fec.features.backbones as backbones_module
 import llm_fusion_fec.features.extraction as extract_features
 from configuration_llm_fusion import normalize_backbone
 from helpers import REPO, run_program, write_csv_dataset
@@ -612,9 +613,9 @@ def test_a_large_backbone_on_the_cpu_gets_a_notice(caplog):
     spec = {"name": "llama", "model": "meta-llama/Llama-2-7b-chat-hf"}
     config = LlamaConfig(hidden_size=4096, num_hidden_layers=32, vocab_size=32000)
     with caplog.at_level("WARNING"):
-        extract_features._notice_large_models_on_cpu([spec], {"llama": config}, "float32")
+        backbones_module.notice_large_models_on_cpu([spec], {"llama": config}, "float32")
     assert "about 6.6B parameters" in caplog.text and "26 GB" in caplog.text and "--preset small" in caplog.text
     caplog.clear()
     small = LlamaConfig(hidden_size=576, num_hidden_layers=30, vocab_size=49152)
-    extract_features._notice_large_models_on_cpu([{**spec, "model": "small"}], {"llama": small}, "float32")
+    backbones_module.notice_large_models_on_cpu([{**spec, "model": "small"}], {"llama": small}, "float32")
     assert caplog.text == ""

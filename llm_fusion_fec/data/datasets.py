@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import typing
+import warnings
 from pathlib import Path
 
 from llm_fusion_fec.commands.arguments import check_at_least_one
@@ -149,7 +150,10 @@ def _read_file(path: str, label_column: str | None = None, **options) -> Dataset
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the reader's own error log: ours says it in one line
     try:
-        data = datasets.load_dataset(builder, data_files={"train": path}, split="train", **{**defaults, **options})
+        with warnings.catch_warnings():
+            # pandas says the label converter wins over the column's dtype, which is what it is there for.
+            warnings.filterwarnings("ignore", message="Both a converter and dtype were specified")
+            data = datasets.load_dataset(builder, data_files={"train": path}, split="train", **{**defaults, **options})
     except Exception as error:  # the readers raise many types; the message classifies them
         if any(isinstance(cause, OSError) and cause.errno == errno.ENOSPC for cause in _causes(error)):
             raise  # a full disk (the `datasets` cache) is not the file's fault

@@ -229,7 +229,9 @@ class SeedStack(nn.Module):
         logits = self.heads(**features).logits  # (seeds, batch, labels)
         loss = None
         if labels is not None:
-            losses = torch.stack([self.heads.loss(logits[i], labels[i]) for i in range(self.num_seeds)])
+            losses = torch.stack(
+                [self.heads.loss_function(labels[i], logits[i], self.heads.config) for i in range(self.num_seeds)]
+            )
             loss = losses.sum()
             if stacked and self.training:
                 self.train_loss_sums = self.train_loss_sums.to(loss.device) + losses.detach()

@@ -1,0 +1,178 @@
+"""The extraction cache and the files of a features folder: resumable shards with their records, checksums, and
+the guards that turn a full disk or a damaged file into one line.
+
+The heavy libraries are imported by the functions that use them: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_fusion_fec.data.datasets import SPLITS
+from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, read_metadata
+
+logger = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def split_checksum(folder: Path) -> str:
+    """sha256 of a saved split: its data files and their descriptions (not the cache files `map` may add)."""
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("data-*.arrow"), folder / "state.json", folder / "dataset_info.json"]):
+        digest.update(path.name.encode() + b"\0" + (bytes.fromhex(file_sha256(path)) if path.exists() else b""))
+    return digest.hexdigest()
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write a JSON file atomically: a reader sees the old file or the whole new one, never a part."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(output_dir: Path):
+    """Turn a full disk into one line: what was being written, and what to do."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise ValueError(
+            f"No space left on the device while writing {error.filename or output_dir}: free some space or pass "
+            "--output-dir on another disk, then rerun (finished shards are kept)."
+        ) from error
+
+
+@contextlib.contextmanager
+def library_progress_bars_off():
+    """`datasets` shows a bar for every file read and every map, transformers one for every model's weights; ours
+    (one per backbone) say enough. Downloads keep theirs (huggingface_hub's)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    shown = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            datasets.enable_progress_bars()
+        if shown[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def feature_type(spec: dict, dtype: str):
+    """The `datasets` feature of one backbone's column: `Array2D` for an LLM's layers, a fixed-length `List`."""
+    from datasets import Array2D, List, Value
+
+    from configuration_llm_fusion import feature_shape
+
+    shape = feature_shape(spec)
+    return Array2D(shape=shape, dtype=dtype) if len(shape) == 2 else List(Value(dtype), length=shape[0])
+
+
+@dataclass
+class Shards:
+    """The cache's shards of the feature columns. Shard `i` of a column of a split holds the split's rows from
+    `i * size` on (`size` of them, fewer in the last), in a file named by the column's cache key
+    (`column_keys[backbone][split]`)."""
+
+    cache: Path
+    column_keys: dict[str, dict[str, str]]
+    split_rows: dict[str, int]
+    size: int
+
+    def count(self, split: str) -> int:
+        return math.ceil(self.split_rows[split] / self.size)
+
+    def share(self, rank: int, world: int) -> list[tuple[str, int]]:
+        """The shards (split, index) of a column that process `rank` computes: all of them, splits in order, dealt
+        round-robin over the processes."""
+        return [(split, i) for split in SPLITS for i in range(self.count(split))][rank::world]
+
+    def rows(self, split: str, index: int) -> int:
+        return min(self.size, self.split_rows[split] - index * self.size)
+
+    def file(self, split: str, backbone: str, index: int) -> Path:
+        return self.cache / split / f"{backbone}-{self.column_keys[backbone][split]}" / f"shard-{index:05d}.arrow"
+
+    def files(self, split: str, backbone: str) -> list[Path]:
+        """The shard files of a backbone's column of a split, in row order."""
+        return [self.file(split, backbone, i) for i in range(self.count(split))]
+
+
+def shard_record(shard: Path) -> Path:
+    return shard.with_suffix(".json")
+
+
+def shard_problem(shard: Path, rows: int) -> str | None:
+    """Why a finished shard cannot be trusted (its record of rows and checksum missing or not matching), or None."""
+    try:
+        record = json.loads(shard_record(shard).read_text())
+    except (OSError, ValueError):
+        return "it has no record of its rows and checksum"
+    if record.get("rows") != rows:
+        return f"its record says {record.get('rows')} rows, expected {rows}"
+    if record.get("sha256") != file_sha256(shard):
+        return "its content does not match its checksum"
+    return None
+
+
+def write_shard(shard: Path, name: str, values, feature) -> None:
+    """Write one shard's features: the Arrow file under a temporary name moved into place when complete, then its
+    record (rows and sha256), so that a shard is trusted only once both are written."""
+    from datasets import Features
+    from datasets.arrow_writer import ArrowWriter
+
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    shard_record(shard).unlink(missing_ok=True)
+    temporary = shard.with_name(f".{shard.name}.tmp")
+    try:
+        with ArrowWriter(features=Features({name: feature}), path=str(temporary)) as writer:
+            writer.write_batch({name: values})
+            writer.finalize()
+        checksum = file_sha256(temporary)
+        os.replace(temporary, shard)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    write_json(shard_record(shard), {"rows": len(values), "sha256": checksum})
+
+
+def output_problem(output_dir: Path, metadata: FeatureMetadata) -> str | None:
+    """Why the saved splits do not match what `metadata` records of them, or None."""
+    if not (output_dir / "dataset_dict.json").exists():
+        return "dataset_dict.json is missing"
+    for split in SPLITS:
+        if not (output_dir / split).is_dir():
+            return f"split {split!r} is missing"
+        if split_checksum(output_dir / split) != metadata.split_checksums.get(split):
+            return f"split {split!r} does not match its checksum"
+    return None
+
+
+def previous_metadata(output_dir: Path) -> FeatureMetadata | None:
+    """The metadata of what is in `output_dir`, or None where there is none that this version can read."""
+    try:
+        return read_metadata(output_dir) if (output_dir / METADATA_FILE).exists() else None
+    except ValueError as error:
+        logger.warning(f"{error}")
+        return None
