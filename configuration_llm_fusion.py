@@ -46,6 +46,7 @@ PRESETS: dict[str, dict] = {
             {"name": "roberta", "model": "roberta-large", "pooling": "pooler", "hidden_size": 1024},
         ],
         "head": {"standardize_features": False, "encoders_in_tail": False},
+        "protocol": "paper",  # the training recipe (llm_fusion_fec.training.protocols)
     },
     # Small real stand-ins that run on a laptop CPU (a Llama decoder, a BERT and an MPNet encoder), with the head
     # options that make the head learn on them (measured: README, Results).
@@ -72,6 +73,7 @@ PRESETS: dict[str, dict] = {
             },
         ],
         "head": {"standardize_features": True, "encoders_in_tail": True},
+        "protocol": "fast",
     },
 }
 """Named backbone sets with the head options (`LLMFusionConfig` keywords) that suit them. Extraction records the

@@ -417,7 +417,10 @@ def test_quick_help_answers_without_torch_and_matches_the_full_parser():
             continue
         value = getattr(training_args, spec.name)
         assert getattr(value, "value", value) == spec.default, spec.name
-    assert dataclasses.asdict(args) == dataclasses.asdict(FusionArguments(features_dir="features/ED"))
+    # `auto` resolves to the features' preset's recipe: `paper` where there are no features to say otherwise.
+    assert dataclasses.asdict(args) == dataclasses.asdict(
+        FusionArguments(features_dir="features/ED", protocol="paper")
+    )
 
 
 def test_standardized_features_use_training_statistics(ed_features, tmp_path):

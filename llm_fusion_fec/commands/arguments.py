@@ -191,6 +191,16 @@ class FusionArguments:
             "features' preset recorded (small: true, paper: false)."
         },
     )
+    protocol: str = field(
+        default="auto",
+        metadata={
+            "help": "Training recipe: paper (the original protocol exactly: Adam, lr 1e-4, batch 10, constant, up to "
+            "200 epochs), fast (batch 512, lr 2e-3 with warm-up and cosine decay, weight decay 0.01, up to 8 epochs; "
+            "5 seeds in minutes on a CPU), auto: the features' preset's (paper: paper, small: fast). A flag given "
+            "(e.g. --learning_rate) wins over the recipe.",
+            "choices": ["auto", "paper", "fast"],
+        },
+    )
     sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
     ensemble: bool = field(
         default=False,

@@ -30,10 +30,15 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None):
     argv = ["--help" if arg == "--help-all" else arg for arg in (sys.argv[1:] if argv is None else argv)]
     parser = command_parser([FusionArguments, FusionTrainingArguments], prog, __doc__)
     namespace = vars(parser.parse_args(argv))  # a usage error exits 2 here
+    # The flags given: a parse where every default is a marker leaves the marker where none was.
+    marker = object()
+    unset = command_parser([FusionArguments, FusionTrainingArguments], prog, __doc__)
+    unset.set_defaults(**dict.fromkeys(namespace, marker))
+    given = {name for name, value in vars(unset.parse_args(argv)).items() if value is not marker}
     fusion = {name: namespace.pop(name) for name in list(namespace) if name in FusionArguments.__dataclass_fields__}
     if namespace["output_dir"] is None:
         del namespace["output_dir"]  # the data set's default folder
-    return training_arguments_of(FusionArguments(**fusion), None, namespace)
+    return training_arguments_of(FusionArguments(**fusion), None, namespace, given)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None):

@@ -115,6 +115,7 @@ class RunResults:
         best_seed (`int`): The seed whose model is saved (best validation `selection_metric`).
         runs (`list[SeedResult]`): One result per seed, in seed order.
         ensemble (`EnsembleResult`, *optional*): The seed ensemble, when the run saved one instead of the best seed.
+        protocol (`str`, *optional*, defaults to `"paper"`): The training recipe (`llm_fusion_fec.training.protocols`).
     """
 
     dataset: str
@@ -125,6 +126,7 @@ class RunResults:
     best_seed: int
     runs: list[SeedResult]
     ensemble: EnsembleResult | None = None
+    protocol: str = "paper"
 
     @property
     def seeds(self) -> list[int]:

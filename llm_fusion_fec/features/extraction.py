@@ -162,6 +162,7 @@ def extract(
             backbones=backbones,
             feature_dtype=args.feature_dtype,
             head=dict(PRESETS.get(args.preset, {}).get("head", {})),
+            protocol=PRESETS.get(args.preset, {}).get("protocol"),
         )
         cache = Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)

@@ -46,6 +46,8 @@ class FeatureMetadata:
             The dtype the backbones ran in.
         head (`dict`, *optional*):
             The preset's head options (`LLMFusionConfig` keywords); training uses them unless a flag says otherwise.
+        protocol (`str`, *optional*):
+            The preset's training recipe (`paper` or `fast`); training follows it unless `--protocol` says otherwise.
         rows (`dict[str, int]`, *optional*):
             Rows of each split.
         column_keys (`dict[str, dict[str, str]]`, *optional*):
@@ -64,6 +66,7 @@ class FeatureMetadata:
     feature_dtype: str = "float16"
     compute_dtype: str | None = None
     head: dict = field(default_factory=dict)
+    protocol: str | None = None
     rows: dict[str, int] = field(default_factory=dict)
     column_keys: dict[str, dict[str, str]] = field(default_factory=dict)
     data_digests: dict[str, str] = field(default_factory=dict)

@@ -450,6 +450,14 @@ def _optimizer(args: TrainingArguments) -> str:
     return f"`{optimizer}`, weight decay {args.weight_decay:g}{adam}"
 
 
+def _warmup(args: TrainingArguments) -> str:
+    if not args.warmup_steps:
+        return "no warm-up"
+    if args.warmup_steps < 1:
+        return f"linear warm-up over {args.warmup_steps:.0%} of the steps"
+    return f"linear warm-up over {args.warmup_steps:g} steps"
+
+
 def _evaluation(args: TrainingArguments) -> str:
     strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
     return (
@@ -515,6 +523,7 @@ def model_card(
         "feature_dtype": spec.feature_dtype,
         "optimizer": _optimizer(args),
         "scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup": _warmup(args),
         "args": args,
         "budget": f"{args.max_steps} steps" if args.max_steps > 0 else f"at most {args.num_train_epochs:g} epochs",
         "evaluation": _evaluation(args),

@@ -38,7 +38,13 @@ from llm_fusion_fec.evaluation.metrics import (
     validation_loss,
 )
 from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult, best_seed, per_label_scores
-from llm_fusion_fec.features.metadata import FeatureMetadata, default_features_dir, default_output_dir, load_features
+from llm_fusion_fec.features.metadata import (
+    FeatureMetadata,
+    default_features_dir,
+    default_output_dir,
+    load_features,
+    read_metadata,
+)
 from llm_fusion_fec.inference.loading import load_model
 from llm_fusion_fec.publishing.hub import (
     RUNS_DIR,
@@ -50,6 +56,7 @@ from llm_fusion_fec.publishing.hub import (
     push_to_hub,
     save_model_folder,
 )
+from llm_fusion_fec.training.protocols import PROTOCOLS, protocol_name
 from llm_fusion_fec.training.trainer import (
     CHECKPOINT_SELECTIONS,
     FusionTrainer,
@@ -278,7 +285,7 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     for option in ("standardize_features", "encoders_in_tail"):
         value = getattr(args, option)
         head[option] = bool((metadata.head or {}).get(option, False)) if value is None else value
-    config = build_config(metadata, args.backbones, **head)
+    config = build_config(metadata, args.backbones, **head, training_protocol=args.protocol)
     features, data = data, training_splits(data, config)
     examples = validation_examples(features["validation"].select_columns(["text", "label"]))
     check_finite(data, config)
@@ -318,9 +325,14 @@ def train(
 
 
 def training_arguments_of(
-    args: FusionArguments | None, training_args: TrainingArguments | None, options: dict
+    args: FusionArguments | None,
+    training_args: TrainingArguments | None,
+    options: dict,
+    given: set[str] | None = None,
 ) -> tuple[FusionArguments, TrainingArguments]:
-    """The arguments with `options` applied to the dataclass each belongs to, and the folders a run defaults to
+    """The arguments with `options` applied to the dataclass each belongs to, the training recipe applied where the
+    user set nothing (`given`: the options the user set, by default all of `options`; a `training_args` given is
+    taken as it is), `args.protocol` resolved (`auto`: the features' preset's) and the folders a run defaults to
     (`features/<dataset name>`, `outputs/llm-fusion-<dataset name>`) filled in; an unknown option is refused."""
     fusion = {spec.name for spec in dataclasses.fields(FusionArguments)}
     training = {spec.name for spec in dataclasses.fields(FusionTrainingArguments) if spec.init}
@@ -328,17 +340,29 @@ def training_arguments_of(
         raise ValueError(
             f"Unknown training option {', '.join(unknown)}: not a field of FusionArguments or TrainingArguments."
         )
+    given = set(options) if given is None else given
     args = dataclasses.replace(args or FusionArguments(), **{k: v for k, v in options.items() if k in fusion})
     if args.features_dir is None:
         args.features_dir = str(default_features_dir(args.dataset))
+    args.protocol = protocol_name(args.protocol, preset_protocol(args.features_dir))
     changes = {k: v for k, v in options.items() if k in training}
     if training_args is None:
         changes.setdefault("output_dir", str(default_output_dir(args.dataset)))
-        training_args = FusionTrainingArguments(**changes)
+        recipe = {k: v for k, v in PROTOCOLS[args.protocol].items() if k not in given}
+        training_args = FusionTrainingArguments(**{**changes, **recipe})
     elif changes:
         training_args = dataclasses.replace(training_args, **changes)
     check_hub_model_id(training_args)
     return args, training_args
+
+
+def preset_protocol(features_dir: str) -> str | None:
+    """The training recipe the features' preset recorded; None where the folder records none (or is no features
+    folder, which `prepare` then refuses with its own message)."""
+    try:
+        return read_metadata(features_dir).protocol
+    except ValueError:
+        return None
 
 
 def run_training(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
@@ -383,6 +407,7 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
         early_stopping_metrics=rule.metrics,
         checkpoint_selection=rule.checkpoint_selection,
         best_seed=best_seed(runs, rule.selection),
+        protocol=args.protocol,
         runs=runs,
     )
     if args.ensemble:
@@ -472,6 +497,7 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
                 },
                 "head": head,
                 "protocol": dataclasses.asdict(setup.rule),
+                "recipe": args.protocol,
                 "batch_seeds": trains_together(args),
                 # Multi-label evaluations were once scored at 0.5: a run begun then must not resume under this rule.
                 "multi_label_threshold": "each evaluation" if multi_label else None,
