@@ -11,37 +11,12 @@ each seed's test split as it always does; this script reads validation scores on
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from llm_fusion_fec.evaluation.results import RunResults
-from llm_fusion_fec.training.run import train
+from bench.bench_recipes import run_row
 
 # batch size, learning rate, epochs
 CANDIDATES = [(512, 1e-3, 8), (512, 2e-3, 8), (512, 4e-3, 8), (256, 2e-3, 8), (512, 2e-3, 12), (1024, 4e-3, 8)]
-
-
-def run(features_dir: str, work_dir: Path, batch: int, learning_rate: float, epochs: int) -> tuple[RunResults, float]:
-    output = work_dir / f"b{batch}-lr{learning_rate:g}-e{epochs}"
-    if (output / "results.json").is_file():
-        return RunResults.load(output / "results.json"), json.loads((output / "wall.json").read_text())["wall_s"]
-    start = time.perf_counter()
-    results = train(
-        features_dir=features_dir,
-        output_dir=str(output),
-        protocol="fast",
-        overwrite_output_dir=True,
-        per_device_train_batch_size=batch,
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
-        report_to="none",
-        disable_tqdm=True,
-        resume_from_checkpoint="true",
-    )
-    wall = time.perf_counter() - start
-    (output / "wall.json").write_text(json.dumps({"wall_s": wall}))
-    return results, wall
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +29,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [header + " wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     best = None
     for batch, learning_rate, epochs in CANDIDATES:
-        results, wall = run(args.features_dir, args.work_dir, batch, learning_rate, epochs)
+        results, wall = run_row(
+            f"b{batch}-lr{learning_rate:g}-e{epochs}",
+            args.features_dir,
+            args.work_dir,
+            protocol="fast",
+            per_device_train_batch_size=batch,
+            learning_rate=learning_rate,
+            num_train_epochs=epochs,
+        )
         seed = results.runs[0]
         score = seed.validation["weighted_f1"]
         lines.append(

@@ -15,7 +15,7 @@ PROTOCOLS: dict[str, dict] = {
     "fast": {
         "per_device_train_batch_size": 512,
         "per_device_eval_batch_size": 2048,
-        "learning_rate": 2e-3,
+        "learning_rate": 1e-3,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.1,
         "weight_decay": 0.01,
