@@ -22,6 +22,13 @@ RECORD = {
 }
 
 
+@pytest.fixture(autouse=True)
+def in_an_empty_folder(tmp_path, monkeypatch):
+    """Run where there is no features/ or outputs/ folder: the defaults these tests read must not depend on what the
+    working tree holds (a quick start's features/ED would choose its recipe)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def features_folder(folder: Path, rows: dict[str, int]) -> Path:
     splits = {split: Dataset.from_dict({"label": [0] * n, "bert": [[0.0, 1.0]] * n}) for split, n in rows.items()}
     DatasetDict(splits).save_to_disk(str(folder))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import llm_fusion_fec.commands.train as train_command
 from llm_fusion_fec.commands.train import main
 from llm_fusion_fec.features.extraction import extract
-from llm_fusion_fec.training.protocols import PROTOCOLS
+from llm_fusion_fec.training.protocols import PROTOCOLS, recipe
 
 LIMIT = 40
 
@@ -33,15 +33,21 @@ def paper_features(tmp_path_factory, tiny_backbones, data_dir) -> Path:
     return out
 
 
+def test_fast_batches_shrink_for_small_training_splits_only():
+    assert recipe("fast", 17802)["per_device_train_batch_size"] == 512  # ED: 35 steps an epoch
+    assert recipe("fast", 500)["per_device_train_batch_size"] == 16  # a quick start: 32 steps an epoch
+    assert recipe("fast", None) == PROTOCOLS["fast"] and recipe("paper", 500) == {}
+
+
 def test_the_features_preset_chooses_the_recipe_and_flags_win(small_features, paper_features):
     args, training = train_command.parse_args(["--features_dir", str(small_features)])
     fast = PROTOCOLS["fast"]
-    assert args.protocol == "fast" and training.per_device_train_batch_size == fast["per_device_train_batch_size"]
+    assert args.protocol == "fast" and training.per_device_train_batch_size == 2  # 40 rows: 32 steps of 2 (ceil)
     assert training.learning_rate == fast["learning_rate"] and training.num_train_epochs == fast["num_train_epochs"]
     assert training.weight_decay == fast["weight_decay"] and training.warmup_steps == fast["warmup_steps"]
     # A flag given wins over the recipe, whatever its value (here the paper's own default).
     _, training = train_command.parse_args(["--features_dir", str(small_features), "--learning_rate", "1e-4"])
-    assert training.learning_rate == 1e-4 and training.per_device_train_batch_size == 512
+    assert training.learning_rate == 1e-4 and training.per_device_train_batch_size == 2
     # --protocol paper forces the original anywhere; the paper preset's features train with it.
     for argv in (
         ["--features_dir", str(small_features), "--protocol", "paper"],
@@ -53,7 +59,7 @@ def test_the_features_preset_chooses_the_recipe_and_flags_win(small_features, pa
         assert training.lr_scheduler_type.value == "constant" and training.num_train_epochs == 200
         assert training.weight_decay == 0 and training.warmup_steps == 0
     args, training = train_command.parse_args(["--features_dir", str(paper_features), "--protocol", "fast"])
-    assert args.protocol == "fast" and training.per_device_train_batch_size == 512
+    assert args.protocol == "fast" and training.per_device_train_batch_size == 2
 
 
 def test_the_recipe_reaches_the_config_the_results_and_the_card(small_features, tmp_path):
@@ -74,7 +80,7 @@ def test_the_recipe_reaches_the_config_the_results_and_the_card(small_features, 
     assert json.loads((output / "config.json").read_text())["training_protocol"] == "fast"
     assert json.loads((output / "results.json").read_text())["protocol"] == "fast"
     card = (output / "README.md").read_text()
-    assert "Recipe `fast`" in card and "batch size 512" in card and "cosine schedule" in card
+    assert "Recipe `fast`" in card and "batch size 2," in card and "cosine schedule" in card
     assert "linear warm-up over 10% of the steps" in card and "weight decay 0.01" in card
 
 

@@ -30,6 +30,13 @@ TOKEN = "hf_DoNotLeakThisToken"
 REPO_ID = "fec-tests/llm-fusion-ed"
 
 
+@pytest.fixture(autouse=True)
+def in_an_empty_folder(tmp_path, monkeypatch):
+    """Run where there is no features/ or outputs/ folder: the defaults these tests read must not depend on what the
+    working tree holds (a quick start's features/ED would choose its recipe)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def hub_backbones(tiny_backbones: list[dict]) -> tuple[list[dict], dict[str, str]]:
     """The tiny backbones named by Hub ids (as a user's would be) and read from their local copies."""
     specs = [{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones]

@@ -56,7 +56,7 @@ from llm_fusion_fec.publishing.hub import (
     push_to_hub,
     save_model_folder,
 )
-from llm_fusion_fec.training.protocols import PROTOCOLS, protocol_name
+from llm_fusion_fec.training.protocols import protocol_name, recipe
 from llm_fusion_fec.training.trainer import (
     CHECKPOINT_SELECTIONS,
     FusionTrainer,
@@ -344,23 +344,25 @@ def training_arguments_of(
     args = dataclasses.replace(args or FusionArguments(), **{k: v for k, v in options.items() if k in fusion})
     if args.features_dir is None:
         args.features_dir = str(default_features_dir(args.dataset))
-    args.protocol = protocol_name(args.protocol, preset_protocol(args.features_dir))
+    metadata = features_metadata(args.features_dir)
+    args.protocol = protocol_name(args.protocol, metadata.protocol if metadata else None)
     changes = {k: v for k, v in options.items() if k in training}
     if training_args is None:
         changes.setdefault("output_dir", str(default_output_dir(args.dataset)))
-        recipe = {k: v for k, v in PROTOCOLS[args.protocol].items() if k not in given}
-        training_args = FusionTrainingArguments(**{**changes, **recipe})
+        train_rows = metadata.rows.get("train") if metadata else None
+        values = {k: v for k, v in recipe(args.protocol, train_rows).items() if k not in given}
+        training_args = FusionTrainingArguments(**{**changes, **values})
     elif changes:
         training_args = dataclasses.replace(training_args, **changes)
     check_hub_model_id(training_args)
     return args, training_args
 
 
-def preset_protocol(features_dir: str) -> str | None:
-    """The training recipe the features' preset recorded; None where the folder records none (or is no features
-    folder, which `prepare` then refuses with its own message)."""
+def features_metadata(features_dir: str) -> FeatureMetadata | None:
+    """The features' metadata, for the recipe their preset recorded and the size of their training split; None where
+    the folder is no features folder (`prepare` then refuses it with its own message)."""
     try:
-        return read_metadata(features_dir).protocol
+        return read_metadata(features_dir)
     except ValueError:
         return None
 
