@@ -62,20 +62,22 @@ def test_the_features_preset_chooses_the_recipe_and_flags_win(small_features, pa
     assert args.protocol == "fast" and training.per_device_train_batch_size == 2
 
 
+def quiet_run(features: Path, output: Path) -> list[str]:
+    return [
+        "--features_dir",
+        str(features),
+        "--output_dir",
+        str(output),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
+
+
 def test_the_recipe_reaches_the_config_the_results_and_the_card(small_features, tmp_path):
     output = tmp_path / "model"
-    results = main(
-        [
-            "--features_dir",
-            str(small_features),
-            "--output_dir",
-            str(output),
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
+    results = main(quiet_run(small_features, output))
     assert results.protocol == "fast"
     assert json.loads((output / "config.json").read_text())["training_protocol"] == "fast"
     assert json.loads((output / "results.json").read_text())["protocol"] == "fast"
@@ -88,20 +90,7 @@ def test_fast_seeds_are_reproducible(small_features, tmp_path):
     weights = []
     for run in ("a", "b"):
         output = tmp_path / run
-        main(
-            [
-                "--features_dir",
-                str(small_features),
-                "--output_dir",
-                str(output),
-                "--report_to",
-                "none",
-                "--disable_tqdm",
-                "true",
-                "--num_train_epochs",
-                "3",
-            ]
-        )
+        main([*quiet_run(small_features, output), "--num_train_epochs", "3"])
         weights.append(load_file(output / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
