@@ -27,9 +27,9 @@ from transformers import AutoModelForSequenceClassification, Pipeline, PreTraine
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
-    from .modeling_llm_fusion import validate_text, validate_texts
+    from .modeling_llm_fusion import decide, validate_text, validate_texts
 except ImportError:  # imported from the repository root rather than as a Hub module
-    from modeling_llm_fusion import validate_text, validate_texts
+    from modeling_llm_fusion import decide, validate_text, validate_texts
 
 TASK = "fec"
 TASKS = (TASK, "text-classification")
@@ -57,8 +57,8 @@ class FECPipeline(Pipeline):
     - `top_k=k` gives the `k` best labels, `top_k=None` all labels, sorted by score: a list of dicts for a string, a
       list of such lists for a list of strings;
     - for a multi-label model (`config.problem_type == "multi_label_classification"`) the default answer is the
-      list of labels whose sigmoid score is above `config.threshold` (possibly empty), sorted by score (a list for
-      a string, a list of lists for a list of strings).
+      list of labels whose sigmoid score is above `config.threshold` (possibly empty; `threshold=t` sets another),
+      sorted by score (a list for a string, a list of lists for a list of strings).
 
     Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
     non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs (in a stream:
@@ -111,9 +111,15 @@ class FECPipeline(Pipeline):
         self.model.load_backbones(backbone_paths, device=self.device, dtype=backbone_dtype)
 
     def _sanitize_parameters(
-        self, function_to_apply: str | None = None, top_k: Any = _NOT_GIVEN
+        self, function_to_apply: str | None = None, top_k: Any = _NOT_GIVEN, threshold: float | None = None
     ) -> tuple[dict, dict, dict]:
         postprocess_params = {}
+        if threshold is not None:
+            if self.model.config.problem_type != "multi_label_classification":
+                raise ValueError("threshold applies to multi-label models only; this model picks one label per text.")
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+                raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}.")
+            postprocess_params["threshold"] = float(threshold)
         if function_to_apply is not None:
             if not isinstance(function_to_apply, str) or function_to_apply.lower() not in FUNCTIONS:
                 raise ValueError(f"function_to_apply must be one of {FUNCTIONS}, got {function_to_apply!r}.")
@@ -134,6 +140,9 @@ class FECPipeline(Pipeline):
                 How many labels to return per text (`None`: all), sorted by score.
             function_to_apply (`str`, *optional*):
                 `"softmax"`, `"sigmoid"` or `"none"`; the default depends on the model's problem type.
+            threshold (`float`, *optional*):
+                Multi-label models only: the sigmoid score above which a label is predicted, instead of
+                `config.threshold` (the one chosen on validation).
             batch_size (`int`, *optional*, defaults to 1):
                 Texts run through the backbones together; a positive integer.
 
@@ -195,7 +204,11 @@ class FECPipeline(Pipeline):
                 yield self.postprocess({"logits": row.unsqueeze(0)}, **postprocess_params)
 
     def postprocess(
-        self, model_outputs: dict[str, torch.Tensor], function_to_apply: str | None = None, top_k: Any = _NOT_GIVEN
+        self,
+        model_outputs: dict[str, torch.Tensor],
+        function_to_apply: str | None = None,
+        top_k: Any = _NOT_GIVEN,
+        threshold: float | None = None,
     ) -> dict | list[dict]:
         config = self.model.config
         multi_label = config.problem_type == "multi_label_classification"
@@ -216,7 +229,8 @@ class FECPipeline(Pipeline):
         elif multi_label:
             # The model's decision is its sigmoid scores against the threshold chosen on validation, whatever
             # function the caller wants the scores reported in.
-            predicted = self.model.decide(logits).tolist()
+            cutoff = config.threshold if threshold is None else threshold
+            predicted = decide(logits, config.problem_type, cutoff).tolist()
             chosen = [i for i in ranked if predicted[i]]
         else:
             return {"label": config.id2label[ranked[0]], "score": scores[ranked[0]]}

@@ -24,7 +24,9 @@ from transformers import (
     RobertaModel,
 )
 
+from configuration_llm_fusion import LLMFusionConfig
 from llm_fusion_fec.features.metadata import METADATA_FILE
+from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = Path(__file__).resolve().parent / "programs"  # what tests run in a fresh process: `run_program`
@@ -186,3 +188,22 @@ def synthetic_features(
     }
     (folder / METADATA_FILE).write_text(json.dumps(metadata))
     return folder
+
+
+def tiny_fusion_model(tiny_backbones: list[dict], labels: list[str], problem_type: str):
+    """A tiny fusion model whose config names Hub ids (as a published one does), its backbones loaded from the
+    tiny local folders."""
+    torch.manual_seed(0)
+    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}", "revision": "v1"} for spec in tiny_backbones]
+    config = LLMFusionConfig(
+        backbones=hub_backbones,
+        fusion_dim=16,
+        mlp_dims=[16],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=problem_type,
+    )
+    model = LLMFusionForSequenceClassification(config).eval()
+    model.load_backbones({spec["name"]: spec["model"] for spec in tiny_backbones}, device="cpu")
+    return model

@@ -345,10 +345,11 @@ def test_ensemble_members_must_share_a_config():
 # ---- the Hub files and folders saved before ----
 
 HUB_FILES = ("configuration_llm_fusion.py", "modeling_llm_fusion.py", "pipeline_fec.py")
+HANDLER = "llm_fusion_fec/serving/handler.py"  # saved into every model folder as handler.py
 PREVIOUS_LAYOUT_MODEL = REPO / "tests" / "fixtures" / "previous-layout-model"
 
 
-@pytest.mark.parametrize("file", HUB_FILES)
+@pytest.mark.parametrize("file", [*HUB_FILES, HANDLER])
 def test_hub_files_import_only_the_standard_library_torch_transformers_and_each_other(file):
     import ast
 

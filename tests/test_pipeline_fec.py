@@ -15,32 +15,12 @@ import torch
 from transformers import pipeline
 from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
 
-from configuration_llm_fusion import LLMFusionConfig
-from helpers import REPO, run_program
+from helpers import REPO, run_program, tiny_fusion_model
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import TASK_NOTE, TASKS, FECPipeline, save_for_pipeline
 
 EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised", "proud", "lonely", "grateful"]
 TEXTS = ["i finally got the job i wanted", "my dog died last week", "someone broke into my car", "what a surprise!"]
-
-
-def build_model(tiny_backbones: list[dict], problem_type: str) -> LLMFusionForSequenceClassification:
-    """A tiny fusion model whose config names Hub ids (as a published one does), its backbones loaded from the
-    tiny local folders."""
-    torch.manual_seed(0)
-    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}", "revision": "v1"} for spec in tiny_backbones]
-    config = LLMFusionConfig(
-        backbones=hub_backbones,
-        fusion_dim=16,
-        mlp_dims=[16],
-        num_labels=len(EMOTIONS),
-        id2label=dict(enumerate(EMOTIONS)),
-        label2id={label: i for i, label in enumerate(EMOTIONS)},
-        problem_type=problem_type,
-    )
-    model = LLMFusionForSequenceClassification(config).eval()
-    model.load_backbones({spec["name"]: spec["model"] for spec in tiny_backbones}, device="cpu")
-    return model
 
 
 def model_logits(model: LLMFusionForSequenceClassification, texts: list[str]) -> torch.Tensor:
@@ -51,12 +31,12 @@ def model_logits(model: LLMFusionForSequenceClassification, texts: list[str]) ->
 
 @pytest.fixture(scope="module")
 def single_label_model(tiny_backbones) -> LLMFusionForSequenceClassification:
-    return build_model(tiny_backbones, "single_label_classification")
+    return tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification")
 
 
 @pytest.fixture(scope="module")
 def multi_label_model(tiny_backbones) -> LLMFusionForSequenceClassification:
-    model = build_model(tiny_backbones, "multi_label_classification")
+    model = tiny_fusion_model(tiny_backbones, EMOTIONS, "multi_label_classification")
     # A threshold in the middle of the scores, so that some labels are predicted and some are not.
     model.config.threshold = model_logits(model, TEXTS).sigmoid().median().item()
     return model
@@ -169,6 +149,20 @@ def test_multi_label_default_is_the_labels_above_threshold(multi_label_model):
         assert [a["label"] for a in raw_answer] == [a["label"] for a in answer]
         assert [a["score"] for a in raw_answer] == pytest.approx([logits[i].item() for i in predicted], abs=1e-5)
     assert 0 < sum(map(len, answers)) < len(TEXTS) * len(EMOTIONS)
+
+
+def test_a_threshold_per_call_sets_which_labels_a_multi_label_model_predicts(multi_label_model, single_label_model):
+    pipe = pipeline("fec", model=multi_label_model, device="cpu")
+    scores = model_logits(multi_label_model, TEXTS).sigmoid()
+    for threshold in (0.0, scores.median().item(), 1.0):
+        answers = pipe(TEXTS, threshold=threshold)
+        assert [len(answer) for answer in answers] == (scores > threshold).sum(-1).tolist()
+    assert pipe(TEXTS) == pipe(TEXTS, threshold=multi_label_model.config.threshold)
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="threshold must be a number from 0 to 1"):
+            pipe(TEXTS, threshold=bad)
+    with pytest.raises(ValueError, match="threshold applies to multi-label models only"):
+        pipeline("fec", model=single_label_model, device="cpu")(TEXTS, threshold=0.5)
 
 
 def test_batches_streams_and_lists_give_the_same_answers(single_label_model):
@@ -287,7 +281,7 @@ def test_bad_batch_size_is_refused(single_label_model, batch_size):
 
 def test_backbones_compute_in_their_recorded_dtype(tiny_backbones):
     """A model whose features were extracted in bfloat16 is served in bfloat16, unless `dtype=` says otherwise."""
-    config = build_model(tiny_backbones, "single_label_classification").config
+    config = tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification").config
     config.backbones = [{**spec, "dtype": "bfloat16"} for spec in config.backbones]
     paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
 
@@ -312,7 +306,7 @@ def test_backbones_compute_in_their_recorded_dtype(tiny_backbones):
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_quantized_backbone_without_bitsandbytes_or_gpu_is_refused(tiny_backbones, monkeypatch, quantization):
-    config = build_model(tiny_backbones, "single_label_classification").config
+    config = tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification").config
     config.backbones[0] = {**config.backbones[0], "quantization": quantization}
     paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -179,6 +179,8 @@ def test_folder_holds_the_model_its_results_and_its_card(published, published_mu
         "configuration_llm_fusion.py",
         "modeling_llm_fusion.py",
         "pipeline_fec.py",
+        "handler.py",  # Inference Endpoints
+        "requirements.txt",  # what an endpoint installs
         "results.json",
         "training_args.json",
         "README.md",

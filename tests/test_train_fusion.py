@@ -424,9 +424,10 @@ def test_quick_help_answers_without_torch_and_matches_the_full_parser():
             continue
         value = getattr(training_args, spec.name)
         assert getattr(value, "value", value) == spec.default, spec.name
-    # `auto` resolves to the features' preset's recipe: `paper` where there are no features to say otherwise.
+    # `auto` resolves to the features' preset's recipe, and the data set to theirs: `paper` and ED where there are no
+    # features to say otherwise.
     assert dataclasses.asdict(args) == dataclasses.asdict(
-        FusionArguments(features_dir="features/ED", protocol="paper")
+        FusionArguments(dataset="ED", features_dir="features/ED", protocol="paper")
     )
 
 
@@ -590,3 +591,21 @@ def test_the_cards_examples_are_validation_texts_and_its_limitations_name_the_ba
     limitations = card.text.split("## Limitations")[1].split("\n## ")[0]
     assert "fec-tests/tiny-llama, fec-tests/tiny-bert, fec-tests/tiny-roberta" in limitations
     assert "which all run on a CPU" in limitations and "Llama 2" not in limitations and "7B" not in limitations
+
+
+def test_without_dataset_the_features_name_it(tmp_path, tiny_backbones, data_dir):
+    from llm_fusion_fec import extract as extract_features
+
+    specs, paths = hub_backbones(tiny_backbones)
+    folder = tmp_path / "goe"
+    extract_features(
+        "go_emotion",
+        data_dir=str(data_dir / "go_emotion"),
+        backbones=specs,
+        backbone_paths=paths,
+        output_dir=folder,
+        limit=12,
+    )
+    # `--features_dir` alone: no `--dataset ED` default to contradict the features, which come from GoEmotions.
+    results = main(["--features_dir", str(folder), "--max_steps", "2", "--report_to", "none"])
+    assert results.dataset == "go_emotion" and Path("outputs/llm-fusion-go-emotion/config.json").is_file()

@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_DATASET = "ED"
+
+
+def repeatable(help: str, metavar: str | None = None):
+    """A list flag that may be given several times, each time with one or more values (`action="extend"`)."""
+    metadata = {"help": help, "action": "extend", **({"metavar": metavar} if metavar else {})}
+    return field(default_factory=list, metadata=metadata)
 
 
 @dataclass
 class ExtractArguments:
     dataset: str = field(
-        default="ED",
+        default=DEFAULT_DATASET,
         metadata={
             "help": "ED, go_emotion, go_emotions_multilabel, a folder of train/valid/test csv|tsv|json files, "
             "'train=a.csv,validation=b.csv,test=c.csv', or a Hub data set id."
@@ -36,58 +43,28 @@ class ExtractArguments:
             "paper's backbones) or small (laptop-size stand-ins)."
         },
     )
-    backbone: list[str] = field(
-        default_factory=list,
-        metadata={"help": "NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).", "action": "extend"},
+    backbone: list[str] = repeatable("NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).")
+    backbone_path: list[str] = repeatable(
+        "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).", "NAME=FOLDER"
     )
-    backbone_path: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).",
-            "action": "extend",
-            "metavar": "NAME=FOLDER",
-        },
+    backbone_spec: list[str] = repeatable(
+        "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
+        "preset's backbone of the same name (repeatable)."
     )
-    backbone_spec: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
-            "preset's backbone of the same name (repeatable).",
-            "action": "extend",
-        },
+    add_backbone_spec: list[str] = repeatable(
+        "FILE: a JSON backbone description with a name of its own, added after the preset's "
+        "backbones, e.g. a second view of the LLM (other layers, pooling or prompt; its shards are cut "
+        "from the LLM's cached --all-layers column where the cache holds it) (repeatable)."
     )
-    add_backbone_spec: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "FILE: a JSON backbone description with a name of its own, added after the preset's "
-            "backbones, e.g. a second view of the LLM (other layers, pooling or prompt; its shards are cut "
-            "from the LLM's cached --all-layers column where the cache holds it) (repeatable).",
-            "action": "extend",
-        },
+    layers: list[str] = repeatable(
+        "NAME=I,J,K: the hidden states a layer-pooled backbone reads, in feature order "
+        "(hidden_states[i]: 0 = embeddings, negative = from the top; default: the last num_layers, last "
+        "first) (repeatable)."
     )
-    layers: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "NAME=I,J,K: the hidden states a layer-pooled backbone reads, in feature order "
-            "(hidden_states[i]: 0 = embeddings, negative = from the top; default: the last num_layers, last "
-            "first) (repeatable).",
-            "action": "extend",
-        },
-    )
-    pooling: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "NAME=POOLING: layer_mean, layer_last_token, pooler, cls or mean (repeatable).",
-            "action": "extend",
-        },
-    )
-    template: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
-            '\'llama=This sentence : "{text}" means in one word:"\' (repeatable).',
-            "action": "extend",
-        },
+    pooling: list[str] = repeatable("NAME=POOLING: layer_mean, layer_last_token, pooler, cls or mean (repeatable).")
+    template: list[str] = repeatable(
+        "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
+        '\'llama=This sentence : "{text}" means in one word:"\' (repeatable).'
     )
     all_layers: bool = field(
         default=False,
@@ -134,8 +111,12 @@ class ExtractArguments:
 
 @dataclass
 class FusionArguments:
-    dataset: str = field(
-        default="ED", metadata={"help": "The data set the features must come from (ED, go_emotion, ...)."}
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "The data set the features must come from (ED, go_emotion, ...; default: the --features_dir "
+            f"folder's, {DEFAULT_DATASET} without one)."
+        },
     )
     features_dir: str | None = field(
         default=None, metadata={"help": "Folder written by extract_features.py; defaults to features/<dataset>."}
@@ -293,13 +274,8 @@ class PredictArguments:
         default=None, metadata={"help": "Give the K best labels of each text with their scores ('all': every label)."}
     )
     batch_size: int = field(default=8, metadata={"help": "Texts run through the backbones together."})
-    backbone_path: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "NAME=FOLDER: load backbone NAME from a local folder instead of the Hub (repeatable).",
-            "action": "extend",
-            "metavar": "NAME=FOLDER",
-        },
+    backbone_path: list[str] = repeatable(
+        "NAME=FOLDER: load backbone NAME from a local folder instead of the Hub (repeatable).", "NAME=FOLDER"
     )
     device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: the first GPU if there is one)."}
@@ -308,6 +284,39 @@ class PredictArguments:
         default=None,
         metadata={"help": "Compute dtype of every backbone and the head (default: each backbone's recorded one)."},
     )
+
+
+@dataclass
+class SpaceArguments:
+    model: str = field(
+        metadata={"help": "The model's Hub id (what the Space loads), or a model folder for a demo here."}
+    )
+    output_dir: str = field(
+        metadata={"help": "Folder to write the Space's app.py, requirements.txt and README.md to."}
+    )
+    push: str | None = field(
+        default=None, metadata={"help": "SPACE_ID (ORG/NAME): create or update this Gradio Space with the files."}
+    )
+    private: bool = field(default=False, metadata={"help": "Make a new Space private."})
+    requirement: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the Space installs this package (default: this version from PyPI with its demo extra), "
+            "e.g. 'llm-fusion-fec[demo] @ git+https://github.com/ORG/llm-fusion-fec'."
+        },
+    )
+    title: str | None = field(default=None, metadata={"help": "The Space's title (default: from the model's name)."})
+    backbone_path: list[str] = repeatable(
+        "NAME=FOLDER: the demo loads backbone NAME from a local folder (a demo on this machine only).", "NAME=FOLDER"
+    )
+
+
+@dataclass
+class PushFeaturesArguments:
+    features_dir: str = field(metadata={"help": "A features folder written by `fec extract`."})
+    repo_id: str = field(metadata={"help": "The Hub dataset to create or update (ORG/NAME)."})
+    private: bool = field(default=False, metadata={"help": "Make a new dataset repository private."})
+    max_shard_size: str = field(default="500MB", metadata={"help": "Largest parquet shard, e.g. 500MB or 2GB."})
 
 
 def command_parser(types: Sequence[type], prog: str | None, description: str, epilog: str | None = None):
@@ -326,3 +335,15 @@ def parse(parser, argv: Sequence[str] | None) -> tuple[Any, ...]:
     command with argparse's message and exit status 2; a dataclass that refuses its values raises `ValueError`."""
     namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     return parser.parse_dict(vars(namespace))
+
+
+def positionals_as_flags(argv: Sequence[str] | None, names: Sequence[str]) -> list[str]:
+    """`argv` with its leading positional values given to the flags `names` in order (`fec space MODEL` is
+    `fec space --model MODEL`): the dataclasses stay the one description of a command's arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = []
+    for name in names:
+        if not argv or argv[0].startswith("-"):
+            break
+        flags += [f"--{name}", argv.pop(0)]
+    return flags + argv

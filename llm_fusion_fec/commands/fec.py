@@ -1,4 +1,4 @@
-"""The `fec` command: `fec extract`, `fec train` and `fec predict`.
+"""The `fec` command: `fec extract`, `fec train`, `fec predict`, `fec space` and `fec push-features`.
 
 Each subcommand is a module of this folder with a `main(argv, prog)`; it is imported only when it runs (and imports
 torch only once its arguments are read), so `fec --help` and `fec COMMAND --help` answer at once. Exit status: 0
@@ -17,6 +17,8 @@ COMMANDS = {
     "extract": "llm_fusion_fec.commands.extract",
     "train": "llm_fusion_fec.commands.train",
     "predict": "llm_fusion_fec.commands.predict",
+    "space": "llm_fusion_fec.commands.space",
+    "push-features": "llm_fusion_fec.commands.push_features",
 }
 
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_fusion_fec.data.datasets import dataset_name, one_line
+from llm_fusion_fec.data.datasets import SPLITS, dataset_name, one_line
 
 if typing.TYPE_CHECKING:
     from datasets import DatasetDict
@@ -122,12 +122,46 @@ def read_metadata(features_dir: str | os.PathLike) -> FeatureMetadata:
         ) from error
 
 
+PARQUET_DIR = "data"
+"""Where a features folder pushed as a Hub dataset (`fec push-features`) holds its splits: `data/<split>-*.parquet`."""
+
+
+def locate_features(features_dir: str | os.PathLike) -> str:
+    """The local folder of `features_dir`: a folder of this machine as it is, or, for a Hub dataset id that is no
+    folder here, the dataset's local copy (downloaded once, as every Hub file is); `ValueError` if neither."""
+    path = Path(features_dir)
+    if path.exists() or (path / METADATA_FILE).exists():
+        return str(features_dir)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(features_dir))
+    except HFValidationError:
+        return str(features_dir)  # not a Hub id: `read_metadata` says the folder is missing
+    try:
+        return snapshot_download(str(features_dir), repo_type="dataset")
+    except Exception as error:  # offline, no such dataset, no access: one line that says both
+        raise ValueError(
+            f"{features_dir} is neither a features folder here nor a Hub dataset this machine can read "
+            f"({one_line(error)}); create a folder with `python extract_features.py --dataset NAME --output-dir DIR`."
+        ) from None
+
+
 def load_features(features_dir: str | os.PathLike) -> tuple[DatasetDict, FeatureMetadata]:
-    """The features `extract` saved (memory-mapped Arrow) and their metadata."""
+    """The features `extract` saved (memory-mapped Arrow), or their parquet copy (`fec push-features`), and their
+    metadata."""
     import datasets
 
     metadata = read_metadata(features_dir)
-    data = datasets.load_from_disk(str(features_dir))
+    shards = {
+        split: sorted(map(str, (Path(features_dir) / PARQUET_DIR).glob(f"{split}-*.parquet"))) for split in SPLITS
+    }
+    if any(shards.values()):
+        files = {split: paths for split, paths in shards.items() if paths}
+        data = datasets.load_dataset("parquet", data_files=files)
+    else:
+        data = datasets.load_from_disk(str(features_dir))
     for split, rows in metadata.rows.items():
         if split in data and len(data[split]) != rows:
             raise ValueError(

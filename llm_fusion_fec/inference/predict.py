@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,64 @@ def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[in
             )
 
 
+@dataclass
+class LabelledFile:
+    """What `label_file` did.
+
+    Args:
+        output (`Path`): The labelled file.
+        rows (`list[Row]`): The input's rows; those with a `problem` were written with an empty label.
+    """
+
+    output: Path
+    rows: list[Row]
+
+    @property
+    def unlabelled(self) -> list[Row]:
+        return [row for row in self.rows if row.problem]
+
+    def problems(self) -> str:
+        """One line: how many rows could not be labelled, and their lines ("" if every row was labelled)."""
+        bad = [row.line for row in self.unlabelled]
+        if not bad:
+            return ""
+        lines = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+        return f"{len(bad)} of {len(self.rows)} rows could not be labelled (lines {lines})"
+
+
+def label_file(
+    load_pipeline: Callable[[], Any],
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    text_column: str = TXT_COLUMN,
+    batch_size: int = 8,
+    progress: bool = False,
+    **parameters,
+) -> LabelledFile:
+    """Label the texts of a CSV, JSONL or TXT file into `output`, every input row written back in order with its
+    answer. The one labelling path of `fec predict` and of the Space's file upload.
+
+    Rows whose text cannot be labelled (`text_problem`) are written with an empty label; the rest are labelled all
+    the same. `load_pipeline()` gives the `FECPipeline`; it is called only when some row can be labelled.
+    `parameters` are the pipeline's (`top_k`, `threshold`); `ValueError` for a file that cannot be read at all.
+    """
+    input_path, output = Path(input_path), Path(output)
+    columns, rows = read_rows(input_path, text_column)
+    for row in rows:
+        row.problem = row.problem or text_problem(row.text)
+    labellable = [i for i, row in enumerate(rows) if row.problem is None]
+    answers = {}
+    if labellable:
+        from tqdm.auto import tqdm
+
+        stream = load_pipeline()((rows[i].text for i in labellable), batch_size=batch_size, **parameters)
+        if progress:
+            stream = tqdm(stream, total=len(labellable), desc="Labelling", unit="text", file=sys.stderr, disable=None)
+        answers = dict(zip(labellable, stream, strict=True))
+    write_rows(output, columns, rows, answers)
+    return LabelledFile(output, rows)
+
+
 def predict(args: PredictArguments) -> int:
     """Label `args.input` into the output file; return the exit status (0: every row labelled, 1: some not)."""
     input_path = Path(args.input)
@@ -182,29 +242,15 @@ def predict(args: PredictArguments) -> int:
         raise ValueError(f"--output {output} is the input file; choose another.")
     if output.exists() and not args.overwrite:
         raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
-    columns, rows = read_rows(input_path, args.text_column)
-    for row in rows:
-        row.problem = row.problem or text_problem(row.text)
-        if row.problem:
-            print(f"{input_path}:{row.line}: {row.problem}", file=sys.stderr)
-    labellable = [i for i, row in enumerate(rows) if row.problem is None]
-
-    answers = {}
-    if labellable:
-        from tqdm.auto import tqdm
-
-        pipe = load_pipeline(args)
-        kwargs = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else int(args.top_k)}
-        stream = pipe((rows[i].text for i in labellable), batch_size=args.batch_size, **kwargs)
-        progress = tqdm(stream, total=len(labellable), desc="Labelling", unit="text", file=sys.stderr, disable=None)
-        answers = dict(zip(labellable, progress, strict=True))
-    write_rows(output, columns, rows, answers)
-
-    bad = [row.line for row in rows if row.problem]
-    print(f"Labelled {len(labellable)} of {len(rows)} rows of {input_path} -> {output}")
-    if bad:
-        lines = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
-        summary = f"{len(bad)} of {len(rows)} rows could not be labelled (lines {lines})"
-        print(f"{summary}; they have an empty label in {output}.", file=sys.stderr)
+    parameters = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else int(args.top_k)}
+    result = label_file(
+        lambda: load_pipeline(args), input_path, output, args.text_column, args.batch_size, True, **parameters
+    )
+    for row in result.unlabelled:
+        print(f"{input_path}:{row.line}: {row.problem}", file=sys.stderr)
+    labelled = len(result.rows) - len(result.unlabelled)
+    print(f"Labelled {labelled} of {len(result.rows)} rows of {input_path} -> {output}")
+    if result.unlabelled:
+        print(f"{result.problems()}; they have an empty label in {output}.", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -33,6 +34,7 @@ from pipeline_fec import save_for_pipeline
 logger = logging.get_logger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
+HANDLER_PATH = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 RUNS_DIR = "runs"  # per-seed models and results: they stay on this machine
 WRITTEN_FILE = "published.json"  # in RUNS_DIR: the files the last save wrote into the folder
@@ -247,6 +249,7 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, spe
     # Saved apart first, so that the files the model saves are known exactly, whatever else the folder holds.
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as staging:
         save_for_pipeline(model, staging)
+        write_endpoint_files(model.config, staging)
         written = []
         for path in sorted(Path(staging).iterdir()):
             os.replace(path, output_dir / path.name)
@@ -266,6 +269,17 @@ def save_model_folder(model: PreTrainedModel, output_dir: str | os.PathLike, spe
     (output_dir / RUNS_DIR).mkdir(exist_ok=True)
     (output_dir / RUNS_DIR / WRITTEN_FILE).write_text(json.dumps(sorted(written)) + "\n")
     return sorted(written)
+
+
+def write_endpoint_files(config: LLMFusionConfig, folder: str | os.PathLike) -> None:
+    """`handler.py` (`llm_fusion_fec.serving.handler`, the Inference Endpoints contract) and the `requirements.txt`
+    an endpoint installs beside its own torch: transformers 5, and bitsandbytes for quantized backbones."""
+    shutil.copyfile(HANDLER_PATH, Path(folder) / "handler.py")
+    major = int(version("transformers").split(".")[0])  # the major version the Hub files are written for
+    requirements = [f"transformers>={major}.0,<{major + 1}", "accelerate"]
+    if any(spec.get("quantization") for spec in config.backbones):
+        requirements.append("bitsandbytes")
+    (Path(folder) / "requirements.txt").write_text("\n".join(requirements) + "\n")
 
 
 def check_output_folder(output_dir: str | os.PathLike, overwrite: bool) -> None:

@@ -26,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from llm_fusion_fec.commands.arguments import FusionArguments, ProtocolArguments
+from llm_fusion_fec.commands.arguments import DEFAULT_DATASET, FusionArguments, ProtocolArguments
 from llm_fusion_fec.data.splits import build_config, check_dataset, check_finite, feature_statistics, training_splits
 from llm_fusion_fec.evaluation.metrics import (
     SELECTION_METRICS,
@@ -43,6 +43,7 @@ from llm_fusion_fec.features.metadata import (
     default_features_dir,
     default_output_dir,
     load_features,
+    locate_features,
     read_metadata,
 )
 from llm_fusion_fec.inference.loading import load_model
@@ -343,8 +344,12 @@ def training_arguments_of(
     given = set(options) if given is None else given
     args = dataclasses.replace(args or FusionArguments(), **{k: v for k, v in options.items() if k in fusion})
     if args.features_dir is None:
-        args.features_dir = str(default_features_dir(args.dataset))
+        args.features_dir = str(default_features_dir(args.dataset or DEFAULT_DATASET))
+    else:
+        args.features_dir = locate_features(args.features_dir)  # a Hub dataset id: its local copy
     metadata = features_metadata(args.features_dir)
+    if args.dataset is None:  # the features' own data set
+        args.dataset = metadata.dataset if metadata else DEFAULT_DATASET
     args.protocol = protocol_name(args.protocol, metadata.protocol if metadata else None)
     changes = {k: v for k, v in options.items() if k in training}
     if training_args is None:

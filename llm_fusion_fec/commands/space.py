@@ -1,0 +1,48 @@
+"""Write a Gradio Space that demonstrates a trained model, and push it to the Hub.
+
+    fec space org/llm-fusion-ed --output_dir space                        # app.py, requirements.txt, README.md
+    fec space org/llm-fusion-ed --output_dir space --push org/llm-fusion-ed-demo
+    fec space outputs/llm-fusion-ed --output_dir demo --backbone_path llama=/models/llama   # a demo on this machine
+    python space/app.py                                                   # run it here (pip install '.[demo]')
+
+The app loads the model through this package's pipeline: a text box with the card's examples, the emotions and
+their scores, top-k (and the threshold of a multi-label model), and a file upload labelled as `fec predict` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llm_fusion_fec.commands.arguments import (
+    SpaceArguments,
+    command_parser,
+    name_value_pairs,
+    parse,
+    positionals_as_flags,
+)
+
+USAGE = "fec space MODEL --output_dir DIR [--push SPACE_ID] [options]"
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> str:
+    """`fec space`: write the Space's files (and push them); the folder, or the Space's URL."""
+    parser = command_parser([SpaceArguments], prog, __doc__)
+    parser.usage = USAGE
+    (args,) = parse(parser, positionals_as_flags(argv, ["model"]))
+    from llm_fusion_fec.publishing.hub import is_local_model
+    from llm_fusion_fec.serving.space import DEMO_EXTRA, push_space, write_space
+
+    backbone_paths = name_value_pairs(args.backbone_path, "--backbone_path")
+    if args.push and (is_local_model(args.model) or backbone_paths):
+        raise ValueError(
+            f"--push needs the model's Hub id, not a folder, and no --backbone_path: the Space loads {args.model} "
+            "and its backbones from the Hub (push the model first: train_fusion.py --push_to_hub)."
+        )
+    folder = write_space(args.model, args.output_dir, backbone_paths, args.requirement, args.title)
+    print(f"Space for {args.model} -> {folder} (app.py, requirements.txt, README.md)")
+    if args.push:
+        url = push_space(folder, args.push, private=args.private)
+        print(f"Pushed to {url}")
+        return url
+    print(f"Run it here: {DEMO_EXTRA}, then python {folder / 'app.py'}")
+    return str(folder)
