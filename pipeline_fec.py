@@ -42,6 +42,9 @@ TASK_NOTE = (
 )
 """One sentence for the model card and the README on building this model's pipeline."""
 FUNCTIONS = ("softmax", "sigmoid", "none")
+SORT_WINDOW = 32
+"""Batches of a stream of texts drawn at once and sorted by length: sorting helps, and an answer waits for at most
+this many batches."""
 _NOT_GIVEN = object()  # `top_k=None` means "all labels", so "not given" needs its own marker
 
 
@@ -62,7 +65,7 @@ class FECPipeline(Pipeline):
 
     Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
     non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs (in a stream:
-    its position in the stream, before the batch it would join runs).
+    its position in the stream, once the texts before it are answered).
 
     Args:
         model (`LLMFusionForSequenceClassification`):
@@ -192,16 +195,42 @@ class FECPipeline(Pipeline):
         forward_params: dict,
         postprocess_params: dict,
     ) -> Iterator[dict | list]:
-        """One answer per text, computed `batch_size` texts at a time.
+        """One answer per text, in input order, computed `batch_size` texts at a time.
 
         The base class collates token ids padded by the pipeline's tokenizer; here a batch is just its texts, which
-        each backbone tokenizes and pads itself.
+        each backbone tokenizes and pads itself. Texts of similar length are batched together, as extraction batches
+        them, so that a batch pads little: a list is sorted by token count as a whole, a stream `SORT_WINDOW`
+        batches at a time.
         """
         texts = iter(inputs)
-        while batch := list(itertools.islice(texts, batch_size)):
-            logits = self.forward(self.preprocess(batch, **preprocess_params), **forward_params)["logits"]
-            for row in logits:
-                yield self.postprocess({"logits": row.unsqueeze(0)}, **postprocess_params)
+        window = None if isinstance(inputs, list) else batch_size * SORT_WINDOW
+        while True:
+            chunk, refused = [], None
+            try:  # a stream checks each text as it is drawn: the texts drawn before a bad one are answered first
+                chunk.extend(itertools.islice(texts, window))
+            except (TypeError, ValueError) as error:
+                refused = error
+            answers = [None] * len(chunk)
+            for batch in self.length_batches(chunk, batch_size):
+                model_inputs = self.preprocess([chunk[i] for i in batch], **preprocess_params)
+                logits = self.forward(model_inputs, **forward_params)["logits"]
+                for i, row in zip(batch, logits, strict=True):
+                    answers[i] = self.postprocess({"logits": row.unsqueeze(0)}, **postprocess_params)
+            yield from answers
+            if refused is not None:
+                raise refused
+            if window is None or len(chunk) < window:
+                return
+
+    def length_batches(self, texts: list[str], batch_size: int) -> list[list[int]]:
+        """Indices of `texts` in batches of at most `batch_size`, longest first, by the first backbone's token
+        count (the LLM's, in every preset: the backbone whose padding costs most)."""
+        if batch_size == 1 or len(texts) == 1:
+            return [[i] for i in range(len(texts))]
+        tokenizer = next(iter(self.model.load_backbones().values())).tokenizer
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
     def postprocess(
         self,
