@@ -27,9 +27,9 @@ from transformers import AutoModelForSequenceClassification, Pipeline, PreTraine
 from transformers.pipelines import PIPELINE_REGISTRY
 
 try:
-    from .modeling_llm_fusion import decide, validate_text, validate_texts
+    from .modeling_llm_fusion import decide, length_sorted_batches, validate_text, validate_texts
 except ImportError:  # imported from the repository root rather than as a Hub module
-    from modeling_llm_fusion import decide, validate_text, validate_texts
+    from modeling_llm_fusion import decide, length_sorted_batches, validate_text, validate_texts
 
 TASK = "fec"
 TASKS = (TASK, "text-classification")
@@ -223,14 +223,12 @@ class FECPipeline(Pipeline):
                 return
 
     def length_batches(self, texts: list[str], batch_size: int) -> list[list[int]]:
-        """Indices of `texts` in batches of at most `batch_size`, longest first, by the first backbone's token
+        """Indices of `texts` in batches of similar length, as extraction makes them, by the first backbone's token
         count (the LLM's, in every preset: the backbone whose padding costs most)."""
         if batch_size == 1 or len(texts) == 1:
             return [[i] for i in range(len(texts))]
-        tokenizer = next(iter(self.model.load_backbones().values())).tokenizer
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        backbone = next(iter(self.model.load_backbones().values()))
+        return length_sorted_batches(backbone.count_tokens(texts), batch_size)
 
     def postprocess(
         self,
