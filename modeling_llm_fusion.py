@@ -85,6 +85,12 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: i
     return batches
 
 
+def backbone_path(spec: dict, paths: dict[str, str]) -> str | None:
+    """The local folder `paths` gives a backbone: by its name, or by its model id, which points every view of one
+    model (other layers, another prompt) at one folder."""
+    return paths.get(spec["name"]) or paths.get(spec["model"])
+
+
 def compute_dtype(spec: dict) -> torch.dtype:
     """The dtype a backbone computes its features in: the one its spec records (`dtype`), float32 if none."""
     return getattr(torch, spec.get("dtype") or "float32")
@@ -339,7 +345,8 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
     ) -> dict[str, FrozenBackbone]:
-        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder.
+        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder, by
+        backbone name or by model id (`backbone_path`).
 
         Each backbone computes in the dtype its spec records (the one its training features were extracted with,
         float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
@@ -347,9 +354,10 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         prompt) share one loaded model.
         """
         paths = dict(paths or {})
-        unknown = sorted(set(paths) - {spec["name"] for spec in self.config.backbones})
-        if unknown:
-            raise ValueError(f"backbone_paths names unknown backbone(s) {unknown}.")
+        known = {key for spec in self.config.backbones for key in (spec["name"], spec["model"])}
+        if unknown := sorted(set(paths) - known):
+            raise ValueError(f"backbone_paths names unknown backbone(s) or model(s) {unknown}.")
+        paths = {spec["name"]: path for spec in self.config.backbones if (path := backbone_path(spec, paths))}
         device = device if device is not None else self.device
 
         def weights(spec: dict) -> tuple:  # what a loaded model depends on

@@ -15,6 +15,7 @@ import llm_fusion_fec.features.backbones as backbones_module
 import llm_fusion_fec.features.extraction as extract_features
 from configuration_llm_fusion import normalize_backbone
 from helpers import REPO, run_program, write_csv_dataset
+from llm_fusion_fec.features.backbones import check_backbone_paths
 from llm_fusion_fec.features.extraction import (
     ExtractionResult,
     column_key,
@@ -520,6 +521,16 @@ def test_real_small_trio(small_models, data_dir, tmp_path):
 
 
 # ---- layer choice, poolings and templates ----
+
+
+def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbones, tmp_path):
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    views = [{**tiny_backbones[0], "model": hub_id}, {**tiny_backbones[0], "name": "llama_window", "model": hub_id}]
+    specs = [normalize_backbone(spec) for spec in (*views, tiny_backbones[1])]
+    by_name = check_backbone_paths({hub_id: str(tmp_path), "bert": str(tmp_path)}, specs)
+    assert by_name == {"llama": str(tmp_path), "llama_window": str(tmp_path), "bert": str(tmp_path)}
+    with pytest.raises(ValueError, match=r"no backbone 'org/x'; .* \(or a model id, for every backbone of that model"):
+        check_backbone_paths({"org/x": str(tmp_path)}, specs)
 
 
 def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):

@@ -265,6 +265,23 @@ def test_two_views_of_one_llm_share_its_weights(tiny_backbones):
     assert model(**features).logits.shape == (2, 3)
 
 
+def test_one_folder_by_model_id_serves_every_view_of_that_model(tiny_backbones):
+    folder = tiny_backbones[0]["model"]
+    hub_id = "org/tiny-llama"  # what a preset records: a Hub id, loaded here from a local copy
+    prompt = llm_spec(tiny_backbones, model=hub_id, layers=[-2], pooling="layer_last_token", template=PROMPT_EOL)
+    window = {**llm_spec(tiny_backbones, model=hub_id, layers=[-3, -4]), "name": "llama_window"}
+    config = LLMFusionConfig(
+        backbones=[prompt, *tiny_backbones[1:], window], fusion_dim=16, mlp_dims=[8], num_labels=3
+    )
+    loaded = LLMFusionForSequenceClassification(config).load_backbones({hub_id: folder})
+    assert loaded["llama_window"].model is loaded["llama"].model  # one folder, one load, both views
+    texts = ["i finally got the job", "my dog died"]
+    for spec in (prompt, window):
+        torch.testing.assert_close(loaded[spec["name"]](texts), FrozenBackbone.load(spec, folder)(texts))
+    with pytest.raises(ValueError, match=r"backbone_paths names unknown backbone\(s\) or model\(s\) \['org/other'\]"):
+        LLMFusionForSequenceClassification(config).load_backbones({"org/other": folder})
+
+
 def test_model_extracts_then_classifies(tiny_backbones):
     config = LLMFusionConfig(backbones=tiny_backbones, fusion_dim=32, mlp_dims=[16], num_labels=3)
     model = LLMFusionForSequenceClassification(config).eval()

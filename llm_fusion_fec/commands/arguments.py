@@ -45,7 +45,9 @@ class ExtractArguments:
     )
     backbone: list[str] = repeatable("NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).")
     backbone_path: list[str] = repeatable(
-        "NAME=FOLDER: load a backbone from a local copy of the model it names (repeatable).", "NAME=FOLDER"
+        "NAME=FOLDER: load a backbone from a local copy of the model it names; NAME is the backbone's name or its "
+        "model id (one folder for every view of that model) (repeatable).",
+        "NAME=FOLDER",
     )
     backbone_spec: list[str] = repeatable(
         "FILE: a JSON backbone description (e.g. from bench/sweep_layers.py) that replaces the "
@@ -275,7 +277,9 @@ class PredictArguments:
     )
     batch_size: int = field(default=8, metadata={"help": "Texts run through the backbones together."})
     backbone_path: list[str] = repeatable(
-        "NAME=FOLDER: load backbone NAME from a local folder instead of the Hub (repeatable).", "NAME=FOLDER"
+        "NAME=FOLDER: load backbone NAME (or every backbone of model id NAME) from a local folder instead of the Hub "
+        "(repeatable).",
+        "NAME=FOLDER",
     )
     device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: the first GPU if there is one)."}
@@ -307,7 +311,9 @@ class SpaceArguments:
     )
     title: str | None = field(default=None, metadata={"help": "The Space's title (default: from the model's name)."})
     backbone_path: list[str] = repeatable(
-        "NAME=FOLDER: the demo loads backbone NAME from a local folder (a demo on this machine only).", "NAME=FOLDER"
+        "NAME=FOLDER: the demo loads backbone NAME (or every backbone of model id NAME) from a local folder (a demo "
+        "on this machine only).",
+        "NAME=FOLDER",
     )
 
 

@@ -163,7 +163,7 @@ def read_every_layer(specs: list[dict], chosen: dict[str, str | list[int]], back
     """`--all-layers`: set every layer-pooled backbone of `specs` to read all its hidden states, top first. The
     number comes from the model's config (from `backbone_paths` where given); `chosen` are the `--layers` given."""
     from configuration_llm_fusion import LAYER_POOLINGS
-    from modeling_llm_fusion import FrozenBackbone
+    from modeling_llm_fusion import FrozenBackbone, backbone_path
 
     layered = [spec for spec in specs if spec["pooling"] in LAYER_POOLINGS]
     if not layered:
@@ -171,19 +171,27 @@ def read_every_layer(specs: list[dict], chosen: dict[str, str | list[int]], back
     for spec in layered:
         if spec["name"] in chosen:
             raise ValueError(f"--all-layers and --layers {spec['name']}=... contradict each other; use one.")
-        count = FrozenBackbone.hidden_state_count(model_config(spec, backbone_paths.get(spec["name"])))
+        count = FrozenBackbone.hidden_state_count(model_config(spec, backbone_path(spec, backbone_paths)))
         spec.update(layers=[-1 - i for i in range(count)], num_layers=count)
 
 
-def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> None:
-    """Refuse a `--backbone-path` that names no backbone or a folder that does not exist."""
+def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> dict[str, str]:
+    """Refuse a `--backbone-path` that names no backbone or model, or a folder that does not exist; return the
+    folders by backbone name (a model id's folder for each view of that model)."""
+    from modeling_llm_fusion import backbone_path
+
     names = [spec["name"] for spec in backbones]
-    for name, folder in backbone_paths.items():
-        if name not in names:
-            raise ValueError(f"--backbone-path {name}={folder}: no backbone {name!r}; the backbones are {names}.")
+    models = sorted({spec["model"] for spec in backbones})
+    for key, folder in backbone_paths.items():
+        if key not in names and key not in models:
+            raise ValueError(
+                f"--backbone-path {key}={folder}: no backbone {key!r}; the backbones are {names} "
+                f"(or a model id, for every backbone of that model: {models})."
+            )
         if not Path(folder).is_dir():
-            model = backbones[names.index(name)]["model"]
-            raise ValueError(f"--backbone-path {name}={folder}: folder not found; it must be a local copy of {model}.")
+            model = backbones[names.index(key)]["model"] if key in names else key
+            raise ValueError(f"--backbone-path {key}={folder}: folder not found; it must be a local copy of {model}.")
+    return {spec["name"]: path for spec in backbones if (path := backbone_path(spec, backbone_paths))}
 
 
 def model_config(spec: dict, path: str | None):

@@ -147,8 +147,7 @@ def extract(
         backbones = backbones_of(args, backbone_paths)
     backbones = [normalize_backbone(spec) for spec in backbones]
     check_backbone_names(backbones)
-    backbone_paths = dict(backbone_paths)
-    check_backbone_paths(backbone_paths, backbones)
+    backbone_paths = check_backbone_paths(dict(backbone_paths), backbones)
     output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
     with library_progress_bars_off(), disk_full_is_an_error(output_dir):
         data, label_names, problem_type = load_data(
