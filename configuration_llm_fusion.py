@@ -7,7 +7,7 @@ from typing import TypedDict
 
 from transformers import PretrainedConfig
 
-POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls", "mean")
+POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean", "pooler", "cls", "mean")
 """How a backbone's hidden states become one feature:
 
 - ``layer_mean``: for each selected hidden layer (``layers``; by default the last ``num_layers`` layers, last layer
@@ -16,6 +16,10 @@ POOLINGS = ("layer_mean", "layer_last_token", "pooler", "cls", "mean")
 - ``layer_last_token``: for each selected hidden layer, the hidden state of the text's last real token (the last
   token before the padding; with a ``template`` it is the template's last token, as in PromptEOL)
   -> ``(num_layers, hidden_size)``. For decoders, whose last token has attended to the whole text.
+- ``layer_text_mean``: for each selected hidden layer, the mean over the tokens of the text itself inside its
+  ``template`` (the prompt's own tokens excluded; without a template, ``layer_mean``) -> ``(num_layers,
+  hidden_size)``. A ``layer_last_token`` view of the same model and template reads the same tokens: the two share
+  one forward pass (`FrozenBackbone.reads_like`), so a prompt's last token and the text's mean cost one LLM pass.
 - ``pooler``: the encoder's pooled [CLS] output (``pooler_output``), as the original method used -> ``(hidden_size,)``.
 - ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
 - ``mean``: the mean of the last hidden state over the text's real tokens (padding excluded) -> ``(hidden_size,)``:
@@ -25,7 +29,7 @@ Any pooling can read its texts through a prompt ``template`` (a string with one 
 tokenization.
 """
 
-LAYER_POOLINGS = ("layer_mean", "layer_last_token")
+LAYER_POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean")
 """The poolings that give one vector per selected hidden layer, `(num_layers, hidden_size)`: the LLM's features."""
 
 TEXT_SLOT = "{text}"
@@ -183,7 +187,7 @@ def _normalize_layers(name: str, pooling: str, layers) -> list[int]:
     """`layers` as a list of hidden-state indices, or a `ValueError` naming what is wrong with it."""
     if pooling not in LAYER_POOLINGS:
         raise ValueError(
-            f"Backbone {name!r}: layers needs pooling {' or '.join(map(repr, LAYER_POOLINGS))}, not {pooling!r}."
+            f"Backbone {name!r}: layers needs a layer pooling ({', '.join(LAYER_POOLINGS)}), not {pooling!r}."
         )
     if isinstance(layers, str) or not isinstance(layers, list | tuple):
         raise ValueError(f"Backbone {name!r}: layers must be a list of hidden-state indices, got {layers!r}.")
@@ -210,11 +214,11 @@ def describe_pooling(spec: BackboneSpec) -> str:
             which = f"each of the last {spec['num_layers']} hidden layers (last first)"
         else:
             which = f"each of the hidden layers {spec['layers']} (`hidden_states[i]`, in that order)"
-        token = (
-            "the mean over the text's tokens (padding excluded)"
-            if spec["pooling"] == "layer_mean"
-            else "the hidden state of the text's last token"
-        )
+        token = {
+            "layer_mean": "the mean over the text's tokens (padding excluded)",
+            "layer_last_token": "the hidden state of the text's last token",
+            "layer_text_mean": "the mean over the text's own tokens inside the prompt (the prompt's excluded)",
+        }[spec["pooling"]]
         described = f"for {which}, {token} -> {spec['num_layers']} x {spec['hidden_size']}"
     else:
         source = {
@@ -256,10 +260,11 @@ class LLMFusionConfig(PretrainedConfig):
         backbones (`list[dict]`, *optional*, defaults to the `"paper"` preset):
             The backbones in order. Each dict has `name` (feature column and forward keyword), `model` (Hub id or local
             folder), `revision` (optional pinned revision), `pooling` (one of `"layer_mean"`, `"layer_last_token"`,
-            `"pooler"`, `"cls"`, `"mean"`; see `POOLINGS`), `num_layers` (k, the number of hidden layers a layer
-            pooling reads; by default the last k, last first), `layers` (optional, layer poolings only: the
-            hidden-state indices to read, in feature order, as in `outputs.hidden_states[i]`, where 0 is the embeddings
-            and negative indices count from the top; `num_layers` is then their number), `template` (optional: a prompt
+            `"layer_text_mean"`, `"pooler"`, `"cls"`, `"mean"`; see `POOLINGS`), `num_layers` (k, the number of
+            hidden layers a layer pooling reads; by default the last k, last first), `layers` (optional, layer
+            poolings only: the hidden-state indices to read, in feature order, as in `outputs.hidden_states[i]`,
+            where 0 is the embeddings and negative indices count from the top; `num_layers` is then their number),
+            `template` (optional: a prompt
             with one `{text}` slot that each text fills before tokenization, e.g. PromptEOL's `'This sentence :
             "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length` (tokens; longer texts,
             template included, are truncated at the end), `dtype` (the compute dtype the features were extracted with:

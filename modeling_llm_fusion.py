@@ -227,6 +227,12 @@ class FrozenBackbone:
                 f"{count} hidden states."
             )
 
+    def reads_like(self, other: FrozenBackbone) -> bool:
+        """Whether `other` reads the same tokens with the same weights (its model, template and length limit), so
+        that one forward pass gives the features of both: views of one model that differ only in their layers or
+        pooling, such as a prompt's last token and the text's mean inside the same prompt."""
+        return other.model is self.model and same_input(self.spec, other.spec) and other.max_length == self.max_length
+
     def extract(
         self,
         texts: Sequence[str],
@@ -239,15 +245,28 @@ class FrozenBackbone:
         so that little padding is computed (`batch_size` texts and `max_tokens` padded tokens at most a batch).
         `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done. The texts
         are not checked here: their entry point checked them (`validate_texts`)."""
+        return self.extract_views(texts, [self], batch_size, max_tokens, dtype, progress)[0]
+
+    def extract_views(
+        self,
+        texts: Sequence[str],
+        views: Sequence[FrozenBackbone],
+        batch_size: int = 16,
+        max_tokens: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        progress=None,
+    ) -> list[torch.Tensor]:
+        """`extract` for several views that read like this backbone (`reads_like`), in one forward pass a batch."""
         lengths = self.count_tokens(texts)
-        out = torch.empty((len(texts), *feature_shape(self.spec)), dtype=dtype)
+        outs = [torch.empty((len(texts), *feature_shape(view.spec)), dtype=dtype) for view in views]
         for indices in length_sorted_batches(lengths, batch_size, max_tokens):
-            out[indices] = self([texts[i] for i in indices]).to("cpu", dtype)
+            for out, values in zip(outs, self.views([texts[i] for i in indices], views), strict=True):
+                out[indices] = values.to("cpu", dtype)
             if progress is not None:
                 progress.update(len(indices))
         self.texts_seen += len(texts)
         self.tokens_seen += sum(lengths)
-        return out
+        return outs
 
     @property
     def device(self) -> torch.device:
@@ -266,27 +285,60 @@ class FrozenBackbone:
         ids = self.tokenizer(self.prompts(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(row) for row in ids]
 
-    @torch.inference_mode()
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """Features of `texts` (checked by their entry point, `validate_texts`), float32 on the backbone's device:
         `(batch, k, width)` or `(batch, width)`."""
+        return self.views(texts, [self])[0]
+
+    @torch.inference_mode()
+    def views(self, texts: Sequence[str], views: Sequence[FrozenBackbone]) -> list[torch.Tensor]:
+        """The features of each of `views` (backbones that read like this one, `reads_like`) for `texts`, from one
+        forward pass of this backbone's model."""
+        if strangers := [view.spec["name"] for view in views if not self.reads_like(view)]:
+            raise ValueError(f"Backbones {strangers} do not read the tokens {self.spec['name']!r} reads.")
+        text_spans = any(view.spec["pooling"] == "layer_text_mean" for view in views) and self.spec["template"]
         batch = self.tokenizer(
-            self.prompts(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            self.prompts(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=bool(text_spans),
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
+        hidden = any(view.spec["pooling"] in LAYER_POOLINGS for view in views)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        text_mask = self.text_mask(texts, batch["offset_mapping"]).to(self.device) if text_spans else attention_mask
+        return [view.pool(outputs, attention_mask, text_mask) for view in views]
+
+    def text_mask(self, texts: Sequence[str], offsets: torch.Tensor) -> torch.Tensor:
+        """1 at the tokens of each text inside its prompt (the tokens whose characters overlap the text's), 0 at the
+        template's own tokens and the padding: what `layer_text_mean` averages over."""
+        start = self.spec["template"].index(TEXT_SLOT)
+        ends = torch.tensor([start + len(text) for text in texts]).unsqueeze(1)
+        mask = ((offsets[..., 0] < ends) & (offsets[..., 1] > start)).long()
+        if (mask.sum(dim=1) == 0).any():
+            raise ValueError(
+                f"Backbone {self.spec['name']!r}: its template leaves no token of a text within max_length="
+                f"{self.max_length} tokens; raise max_length or shorten the template."
+            )
+        return mask
+
+    def pool(self, outputs, attention_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """This backbone's feature from a forward pass's `outputs` (float32): `text_mask` marks the text's own tokens
+        (the real tokens where there is no template)."""
         pooling = self.spec["pooling"]
-        by_layer = pooling in LAYER_POOLINGS
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=by_layer)
-        if by_layer:
+        if pooling in LAYER_POOLINGS:
             # In feature order: by default the last k layers, last first (index i is the i-th layer from the top).
             layers = [outputs.hidden_states[i] for i in layer_indices(self.spec)]
-            if pooling == "layer_mean":
-                return torch.stack([token_mean(layer, attention_mask) for layer in layers], dim=1)
-            # Right padding: a text's last real token sits at (its number of real tokens - 1).
-            last = attention_mask.sum(dim=1) - 1
-            rows = torch.arange(len(last), device=last.device)
-            return torch.stack([layer[rows, last].float() for layer in layers], dim=1)
+            if pooling == "layer_last_token":
+                # Right padding: a text's last real token sits at (its number of real tokens - 1).
+                last = attention_mask.sum(dim=1) - 1
+                rows = torch.arange(len(last), device=last.device)
+                return torch.stack([layer[rows, last].float() for layer in layers], dim=1)
+            mask = text_mask if pooling == "layer_text_mean" else attention_mask
+            return torch.stack([token_mean(layer, mask) for layer in layers], dim=1)
         if pooling == "pooler":
             if getattr(outputs, "pooler_output", None) is None:
                 raise ValueError(f"Backbone {self.spec['name']!r} has no pooler; use pooling 'cls' instead.")
@@ -294,6 +346,12 @@ class FrozenBackbone:
         if pooling == "mean":
             return token_mean(outputs.last_hidden_state, attention_mask)
         return outputs.last_hidden_state[:, 0].float()
+
+
+def same_input(a: dict, b: dict) -> bool:
+    """Whether two backbone descriptions tokenize a text alike (the same template and length limit): given the same
+    weights, one forward pass serves both."""
+    return a["template"] == b["template"] and a["max_length"] == b["max_length"]
 
 
 def token_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -387,8 +445,14 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         """`extract_features` for texts their caller has checked (`validate_texts`), as the pipeline checks its
         inputs, once and as the caller gave them."""
         backbones = self._backbones or self.load_backbones()
-        # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (e.g. fine-tuning the head).
-        return {name: backbone(texts).clone() for name, backbone in backbones.items()}
+        features = {}
+        for name, backbone in backbones.items():
+            if name not in features:  # one forward pass for this backbone and every later view that reads like it
+                views = [view for key, view in backbones.items() if key not in features and backbone.reads_like(view)]
+                for view, values in zip(views, backbone.views(texts, views), strict=True):
+                    # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (fine-tuning the head).
+                    features[view.spec["name"]] = values.clone()
+        return {name: features[name] for name in backbones}  # in the config's order
 
 
 class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):

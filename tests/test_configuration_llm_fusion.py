@@ -137,11 +137,17 @@ def llm(**keys) -> dict:
         (llm(layers=[-1, 2.0]), r"layers must be integers"),
         (llm(layers=[True]), r"layers must be integers"),
         (llm(layers="-1,-2"), r"layers must be a list of hidden-state indices"),
-        (llm(pooling="pooler", layers=[-1]), r"layers needs pooling 'layer_mean' or 'layer_last_token'"),
+        (
+            llm(pooling="pooler", layers=[-1]),
+            r"layers needs a layer pooling \(layer_mean, layer_last_token, layer_text_mean\), not 'pooler'",
+        ),
         (llm(template="no slot"), r"template must be a string with exactly one \{text\} slot, got 'no slot'"),
         (llm(template="{text} and {text}"), r"exactly one \{text\} slot"),
         (llm(template=["{text}"]), r"exactly one \{text\} slot"),
-        (llm(pooling="last_token"), r"unknown pooling 'last_token'; allowed: layer_mean, layer_last_token, pooler"),
+        (
+            llm(pooling="last_token"),
+            r"unknown pooling 'last_token'; allowed: layer_mean, layer_last_token, layer_text_mean, pooler",
+        ),
     ],
 )
 def test_bad_layer_choices_raise(kwargs, message):

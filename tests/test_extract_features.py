@@ -97,15 +97,15 @@ def test_changed_backbone_recomputes_only_its_column(features_dir, tiny_backbone
 def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "ED"
     calls = {"n": 0}
-    original = FrozenBackbone.__call__
+    original = FrozenBackbone.views
 
-    def interrupt_after_two_batches(self, texts):
+    def interrupt_after_two_batches(self, texts, views):
         calls["n"] += 1
         if calls["n"] > 2:
             raise KeyboardInterrupt
-        return original(self, texts)
+        return original(self, texts, views)
 
-    monkeypatch.setattr(FrozenBackbone, "__call__", interrupt_after_two_batches)
+    monkeypatch.setattr(FrozenBackbone, "views", interrupt_after_two_batches)
     kwargs = {
         "data_dir": str(data_dir),
         "backbones": tiny_backbones[:1],
@@ -116,7 +116,7 @@ def test_interrupted_run_resumes(tiny_backbones, data_dir, tmp_path, monkeypatch
     }
     with pytest.raises(KeyboardInterrupt):
         extract("ED", **kwargs)
-    monkeypatch.setattr(FrozenBackbone, "__call__", original)
+    monkeypatch.setattr(FrozenBackbone, "views", original)
     result = extract("ED", **kwargs)
     # 3 splits x 40 rows = 120 texts; the two shards finished before the interruption are not redone.
     assert result.throughput["llama"]["texts"] == 100
@@ -294,19 +294,19 @@ def test_corrected_label_is_picked_up_without_recomputing(small_run, monkeypatch
 
 def test_other_shard_size_after_an_interrupted_run(tiny_backbones, data_dir, tmp_path, monkeypatch):
     kwargs = {"data_dir": str(data_dir), "backbones": tiny_backbones[1:2], "limit": 20, "batch_size": 8}
-    original = FrozenBackbone.__call__
+    original = FrozenBackbone.views
     calls = {"n": 0}
 
-    def interrupt_after_one_batch(self, texts):
+    def interrupt_after_one_batch(self, texts, views):
         calls["n"] += 1
         if calls["n"] > 1:
             raise KeyboardInterrupt
-        return original(self, texts)
+        return original(self, texts, views)
 
-    monkeypatch.setattr(FrozenBackbone, "__call__", interrupt_after_one_batch)
+    monkeypatch.setattr(FrozenBackbone, "views", interrupt_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
         extract("ED", output_dir=tmp_path / "ED", shard_size=8, **kwargs)  # leaves one shard of 8 rows
-    monkeypatch.setattr(FrozenBackbone, "__call__", original)
+    monkeypatch.setattr(FrozenBackbone, "views", original)
     extract("ED", output_dir=tmp_path / "ED", **kwargs)  # the default shard size: other shards
     extract("ED", output_dir=tmp_path / "fresh", **kwargs)
     assert_same_columns(columns(tmp_path / "ED"), columns(tmp_path / "fresh"))
@@ -523,6 +523,28 @@ def test_real_small_trio(small_models, data_dir, tmp_path):
 # ---- layer choice, poolings and templates ----
 
 
+def test_views_that_read_the_same_prompt_are_extracted_in_one_pass(tiny_backbones, tmp_path, monkeypatch):
+    prompt = 'This sentence : "{text}" means in one word:"'
+    llm = {key: value for key, value in tiny_backbones[0].items() if key != "num_layers"}
+    views = [
+        {**llm, "layers": [-4], "pooling": "layer_last_token", "template": prompt},
+        {**llm, "name": "llama_text", "layers": [-1, -2], "pooling": "layer_text_mean", "template": prompt},
+    ]
+    folder = write_csv_dataset(tmp_path / "mine", ROWS)
+    loads = []
+    load = FrozenBackbone.load
+    monkeypatch.setattr(
+        FrozenBackbone, "load", lambda spec, *a, **k: loads.append(spec["name"]) or load(spec, *a, **k)
+    )
+    result = extract(str(folder), backbones=[*views, tiny_backbones[1]], output_dir=tmp_path / "out", shard_size=4)
+    assert loads == ["llama", "bert"] and result.computed == ["llama", "llama_text", "bert"]
+    assert list(result.throughput) == ["llama, llama_text", "bert"]
+    rows = load_features(tmp_path / "out")[0]["test"].with_format("numpy")[:]
+    for spec in views:
+        expected = load(spec)(list(rows["text"])).numpy()
+        np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-3, rtol=1e-2)
+
+
 def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbones, tmp_path):
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     views = [{**tiny_backbones[0], "model": hub_id}, {**tiny_backbones[0], "name": "llama_window", "model": hub_id}]
@@ -578,7 +600,7 @@ def test_customize_backbones(tiny_backbones, tmp_path):
         ({"layers": ["gpt=-1"]}, r"--layers gpt=...: no backbone 'gpt'; the backbones are \['llama', 'bert'"),
         ({"layers": ["llama=-1,x"]}, r"--layers expects NAME=I,J,K with integer indices, got llama=-1,x"),
         ({"layers": ["llama=-1,-1"]}, r"name a hidden state twice"),
-        ({"layers": ["bert=-1"]}, r"'bert': layers needs pooling 'layer_mean' or 'layer_last_token', not 'pooler'"),
+        ({"layers": ["bert=-1"]}, r"'bert': layers needs a layer pooling \(layer_mean, .*\), not 'pooler'"),
         ({"template": ["llama=no slot"]}, r"exactly one \{text\} slot"),
         ({"all_layers": True, "layers": ["llama=-1"]}, r"--all-layers and --layers llama=... contradict"),
         ({"all_layers": True, "pooling": ["llama=cls"]}, r"--all-layers: no backbone has a layer pooling"),

@@ -167,6 +167,58 @@ def test_chosen_layers_poolings_and_template_equal_an_independent_computation(ti
     assert backbone.count_tokens(texts) == [len(backbone.tokenizer(prefix + t + suffix)["input_ids"]) for t in texts]
 
 
+def test_the_in_prompt_mean_equals_a_masked_mean_over_the_texts_own_tokens(tiny_backbones):
+    layers = [-1, -3]
+    backbone = FrozenBackbone.load(
+        llm_spec(tiny_backbones, layers=layers, pooling="layer_text_mean", template=PROMPT_EOL)
+    )
+    texts = ["my dog died last week", "what a lovely surprise from my friends and family", "so happy"]
+    features = backbone(texts)  # one padded batch
+    prefix, suffix = PROMPT_EOL.split("{text}")
+    tokenizer = backbone.tokenizer
+    for row, text in enumerate(texts):
+        head = tokenizer(prefix)["input_ids"]  # <s> and the prompt's tokens before the text
+        own = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(prefix + text + suffix, return_tensors="pt")
+        assert ids["input_ids"][0].tolist() == head + own + tail  # the text's tokens sit at len(head) ...
+        with torch.no_grad():
+            hidden = backbone.model(**ids, output_hidden_states=True).hidden_states
+        span = slice(len(head), len(head) + len(own))
+        expected = torch.stack([hidden[i][0, span].mean(dim=0) for i in layers])
+        torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
+    # Without a template the text is all there is: the in-prompt mean is the plain mean.
+    plain = {"layers": layers, "template": None}
+    torch.testing.assert_close(
+        FrozenBackbone.load(llm_spec(tiny_backbones, pooling="layer_text_mean", **plain))(texts),
+        FrozenBackbone.load(llm_spec(tiny_backbones, pooling="layer_mean", **plain))(texts),
+    )
+    short = llm_spec(tiny_backbones, pooling="layer_text_mean", template=PROMPT_EOL, max_length=4)
+    with pytest.raises(ValueError, match=r"'llama': its template leaves no token of a text within max_length=4"):
+        FrozenBackbone.load(short)(texts)
+
+
+def test_a_prompts_last_token_and_its_text_mean_take_one_forward_pass(tiny_backbones):
+    last = llm_spec(tiny_backbones, layers=[-4], pooling="layer_last_token", template=PROMPT_EOL)
+    mean = {
+        **llm_spec(tiny_backbones, layers=[-1, -2], pooling="layer_text_mean", template=PROMPT_EOL),
+        "name": "mean",
+    }
+    window = {**llm_spec(tiny_backbones, layers=[-3]), "name": "window"}  # no prompt: a pass of its own
+    config = LLMFusionConfig(backbones=[last, *tiny_backbones[1:], mean, window], fusion_dim=16, mlp_dims=[8])
+    model = LLMFusionForSequenceClassification(config)
+    loaded = model.load_backbones()
+    assert loaded["mean"].reads_like(loaded["llama"]) and not loaded["window"].reads_like(loaded["llama"])
+    passes = []
+    loaded["llama"].model.register_forward_hook(lambda module, args, kwargs, out: passes.append(1), with_kwargs=True)
+    texts = ["i finally got the job", "my dog died"]
+    features = model.extract_features(texts)
+    assert len(passes) == 2  # the prompted pass for both prompted views, and the window's
+    assert list(features) == ["llama", "bert", "roberta", "mean", "window"]
+    for spec in (last, mean, window):  # each view computes what it computes alone
+        torch.testing.assert_close(features[spec["name"]], FrozenBackbone.load(spec)(texts))
+
+
 @pytest.mark.parametrize("pooling", ["pooler", "cls", "mean"])
 def test_encoder_poolings_equal_an_independent_computation(tiny_backbones, pooling):
     spec = {**tiny_backbones[1], "pooling": pooling}

@@ -63,7 +63,9 @@ class ExtractArguments:
         "(hidden_states[i]: 0 = embeddings, negative = from the top; default: the last num_layers, last "
         "first) (repeatable)."
     )
-    pooling: list[str] = repeatable("NAME=POOLING: layer_mean, layer_last_token, pooler, cls or mean (repeatable).")
+    pooling: list[str] = repeatable(
+        "NAME=POOLING: layer_mean, layer_last_token, layer_text_mean, pooler, cls or mean (repeatable)."
+    )
     template: list[str] = repeatable(
         "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
         '\'llama=This sentence : "{text}" means in one word:"\' (repeatable).'

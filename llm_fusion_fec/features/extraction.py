@@ -230,27 +230,38 @@ def _extract(
         notice_large_models_on_cpu(metadata.backbones, configs, dtype)
 
     shards = Shards(cache_dir, metadata.column_keys, metadata.rows, args.shard_size)
-    computed, throughput = [], {}
+    pending = {}
     for spec in metadata.backbones:
         name = spec["name"]
-        pending = _pending_shards(shards, name, rank, world)
-        if any(pending.values()):  # missing shards of a layer column may be cut from the cached all-layers column
+        pending[name] = _pending_shards(shards, name, rank, world)
+        if any(pending[name].values()):  # missing shards of a layer column may be cut from the cached all-layers one
             every_layer = _every_layer_shards(
                 spec, configs[name], digests, shards, backbone_paths.get(name), dtype, metadata.feature_dtype
             )
-            pending = _cut_from_every_layer(spec, every_layer, shards, pending, metadata.feature_dtype)
-        if not any(pending.values()):
-            continue
-        computed.append(name)
-        logger.info(f"[rank {rank}/{world}] {name}: {sum(map(len, pending.values()))} shards to compute")
+            pending[name] = _cut_from_every_layer(spec, every_layer, shards, pending[name], metadata.feature_dtype)
+    computed, throughput = [], {}
+    for group in _shared_passes(metadata.backbones, pending, backbone_paths):
+        names = [spec["name"] for spec in group]
+        computed.extend(names)
+        logger.info(
+            f"[rank {rank}/{world}] {', '.join(names)}: {sum(map(len, pending[names[0]].values()))} shards to compute"
+        )
         backbone = FrozenBackbone.load(
-            spec, backbone_paths.get(name), device=device, dtype=getattr(torch, dtype), device_map=args.device_map
+            group[0], backbone_paths.get(names[0]), device, getattr(torch, dtype), device_map=args.device_map
         )
-        progress_name = name if world == 1 else f"{name} [rank {rank}/{world}]"
-        throughput[name] = _compute_shards(
-            backbone, data, shards, pending, args.batch_size, args.max_tokens, metadata.feature_dtype, progress_name
+        views = [backbone, *(FrozenBackbone(spec, backbone.model, backbone.tokenizer) for spec in group[1:])]
+        progress_name = ", ".join(names) + ("" if world == 1 else f" [rank {rank}/{world}]")
+        throughput[", ".join(names)] = _compute_shards(
+            views,
+            data,
+            shards,
+            pending[names[0]],
+            args.batch_size,
+            args.max_tokens,
+            metadata.feature_dtype,
+            progress_name,
         )
-        del backbone  # before the next backbone is loaded
+        del backbone, views  # before the next backbone is loaded
     _barrier(world)
     if rank == 0:
         _check_shards_of_other_processes(shards, metadata.backbones, world)
@@ -409,8 +420,39 @@ def _cut_from_every_layer(
     return left
 
 
+def _shared_passes(backbones: list[dict], pending: dict[str, dict], backbone_paths: dict[str, str]) -> list[list]:
+    """The backbones with shards to compute, in groups that one forward pass serves: views of the same weights that
+    tokenize a text alike (`same_input`: e.g. a prompt's last token and the text's mean inside that prompt) and
+    miss the same shards. Each group is loaded once and computed in one pass a batch."""
+    from modeling_llm_fusion import same_input
+
+    def weights(spec: dict) -> tuple:
+        path = backbone_paths.get(spec["name"])
+        return (path, None) if path else (spec["model"], spec["revision"]), spec["dtype"], spec["quantization"]
+
+    groups: list[list[dict]] = []
+    for spec in backbones:
+        if not any(pending[spec["name"]].values()):
+            continue
+        group = next(
+            (
+                group
+                for group in groups
+                if weights(group[0]) == weights(spec)
+                and same_input(group[0], spec)
+                and pending[group[0]["name"]] == pending[spec["name"]]
+            ),
+            None,
+        )
+        if group is None:
+            groups.append([spec])
+        else:
+            group.append(spec)
+    return groups
+
+
 def _compute_shards(
-    backbone: FrozenBackbone,
+    views: list[FrozenBackbone],
     data: DatasetDict,
     shards: Shards,
     pending: dict[str, list[int]],
@@ -419,13 +461,13 @@ def _compute_shards(
     feature_dtype: str,
     progress_name: str,
 ) -> dict[str, float]:
-    """Compute the `pending` shards of a backbone's column and write them to the cache, under one progress bar.
-    Returns the backbone's throughput: texts, texts/s and tokens/s."""
+    """Compute the `pending` shards of the columns of `views` (the first and the views that read like it, in one
+    forward pass a batch) and write them to the cache, under one progress bar. Returns the pass's throughput: texts,
+    texts/s and tokens/s."""
     import torch
     from tqdm.auto import tqdm
 
-    name = backbone.spec["name"]
-    feature = feature_type(backbone.spec, feature_dtype)
+    backbone = views[0]
     total = sum(shards.rows(split, i) for split, indices in pending.items() for i in indices)
     start = time.perf_counter()
     with tqdm(total=total, desc=progress_name, unit="text", disable=None) as progress:
@@ -433,8 +475,14 @@ def _compute_shards(
             for i in indices:
                 first = i * shards.size
                 texts = data[split][first : first + shards.rows(split, i)]["text"]
-                values = backbone.extract(texts, batch_size, max_tokens, getattr(torch, feature_dtype), progress)
-                write_shard(shards.file(split, name, i), name, values.numpy(), feature)
+                columns = backbone.extract_views(
+                    texts, views, batch_size, max_tokens, getattr(torch, feature_dtype), progress
+                )
+                for view, values in zip(views, columns, strict=True):
+                    name = view.spec["name"]
+                    write_shard(
+                        shards.file(split, name, i), name, values.numpy(), feature_type(view.spec, feature_dtype)
+                    )
     seconds = time.perf_counter() - start
     return {
         "texts": backbone.texts_seen,
