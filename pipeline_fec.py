@@ -225,7 +225,7 @@ class FECPipeline(Pipeline):
     def length_batches(self, texts: list[str], batch_size: int) -> list[list[int]]:
         """Indices of `texts` in batches of similar length, as extraction makes them, by the first backbone's token
         count (the LLM's, in every preset: the backbone whose padding costs most)."""
-        if batch_size == 1 or len(texts) == 1:
+        if batch_size == 1 or len(texts) <= 1:  # nothing to sort (an empty last window of a stream included)
             return [[i] for i in range(len(texts))]
         backbone = next(iter(self.model.load_backbones().values()))
         return length_sorted_batches(backbone.count_tokens(texts), batch_size)
