@@ -348,6 +348,13 @@ class FrozenBackbone:
         return outputs.last_hidden_state[:, 0].float()
 
 
+def same_weights(spec: dict, path: str | None = None, dtype: torch.dtype | None = None) -> tuple:
+    """What a loaded backbone depends on: its weights (a local folder, else its Hub id and revision), the dtype it
+    computes in and its quantization. Backbone descriptions with equal keys share one loaded model."""
+    source = (path, None) if path else (spec["model"], spec["revision"])
+    return *source, dtype or compute_dtype(spec), spec["quantization"]
+
+
 def same_input(a: dict, b: dict) -> bool:
     """Whether two backbone descriptions tokenize a text alike (the same template and length limit): given the same
     weights, one forward pass serves both."""
@@ -418,10 +425,8 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         paths = {spec["name"]: path for spec in self.config.backbones if (path := backbone_path(spec, paths))}
         device = device if device is not None else self.device
 
-        def weights(spec: dict) -> tuple:  # what a loaded model depends on
-            path = paths.get(spec["name"])
-            source = (path, None) if path else (spec["model"], spec["revision"])
-            return *source, dtype or compute_dtype(spec), spec["quantization"]
+        def weights(spec: dict) -> tuple:
+            return same_weights(spec, paths.get(spec["name"]), dtype)
 
         loaded = {weights(backbone.spec): backbone for backbone in self._backbones.values()}
         for spec in self.config.backbones:

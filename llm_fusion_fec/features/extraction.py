@@ -424,11 +424,10 @@ def _shared_passes(backbones: list[dict], pending: dict[str, dict], backbone_pat
     """The backbones with shards to compute, in groups that one forward pass serves: views of the same weights that
     tokenize a text alike (`same_input`: e.g. a prompt's last token and the text's mean inside that prompt) and
     miss the same shards. Each group is loaded once and computed in one pass a batch."""
-    from modeling_llm_fusion import same_input
+    from modeling_llm_fusion import same_input, same_weights
 
     def weights(spec: dict) -> tuple:
-        path = backbone_paths.get(spec["name"])
-        return (path, None) if path else (spec["model"], spec["revision"]), spec["dtype"], spec["quantization"]
+        return same_weights(spec, backbone_paths.get(spec["name"]))
 
     groups: list[list[dict]] = []
     for spec in backbones:
