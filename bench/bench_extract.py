@@ -49,6 +49,16 @@ def prepared_folders() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.split())
 
 
+SMALL_TRIO = {"llama": "smollm2-135m-instruct", "bert": "all-minilm-l6-v2", "roberta": "all-mpnet-base-v2"}
+"""The small preset's backbones by name, and the folder of each in prepare.py's output."""
+
+
+def small_trio_paths() -> dict[str, str]:
+    """The small preset's backbones' local folders, by backbone name."""
+    folders = prepared_folders()
+    return {name: folders[folder] for name, folder in SMALL_TRIO.items()}
+
+
 def small_trio() -> list[dict]:
     folders = prepared_folders()
     specs = [

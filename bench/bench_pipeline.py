@@ -12,8 +12,6 @@ sorted pipeline keeps at least 90% of raw extraction's texts/s.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,13 +20,12 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, Pipeline, pipeline
 
+from bench.bench_extract import small_trio_paths
 from configuration_llm_fusion import LLMFusionConfig
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import save_for_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-
-SMALL_MODEL_FOLDERS = {"llama": "smollm2-135m-instruct", "bert": "all-minilm-l6-v2", "roberta": "all-mpnet-base-v2"}
 
 
 @dataclass
@@ -37,17 +34,6 @@ class BenchArguments:
     batch_sizes: list[int] = field(default_factory=lambda: [32], metadata={"help": "Batch sizes to measure."})
     rounds: int = field(default=2, metadata={"help": "Passes over the texts by each row."})
     data_dir: str = field(default=str(REPO.parent / "shared" / "data"), metadata={"help": "Holds ED/test.csv."})
-    prepare_script: str = field(
-        default=str(REPO.parent / "shared" / "models" / "prepare.py"),
-        metadata={"help": "Materialises the small real backbones and prints NAME=PATH lines."},
-    )
-
-
-def small_backbone_paths(prepare_script: str) -> dict[str, str]:
-    """Local folders of the small real trio, by backbone name of the `"small"` preset."""
-    output = subprocess.run([sys.executable, prepare_script], capture_output=True, text=True, check=True).stdout
-    folders = dict(line.split("=", 1) for line in output.split() if "=" in line)
-    return {name: folders[folder] for name, folder in SMALL_MODEL_FOLDERS.items()}
 
 
 def read_texts(data_dir: str, num_texts: int) -> list[str]:
@@ -84,7 +70,7 @@ def measure(pipe: Pipeline, texts: list[str], batch_size: int, rounds: int) -> d
 
 def main() -> None:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses()
-    backbone_paths = small_backbone_paths(args.prepare_script)
+    backbone_paths = small_trio_paths()
     texts = read_texts(args.data_dir, args.num_texts)
     config = LLMFusionConfig.from_preset("small", num_labels=32)
     with tempfile.TemporaryDirectory() as folder:

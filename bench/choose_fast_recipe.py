@@ -3,6 +3,7 @@ warm-up, cosine decay and weight decay as in `llm_fusion_fec.training.protocols`
 kept checkpoint's validation weighted-F1.
 
     python -m bench.choose_fast_recipe features/ED-small --output bench/results/fast_recipe_ed.txt
+    python -m bench.choose_fast_recipe features/GoE-small --candidates 512,1e-3,8 512,1e-3,16 ...
 
 Resumable: each candidate's run is a model folder under `--work-dir`, reused when it is complete. Training scores
 each seed's test split as it always does; this script reads validation scores only, and shows no test score.
@@ -24,11 +25,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("features_dir")
     parser.add_argument("--work-dir", default="runs/fast-recipe", type=Path)
     parser.add_argument("--output", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        metavar="BATCH,LR,EPOCHS",
+        type=lambda item: (int(item.split(",")[0]), float(item.split(",")[1]), int(item.split(",")[2])),
+        default=CANDIDATES,
+        help="the recipes to try (default: " + " ".join(f"{b},{lr:g},{e}" for b, lr, e in CANDIDATES) + ")",
+    )
     args = parser.parse_args(argv)
     header = "| batch | learning rate | epochs (max) | epochs run | kept epoch | validation weighted-F1 | accuracy |"
     lines = [header + " wall s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     best = None
-    for batch, learning_rate, epochs in CANDIDATES:
+    for batch, learning_rate, epochs in args.candidates:
         results, wall = run_row(
             f"b{batch}-lr{learning_rate:g}-e{epochs}",
             args.features_dir,

@@ -28,8 +28,6 @@ import argparse
 import itertools
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
+from bench.bench_extract import small_trio_paths
 from llm_fusion_fec.commands.train import parse_args
 from llm_fusion_fec.evaluation.metrics import THRESHOLDS
 from llm_fusion_fec.features.extraction import extract
@@ -57,18 +56,6 @@ PROBE_CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried by the probes
 # The fix (not in the paper): standardised features, and the encoders' vectors fed to the MLP too.
 FIXED = ["--standardize_features", "true", "--encoders_in_tail", "true"]
 EXACT = ["--standardize_features", "false", "--encoders_in_tail", "false"]  # the paper's head, whatever the preset
-
-
-def small_model_folders() -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, str(ROOT.parent / "shared/models/prepare.py")], capture_output=True, text=True, check=True
-    ).stdout
-    folders = dict(line.split("=", 1) for line in out.split())
-    return {
-        "llama": folders["smollm2-135m-instruct"],
-        "bert": folders["all-minilm-l6-v2"],
-        "roberta": folders["all-mpnet-base-v2"],
-    }
 
 
 class Stages:
@@ -415,7 +402,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()  # a bar per checkpoint written or read, as train_fusion.py hides them
     work = Path(args.work_dir)
     stages = Stages(work, args.report_only)
-    folders = small_model_folders()
+    folders = small_trio_paths()
     datasets = [*args.datasets, *(["go_emotions_multilabel"] if "multilabel" in args.stages else [])]
     for dataset in datasets:
         if "extract" in args.stages or not (work / "features" / dataset).exists():
