@@ -22,6 +22,7 @@ from bench.probe_features import head_input
 from bench.sweep_layers import (
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
+    Probe,
     add_strengths_argument,
     best_probe,
     strengths_words,
@@ -44,8 +45,11 @@ class LinearBaseline:
     test: dict[str, float]
 
 
-def linear_baseline(features_dir: str | Path, cs: Sequence[float] = PROBE_STRENGTHS) -> LinearBaseline:
-    """Fit the probe on the train split at each strength of `cs`, keep the best on validation, score test once."""
+def fit_linear_baseline(
+    features_dir: str | Path, cs: Sequence[float] = PROBE_STRENGTHS
+) -> tuple[LinearBaseline, Probe]:
+    """Fit the probe on the train split at each strength of `cs`, keep the best on validation, score test once;
+    the figures and the fitted probe."""
     metadata = read_metadata(features_dir)
     (x_train, y_train), (x_val, y_val) = (head_input(swept_split(features_dir, s), metadata) for s in SWEEP_SPLITS)
     metric = load_metric(metadata.problem_type)
@@ -53,7 +57,13 @@ def linear_baseline(features_dir: str | Path, cs: Sequence[float] = PROBE_STRENG
     x_test, y_test = head_input(datasets.load_from_disk(str(Path(features_dir) / "test")), metadata)
     test = score(metric, probe.logits(x_test), y_test, probe.threshold)
     multi_label = metadata.problem_type == "multi_label_classification"
-    return LinearBaseline(str(features_dir), probe.c, probe.threshold if multi_label else None, probe.score, test)
+    baseline = LinearBaseline(str(features_dir), probe.c, probe.threshold if multi_label else None, probe.score, test)
+    return baseline, probe
+
+
+def linear_baseline(features_dir: str | Path, cs: Sequence[float] = PROBE_STRENGTHS) -> LinearBaseline:
+    """`fit_linear_baseline`'s figures."""
+    return fit_linear_baseline(features_dir, cs)[0]
 
 
 def main(argv: list[str] | None = None) -> list[LinearBaseline]:
