@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--draws", type=int, default=3, help="draws of each few-shot size")
     parser.add_argument("--setfit_max_steps", type=int, default=-1, help="cap SetFit's contrastive steps (-1: none)")
     parser.add_argument("--model2vec_encoder", choices=ENCODERS, default="mpnet")
-    parser.add_argument("--cs", nargs="+", type=float, default=[0.01, 0.1, 1.0, 10.0], help="model2vec probe's C")
+    parser.add_argument("--cs", nargs="+", type=float, default=[0.1, 1.0, 10.0, 100.0], help="model2vec probe's C")
     parser.add_argument("--infer_texts", type=int, default=256, help="test texts timed through each inference path")
     parser.add_argument("--output", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
