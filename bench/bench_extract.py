@@ -53,24 +53,18 @@ SMALL_TRIO = {"llama": "smollm2-135m-instruct", "bert": "all-minilm-l6-v2", "rob
 """The small preset's backbones by name, and the folder of each in prepare.py's output."""
 
 
-def small_trio_paths() -> dict[str, str]:
-    """The small preset's backbones' local folders, by backbone name."""
-    folders = prepared_folders()
+def small_trio_paths(folders: dict[str, str] | None = None) -> dict[str, str]:
+    """The small preset's backbones' local folders, by backbone name (from `folders`, else `prepared_folders()`)."""
+    folders = folders or prepared_folders()
     return {name: folders[folder] for name, folder in SMALL_TRIO.items()}
 
 
 def small_trio() -> list[dict]:
-    folders = prepared_folders()
+    paths = small_trio_paths()
     specs = [
-        {
-            "name": "llama",
-            "model": folders["smollm2-135m-instruct"],
-            "pooling": "layer_mean",
-            "num_layers": 5,
-            "hidden_size": 576,
-        },
-        {"name": "bert", "model": folders["all-minilm-l6-v2"], "pooling": "pooler", "hidden_size": 384},
-        {"name": "roberta", "model": folders["all-mpnet-base-v2"], "pooling": "pooler", "hidden_size": 768},
+        {"name": "llama", "model": paths["llama"], "pooling": "layer_mean", "num_layers": 5, "hidden_size": 576},
+        {"name": "bert", "model": paths["bert"], "pooling": "pooler", "hidden_size": 384},
+        {"name": "roberta", "model": paths["roberta"], "pooling": "pooler", "hidden_size": 768},
     ]
     return specs
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.bench_extract import prepared_folders, small_trio_paths
+from bench.bench_extract import SMALL_TRIO, prepared_folders, small_trio_paths
 from llm_fusion_fec.data.datasets import data_digest, load_data
 from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, choose_threshold, load_metric, score
 
 ROWS = ("fused", "linear", "finetune-minilm", "finetune-mpnet", "setfit", "model2vec")
 MULTI_LABEL_ROWS = ("fused", "linear", "finetune-minilm", "finetune-mpnet")
-ENCODERS = {"minilm": "all-minilm-l6-v2", "mpnet": "all-mpnet-base-v2"}  # prepare.py's folder names
+ENCODERS = {"minilm": SMALL_TRIO["bert"], "mpnet": SMALL_TRIO["roberta"]}  # prepare.py's folder names
 
 
 def folder_mb(*paths: str | Path) -> float:
@@ -65,14 +65,12 @@ class Comparison:
         self.metric = load_metric(self.problem_type)
         self.selection = SELECTION_METRICS[self.problem_type]
         self.folders = prepared_folders()
+        self.backbone_paths = small_trio_paths(self.folders)
         self.test_digest = data_digest(self.data["test"])
         self.infer_texts = self.data["test"]["text"][: args.infer_texts]
         self._features_dir = args.features_dir
 
     # --- shared pieces -------------------------------------------------------------------------------------------
-
-    def backbone_paths(self) -> dict[str, str]:
-        return small_trio_paths()
 
     @property
     def features_dir(self) -> str:
@@ -87,7 +85,7 @@ class Comparison:
                 preset="small",
                 limit=self.args.limit,
                 output_dir=str(output),
-                backbone_paths=self.backbone_paths(),
+                backbone_paths=self.backbone_paths,
             )
             self._features_dir = str(output)
         return self._features_dir
@@ -149,8 +147,8 @@ class Comparison:
         features, _ = load_features(self.features_dir)
         best = results.ensemble.test if results.ensemble else results.runs[0].test
         seeds = {key: [run.test[key] for run in results.runs] for key in best}
-        pipe = load_demo_pipeline(output, self.backbone_paths(), "cpu")
-        backbones = sorted(set(self.backbone_paths().values()))
+        pipe = load_demo_pipeline(output, self.backbone_paths, "cpu")
+        backbones = sorted(set(self.backbone_paths.values()))
         return {
             "method": f"fused head, {len(results.runs)} seeds" + (" + ensemble" if results.ensemble else ""),
             "test": best,
@@ -180,29 +178,24 @@ class Comparison:
             "test": baseline.test,
             "train_s": wall,
             "texts_per_s": texts_per_s(self.probe_predictor(build_config(metadata), probe), self.infer_texts),
-            "disk_mb": folder_mb(*sorted(set(self.backbone_paths().values()))),
+            "disk_mb": folder_mb(*sorted(set(self.backbone_paths.values()))),
             "test_digest": data_digest(features["test"].select_columns(["text", "label"])),
             "chosen": f"C {baseline.c:g}" + (f", threshold {baseline.threshold:g}" if baseline.threshold else ""),
         }
 
     def probe_predictor(self, config, probe) -> Callable[[list[str]], np.ndarray]:
         """The linear baseline's own inference path: the frozen backbones' features, then the probe."""
-        from modeling_llm_fusion import LAYER_POOLINGS, LLMFusionForSequenceClassification
+        from bench.probe_features import probe_input
+        from modeling_llm_fusion import LLMFusionForSequenceClassification
 
         model = LLMFusionForSequenceClassification(config).eval()
-        model.load_backbones(self.backbone_paths(), device="cpu")
+        model.load_backbones(self.backbone_paths, device="cpu")
 
         def predict(texts: list[str]) -> np.ndarray:
             logits = []
             for start in range(0, len(texts), 32):
                 features = model.backbone_features(texts[start : start + 32])
-                parts = [
-                    features[spec["name"]].float().mean(dim=1)
-                    if spec["pooling"] in LAYER_POOLINGS
-                    else features[spec["name"]].float()
-                    for spec in config.backbones
-                ]
-                logits.append(probe.logits(torch.cat(parts, dim=1)))
+                logits.append(probe.logits(probe_input(features, config.backbones)))
             return np.concatenate(logits)
 
         return predict

@@ -62,14 +62,23 @@ def backbone_words(spec: dict) -> str:
     return f"{spec['name']} ({pooling_words(spec)}{prompt}{layers})"
 
 
-def head_input(data: datasets.Dataset, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
-    """One split's probe input (each backbone's vector as the MLP reads it, concatenated; float32) and labels."""
-    parts, labels = [], None
-    for spec in metadata.backbones:
-        features, labels = read_split(data, spec["name"])
-        vectors = torch.from_numpy(features).float()
+def probe_input(features: dict[str, torch.Tensor], backbones: Sequence[dict]) -> torch.Tensor:
+    """The probe's input: each backbone's vector as the MLP reads it (a layer-pooled one averaged over its layers),
+    concatenated in the backbones' order; float32."""
+    parts = []
+    for spec in backbones:
+        vectors = features[spec["name"]].float()
         parts.append(vectors.mean(dim=1) if spec["pooling"] in LAYER_POOLINGS else vectors)
-    return torch.cat(parts, dim=1), labels
+    return torch.cat(parts, dim=1)
+
+
+def head_input(data: datasets.Dataset, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
+    """One split's probe input (`probe_input`) and labels."""
+    features, labels = {}, None
+    for spec in metadata.backbones:
+        vectors, labels = read_split(data, spec["name"])
+        features[spec["name"]] = torch.from_numpy(vectors)
+    return probe_input(features, metadata.backbones), labels
 
 
 def probe_features(
