@@ -32,7 +32,8 @@ def test_one_vs_rest_probe_matches_sklearn(c):
 def test_reproduce_smoke_then_resume_then_pipeline(small_models, data_dir, tmp_path):
     command = [
         sys.executable,
-        "bench/reproduce.py",
+        "-m",
+        "bench.reproduce",
         "--limit",
         "30",
         "--seeds",
