@@ -19,17 +19,17 @@ from pathlib import Path
 import datasets
 
 from bench.probe_features import head_input
-from bench.sweep_layers import (
+from bench.sweep_layers import add_strengths_argument
+from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric, score
+from llm_fusion_fec.features.metadata import read_metadata
+from llm_fusion_fec.features.sweep import (
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
     Probe,
-    add_strengths_argument,
     best_probe,
     strengths_words,
     swept_split,
 )
-from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric, score
-from llm_fusion_fec.features.metadata import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,10 +25,13 @@ import datasets
 import numpy as np
 import torch
 
-from bench.sweep_layers import (
+from bench.sweep_layers import add_strengths_argument
+from configuration_llm_fusion import LAYER_POOLINGS, layer_indices
+from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric
+from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
+from llm_fusion_fec.features.sweep import (
     PROBE_STRENGTHS,
     SWEEP_SPLITS,
-    add_strengths_argument,
     best_probe,
     check_same_rows,
     pooling_words,
@@ -36,9 +39,6 @@ from bench.sweep_layers import (
     strengths_words,
     swept_split,
 )
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices
-from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric
-from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 

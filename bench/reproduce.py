@@ -40,6 +40,7 @@ from llm_fusion_fec.commands.train import parse_args
 from llm_fusion_fec.evaluation.metrics import THRESHOLDS
 from llm_fusion_fec.features.extraction import extract
 from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.features.sweep import fit_logistic
 from llm_fusion_fec.training.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,33 +155,6 @@ def logistic_probe(features_dir: Path, name: str) -> dict:
         "weighted_f1": f1_score(y_test, predicted, average="weighted"),
     }
     return {"C": model.C, "threshold": None, "test": test}
-
-
-def fit_logistic(x: torch.Tensor, targets: torch.Tensor, c: float, iterations: int = 200) -> torch.nn.Linear:
-    """Logistic regression minimising sklearn's objective (C x the summed log-loss + half the squared weights; the
-    intercept is not penalised), fitted by L-BFGS. Integer `targets` (rows,) give a multinomial regression; multi-hot
-    float `targets` (rows, labels) one regression per column, fitted together: their losses add up, so the fits stay
-    independent. On the LLM's features this takes seconds where sklearn's one-vs-rest takes most of an hour."""
-    torch.manual_seed(0)
-    multi_label = targets.is_floating_point()
-    outputs = targets.shape[1] if multi_label else int(targets.max()) + 1
-    linear = torch.nn.Linear(x.shape[1], outputs, device=x.device)
-    optimizer = torch.optim.LBFGS(
-        linear.parameters(), max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-    )
-    log_loss = (
-        torch.nn.functional.binary_cross_entropy_with_logits if multi_label else torch.nn.functional.cross_entropy
-    )
-
-    def objective() -> torch.Tensor:  # divided by C x rows, which leaves the minimum where it is
-        optimizer.zero_grad()
-        loss = log_loss(linear(x), targets, reduction="sum")
-        loss = (loss + linear.weight.square().sum() / (2 * c)) / len(targets)
-        loss.backward()
-        return loss
-
-    optimizer.step(objective)
-    return linear.requires_grad_(False)
 
 
 def multilabel_probe(features_dir: Path, name: str) -> dict:

@@ -1,6 +1,7 @@
-r"""Choose which hidden layers of the LLM feed the head, and how they are pooled, on the validation split: a cheap
-probe scores each layer and each window of k consecutive layers (of each features folder given: one per pooling or
-prompt), and the winner is written as a backbone description that extraction reads.
+r"""Choose which hidden layers of the LLM feed the head, and how they are pooled, on the validation split, from
+features folders a user extracted (`extract_features.py --choose` does it all in one command): the sweep of
+`llm_fusion_fec.features.sweep` on each folder given, and the winner written as a backbone description that
+extraction reads.
 
     python extract_features.py --dataset ED --preset small --all-layers --output-dir features/ED-all-layers
     python -m bench.sweep_layers features/ED-all-layers --window 5 --output llama-layers.json
@@ -15,16 +16,6 @@ prompt), and the winner is written as a backbone description that extraction rea
 
     # an encoder's pooling: one folder per pooling (--pooling bert=mean in the second), the encoder named
     python -m bench.sweep_layers features/ED features/ED-mean --backbone bert --output bert-pooling.json
-
-The probe is a logistic regression on standardised features (training-set mean and std), fitted in torch by L-BFGS
-on the train split: multinomial for single-label data, one-vs-rest for multi-label data. It is fitted at each L2
-strength of `--c` (sklearn's C, by default 1e-4 ... 1) and a candidate scores what its best strength scores on
-validation: a weakly regularised probe fits the training rows of wide features almost perfectly and ranks
-candidates by how they overfit. Its input for a window is the mean of the window's layer vectors (`--combine mean`:
-the vector the head feeds its MLP directly, and as wide as one layer, so that every candidate is probed at the same
-width) or their concatenation (`--combine concat`). Each candidate is scored on the validation split with the metric
-training selects models by (weighted-F1 single-label, macro-F1 multi-label at the threshold of 0.05, ..., 0.95 that
-scores best). Only the train and validation splits are read: the test split plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -32,278 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import datasets
-import numpy as np
-import torch
-
-from bench.reproduce import fit_logistic
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
-from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, choose_threshold, load_metric, score
-from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-
-SWEEP_SPLITS = ("train", "validation")
-"""The splits a sweep reads. Never the test split: the choice of layers is part of the model."""
-COMBINES = ("mean", "concat")
-PROBE_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-"""The probe's inverse L2 strengths (sklearn's C) tried by default; each candidate keeps its best on validation."""
-READ_ROWS = 4096  # rows read at a time, so that only the float16 features (not float32 copies) are held whole
-
-
-@dataclass
-class LayerScore:
-    """One candidate of a sweep: the hidden states it reads (feature order, top first), the features folder they
-    come from (its pooling and template) and its validation score."""
-
-    layers: list[int]
-    score: float
-    features: str = ""
-    c: float | None = None  # the probe's inverse L2 strength that scored best
-
-
-@dataclass
-class SweepResult:
-    """What a sweep found: every candidate ranked best first, and the winner as a backbone description."""
-
-    backbone: str
-    metric: str
-    combine: str
-    train_rows: int
-    validation_rows: int
-    scores: list[LayerScore]
-    best_spec: dict
-    poolings: dict[str, str]  # features folder -> its pooling in words, e.g. "layer_last_token, prompted"
-    second_view: dict | None = None  # the best candidate of another folder than the winner's, as NAME_view2
-
-
-def swept_split(features_dir: str | Path, split: str) -> datasets.Dataset:
-    """One split of a features folder, refused for any split but train and validation."""
-    if split not in SWEEP_SPLITS:
-        raise ValueError(f"A layer sweep reads only {SWEEP_SPLITS}, not {split!r}.")
-    return datasets.load_from_disk(str(Path(features_dir) / split))
-
-
-def split_labels(features_dir: str | Path, split: str) -> np.ndarray:
-    """One split's labels (to check that several folders hold the same rows)."""
-    return np.asarray(swept_split(features_dir, split).with_format("numpy")["label"][:])
-
-
-def read_split(data: datasets.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split's features of backbone `name`, `(rows, layers, width)` as stored (float16 or float32), and labels."""
-    data = data.with_format("numpy", columns=[name, "label"])
-    first = data[:1][name]
-    features = np.empty((len(data), *first.shape[1:]), dtype=first.dtype)
-    labels = []
-    for start in range(0, len(data), READ_ROWS):
-        chunk = data[start : start + READ_ROWS]
-        features[start : start + len(chunk[name])] = chunk[name]
-        labels.append(np.asarray(chunk["label"]))
-    return features, np.concatenate(labels)
-
-
-def candidates(indices: list[int], window: int) -> list[list[int]]:
-    """Each single hidden state, then each window of `window` consecutive ones, among the hidden-state `indices`
-    the features hold; a candidate lists its indices top first (the order of the default layers)."""
-    if window < 1:
-        raise ValueError(f"window must be a positive integer, got {window!r}.")
-    if min(indices) < 0 <= max(indices):
-        raise ValueError(
-            f"The features mix negative and non-negative hidden-state indices {indices}, whose order is unknown "
-            "without the model; extract them with --all-layers."
-        )
-    ordered = sorted(indices, reverse=True)
-    out = [[i] for i in ordered]
-    if window > 1:
-        for start in range(len(ordered) - window + 1):
-            run = ordered[start : start + window]
-            if run[0] - run[-1] == window - 1:  # consecutive hidden states only
-                out.append(run)
-    return out
-
-
-def probe_input(features: np.ndarray, positions: list[int], combine: str, device: torch.device) -> torch.Tensor:
-    """The probe's input for the layers at `positions` of `features` `(rows, layers, width)`, float32."""
-    chosen = torch.from_numpy(features[:, positions]).to(device, torch.float32)
-    return chosen.mean(dim=1) if combine == "mean" else chosen.flatten(start_dim=1)
-
-
-@dataclass
-class Probe:
-    """A fitted probe: its training features' standardisation, its linear layer, and what validation chose."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    linear: torch.nn.Linear
-    c: float  # the inverse L2 strength that scored best on validation
-    score: float  # its validation score by the selection metric
-    threshold: float  # the multi-label decision threshold chosen on validation (single-label: unused, 0.5)
-
-    def logits(self, x: torch.Tensor) -> np.ndarray:
-        return self.linear((x - self.mean) / self.std).float().cpu().numpy()
-
-
-def best_probe(
-    x_train: torch.Tensor,
-    y_train: np.ndarray,
-    x_val: torch.Tensor,
-    y_val: np.ndarray,
-    problem_type: str,
-    cs: Sequence[float],
-    metric,
-) -> Probe:
-    """Fit the probe on standardised training features at each inverse L2 strength of `cs`; the one with the best
-    validation score by the selection metric (the first of equals)."""
-    key = SELECTION_METRICS[problem_type]
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    standardised = (x_train - mean) / std
-    multi_label = problem_type == "multi_label_classification"
-    targets = torch.from_numpy(y_train.astype(np.float32 if multi_label else np.int64)).to(x_train.device)
-    best = None
-    for c in cs:
-        with torch.device(x_train.device):  # the probe's weights live where the features are
-            probe = Probe(mean, std, fit_logistic(standardised, targets, c), c, 0.0, 0.5)
-        logits = probe.logits(x_val)
-        if multi_label:
-            probe.threshold, scores = choose_threshold(metric, logits, y_val, key)
-        else:
-            scores = score(metric, logits, y_val, 0.5)
-        probe.score = float(scores[key])
-        if best is None or probe.score > best.score:
-            best = probe
-    return best
-
-
-def check_same_rows(
-    first_labels: tuple[np.ndarray, np.ndarray] | None, labels: tuple[np.ndarray, np.ndarray], folder, first_folder
-) -> None:
-    """Refuse a folder whose train and validation labels differ from the first folder's (`None`: this is the first):
-    folders compared must be extracted from the same data."""
-    if first_labels is not None and not all(map(np.array_equal, first_labels, labels)):
-        raise ValueError(
-            f"{folder} holds other train or validation rows than {first_folder}: extract every folder "
-            "compared from the same data."
-        )
-
-
-def sweep(
-    features_dirs: str | Path | Sequence[str | Path],
-    backbone: str | None = None,
-    window: int = 5,
-    combine: str = "mean",
-    cs: Sequence[float] = PROBE_STRENGTHS,
-    device: str | None = None,
-) -> SweepResult:
-    """Score every single layer and every window of `window` consecutive layers of a layer-pooled backbone's
-    features (best extracted with `--all-layers`) by a probe trained on train (at each inverse L2 strength of `cs`)
-    and scored on validation. Several folders (the same data, the backbone pooled otherwise in each) are swept alike
-    and ranked together."""
-    if combine not in COMBINES:
-        raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}.")
-    folders = [features_dirs] if isinstance(features_dirs, (str, Path)) else list(features_dirs)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores, specs, labels = [], {}, None
-    for folder in folders:
-        metadata, spec = swept_backbone(folder, backbone)
-        y_train, y_val = (split_labels(folder, split) for split in SWEEP_SPLITS)
-        check_same_rows(labels, (y_train, y_val), folder, folders[0])
-        labels, specs[str(folder)] = (y_train, y_val), spec
-        scores += folder_scores(folder, metadata, spec, window, combine, cs, device)
-    scores.sort(key=lambda s: (-s.score, len(s.layers), [-i for i in s.layers]))  # stable: folder order breaks ties
-    best = chosen_spec(specs[scores[0].features], scores[0].layers)
-    other = next((row for row in scores if row.features != scores[0].features), None)
-    return SweepResult(
-        backbone=best["name"],
-        metric=SELECTION_METRICS[metadata.problem_type],
-        combine=combine,
-        train_rows=len(labels[0]),
-        validation_rows=len(labels[1]),
-        scores=scores,
-        best_spec=best,
-        poolings=folder_poolings(specs),
-        second_view=None if other is None else chosen_spec(specs[other.features], other.layers, "_view2"),
-    )
-
-
-def chosen_spec(spec: dict, layers: list[int], suffix: str = "") -> dict:
-    """The backbone description `spec` reading `layers` (an encoder pooling: `[]`, its one vector), its name extended
-    by `suffix` (a view of its own)."""
-    chosen = {**spec, "name": spec["name"] + suffix}
-    return normalize_backbone(chosen | ({"layers": layers, "num_layers": len(layers)} if layers else {}))
-
-
-def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[FeatureMetadata, dict]:
-    """A features folder's metadata and the description of the backbone to sweep: `backbone` (any pooling), or the
-    only layer-pooled one."""
-    metadata = read_metadata(features_dir)
-    if backbone is None:
-        layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
-        if len(layered) != 1:
-            raise ValueError(f"Name the backbone to sweep (--backbone): layer-pooled ones are {layered}.")
-        return metadata, normalize_backbone(layered[0])
-    spec = next((s for s in metadata.backbones if s["name"] == backbone), None)
-    if spec is None:
-        raise ValueError(
-            f"No backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in metadata.backbones]}."
-        )
-    return metadata, normalize_backbone(spec)
-
-
-def folder_scores(
-    features_dir: str | Path,
-    metadata: FeatureMetadata,
-    spec: dict,
-    window: int,
-    combine: str,
-    cs: Sequence[float],
-    device: torch.device,
-) -> list[LayerScore]:
-    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
-    encoder pooling's one vector is its only candidate (`layers` `[]`)."""
-    metric = load_metric(metadata.problem_type)
-    train_features, y_train = read_split(swept_split(features_dir, "train"), spec["name"])
-    val_features, y_val = read_split(swept_split(features_dir, "validation"), spec["name"])
-    if spec["pooling"] in LAYER_POOLINGS:
-        indices = layer_indices(spec)
-        found = candidates(indices, window)
-    else:  # one vector a text: a single "layer"
-        indices, found, train_features, val_features = [], [[]], train_features[:, None], val_features[:, None]
-    scores = []
-    for layers in found:
-        positions = [indices.index(i) for i in layers] or [0]
-        x_train = probe_input(train_features, positions, combine, device)
-        x_val = probe_input(val_features, positions, combine, device)
-        probe = best_probe(x_train, y_train, x_val, y_val, metadata.problem_type, cs, metric)
-        scores.append(LayerScore(layers=layers, score=probe.score, features=str(features_dir), c=probe.c))
-    return scores
-
-
-def pooling_words(spec: dict) -> str:
-    """A backbone's pooling in a few words: the pooling, and whether a prompt wraps the text."""
-    return spec["pooling"] + (", prompted" if spec.get("template") else "")
-
-
-def folder_poolings(specs: dict[str, dict]) -> dict[str, str]:
-    """Each folder's pooling in words (`pooling_words`); folders that pool alike (two prompts, say) are told apart by
-    their folder's name."""
-    words = {folder: pooling_words(spec) for folder, spec in specs.items()}
-    counts = Counter(words.values())
-    return {folder: word + (f", {Path(folder).name}" if counts[word] > 1 else "") for folder, word in words.items()}
-
-
-def chosen_words(spec: dict) -> str:
-    """What a sweep chose: the layers of a layer pooling, or an encoder's pooling."""
-    return f"layers {spec['layers']}" if spec["pooling"] in LAYER_POOLINGS else f"pooling {spec['pooling']}"
-
-
-def strengths_words(cs: Sequence[float]) -> str:
-    """The probe's inverse L2 strengths in words, as the scripts' reports say them."""
-    return f"C = {cs[0]:g}" if len(cs) == 1 else "at the best of C = " + ", ".join(f"{c:g}" for c in cs)
+from configuration_llm_fusion import LAYER_POOLINGS
+from llm_fusion_fec.features.sweep import (
+    COMBINES,
+    PROBE_STRENGTHS,
+    SweepResult,
+    chosen_words,
+    strengths_words,
+    sweep,
+    table,
+)
 
 
 def add_strengths_argument(parser: argparse.ArgumentParser, each: str) -> None:
@@ -317,22 +49,6 @@ def add_strengths_argument(parser: argparse.ArgumentParser, each: str) -> None:
         help=f"inverse L2 strengths of the probe (sklearn's C); {each} keeps the one that scores best "
         "on validation (default: %(default)s)",
     )
-
-
-def table(result: SweepResult) -> str:
-    """The ranked candidates as a text table, score in %; with several folders, each row's pooling too."""
-    pooled = len(result.poolings) > 1
-    width = max(map(len, result.poolings.values())) if pooled else 0
-    header = f"{'rank':>4}  {'k':>2}  {result.metric + ' (%)':>16}  {'C':>6}  " + (
-        f"{'pooling':{width}}  " if pooled else ""
-    )
-    lines = [header + "layers (hidden_states[i], feature order)"]
-    for rank, row in enumerate(result.scores, 1):
-        pooling = f"{result.poolings[row.features]:{width}}  " if pooled else ""
-        layers = ", ".join(map(str, row.layers)) or "(its one vector)"
-        k = len(row.layers) or "-"
-        lines.append(f"{rank:>4}  {k:>2}  {100 * row.score:>16.2f}  {row.c:>6g}  {pooling}{layers}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> SweepResult:

@@ -8,10 +8,10 @@ from datasets import load_from_disk
 
 from bench import linear_baseline
 from bench.probe_features import head_input
-from bench.sweep_layers import best_probe, swept_split
 from helpers import synthetic_features
 from llm_fusion_fec.evaluation.metrics import load_metric
 from llm_fusion_fec.features.metadata import read_metadata
+from llm_fusion_fec.features.sweep import best_probe, swept_split
 
 SPLITS = ("train", "validation", "test")
 

@@ -9,9 +9,9 @@ import torch
 from datasets import load_from_disk
 
 from bench import probe_features
-from bench.sweep_layers import PROBE_STRENGTHS
 from helpers import synthetic_features
 from llm_fusion_fec.features.metadata import METADATA_FILE, read_metadata
+from llm_fusion_fec.features.sweep import PROBE_STRENGTHS
 
 SINGLE = "single_label_classification"
 

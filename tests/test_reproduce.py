@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reproduce import fit_logistic
 from helpers import REPO
+from llm_fusion_fec.features.sweep import fit_logistic
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])

@@ -10,12 +10,11 @@ import torch
 
 import llm_fusion_fec.commands.extract as extract_command
 from bench import sweep_layers
-from bench.reproduce import fit_logistic
-from bench.sweep_layers import PROBE_STRENGTHS, best_probe, candidates, sweep
 from configuration_llm_fusion import normalize_backbone
 from helpers import synthetic_features
 from llm_fusion_fec.evaluation.metrics import load_metric
 from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, best_probe, candidates, fit_logistic, sweep, swept_split
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0])
@@ -59,7 +58,7 @@ def test_candidates_are_single_layers_then_windows_of_consecutive_ones():
     with pytest.raises(ValueError, match=r"mix negative and non-negative hidden-state indices"):
         candidates([0, -1], 2)
     with pytest.raises(ValueError, match=r"only \('train', 'validation'\), not 'test'"):
-        sweep_layers.swept_split("anywhere", "test")
+        swept_split("anywhere", "test")
 
 
 @pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])

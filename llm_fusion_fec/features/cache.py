@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_fusion_fec.data.datasets import SPLITS
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, read_metadata
 
 logger = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class Shards:
     def share(self, rank: int, world: int) -> list[tuple[str, int]]:
         """The shards (split, index) of a column that process `rank` computes: all of them, splits in order, dealt
         round-robin over the processes."""
-        return [(split, i) for split in SPLITS for i in range(self.count(split))][rank::world]
+        return [(split, i) for split in self.split_rows for i in range(self.count(split))][rank::world]
 
     def rows(self, split: str, index: int) -> int:
         return min(self.size, self.split_rows[split] - index * self.size)
@@ -161,7 +160,7 @@ def output_problem(output_dir: Path, metadata: FeatureMetadata) -> str | None:
     """Why the saved splits do not match what `metadata` records of them, or None."""
     if not (output_dir / "dataset_dict.json").exists():
         return "dataset_dict.json is missing"
-    for split in SPLITS:
+    for split in metadata.rows:
         if not (output_dir / split).is_dir():
             return f"split {split!r} is missing"
         if split_checksum(output_dir / split) != metadata.split_checksums.get(split):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_fusion_fec.commands.arguments import ExtractArguments, check_at_least_one, name_value_pairs
-from llm_fusion_fec.data.datasets import SPLITS, data_digest, dataset_name, load_data, texts_digest
+from llm_fusion_fec.data.datasets import data_digest, dataset_name, load_data, texts_digest
 from llm_fusion_fec.features.backbones import (
     check_backbone_names,
     check_backbone_paths,
@@ -315,16 +315,16 @@ def _keyed_metadata(
             split: column_key(
                 spec, backbone_paths.get(spec["name"]), dtype, digests[split], metadata.feature_dtype, shard_size
             )
-            for split in SPLITS
+            for split in data
         }
         for spec in metadata.backbones
     }
     return dataclasses.replace(
         metadata,
         compute_dtype=dtype,
-        rows={split: len(data[split]) for split in SPLITS},
+        rows={split: len(data[split]) for split in data},
         column_keys=keys,
-        data_digests={split: data_digest(data[split]) for split in SPLITS},
+        data_digests={split: data_digest(data[split]) for split in data},
     )
 
 
@@ -345,7 +345,7 @@ def _saved_output(output_dir: Path, metadata: FeatureMetadata) -> FeatureMetadat
 def _pending_shards(shards: Shards, backbone: str, rank: int, world: int) -> dict[str, list[int]]:
     """The shards of a backbone's column that process `rank` computes, by split: those of its share that are not in
     the cache, or whose record does not match them (a warning names each)."""
-    pending = {split: [] for split in SPLITS}
+    pending = {split: [] for split in shards.split_rows}
     for split, i in shards.share(rank, world):
         shard = shards.file(split, backbone, i)
         if not shard.exists():
@@ -369,7 +369,7 @@ def _every_layer_shards(
     if spec["pooling"] not in LAYER_POOLINGS or spec["num_layers"] == count:
         return None
     every = normalize_backbone({**spec, "layers": [-1 - i for i in range(count)], "num_layers": count})
-    keys = {split: column_key(every, path, dtype, digests[split], feature_dtype, shards.size) for split in SPLITS}
+    keys = {split: column_key(every, path, dtype, digests[split], feature_dtype, shards.size) for split in digests}
     positions = [count - 1 - index % count for index in layer_indices(spec)]  # hidden_states[-1 - p] is at p
     return dataclasses.replace(shards, column_keys={_column_owner(shards.cache, keys, spec["name"]): keys}), positions
 
@@ -493,7 +493,7 @@ def _compute_shards(
 def _check_shards_of_other_processes(shards: Shards, backbones: list[dict], world: int) -> None:
     """Refuse (on rank 0, before assembling) a shard another process wrote whose record does not match it."""
     own = set(shards.share(0, world))
-    for split in SPLITS:
+    for split in shards.split_rows:
         for spec in backbones:
             for i, shard in enumerate(shards.files(split, spec["name"])):
                 if (split, i) not in own and (problem := shard_problem(shard, shards.rows(split, i))):
@@ -511,7 +511,7 @@ def _assemble(data: DatasetDict, shards: Shards, output_dir: Path, metadata: Fea
     from datasets import Dataset, DatasetDict
 
     splits = {}
-    for split in SPLITS:
+    for split in data:
         columns = [data[split]]
         for spec in metadata.backbones:
             files = shards.files(split, spec["name"])
@@ -522,12 +522,12 @@ def _assemble(data: DatasetDict, shards: Shards, output_dir: Path, metadata: Fea
         if staging.exists():  # left by a killed run
             shutil.rmtree(staging)
         DatasetDict(splits).save_to_disk(staging)
-        checksums = {split: split_checksum(staging / split) for split in SPLITS}
+        checksums = {split: split_checksum(staging / split) for split in data}
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
-    for split in SPLITS:
+    for split in data:
         target = output_dir / split
         if target.exists():
             shutil.rmtree(target)
