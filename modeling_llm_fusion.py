@@ -91,6 +91,13 @@ def backbone_path(spec: dict, paths: dict[str, str]) -> str | None:
     return paths.get(spec["name"]) or paths.get(spec["model"])
 
 
+def paths_by_model(specs: Sequence[dict], paths: dict[str, str]) -> dict[str, str]:
+    """`paths` with the folder given by a backbone's name also given to its model id (unless the id has its own):
+    one folder for one backbone serves every view of that model."""
+    models = {spec["name"]: spec["model"] for spec in specs}
+    return {**{models[key]: path for key, path in paths.items() if key in models}, **paths}
+
+
 def compute_dtype(spec: dict) -> torch.dtype:
     """The dtype a backbone computes its features in: the one its spec records (`dtype`), float32 if none."""
     return getattr(torch, spec.get("dtype") or "float32")
@@ -422,6 +429,7 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         known = {key for spec in self.config.backbones for key in (spec["name"], spec["model"])}
         if unknown := sorted(set(paths) - known):
             raise ValueError(f"backbone_paths names unknown backbone(s) or model(s) {unknown}.")
+        paths = paths_by_model(self.config.backbones, paths)
         paths = {spec["name"]: path for spec in self.config.backbones if (path := backbone_path(spec, paths))}
         device = device if device is not None else self.device
 

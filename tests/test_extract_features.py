@@ -551,6 +551,11 @@ def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbo
     specs = [normalize_backbone(spec) for spec in (*views, tiny_backbones[1])]
     by_name = check_backbone_paths({hub_id: str(tmp_path), "bert": str(tmp_path)}, specs)
     assert by_name == {"llama": str(tmp_path), "llama_window": str(tmp_path), "bert": str(tmp_path)}
+    # A folder given by a backbone's name serves the other views of its model too: no second --backbone-path.
+    assert check_backbone_paths({"llama": str(tmp_path)}, specs) == {
+        "llama": str(tmp_path),
+        "llama_window": str(tmp_path),
+    }
     with pytest.raises(ValueError, match=r"no backbone 'org/x'; .* \(or a model id, for every backbone of that model"):
         check_backbone_paths({"org/x": str(tmp_path)}, specs)
 

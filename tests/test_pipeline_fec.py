@@ -15,6 +15,7 @@ import torch
 from transformers import pipeline
 from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
 
+from configuration_llm_fusion import normalize_backbone
 from helpers import REPO, run_program, tiny_fusion_model
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import TASK_NOTE, TASKS, FECPipeline, save_for_pipeline
@@ -315,3 +316,16 @@ def test_quantized_backbone_without_bitsandbytes_or_gpu_is_refused(tiny_backbone
     with pytest.raises(ValueError, match=re.escape(message)):
         pipeline("fec", model=LLMFusionForSequenceClassification(config), device="cpu", backbone_paths=paths)
     assert "bitsandbytes" not in sys.modules  # asking for it never imports it on a machine that cannot use it
+
+
+def test_a_folder_given_for_one_view_serves_every_view_of_that_model(tiny_backbones):
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not on this machine: the folder given by name must be used
+    llm = {**tiny_backbones[0], "model": hub_id}
+    views = [llm, {**llm, "name": "llama_window", "pooling": "layer_text_mean", "template": "Say: {text}"}]
+    config = tiny_fusion_model(tiny_backbones[:2], EMOTIONS, "single_label_classification").config
+    config.backbones = [normalize_backbone(spec) for spec in (*views, tiny_backbones[1])]
+    model = LLMFusionForSequenceClassification(config).eval()
+    pipe = pipeline("fec", model=model, device="cpu", backbone_paths={"llama": tiny_backbones[0]["model"]})
+    loaded = model.load_backbones()
+    assert loaded["llama"].model is loaded["llama_window"].model  # one folder, one load
+    assert len(pipe(TEXTS[:2])) == 2

@@ -45,8 +45,8 @@ class ExtractArguments:
     )
     backbone: list[str] = repeatable("NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).")
     backbone_path: list[str] = repeatable(
-        "NAME=FOLDER: load a backbone from a local copy of the model it names; NAME is the backbone's name or its "
-        "model id (one folder for every view of that model) (repeatable).",
+        "NAME=FOLDER: load a backbone from a local copy of the model it names, and every other view of that model "
+        "with it; NAME is the backbone's name or its model id (repeatable).",
         "NAME=FOLDER",
     )
     backbone_spec: list[str] = repeatable(
@@ -76,6 +76,19 @@ class ExtractArguments:
             "help": "Read every hidden state (the embeddings and each layer) of each layer-pooled backbone, in "
             "one pass: the features bench/sweep_layers.py chooses layers from."
         },
+    )
+    choose: bool = field(
+        default=False,
+        metadata={
+            "help": "Choose the LLM's views on the validation split: every layer of each candidate prompt (its last "
+            "token and its text's mean) and of the plain mean is probed, and the best token and the best window "
+            "are extracted with the preset's encoders. The test split plays no part in the choice."
+        },
+    )
+    choose_template: list[str] = repeatable(
+        "TEMPLATE: a candidate prompt for --choose, with one {text} slot (repeatable; default: PromptEOL's and the "
+        "feeling prompt).",
+        "TEMPLATE",
     )
     output_dir: str | None = field(
         default=None, metadata={"help": "Defaults to features/<data set name> (see `dataset_name`)."}

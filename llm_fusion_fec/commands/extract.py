@@ -2,6 +2,7 @@
 
     fec extract --dataset ED                                      # the paper's backbones -> features/ED
     fec extract --dataset ED --preset small --limit 500           # laptop-size backbones, 500 rows a split
+    fec extract --dataset ED --preset small --choose              # the LLM's views chosen on validation first
     accelerate launch extract_features.py --dataset go_emotion    # rows split over processes, same result
 
 Every split gets one feature column per backbone. Work is cached shard by shard and checksummed: a rerun skips what
@@ -26,12 +27,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None):
     """`fec extract`: extract, then report where the features are and how fast each backbone ran."""
     args = parse_args(argv, prog)
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
+    from llm_fusion_fec.features.choice import choice_words
     from llm_fusion_fec.features.extraction import extract
 
     result = extract(args)
     if int(os.environ.get("RANK", "0")) == 0:
         rows = ", ".join(f"{split} {n}" for split, n in result.metadata.rows.items())
         print(f"Features of {result.metadata.dataset} ({rows}) -> {result.output_dir}")
+        if result.metadata.choice:
+            for name, view in result.metadata.choice["chosen"].items():
+                print(f"  chosen on validation: {name} = {choice_words(view)}")
         if not result.computed:
             print("No model was loaded: every column came from the cache.")
         for name, speed in result.throughput.items():

@@ -177,8 +177,9 @@ def read_every_layer(specs: list[dict], chosen: dict[str, str | list[int]], back
 
 def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> dict[str, str]:
     """Refuse a `--backbone-path` that names no backbone or model, or a folder that does not exist; return the
-    folders by backbone name (a model id's folder for each view of that model)."""
-    from modeling_llm_fusion import backbone_path
+    folders by backbone name (the folder given for a model id, or for one backbone of a model, serves every view of
+    that model)."""
+    from modeling_llm_fusion import backbone_path, paths_by_model
 
     names = [spec["name"] for spec in backbones]
     models = sorted({spec["model"] for spec in backbones})
@@ -191,6 +192,7 @@ def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) 
         if not Path(folder).is_dir():
             model = backbones[names.index(key)]["model"] if key in names else key
             raise ValueError(f"--backbone-path {key}={folder}: folder not found; it must be a local copy of {model}.")
+    backbone_paths = paths_by_model(backbones, backbone_paths)
     return {spec["name"]: path for spec in backbones if (path := backbone_path(spec, backbone_paths))}
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def extract(
     *,
     backbones: list[dict] | None = None,
     backbone_paths: dict[str, str] | None = None,
+    splits: Sequence[str] | None = None,
+    choice: dict | None = None,
     **options,
 ) -> ExtractionResult:
     """Extract (or load from cache) the features of every split of a data set and save them as a `DatasetDict`:
@@ -126,6 +129,10 @@ def extract(
             `--layers`, `--pooling`, ... applied by `backbones_of`).
         backbone_paths (`dict[str, str]`, *optional*):
             Local folders of the backbones by name, instead of `args.backbone_path`.
+        splits (`Sequence[str]`, *optional*):
+            Extract these splits only (`--choose` reads its candidates of train and validation alone); default all.
+        choice (`dict`, *optional*):
+            What `--choose` chose, recorded in the metadata (`FeatureMetadata.choice`).
         options:
             `ExtractArguments` fields that replace those of `args` (`preset="small"`, `limit=500`, ...).
 
@@ -140,6 +147,10 @@ def extract(
     from configuration_llm_fusion import PRESETS, normalize_backbone
 
     args = arguments_of(args, options)
+    if args.choose:
+        from llm_fusion_fec.features.choice import choose
+
+        return choose(args, backbones=backbones, backbone_paths=backbone_paths)
     _check_extract_arguments(args)
     if backbone_paths is None:
         backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
@@ -153,6 +164,8 @@ def extract(
         data, label_names, problem_type = load_data(
             args.dataset, args.data_dir, args.text_column, args.label_column, args.limit
         )
+        if splits is not None:
+            data = type(data)({split: data[split] for split in splits})
         metadata = FeatureMetadata(
             dataset=args.dataset,
             dataset_name=dataset_name(args.dataset),
@@ -162,6 +175,7 @@ def extract(
             feature_dtype=args.feature_dtype,
             head=dict(PRESETS.get(args.preset, {}).get("head", {})),
             protocol=PRESETS.get(args.preset, {}).get("protocol"),
+            choice=choice,
         )
         cache = Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)

@@ -48,6 +48,9 @@ class FeatureMetadata:
             The preset's head options (`LLMFusionConfig` keywords); training uses them unless a flag says otherwise.
         protocol (`str`, *optional*):
             The preset's training recipe (`paper` or `fast`); training follows it unless `--protocol` says otherwise.
+        choice (`dict`, *optional*):
+            How `--choose` chose the LLM's views on the validation split (`llm_fusion_fec.features.choice`): the
+            candidates, their validation scores, the probe's strengths and the views chosen; `None` without it.
         rows (`dict[str, int]`, *optional*):
             Rows of each split.
         column_keys (`dict[str, dict[str, str]]`, *optional*):
@@ -67,6 +70,7 @@ class FeatureMetadata:
     compute_dtype: str | None = None
     head: dict = field(default_factory=dict)
     protocol: str | None = None
+    choice: dict | None = None
     rows: dict[str, int] = field(default_factory=dict)
     column_keys: dict[str, dict[str, str]] = field(default_factory=dict)
     data_digests: dict[str, str] = field(default_factory=dict)

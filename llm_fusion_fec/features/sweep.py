@@ -271,15 +271,16 @@ def folder_scores(
     combine: str,
     cs: Sequence[float],
     device: torch.device,
+    widths: Sequence[int] | None = None,
 ) -> list[LayerScore]:
-    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec`; an
-    encoder pooling's one vector is its only candidate (`layers` `[]`)."""
+    """The validation score of each candidate (single layer, window) of one features folder's backbone `spec` (only
+    those of `widths` layers, if given); an encoder pooling's one vector is its only candidate (`layers` `[]`)."""
     metric = load_metric(metadata.problem_type)
     train_features, y_train = read_split(swept_split(features_dir, "train"), spec["name"])
     val_features, y_val = read_split(swept_split(features_dir, "validation"), spec["name"])
     if spec["pooling"] in LAYER_POOLINGS:
         indices = layer_indices(spec)
-        found = candidates(indices, window)
+        found = [layers for layers in candidates(indices, window) if widths is None or len(layers) in widths]
     else:  # one vector a text: a single "layer"
         indices, found, train_features, val_features = [], [[]], train_features[:, None], val_features[:, None]
     scores = []

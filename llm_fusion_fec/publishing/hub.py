@@ -535,6 +535,7 @@ def model_card(
         "confusion_image": CONFUSION_MATRIX_FILE if confusion_image else None,
         "most_confused": _most_confused(saved.confusion, labels),
         "feature_dtype": spec.feature_dtype,
+        "choice": getattr(config, "feature_choice", None),
         "optimizer": _optimizer(args),
         "scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup": _warmup(args),

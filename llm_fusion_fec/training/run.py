@@ -286,6 +286,8 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     for option in ("standardize_features", "encoders_in_tail"):
         value = getattr(args, option)
         head[option] = bool((metadata.head or {}).get(option, False)) if value is None else value
+    if metadata.choice:  # how --choose chose the features: the card reports it
+        head["feature_choice"] = metadata.choice
     config = build_config(metadata, args.backbones, **head, training_protocol=args.protocol)
     features, data = data, training_splits(data, config)
     examples = validation_examples(features["validation"].select_columns(["text", "label"]))

@@ -1,0 +1,221 @@
+"""`--choose`: the LLM's views chosen on the data set's own validation split, then extracted, in one command.
+
+    fec extract --dataset ED --preset small --choose            # -> features/ED, for train_fusion.py as it is
+
+For the preset's LLM (its layer-pooled backbone), each candidate prompt is run once over the train and validation
+splits with every hidden state kept and pooled two ways from that one pass: the last token of the prompt
+(`layer_last_token`) and the mean over the text's own tokens inside it (`layer_text_mean`); the plain mean of the
+unprompted text (`layer_mean`) is a candidate too. The layer sweep (`llm_fusion_fec.features.sweep`) scores each
+single layer of each last-token candidate and each window of `WINDOW` consecutive layers of each mean candidate:
+a logistic-regression probe fitted on train at each L2 strength of `STRENGTHS`, scored on validation by the metric
+training selects models by. The features folder then holds the best of each kind as two views of the LLM (`llama`:
+a token, `llama_window`: a window; one LLM pass a text where both come from one prompt) and the preset's other
+backbones, extracted on every split: train and validation are cut from the cached candidates, the test split is
+computed for the chosen views alone, after the choice. The test split plays no part in the choice.
+
+`fec_features.json` records the choice under `choice` (the candidates, their best scores, the strengths, the views
+chosen); training copies it into the model's config (`feature_choice`) and the model card reports it. A rerun reuses
+the cached candidates, the sweep's scores and the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
+from llm_fusion_fec.features.backbones import read_every_layer
+from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract
+from llm_fusion_fec.features.metadata import default_features_dir
+from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = {
+    "eol": 'This sentence : "{text}" means in one word:"',
+    "feeling": 'This sentence : "{text}" expresses the feeling, in one word:"',
+}
+"""The default candidate prompts, by short name: PromptEOL's and the feeling prompt, the two measured best (README,
+Results)."""
+WINDOW = 5
+"""Layers in a mean view's window (the width measured best)."""
+STRENGTHS = PROBE_STRENGTHS
+TOKEN_POOLINGS = ("layer_last_token",)
+"""The candidates of the token view, scored layer by layer."""
+MEAN_POOLINGS = ("layer_mean", "layer_text_mean")
+"""The candidates of the window view, scored window by window."""
+SWEEP_FILE = "sweep.json"
+
+
+def candidate_views(llm: dict, templates: dict[str, str]) -> list[dict]:
+    """The candidate views of the LLM `llm`, every hidden state each: the plain mean, then each prompt's last token
+    and its text's mean (the two share one pass), named `<llm>_mean`, `<llm>_<prompt>_token`, `<llm>_<prompt>_text`."""
+    base = {key: value for key, value in llm.items() if key not in ("layers", "num_layers", "template")}
+    name = llm["name"]
+    views = [{**base, "name": f"{name}_mean", "pooling": "layer_mean"}]
+    for prompt, template in templates.items():
+        views.append({**base, "name": f"{name}_{prompt}_token", "pooling": "layer_last_token", "template": template})
+        views.append({**base, "name": f"{name}_{prompt}_text", "pooling": "layer_text_mean", "template": template})
+    return views
+
+
+def candidate_templates(given: list[str]) -> dict[str, str]:
+    """The candidate prompts by short name: `PROMPTS`, or those given (`prompt1`, `prompt2`, ...), each checked."""
+    if not given:
+        return dict(PROMPTS)
+    for template in given:
+        if template.count("{text}") != 1:
+            raise ValueError(f"--choose_template {template!r} must hold {{text}} exactly once.")
+    return {f"prompt{i}": template for i, template in enumerate(given, 1)}
+
+
+def choose(
+    args: ExtractArguments | str = "ED",
+    *,
+    backbones: list[dict] | None = None,
+    backbone_paths: dict[str, str] | None = None,
+    **options,
+) -> ExtractionResult:
+    """`fec extract --choose`: extract the candidates of train and validation, sweep them, extract the choice.
+
+    Args:
+        args (`ExtractArguments` or `str`): The command line's arguments, or just the data set.
+        backbones (`list[dict]`, *optional*): The backbones to choose for, instead of those `args` name.
+        backbone_paths (`dict[str, str]`, *optional*): Local folders of the backbones by name or model id, instead
+            of `args.backbone_path`.
+        options: `ExtractArguments` fields that replace those of `args`.
+
+    Returns the final folder's `ExtractionResult`; its metadata's `choice` says what was chosen. Raises `ValueError`
+    in one line for arguments `--choose` cannot serve (`--all-layers`, `--layers` of the LLM, no layer-pooled
+    backbone) and for whatever `extract` refuses.
+    """
+    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
+    from modeling_llm_fusion import backbone_path, paths_by_model
+
+    args = dataclasses.replace(arguments_of(args, options), choose=False)  # what follows extracts as told
+    if args.all_layers:
+        raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
+    paths = name_value_pairs(args.backbone_path, "--backbone-path") if backbone_paths is None else backbone_paths
+    preset = [normalize_backbone(spec) for spec in backbones or backbones_of(args, paths)]
+    llms = [spec for spec in preset if spec["pooling"] in LAYER_POOLINGS]
+    if not llms:
+        raise ValueError(f"--choose needs a layer-pooled backbone (an LLM); the backbones are {preset}.")
+    llm = llms[0]
+    if name_value_pairs(args.layers, "--layers").get(llm["name"]):
+        raise ValueError(f"--choose chooses {llm['name']}'s layers itself: leave out --layers {llm['name']}=...")
+    output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
+    cache = Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
+    llm_path = backbone_path(llm, paths_by_model(preset, paths))
+    views = candidate_views(llm, candidate_templates(args.choose_template))
+    view_paths = {llm["model"]: llm_path} if llm_path else {}
+    read_every_layer(views, {}, view_paths)
+    views = [normalize_backbone(view) for view in views]
+
+    started = time.perf_counter()
+    candidates = extract(
+        args,
+        backbones=views,
+        backbone_paths=view_paths,
+        splits=SWEEP_SPLITS,
+        output_dir=str(cache / "choice-candidates"),
+        cache_dir=str(cache),
+    )
+    extracted = time.perf_counter() - started
+    scores = swept_scores(candidates, views, args.device)
+    swept = time.perf_counter() - started - extracted
+    token, window = best(scores, views, TOKEN_POOLINGS), best(scores, views, MEAN_POOLINGS)
+    specs = {view["name"]: view for view in views}
+    chosen = [
+        chosen_spec({**specs[token.features], "name": llm["name"]}, token.layers),
+        chosen_spec({**specs[window.features], "name": f"{llm['name']}_window"}, window.layers),
+    ]
+    picks = {chosen[0]["name"]: token, chosen[1]["name"]: window}
+    record = choice_record(candidates.metadata.problem_type, views, scores, picks, candidates.metadata.rows)
+    others = [spec for spec in preset if spec["model"] != llm["model"] or spec["pooling"] not in LAYER_POOLINGS]
+    backbones = [*chosen, *others]  # the chosen views replace every layer-pooled view of the LLM
+    result = extract(args, backbones=backbones, backbone_paths=paths, choice=record)
+    logger.info(
+        f"--choose: candidates extracted in {extracted:.0f} s, swept in {swept:.0f} s, the choice extracted in "
+        f"{time.perf_counter() - started - extracted - swept:.0f} s"
+    )
+    return result
+
+
+def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | None) -> list[LayerScore]:
+    """The sweep's scores of every candidate: single layers of the last-token views, windows of the mean views. Read
+    back from the candidates folder's `SWEEP_FILE` when it scored these very columns with these settings."""
+    import torch
+
+    settings = {"columns": candidates.metadata.column_keys, "window": WINDOW, "strengths": list(STRENGTHS)}
+    saved = candidates.output_dir / SWEEP_FILE
+    if saved.exists():
+        record = json.loads(saved.read_text())
+        if record.get("settings") == json.loads(json.dumps(settings)):
+            return [LayerScore(**row) for row in record["scores"]]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    scores = []
+    for view in views:
+        widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
+        found = folder_scores(
+            candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
+        )
+        scores += [dataclasses.replace(row, features=view["name"]) for row in found]
+        logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
+    saved.write_text(json.dumps({"settings": settings, "scores": [dataclasses.asdict(s) for s in scores]}) + "\n")
+    return scores
+
+
+def best(scores: list[LayerScore], views: list[dict], poolings: tuple[str, ...]) -> LayerScore:
+    """The best-scoring candidate of the views pooled by one of `poolings` (the first of equals, in view order)."""
+    names = [view["name"] for view in views if view["pooling"] in poolings]
+    return max((row for row in scores if row.features in names), key=score)
+
+
+def choice_record(
+    problem_type: str, views: list[dict], scores: list[LayerScore], picks: dict[str, LayerScore], rows: dict[str, int]
+) -> dict:
+    """What `fec_features.json` records under `choice`: how the views were chosen, each candidate's best, and the
+    views chosen (`picks`, by the name of the view they became: their pooling, prompt, layers and validation score)."""
+    from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS
+
+    def described(row: LayerScore) -> dict:
+        view = next(view for view in views if view["name"] == row.features)
+        return {
+            "candidate": view["name"],
+            "pooling": view["pooling"],
+            "template": view["template"],
+            "layers": row.layers,
+            "score": round(row.score, 6),
+            "c": row.c,
+        }
+
+    candidates = {}
+    for view in views:
+        candidates[view["name"]] = described(max((row for row in scores if row.features == view["name"]), key=score))
+    return {
+        "splits": list(SWEEP_SPLITS),
+        "rows": {split: rows[split] for split in SWEEP_SPLITS},
+        "metric": SELECTION_METRICS[problem_type],
+        "probe": "logistic regression on standardised features, fitted on train at each strength",
+        "strengths": list(STRENGTHS),
+        "window": WINDOW,
+        "candidates": candidates,
+        "chosen": {name: described(row) for name, row in picks.items()},
+    }
+
+
+def score(row: LayerScore) -> float:
+    return row.score
+
+
+def choice_words(view: dict) -> str:
+    """A chosen view in words, e.g. "layer_last_token of hidden state -8, prompted: '...' (validation weighted_f1
+    0.4603)"."""
+    layers = ", ".join(map(str, view["layers"]))
+    prompt = f", prompted: {view['template']!r}" if view["template"] else ""
+    return (
+        f"{view['pooling']} of hidden states {layers}{prompt} (validation score {view['score']:.4f}, C {view['c']:g})"
+    )

@@ -1,0 +1,145 @@
+"""`--choose`: the LLM's views chosen on validation (llm_fusion_fec.features.choice), with the tiny backbones."""
+
+import json
+
+import numpy as np
+import pytest
+
+import llm_fusion_fec.features.choice as choice
+from llm_fusion_fec.commands.train import main as train_main
+from llm_fusion_fec.features.extraction import extract
+from llm_fusion_fec.features.metadata import METADATA_FILE, load_features
+from llm_fusion_fec.features.sweep import SWEEP_SPLITS
+from modeling_llm_fusion import FrozenBackbone
+
+WORDS = {0: "tears lost alone", 1: "won party sunshine", 2: "furious unfair shouting"}
+MARK = "TESTROW"
+
+
+def write_data(folder, rows=30):
+    """Train, valid and test CSVs of three labels; every test text holds `MARK`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        lines = ["text,label"]
+        for i in range(rows):
+            label = i % 3
+            text = f"{WORDS[label]} {i}" + (f" {MARK}" if split == "test" else "")
+            lines.append(f'"{text}",{label}')
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (folder / "label2idx.txt").write_text("sad 0\nhappy 1\nangry 2\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chosen(tiny_backbones, tmp_path_factory):
+    """One `--choose` run with the tiny trio, whose backbones refuse a test text until the choice is made."""
+    root = tmp_path_factory.mktemp("choice")
+    data = write_data(root / "data")
+    state = {"chosen": False, "test_texts_before": 0}
+    original_views, original_record = FrozenBackbone.extract_views, choice.choice_record
+
+    def views(self, texts, *args, **kwargs):
+        if not state["chosen"] and any(MARK in text for text in texts):
+            raise AssertionError("a test text was read before the choice was made")
+        return original_views(self, texts, *args, **kwargs)
+
+    def record(*args, **kwargs):
+        state["chosen"] = True
+        return original_record(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FrozenBackbone, "extract_views", views)
+        patch.setattr(choice, "choice_record", record)
+        result = extract(str(data), backbones=tiny_backbones, choose=True, output_dir=str(root / "out"), shard_size=16)
+    assert state["chosen"]
+    return result, root
+
+
+def test_the_choice_never_reads_the_test_split(chosen):
+    result, root = chosen
+    candidates = root / "out" / "cache" / "choice-candidates"
+    assert json.loads((candidates / METADATA_FILE).read_text())["rows"] == {"train": 30, "validation": 30}
+    assert not (candidates / "test").exists()
+    # The test split's columns in the cache are the chosen views' and the encoders', no candidate's.
+    columns = {path.name.rsplit("-", 1)[0] for path in (root / "out" / "cache" / "test").iterdir()}
+    assert columns == {"llama", "llama_window", "bert", "roberta"}
+    assert result.metadata.choice["splits"] == list(SWEEP_SPLITS)
+
+
+def test_the_folder_holds_the_best_token_and_the_best_window_and_the_encoders(chosen):
+    result, _ = chosen
+    names = [spec["name"] for spec in result.metadata.backbones]
+    assert names == ["llama", "llama_window", "bert", "roberta"]
+    token, window = result.metadata.backbones[:2]
+    record = result.metadata.choice
+    assert token["pooling"] == "layer_last_token" and len(token["layers"]) == 1
+    assert window["pooling"] in ("layer_mean", "layer_text_mean") and len(window["layers"]) == choice.WINDOW
+    assert record["chosen"]["llama"]["layers"] == token["layers"]
+    assert record["chosen"]["llama_window"]["layers"] == window["layers"]
+    assert record["chosen"]["llama"]["template"] == token["template"] in choice.PROMPTS.values()
+    # Each kind's winner scores at least every candidate of its kind.
+    kinds = {"llama": choice.TOKEN_POOLINGS, "llama_window": choice.MEAN_POOLINGS}
+    for name, poolings in kinds.items():
+        own = [c["score"] for c in record["candidates"].values() if c["pooling"] in poolings]
+        assert record["chosen"][name]["score"] == max(own)
+    assert set(record["candidates"]) == {
+        "llama_mean",
+        "llama_eol_token",
+        "llama_eol_text",
+        "llama_feeling_token",
+        "llama_feeling_text",
+    }
+    assert record["strengths"] == list(choice.STRENGTHS)
+
+
+def test_the_chosen_features_are_those_of_the_chosen_views(chosen, tiny_backbones):
+    result, root = chosen
+    data, metadata = load_features(root / "out")
+    for split in ("train", "test"):  # train cut from the candidates, test computed after the choice
+        rows = data[split].with_format("numpy")[:]
+        for spec in metadata.backbones[:2]:
+            expected = FrozenBackbone.load(spec)(list(rows["text"])).numpy()
+            np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-3, rtol=1e-2)
+
+
+def test_a_rerun_reuses_everything(chosen, tiny_backbones, monkeypatch):
+    result, root = chosen
+    monkeypatch.setattr(choice, "folder_scores", lambda *a, **k: pytest.fail("swept again"))
+    again = extract(
+        str(root / "data"), backbones=tiny_backbones, choose=True, output_dir=str(root / "out"), shard_size=16
+    )
+    assert again.computed == [] and again.metadata.choice == result.metadata.choice
+
+
+def test_the_choice_reaches_the_config_and_the_card(chosen, tmp_path):
+    result, root = chosen
+    output = tmp_path / "model"
+    train_main(
+        ["--features_dir", str(root / "out"), "--output_dir", str(output), "--num_train_epochs", "1"]
+        + ["--report_to", "none", "--disable_tqdm", "true"]
+    )
+    assert json.loads((output / "config.json").read_text())["feature_choice"] == result.metadata.choice
+    card = (output / "README.md").read_text()
+    assert "### How the features were chosen" in card and "the test split played no part in it" in card
+    for name, row in result.metadata.choice["candidates"].items():
+        assert f"| {name} | {row['pooling']} |" in card
+    token = result.metadata.choice["chosen"]["llama"]
+    assert f"`llama` = {token['candidate']} at {token['layers'][0]};" in card
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"all_layers": True}, "--choose and --all-layers contradict each other"),
+        ({"layers": ["llama=-1"]}, "--choose chooses llama's layers itself"),
+        ({"choose_template": ["no slot"]}, "must hold {text} exactly once"),
+    ],
+)
+def test_refusals(tiny_backbones, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        extract(str(write_data(tmp_path / "d")), backbones=tiny_backbones, choose=True, **options)
+
+
+def test_a_preset_without_an_llm_is_refused(tiny_backbones, tmp_path):
+    with pytest.raises(ValueError, match="--choose needs a layer-pooled backbone"):
+        extract(str(write_data(tmp_path / "d")), backbones=tiny_backbones[1:], choose=True)
