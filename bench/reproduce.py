@@ -88,7 +88,7 @@ def extract_stage(dataset: str, output_dir: Path, folders: dict[str, str], args:
     result = extract(
         dataset,
         data_dir=str(DATA_DIR),
-        preset="small",
+        preset="small-mean",  # the paper's way of reading the backbones, on the small trio
         backbone_paths=folders,
         output_dir=output_dir,
         limit=args.limit,

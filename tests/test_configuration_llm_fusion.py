@@ -2,7 +2,14 @@ import copy
 
 import pytest
 
-from configuration_llm_fusion import POOLINGS, PRESETS, LLMFusionConfig, describe_pooling, normalize_backbone
+from configuration_llm_fusion import (
+    POOLINGS,
+    PRESETS,
+    PROMPT_EOL,
+    LLMFusionConfig,
+    describe_pooling,
+    normalize_backbone,
+)
 
 
 def test_defaults_are_the_papers():
@@ -16,15 +23,28 @@ def test_defaults_are_the_papers():
     assert config.feature_shapes == {"llama": (5, 4096), "bert": (1024,), "roberta": (1024,)}
 
 
-def test_small_preset():
+def test_small_preset_reads_two_views_of_the_llm_from_one_prompt():
     config = LLMFusionConfig.from_preset("small", num_labels=3)
-    assert [b["model"] for b in config.backbones] == [
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "sentence-transformers/all-mpnet-base-v2",
+    assert [(b["name"], b["model"], b["pooling"]) for b in config.backbones] == [
+        ("llama", "HuggingFaceTB/SmolLM2-135M-Instruct", "layer_last_token"),
+        ("llama_window", "HuggingFaceTB/SmolLM2-135M-Instruct", "layer_text_mean"),
+        ("bert", "sentence-transformers/all-MiniLM-L6-v2", "mean"),
+        ("roberta", "sentence-transformers/all-mpnet-base-v2", "mean"),
+    ]
+    token, window = config.backbones[:2]
+    assert token["template"] == window["template"] == PROMPT_EOL  # one LLM pass a text gives both views
+    assert config.feature_shapes == {"llama": (1, 576), "llama_window": (5, 576), "bert": (384,), "roberta": (768,)}
+    assert config.num_labels == 3
+
+
+def test_small_mean_preset_is_the_previous_small():
+    config = LLMFusionConfig.from_preset("small-mean", num_labels=3)
+    assert [(b["name"], b["pooling"]) for b in config.backbones] == [
+        ("llama", "layer_mean"),
+        ("bert", "pooler"),
+        ("roberta", "pooler"),
     ]
     assert config.feature_shapes == {"llama": (5, 576), "bert": (384,), "roberta": (768,)}
-    assert config.num_labels == 3
 
 
 def test_round_trips(tmp_path):
@@ -93,22 +113,20 @@ def test_unknown_preset():
 
 # ---- layer choice, last-token pooling, prompt template ----
 
-PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
 
-
-def test_presets_read_the_last_layers_by_default():
+def test_presets_of_one_view_read_the_last_layers_by_default():
     from configuration_llm_fusion import layer_indices
 
-    for preset in PRESETS:
+    for preset in ("paper", "small-mean"):
         llama = LLMFusionConfig.from_preset(preset).backbone("llama")
         assert (llama["layers"], llama["template"]) == (None, None)
         assert layer_indices(llama) == [-1, -2, -3, -4, -5]
 
 
 def test_layers_pooling_and_template_round_trip(tmp_path):
-    llama = {key: value for key, value in PRESETS["small"]["backbones"][0].items() if key != "num_layers"}
+    llama = {key: value for key, value in PRESETS["small-mean"]["backbones"][0].items() if key != "num_layers"}
     llama.update(pooling="layer_last_token", layers=(-12, 0, 7), template=PROMPT_EOL)
-    config = LLMFusionConfig(backbones=[llama, *PRESETS["small"]["backbones"][1:]], num_labels=3)
+    config = LLMFusionConfig(backbones=[llama, *PRESETS["small-mean"]["backbones"][1:]], num_labels=3)
     spec = config.backbone("llama")
     assert (spec["layers"], spec["num_layers"], spec["pooling"], spec["template"]) == (
         [-12, 0, 7],

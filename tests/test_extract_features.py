@@ -157,7 +157,7 @@ def test_two_processes_equal_one(tiny_backbones, data_dir, tmp_path):
         "--data-dir",
         str(data_dir),
         "--preset",
-        "small",
+        "small-mean",
         "--limit",
         "30",
         "--shard-size",
@@ -411,7 +411,7 @@ def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
         "--dataset",
         str(folder),
         "--preset",
-        "small",
+        "small-mean",
         "--limit",
         "4",
         "--backbone",
@@ -483,7 +483,7 @@ def test_metadata_is_a_typed_record(small_run):
         (
             ["--backbone-path", "gpt=/tmp"],
             r"--backbone-path gpt=/tmp: no backbone 'gpt'; the backbones are \['llama', "
-            r"'bert', 'roberta'\]",
+            r"'llama_window', 'bert', 'roberta'\]",
         ),
         (
             ["--backbone-path", "bert=/missing"],
@@ -504,20 +504,24 @@ def test_real_small_trio(small_models, data_dir, tmp_path):
         "ED", data_dir=str(data_dir), preset="small", backbone_paths=small_models, output_dir=tmp_path, limit=12
     )
     data, metadata = load_features(tmp_path)
-    # The config names the Hub models; the local folders were only where they were read from.
+    # The config names the Hub models; the local folders were only where they were read from. The LLM's folder,
+    # given by its name, served both of its views, in one pass.
     assert [b["model"] for b in metadata.backbones] == [
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "sentence-transformers/all-MiniLM-L6-v2",
         "sentence-transformers/all-mpnet-base-v2",
     ]
-    assert result.computed == ["llama", "bert", "roberta"]
+    assert result.computed == ["llama", "llama_window", "bert", "roberta"]
+    assert list(result.throughput) == ["llama, llama_window", "bert", "roberta"]
     rows = data["test"].with_format("numpy")[:]
-    assert (
-        rows["llama"].shape == (12, 5, 576) and rows["bert"].shape == (12, 384) and rows["roberta"].shape == (12, 768)
-    )
+    shapes = {name: rows[name].shape for name in ("llama", "llama_window", "bert", "roberta")}
+    assert shapes == {"llama": (12, 1, 576), "llama_window": (12, 5, 576), "bert": (12, 384), "roberta": (12, 768)}
     for spec in metadata.backbones:
-        expected = FrozenBackbone.load(spec, small_models[spec["name"]])(list(rows["text"])).numpy()
-        np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-2, rtol=2e-2)
+        expected = FrozenBackbone.load(spec, small_models["llama" if spec["name"] == "llama_window" else spec["name"]])
+        np.testing.assert_allclose(
+            rows[spec["name"]].astype(np.float32), expected(list(rows["text"])).numpy(), atol=2e-2, rtol=2e-2
+        )
 
 
 # ---- layer choice, poolings and templates ----

@@ -154,7 +154,7 @@ def test_all_layers_sweep_then_extract_the_winner(tiny_backbones, data_dir, tmp_
         "--data-dir",
         str(data_dir),
         "--preset",
-        "small",
+        "small-mean",
         "--limit",
         "60",
         "--backbone",

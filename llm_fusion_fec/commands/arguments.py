@@ -43,7 +43,9 @@ class ExtractArguments:
             "paper's backbones) or small (laptop-size stand-ins)."
         },
     )
-    backbone: list[str] = repeatable("NAME=HUB_ID_OR_FOLDER: use another model for a backbone (repeatable).")
+    backbone: list[str] = repeatable(
+        "NAME=HUB_ID_OR_FOLDER: use another model for a backbone and the other views of its model (repeatable)."
+    )
     backbone_path: list[str] = repeatable(
         "NAME=FOLDER: load a backbone from a local copy of the model it names, and every other view of that model "
         "with it; NAME is the backbone's name or its model id (repeatable).",

@@ -26,8 +26,9 @@ def resolve_backbones(
     overrides: list[str] | dict[str, str] = (),
     max_length: int | None = None,
 ) -> list[dict]:
-    """The preset's backbone descriptions with `NAME=MODEL` overrides; an overridden model's width is read from
-    its config (no weights are loaded), and a too-large `num_layers` is refused here, before any work."""
+    """The preset's backbone descriptions with `NAME=MODEL` overrides (of the backbone named and of the other views
+    of its model); an overridden model's width is read from its config (no weights are loaded), and a too-large
+    `num_layers` or a layer the model lacks is refused here, before any work."""
     from configuration_llm_fusion import PRESETS, normalize_backbone
     from modeling_llm_fusion import FrozenBackbone
 
@@ -38,10 +39,12 @@ def resolve_backbones(
     for name, model in name_value_pairs(overrides, "--backbone").items():
         if name not in names:
             raise ValueError(f"--backbone {name}=...: no backbone {name!r}; the {preset!r} preset has {names}.")
-        spec = specs[names.index(name)]
-        config = model_config({**spec, "model": model}, None)
-        spec.update(model=model, hidden_size=config.get_text_config().hidden_size, revision=None)
-        FrozenBackbone.check_config(spec, config)
+        original = specs[names.index(name)]["model"]
+        config = model_config({**specs[names.index(name)], "model": model}, None)
+        for spec in specs:
+            if spec["name"] == name or spec["model"] == original:  # every view of the model replaced
+                spec.update(model=model, hidden_size=config.get_text_config().hidden_size, revision=None)
+                FrozenBackbone.check_config(spec, config)
     if max_length is not None:
         for spec in specs:
             spec["max_length"] = max_length

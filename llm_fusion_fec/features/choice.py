@@ -26,6 +26,7 @@ import logging
 import time
 from pathlib import Path
 
+from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL
 from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract
@@ -34,10 +35,7 @@ from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, SWEEP_SPLITS, LayerSc
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = {
-    "eol": 'This sentence : "{text}" means in one word:"',
-    "feeling": 'This sentence : "{text}" expresses the feeling, in one word:"',
-}
+PROMPTS = {"eol": PROMPT_EOL, "feeling": FEELING_PROMPT}
 """The default candidate prompts, by short name: PromptEOL's and the feeling prompt, the two measured best (README,
 Results)."""
 WINDOW = 5
