@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import llm_fusion_fec.features.choice as choice
+from llm_fusion_fec.commands.extract import main as extract_main
 from llm_fusion_fec.commands.train import main as train_main
 from llm_fusion_fec.features.extraction import extract
-from llm_fusion_fec.features.metadata import METADATA_FILE, load_features
+from llm_fusion_fec.features.metadata import METADATA_FILE, load_features, read_metadata
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS
 from modeling_llm_fusion import FrozenBackbone
 
@@ -143,3 +144,18 @@ def test_refusals(tiny_backbones, tmp_path, options, message):
 def test_a_preset_without_an_llm_is_refused(tiny_backbones, tmp_path):
     with pytest.raises(ValueError, match="--choose needs a layer-pooled backbone"):
         extract(str(write_data(tmp_path / "d")), backbones=tiny_backbones[1:], choose=True)
+
+
+def test_the_command_prints_the_choice(tiny_backbones, tmp_path, capsys):
+    data = write_data(tmp_path / "data", rows=12)
+    overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
+    extract_main(
+        ["--dataset", str(data), "--preset", "small-mean", "--choose", "--output-dir", str(tmp_path / "out")]
+        + ["--backbone", *overrides]
+    )
+    out = capsys.readouterr().out
+    assert "Chosen on the validation split (12 rows) by weighted_f1 of a probe fitted on train (12 rows)" in out
+    assert "-> llama = llama_" in out and "-> llama_window = llama_" in out
+    assert [line.split()[0] for line in out.splitlines() if "; C " in line] == list(
+        read_metadata(tmp_path / "out").choice["candidates"]
+    )

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None):
     """`fec extract`: extract, then report where the features are and how fast each backbone ran."""
     args = parse_args(argv, prog)
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
-    from llm_fusion_fec.features.choice import choice_words
+    from llm_fusion_fec.features.choice import choice_table
     from llm_fusion_fec.features.extraction import extract
 
     result = extract(args)
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None):
         rows = ", ".join(f"{split} {n}" for split, n in result.metadata.rows.items())
         print(f"Features of {result.metadata.dataset} ({rows}) -> {result.output_dir}")
         if result.metadata.choice:
-            for name, view in result.metadata.choice["chosen"].items():
-                print(f"  chosen on validation: {name} = {choice_words(view)}")
+            print(choice_table(result.metadata.choice))
         if not result.computed:
             print("No model was loaded: every column came from the cache.")
         for name, speed in result.throughput.items():

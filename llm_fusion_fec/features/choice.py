@@ -209,11 +209,16 @@ def score(row: LayerScore) -> float:
     return row.score
 
 
-def choice_words(view: dict) -> str:
-    """A chosen view in words, e.g. "layer_last_token of hidden state -8, prompted: '...' (validation weighted_f1
-    0.4603)"."""
-    layers = ", ".join(map(str, view["layers"]))
-    prompt = f", prompted: {view['template']!r}" if view["template"] else ""
-    return (
-        f"{view['pooling']} of hidden states {layers}{prompt} (validation score {view['score']:.4f}, C {view['c']:g})"
-    )
+def choice_table(choice: dict) -> str:
+    """What `--choose` found, in words: each candidate's best on validation, then the views chosen."""
+    rows = choice["rows"]
+    lines = [
+        f"Chosen on the validation split ({rows['validation']} rows) by {choice['metric']} of a probe fitted on train "
+        f"({rows['train']} rows); each candidate's best (hidden states; C):"
+    ]
+    for name, row in choice["candidates"].items():
+        layers = ", ".join(map(str, row["layers"]))
+        lines.append(f"  {name:24s} {100 * row['score']:6.2f}  ({layers}; C {row['c']:g})")
+    for name, row in choice["chosen"].items():
+        lines.append(f"  -> {name} = {row['candidate']} at {', '.join(map(str, row['layers']))}")
+    return "\n".join(lines)
