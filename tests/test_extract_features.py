@@ -595,6 +595,8 @@ def test_customize_backbones(tiny_backbones, tmp_path):
     assert (chosen[0]["layers"], chosen[0]["num_layers"], chosen[0]["pooling"]) == ([-2, 0, 4], 3, "layer_last_token")
     assert chosen[0]["template"] == 'Text: "{text}" means' and {s["max_length"] for s in chosen} == {32}
     assert specs == tiny_backbones  # the input is not mutated
+    prompted = [{**specs[0], "template": "Say: {text}"}, *specs[1:]]
+    assert customize_backbones(prompted, template=["llama=none"])[0]["template"] is None  # no prompt
     every = customize_backbones(specs, all_layers=True)
     assert every[0]["layers"] == [-1, -2, -3, -4, -5, -6, -7]  # the tiny Llama's 6 layers, then its embeddings
     assert every[1:] == [normalize_backbone(spec) for spec in specs[1:]]

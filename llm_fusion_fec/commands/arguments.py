@@ -70,7 +70,7 @@ class ExtractArguments:
     )
     template: list[str] = repeatable(
         "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
-        '\'llama=This sentence : "{text}" means in one word:"\' (repeatable).'
+        '\'llama=This sentence : "{text}" means in one word:"\'; NAME=none: no prompt (repeatable).'
     )
     all_layers: bool = field(
         default=False,

@@ -18,6 +18,8 @@ from llm_fusion_fec.features.cache import file_sha256
 
 logger = logging.getLogger(__name__)
 
+NO_TEMPLATE = "none"
+"""`--template NAME=none`: the backbone reads its texts without a prompt."""
 RESERVED_COLUMNS = ("text", "label")  # the data columns of every split, beside one column per backbone
 
 
@@ -69,7 +71,7 @@ def customize_backbones(
     - `added_spec_files`: JSON files of backbone descriptions with new names, added after the others in file order
       (a name already taken is refused: `spec_files` replace);
     - `pooling` (`NAME=POOLING`), `layers` (`NAME=I,J,K`: hidden-state indices in feature order; `num_layers`
-      follows) and `template` (`NAME=TEMPLATE`, with one `{text}` slot);
+      follows) and `template` (`NAME=TEMPLATE`, with one `{text}` slot; `NAME=none`: no prompt);
     - `all_layers`: every layer-pooled backbone reads all its hidden states, top first (`[-1, -2, ..., -(L + 1)]`
       for L layers; the last is the embeddings), in one forward pass; the model's config (not its weights) is read,
       from `backbone_paths` where given;
@@ -95,7 +97,7 @@ def customize_backbones(
                 raise ValueError(f"--layers expects NAME=I,J,K with integer indices, got {name}={value}.") from None
         specs[backbone_position(names, name, "--layers")].update(layers=list(value), num_layers=len(value))
     for name, value in name_value_pairs(template, "--template").items():
-        specs[backbone_position(names, name, "--template")]["template"] = value
+        specs[backbone_position(names, name, "--template")]["template"] = None if value == NO_TEMPLATE else value
     specs = [normalize_backbone(spec) for spec in specs]
     if all_layers:
         read_every_layer(specs, chosen, backbone_paths or {})
