@@ -159,3 +159,24 @@ def test_the_command_prints_the_choice(tiny_backbones, tmp_path, capsys):
     assert [line.split()[0] for line in out.splitlines() if "; C " in line] == list(
         read_metadata(tmp_path / "out").choice["candidates"]
     )
+
+
+def test_an_interrupted_sweep_resumes_with_the_next_view(tiny_backbones, tmp_path, monkeypatch):
+    data = write_data(tmp_path / "data", rows=12)
+    swept, original = [], choice.folder_scores
+
+    def scores(folder, metadata, view, *args):
+        if len(swept) == 2 and not resumed:
+            raise KeyboardInterrupt
+        swept.append(view["name"])
+        return original(folder, metadata, view, *args)
+
+    monkeypatch.setattr(choice, "folder_scores", scores)
+    options = {"backbones": tiny_backbones, "choose": True, "output_dir": str(tmp_path / "out"), "shard_size": 8}
+    resumed = False
+    with pytest.raises(KeyboardInterrupt):
+        extract(str(data), **options)
+    resumed = True
+    result = extract(str(data), **options)
+    assert swept == ["llama_mean", "llama_eol_token", "llama_eol_text", "llama_feeling_token", "llama_feeling_text"]
+    assert set(result.metadata.choice["candidates"]) == set(swept)

@@ -29,6 +29,7 @@ from pathlib import Path
 from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL
 from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
+from llm_fusion_fec.features.cache import write_json
 from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract
 from llm_fusion_fec.features.metadata import default_features_dir
 from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
@@ -143,27 +144,28 @@ def choose(
 
 
 def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | None) -> list[LayerScore]:
-    """The sweep's scores of every candidate: single layers of the last-token views, windows of the mean views. Read
-    back from the candidates folder's `SWEEP_FILE` when it scored these very columns with these settings."""
+    """The sweep's scores of every candidate: single layers of the last-token views, windows of the mean views. Each
+    view's scores are saved in the candidates folder's `SWEEP_FILE` as soon as it is swept, and read back from there
+    when they scored these very columns with these settings: an interrupted choice resumes with the next view."""
     import torch
 
     settings = {"columns": candidates.metadata.column_keys, "window": WINDOW, "strengths": list(STRENGTHS)}
+    settings = json.loads(json.dumps(settings))
     saved = candidates.output_dir / SWEEP_FILE
-    if saved.exists():
-        record = json.loads(saved.read_text())
-        if record.get("settings") == json.loads(json.dumps(settings)):
-            return [LayerScore(**row) for row in record["scores"]]
+    record = json.loads(saved.read_text()) if saved.exists() else {}
+    done = record.get("views", {}) if record.get("settings") == settings else {}
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = []
     for view in views:
+        if view["name"] in done:
+            continue
         widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
         found = folder_scores(
             candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
         )
-        scores += [dataclasses.replace(row, features=view["name"]) for row in found]
+        done[view["name"]] = [dataclasses.asdict(row) | {"features": view["name"]} for row in found]
+        write_json(saved, {"settings": settings, "views": done})
         logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
-    saved.write_text(json.dumps({"settings": settings, "scores": [dataclasses.asdict(s) for s in scores]}) + "\n")
-    return scores
+    return [LayerScore(**row) for view in views for row in done[view["name"]]]
 
 
 def best(scores: list[LayerScore], views: list[dict], poolings: tuple[str, ...]) -> LayerScore:
