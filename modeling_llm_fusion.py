@@ -91,6 +91,18 @@ def backbone_path(spec: dict, paths: dict[str, str]) -> str | None:
     return paths.get(spec["name"]) or paths.get(spec["model"])
 
 
+def shared_passes(backbones: Sequence[FrozenBackbone]) -> list[list[FrozenBackbone]]:
+    """The backbones in groups that one forward pass serves: each backbone with every later one that reads like it
+    (`FrozenBackbone.reads_like`), in their order."""
+    groups, grouped = [], set()
+    for i, backbone in enumerate(backbones):
+        if i not in grouped:
+            group = [j for j in range(i, len(backbones)) if j not in grouped and backbone.reads_like(backbones[j])]
+            grouped.update(group)
+            groups.append([backbones[j] for j in group])
+    return groups
+
+
 def paths_by_model(specs: Sequence[dict], paths: dict[str, str]) -> dict[str, str]:
     """`paths` with the folder given by a backbone's name also given to its model id (unless the id has its own):
     one folder for one backbone serves every view of that model."""
@@ -459,12 +471,10 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         inputs, once and as the caller gave them."""
         backbones = self._backbones or self.load_backbones()
         features = {}
-        for name, backbone in backbones.items():
-            if name not in features:  # one forward pass for this backbone and every later view that reads like it
-                views = [view for key, view in backbones.items() if key not in features and backbone.reads_like(view)]
-                for view, values in zip(views, backbone.views(texts, views), strict=True):
-                    # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (fine-tuning the head).
-                    features[view.spec["name"]] = values.clone()
+        for views in shared_passes(list(backbones.values())):
+            for view, values in zip(views, views[0].views(texts, views), strict=True):
+                # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (fine-tuning the head).
+                features[view.spec["name"]] = values.clone()
         return {name: features[name] for name in backbones}  # in the config's order
 
 

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser, Pipeline, pipeline
 
 from bench.bench_extract import small_trio_paths
 from configuration_llm_fusion import LLMFusionConfig
-from modeling_llm_fusion import LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionForSequenceClassification, shared_passes
 from pipeline_fec import save_for_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,15 +71,6 @@ def measure(pipe: Pipeline, texts: list[str], batch_size: int, rounds: int) -> d
             runs[name]()
             seconds[name] += time.perf_counter() - start
     return {name: rounds * len(texts) / seconds[name] for name in runs}
-
-
-def shared_passes(backbones: list) -> list[list]:
-    """The backbones in groups that one forward pass serves (`FrozenBackbone.reads_like`), as extraction runs them."""
-    groups = []
-    for backbone in backbones:
-        group = next((group for group in groups if group[0].reads_like(backbone)), None)
-        group.append(backbone) if group is not None else groups.append([backbone])
-    return groups
 
 
 def main() -> None:

@@ -24,14 +24,12 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 
-from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL
+from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL, TEXT_SLOT
 from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.cache import write_json
-from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract
-from llm_fusion_fec.features.metadata import default_features_dir
+from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract, output_folders
 from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
 
 logger = logging.getLogger(__name__)
@@ -66,7 +64,7 @@ def candidate_templates(given: list[str]) -> dict[str, str]:
     if not given:
         return dict(PROMPTS)
     for template in given:
-        if template.count("{text}") != 1:
+        if template.count(TEXT_SLOT) != 1:
             raise ValueError(f"--choose_template {template!r} must hold {{text}} exactly once.")
     return {f"prompt{i}": template for i, template in enumerate(given, 1)}
 
@@ -105,8 +103,7 @@ def choose(
     llm = llms[0]
     if name_value_pairs(args.layers, "--layers").get(llm["name"]):
         raise ValueError(f"--choose chooses {llm['name']}'s layers itself: leave out --layers {llm['name']}=...")
-    output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
-    cache = Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
+    _, cache = output_folders(args)
     llm_path = backbone_path(llm, paths_by_model(preset, paths))
     views = candidate_views(llm, candidate_templates(args.choose_template))
     view_paths = {llm["model"]: llm_path} if llm_path else {}

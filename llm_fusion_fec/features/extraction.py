@@ -159,7 +159,7 @@ def extract(
     backbones = [normalize_backbone(spec) for spec in backbones]
     check_backbone_names(backbones)
     backbone_paths = check_backbone_paths(dict(backbone_paths), backbones)
-    output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
+    output_dir, cache = output_folders(args)
     with library_progress_bars_off(), disk_full_is_an_error(output_dir):
         data, label_names, problem_type = load_data(
             args.dataset, args.data_dir, args.text_column, args.label_column, args.limit
@@ -177,8 +177,14 @@ def extract(
             protocol=PRESETS.get(args.preset, {}).get("protocol"),
             choice=choice,
         )
-        cache = Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)
+
+
+def output_folders(args: ExtractArguments) -> tuple[Path, Path]:
+    """Where the features go (`--output-dir`, default `default_features_dir`) and the cache (`--cache-dir`, default
+    `OUTPUT_DIR/cache`)."""
+    output_dir = Path(args.output_dir) if args.output_dir is not None else default_features_dir(args.dataset)
+    return output_dir, Path(args.cache_dir) if args.cache_dir is not None else output_dir / "cache"
 
 
 def arguments_of(args: ExtractArguments | str, options: dict) -> ExtractArguments:
