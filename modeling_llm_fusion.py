@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import can_return_tuple, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 try:
     from .configuration_llm_fusion import (
@@ -35,6 +36,11 @@ except ImportError:  # imported from the repository root rather than as a Hub mo
         layer_indices,
         normalize_backbone,
     )
+
+try:  # transformers records hidden states by hooks it puts on the layers a model has when first asked for them
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks as install_capturing_hooks
+except ImportError:  # a version that records them otherwise
+    install_capturing_hooks = None
 
 logger = logging.get_logger(__name__)
 
@@ -144,6 +150,10 @@ def quantization_config(
     )
 
 
+# Held by each forward pass: a pass may run a model that other views share with fewer layers (`run_model`).
+_ONE_PASS = threading.Lock()
+
+
 class FrozenBackbone:
     """A frozen backbone with its tokenizer and pooling: texts in, one pooled feature per text out.
 
@@ -170,6 +180,7 @@ class FrozenBackbone:
         self.max_length = min(self.spec["max_length"], model_limit)
         self.check_config(self.spec, model.config)
         self.texts_seen = self.tokens_seen = 0
+        self.shallow_passes = True  # whether a pass may skip the layers above what it reads (`run_model`)
 
     @classmethod
     def load(
@@ -327,9 +338,45 @@ class FrozenBackbone:
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         hidden = any(view.spec["pooling"] in LAYER_POOLINGS for view in views)
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        with _ONE_PASS:
+            outputs = self.run_model(input_ids, attention_mask, hidden, self.layers_needed(views))
         text_mask = self.text_mask(texts, batch["offset_mapping"]).to(self.device) if text_spans else attention_mask
         return [view.pool(outputs, attention_mask, text_mask) for view in views]
+
+    def layers_needed(self, views: Sequence[FrozenBackbone]) -> int | None:
+        """How many of the model's layers a forward pass for `views` has to run, when that is fewer than all: the
+        layers below the deepest hidden state they read, and one more, since a model normalises the output of the
+        last layer it runs (`hidden_states[-1]` is `last_hidden_state`). `None` when every layer is needed: a view
+        pools the last hidden state, reads one of the top two, or the model keeps its layers elsewhere than in a
+        `layers` list (BERT-style encoders keep them in `encoder.layer`)."""
+        if any(view.spec["pooling"] not in LAYER_POOLINGS for view in views):
+            return None
+        layers = getattr(self.model, "layers", None)
+        count = self.hidden_state_count(self.model.config)
+        if not isinstance(layers, nn.ModuleList) or len(layers) != count - 1:
+            return None
+        needed = max(i % count for view in views for i in layer_indices(view.spec)) + 1
+        return needed if needed < len(layers) else None
+
+    def run_model(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden: bool, needed: int | None
+    ) -> ModelOutput:
+        """The model's outputs, computed by its first `needed` layers only (all if `None`): the layers above the
+        hidden states a pass reads cost time and change none of them. Views share the model, so the caller holds
+        `_ONE_PASS` while the model runs shortened."""
+        if needed is not None and self.shallow_passes:
+            if install_capturing_hooks is not None:  # on every layer, before the model runs shortened for once
+                install_capturing_hooks(self.model)
+            layers = self.model.layers
+            self.model.layers = layers[:needed]
+            try:
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            finally:
+                self.model.layers = layers
+            if len(outputs.hidden_states) == needed + 1:
+                return outputs
+            self.shallow_passes = False  # this model records its hidden states otherwise: it runs whole from now on
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
 
     def text_mask(self, texts: Sequence[str], offsets: torch.Tensor) -> torch.Tensor:
         """1 at the tokens of each text inside its prompt (the tokens whose characters overlap the text's), 0 at the
@@ -350,7 +397,9 @@ class FrozenBackbone:
         pooling = self.spec["pooling"]
         if pooling in LAYER_POOLINGS:
             # In feature order: by default the last k layers, last first (index i is the i-th layer from the top).
-            layers = [outputs.hidden_states[i] for i in layer_indices(self.spec)]
+            # Indices count in all the model's hidden states: a shortened pass (`run_model`) returns the lower ones.
+            count = self.hidden_state_count(self.model.config)
+            layers = [outputs.hidden_states[i % count] for i in layer_indices(self.spec)]
             if pooling == "layer_last_token":
                 # Right padding: a text's last real token sits at (its number of real tokens - 1).
                 last = attention_mask.sum(dim=1) - 1

@@ -30,7 +30,7 @@ from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.cache import write_json
 from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract, output_folders
-from llm_fusion_fec.features.sweep import PROBE_STRENGTHS, SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
+from llm_fusion_fec.features.sweep import SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ PROMPTS = {"eol": PROMPT_EOL, "feeling": FEELING_PROMPT}
 Results)."""
 WINDOW = 5
 """Layers in a mean view's window (the width measured best)."""
-STRENGTHS = PROBE_STRENGTHS
+STRENGTHS = (1e-3, 1e-2, 1e-1)
+"""The probe's inverse L2 strengths (sklearn's C): the middle three of the sweep's `PROBE_STRENGTHS`. On ED every
+candidate's best layers scored best at 0.001 or 0.01 of all five, and the outer two take the longest to fit
+(docs/features.md, `--choose`)."""
 TOKEN_POOLINGS = ("layer_last_token",)
 """The candidates of the token view, scored layer by layer."""
 MEAN_POOLINGS = ("layer_mean", "layer_text_mean")
