@@ -180,3 +180,41 @@ def test_an_interrupted_sweep_resumes_with_the_next_view(tiny_backbones, tmp_pat
     result = extract(str(data), **options)
     assert swept == ["llama_mean", "llama_eol_token", "llama_eol_text", "llama_feeling_token", "llama_feeling_text"]
     assert set(result.metadata.choice["candidates"]) == set(swept)
+
+
+def test_a_sample_of_train_rows_chooses_and_every_row_is_extracted(tiny_backbones, tmp_path, capsys):
+    data = write_data(tmp_path / "data", rows=30)
+    out = tmp_path / "out"
+    result = extract(
+        str(data), backbones=tiny_backbones, choose=True, choose_train_rows=12, output_dir=str(out), shard_size=8
+    )
+    candidates = out / "cache" / "choice-candidates"
+    assert read_metadata(candidates).rows == {"train": 12, "validation": 30}
+    sampled = set(load_features(candidates)[0]["train"]["text"])
+    train, metadata = load_features(out)
+    assert len(sampled) == 12 and sampled < set(train["train"]["text"])
+    assert metadata.rows["train"] == 30 and result.metadata.choice["rows"]["train"] == 12
+    assert result.metadata.choice["train_sample_seed"] == 0
+    assert "a random sample of train (seed 0)" in result.metadata.choice["probe"]
+    rows = train["train"].with_format("numpy")[:]  # the chosen views computed on every train row
+    for spec in metadata.backbones[:2]:
+        expected = FrozenBackbone.load(spec)(list(rows["text"])).numpy()
+        np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-3, rtol=1e-2)
+    overrides = [f"{spec['name']}={spec['model']}" for spec in tiny_backbones]
+    extract_main(
+        ["--dataset", str(data), "--preset", "small-mean", "--choose", "--choose-train-rows", "12"]
+        + ["--output-dir", str(tmp_path / "cli"), "--shard-size", "8", "--backbone", *overrides]
+    )
+    assert "a probe fitted on a random sample of train (seed 0) (12 rows)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"choose": True, "choose_train_rows": 0}, "--choose-train-rows must be an integer of at least 1"),
+        ({"choose_train_rows": 5}, "--choose-train-rows samples the train rows that --choose probes"),
+    ],
+)
+def test_a_bad_train_sample_is_refused(tiny_backbones, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        extract(str(write_data(tmp_path / "d")), backbones=tiny_backbones, **options)

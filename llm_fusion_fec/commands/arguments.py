@@ -87,6 +87,13 @@ class ExtractArguments:
             "are extracted with the preset's encoders. The test split plays no part in the choice."
         },
     )
+    choose_train_rows: int | None = field(
+        default=None,
+        metadata={
+            "help": "Fit --choose's probes on a random sample of this many train rows (seed 0) instead of all of "
+            "them: a faster choice, for a noisier probe; the chosen views are then extracted on every row."
+        },
+    )
     choose_template: list[str] = repeatable(
         "TEMPLATE: a candidate prompt for --choose, with one {text} slot (repeatable; default: PromptEOL's and the "
         "feeling prompt).",

@@ -12,6 +12,8 @@ training selects models by. The features folder then holds the best of each kind
 a token, `llama_window`: a window; one LLM pass a text where both come from one prompt) and the preset's other
 backbones, extracted on every split: train and validation are cut from the cached candidates, the test split is
 computed for the chosen views alone, after the choice. The test split plays no part in the choice.
+`--choose_train_rows N` fits the probes on a random sample of N train rows: the candidates' passes read N train
+texts instead of all of them, and the chosen views are then computed on the whole train split.
 
 `fec_features.json` records the choice under `choice` (the candidates, their best scores, the strengths, the views
 chosen); training copies it into the model's config (`feature_choice`) and the model card reports it. A rerun reuses
@@ -26,10 +28,17 @@ import logging
 import time
 
 from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL, TEXT_SLOT
-from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
+from llm_fusion_fec.commands.arguments import ExtractArguments, check_at_least_one, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.cache import write_json
-from llm_fusion_fec.features.extraction import ExtractionResult, arguments_of, backbones_of, extract, output_folders
+from llm_fusion_fec.features.extraction import (
+    TRAIN_SAMPLE_SEED,
+    ExtractionResult,
+    arguments_of,
+    backbones_of,
+    extract,
+    output_folders,
+)
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
 
 logger = logging.getLogger(__name__)
@@ -95,7 +104,10 @@ def choose(
     from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
     from modeling_llm_fusion import backbone_path, paths_by_model
 
-    args = dataclasses.replace(arguments_of(args, options), choose=False)  # what follows extracts as told
+    args = arguments_of(args, options)
+    check_at_least_one("--choose-train-rows", args.choose_train_rows, " (leave it out to probe every train row)")
+    sample = args.choose_train_rows
+    args = dataclasses.replace(args, choose=False, choose_train_rows=None)  # what follows extracts as told
     if args.all_layers:
         raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
     paths = name_value_pairs(args.backbone_path, "--backbone-path") if backbone_paths is None else backbone_paths
@@ -119,6 +131,7 @@ def choose(
         backbones=views,
         backbone_paths=view_paths,
         splits=SWEEP_SPLITS,
+        train_rows=sample,
         output_dir=str(cache / "choice-candidates"),
         cache_dir=str(cache),
     )
@@ -132,7 +145,9 @@ def choose(
         chosen_spec({**specs[window.features], "name": f"{llm['name']}_window"}, window.layers),
     ]
     picks = {chosen[0]["name"]: token, chosen[1]["name"]: window}
-    record = choice_record(candidates.metadata.problem_type, views, scores, picks, candidates.metadata.rows)
+    rows = candidates.metadata.rows
+    seed = TRAIN_SAMPLE_SEED if sample is not None and rows["train"] == sample else None  # a sample was drawn
+    record = choice_record(candidates.metadata.problem_type, views, scores, picks, rows, seed)
     others = [spec for spec in preset if spec["model"] != llm["model"] or spec["pooling"] not in LAYER_POOLINGS]
     backbones = [*chosen, *others]  # the chosen views replace every layer-pooled view of the LLM
     result = extract(args, backbones=backbones, backbone_paths=paths, choice=record)
@@ -175,10 +190,16 @@ def best(scores: list[LayerScore], views: list[dict], poolings: tuple[str, ...])
 
 
 def choice_record(
-    problem_type: str, views: list[dict], scores: list[LayerScore], picks: dict[str, LayerScore], rows: dict[str, int]
+    problem_type: str,
+    views: list[dict],
+    scores: list[LayerScore],
+    picks: dict[str, LayerScore],
+    rows: dict[str, int],
+    train_sample_seed: int | None = None,
 ) -> dict:
     """What `fec_features.json` records under `choice`: how the views were chosen, each candidate's best, and the
-    views chosen (`picks`, by the name of the view they became: their pooling, prompt, layers and validation score)."""
+    views chosen (`picks`, by the name of the view they became: their pooling, prompt, layers and validation score).
+    `train_sample_seed`: the seed of the train rows sampled for the probes (`--choose_train_rows`), if any."""
     from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS
 
     def described(row: LayerScore) -> dict:
@@ -199,7 +220,9 @@ def choice_record(
         "splits": list(SWEEP_SPLITS),
         "rows": {split: rows[split] for split in SWEEP_SPLITS},
         "metric": SELECTION_METRICS[problem_type],
-        "probe": "logistic regression on standardised features, fitted on train at each strength",
+        "probe": f"logistic regression on standardised features, fitted on {fitted_on(train_sample_seed)} at each "
+        "strength",
+        "train_sample_seed": train_sample_seed,
         "strengths": list(STRENGTHS),
         "window": WINDOW,
         "candidates": candidates,
@@ -211,12 +234,18 @@ def score(row: LayerScore) -> float:
     return row.score
 
 
+def fitted_on(train_sample_seed: int | None) -> str:
+    """The rows the probes were fitted on, in words: train, or a random sample of it."""
+    return "train" if train_sample_seed is None else f"a random sample of train (seed {train_sample_seed})"
+
+
 def choice_table(choice: dict) -> str:
     """What `--choose` found, in words: each candidate's best on validation, then the views chosen."""
     rows = choice["rows"]
     lines = [
-        f"Chosen on the validation split ({rows['validation']} rows) by {choice['metric']} of a probe fitted on train "
-        f"({rows['train']} rows); each candidate's best (hidden states; C):"
+        f"Chosen on the validation split ({rows['validation']} rows) by {choice['metric']} of a probe fitted on "
+        f"{fitted_on(choice.get('train_sample_seed'))} ({rows['train']} rows); each candidate's best "
+        "(hidden states; C):"
     ]
     for name, row in choice["candidates"].items():
         layers = ", ".join(map(str, row["layers"]))

@@ -62,6 +62,9 @@ if typing.TYPE_CHECKING:
 # that name), taken from the standard library so that importing this module does not import transformers.
 logger = logging.getLogger(__name__)
 
+TRAIN_SAMPLE_SEED = 0
+"""The seed of the train rows `extract(train_rows=N)` samples (`--choose_train_rows`)."""
+
 
 @dataclass
 class ExtractionResult:
@@ -110,6 +113,7 @@ def extract(
     backbones: list[dict] | None = None,
     backbone_paths: dict[str, str] | None = None,
     splits: Sequence[str] | None = None,
+    train_rows: int | None = None,
     choice: dict | None = None,
     **options,
 ) -> ExtractionResult:
@@ -131,6 +135,9 @@ def extract(
             Local folders of the backbones by name, instead of `args.backbone_path`.
         splits (`Sequence[str]`, *optional*):
             Extract these splits only (`--choose` reads its candidates of train and validation alone); default all.
+        train_rows (`int`, *optional*):
+            Extract a random sample of this many train rows (`TRAIN_SAMPLE_SEED`) instead of the whole split
+            (`--choose_train_rows`: the candidates of a faster choice).
         choice (`dict`, *optional*):
             What `--choose` chose, recorded in the metadata (`FeatureMetadata.choice`).
         options:
@@ -166,6 +173,8 @@ def extract(
         )
         if splits is not None:
             data = type(data)({split: data[split] for split in splits})
+        if train_rows is not None and train_rows < len(data["train"]):
+            data["train"] = data["train"].shuffle(seed=TRAIN_SAMPLE_SEED).select(range(train_rows)).flatten_indices()
         metadata = FeatureMetadata(
             dataset=args.dataset,
             dataset_name=dataset_name(args.dataset),
@@ -216,6 +225,8 @@ def backbones_of(args: ExtractArguments, backbone_paths: dict[str, str]) -> list
 def _check_extract_arguments(args: ExtractArguments) -> None:
     """Refuse sizes and a feature dtype that cannot be meant, naming the flag, before any work."""
     check_at_least_one("--limit", args.limit, " (leave it out to use every row)")
+    if args.choose_train_rows is not None:
+        raise ValueError("--choose-train-rows samples the train rows that --choose probes: pass --choose too.")
     check_at_least_one("--batch-size", args.batch_size)
     check_at_least_one("--max-tokens", args.max_tokens, " (leave it out for no token budget)")
     check_at_least_one("--shard-size", args.shard_size)
