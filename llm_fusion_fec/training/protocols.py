@@ -4,8 +4,9 @@ with the features); `--protocol` chooses another; any flag given on the command 
 
 How `fast` was chosen: `python -m bench.choose_fast_recipe` trains one seed of each candidate on the small trio's
 full ED features and keeps the best validation weighted-F1 (the test split is not read); its output is
-`bench/results/fast_recipe_ed.txt`. On GoEmotions 16 epochs scored better on validation
-(`bench/results/fast_recipe_goe.txt`); one recipe serves every data set, so `fast` keeps ED's 8 for its time.
+`bench/results/fast_recipe_ed.txt`. On the `small-mean` features of GoEmotions 16 epochs scored better on validation
+(`bench/results/fast_recipe_goe.txt`); on today's `small` features 8 score best there and within 0.25 of 12 on ED
+(`bench/results/fast_recipe_epochs_*.txt`), so one recipe, 8 epochs, serves every data set.
 """
 
 from __future__ import annotations
