@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import llm_fusion_fec.commands.train as train_command
 from llm_fusion_fec.commands.train import main
 from llm_fusion_fec.features.extraction import extract
-from llm_fusion_fec.training.protocols import PROTOCOLS, recipe
+from llm_fusion_fec.training.protocols import MULTI_LABEL_EPOCHS, PROTOCOLS, recipe
 
 LIMIT = 40
 
@@ -37,6 +37,9 @@ def test_fast_batches_shrink_for_small_training_splits_only():
     assert recipe("fast", 17802)["per_device_train_batch_size"] == 512  # ED: 35 steps an epoch
     assert recipe("fast", 500)["per_device_train_batch_size"] == 16  # a quick start: 32 steps an epoch
     assert recipe("fast", None) == PROTOCOLS["fast"] and recipe("paper", 500) == {}
+    assert recipe("fast", 43410, "multi_label_classification")["num_train_epochs"] == MULTI_LABEL_EPOCHS == 16
+    assert recipe("fast", 43410, "single_label_classification")["num_train_epochs"] == 8
+    assert recipe("paper", 43410, "multi_label_classification") == {}
 
 
 def test_the_features_preset_chooses_the_recipe_and_flags_win(small_features, paper_features):

@@ -203,8 +203,8 @@ class FusionArguments:
         metadata={
             "help": "Training recipe: paper (the original protocol exactly: Adam, lr 1e-4, batch 10, constant, up to "
             "200 epochs), fast (batch 512, or less for 32 steps an epoch; lr 1e-3 with warm-up and cosine decay, "
-            "weight decay 0.01, up to 8 epochs: 5 seeds in minutes on a CPU), auto: the features' preset's (paper: "
-            "paper, small: fast). A flag given (e.g. --learning_rate) wins over the recipe.",
+            "weight decay 0.01, up to 8 epochs, 16 multi-label: 5 seeds in minutes on a CPU), auto: the features' "
+            "preset's (paper: paper, small: fast). A flag given (e.g. --learning_rate) wins over the recipe.",
             "choices": ["auto", "paper", "fast"],
         },
     )

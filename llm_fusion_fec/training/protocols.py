@@ -6,7 +6,8 @@ How `fast` was chosen: `python -m bench.choose_fast_recipe` trains one seed of e
 full ED features and keeps the best validation weighted-F1 (the test split is not read); its output is
 `bench/results/fast_recipe_ed.txt`. On the `small-mean` features of GoEmotions 16 epochs scored better on validation
 (`bench/results/fast_recipe_goe.txt`); on today's `small` features 8 score best there and within 0.25 of 12 on ED
-(`bench/results/fast_recipe_epochs_*.txt`), so one recipe, 8 epochs, serves every data set.
+(`bench/results/fast_recipe_epochs_*.txt`), so 8 epochs serve single-label data. Multi-label data trains 16
+(`MULTI_LABEL_EPOCHS`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,21 @@ PROTOCOLS: dict[str, dict] = {
     },
 }
 PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
+MULTI_LABEL_EPOCHS = 16
+"""`fast`'s epochs on multi-label data, whose macro-F1 (the metric that keeps a checkpoint) still climbs after 8: on
+multi-label GoEmotions' `small` features one seed reached validation macro-F1 46.27 at 16 epochs (kept epoch 15)
+against 43.21 at 8 (docs/results.md, multi-label GoEmotions, the default preset)."""
 MIN_STEPS_PER_EPOCH = 32
 """`fast` on a small training split (a quick start's 500 rows) uses smaller batches, so that an epoch still has this
 many steps: 8 epochs of one step each would barely move the head."""
 
 
-def recipe(protocol: str, train_rows: int | None) -> dict:
-    """The `TrainingArguments` values of a recipe for a training split of `train_rows` rows (unknown: as written)."""
+def recipe(protocol: str, train_rows: int | None, problem_type: str | None = None) -> dict:
+    """The `TrainingArguments` values of a recipe for a training split of `train_rows` rows (unknown: as written) of
+    a problem type (`multi_label_classification`: `MULTI_LABEL_EPOCHS` for `fast`)."""
     values = dict(PROTOCOLS[protocol])
+    if "num_train_epochs" in values and problem_type == "multi_label_classification":
+        values["num_train_epochs"] = MULTI_LABEL_EPOCHS
     batch = values.get("per_device_train_batch_size")
     if batch and train_rows:
         values["per_device_train_batch_size"] = max(1, min(batch, math.ceil(train_rows / MIN_STEPS_PER_EPOCH)))

@@ -356,8 +356,8 @@ def training_arguments_of(
     changes = {k: v for k, v in options.items() if k in training}
     if training_args is None:
         changes.setdefault("output_dir", str(default_output_dir(args.dataset)))
-        train_rows = metadata.rows.get("train") if metadata else None
-        values = {k: v for k, v in recipe(args.protocol, train_rows).items() if k not in given}
+        train_rows, problem_type = (metadata.rows.get("train"), metadata.problem_type) if metadata else (None, None)
+        values = {k: v for k, v in recipe(args.protocol, train_rows, problem_type).items() if k not in given}
         training_args = FusionTrainingArguments(**{**changes, **values})
     elif changes:
         training_args = dataclasses.replace(training_args, **changes)
