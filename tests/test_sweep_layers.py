@@ -45,10 +45,25 @@ def test_the_probe_keeps_the_strength_that_scores_best_on_validation():
     alone = {c: best_probe(x_train, y_train, x_val, y_val, single, [c], metric) for c in (1e-3, 0.1)}
     assert [probe.c for probe in alone.values()] == [1e-3, 0.1]
     assert alone[0.1].score > alone[1e-3].score + 0.03  # the strengths score apart
-    for cs in ([1e-3, 0.1], [0.1, 1e-3]):
-        probe = best_probe(x_train, y_train, x_val, y_val, single, cs, metric)
-        assert (probe.c, probe.score) == (0.1, alone[0.1].score)
-        torch.testing.assert_close(probe.linear.weight, alone[0.1].linear.weight)
+    first, second = (
+        best_probe(x_train, y_train, x_val, y_val, single, cs, metric) for cs in ([1e-3, 0.1], [0.1, 1e-3])
+    )
+    assert (first.c, first.score) == (second.c, second.score)  # the order given is moot
+    assert first.c == 0.1 and first.score == pytest.approx(alone[0.1].score, abs=0.01)
+    torch.testing.assert_close(first.linear.weight, second.linear.weight)
+    # the fit at 0.1 starts from the one at 1e-3, and ends at the minimum a fit from scratch reaches
+    torch.testing.assert_close(first.linear.weight, alone[0.1].linear.weight, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("c", [0.01, 1.0])
+def test_a_warm_started_probe_reaches_the_same_minimum(c):
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((400, 20)).astype(np.float32))
+    labels = torch.from_numpy((x.numpy() @ rng.standard_normal((20, 5))).argmax(axis=1))
+    cold = fit_logistic(x, labels, c)
+    warm = fit_logistic(x, labels, c, start=fit_logistic(x, labels, c / 10))
+    torch.testing.assert_close(warm.weight, cold.weight, atol=2e-3, rtol=0)
+    torch.testing.assert_close(warm.bias, cold.bias, atol=2e-3, rtol=0)
 
 
 def test_candidates_are_single_layers_then_windows_of_consecutive_ones():

@@ -39,7 +39,7 @@ from llm_fusion_fec.features.extraction import (
     extract,
     output_folders,
 )
-from llm_fusion_fec.features.sweep import SWEEP_SPLITS, LayerScore, chosen_spec, folder_scores
+from llm_fusion_fec.features.sweep import SWEEP_SPLITS, SWEEP_TOLERANCE, LayerScore, chosen_spec, folder_scores
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,12 @@ def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | 
     when they scored these very columns with these settings: an interrupted choice resumes with the next view."""
     import torch
 
-    settings = {"columns": candidates.metadata.column_keys, "window": WINDOW, "strengths": list(STRENGTHS)}
+    settings = {
+        "columns": candidates.metadata.column_keys,
+        "window": WINDOW,
+        "strengths": list(STRENGTHS),
+        "tolerance": SWEEP_TOLERANCE,
+    }
     settings = json.loads(json.dumps(settings))
     saved = candidates.output_dir / SWEEP_FILE
     record = json.loads(saved.read_text()) if saved.exists() else {}
