@@ -108,6 +108,21 @@ def test_metric_module_agrees_with_sklearn():
         assert scores[f"{average}_f1"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_score_is_the_metric_modules_compute():
+    """`score` skips `metric.compute`'s Arrow round trip (for speed) and gives the same scores."""
+    rng = np.random.default_rng(1)
+    multi = fusion_metrics.load_metric("multi_label_classification")
+    logits, labels = rng.normal(-1.0, 1.5, (120, 5)), (rng.random((120, 5)) < 0.3).astype(np.int64)
+    for threshold in (0.2, 0.5):
+        decisions = (torch.sigmoid(torch.from_numpy(logits)) > threshold).int().numpy()
+        expected = multi.compute(predictions=decisions, references=labels)
+        assert fusion_metrics.score(multi, logits, labels, threshold) == pytest.approx(expected, abs=1e-12)
+    single = fusion_metrics.load_metric("single_label_classification")
+    logits, labels = rng.normal(size=(120, 6)), rng.integers(0, 6, 120)
+    expected = single.compute(predictions=logits.argmax(1), references=labels)
+    assert fusion_metrics.score(single, logits, labels, 0.5) == pytest.approx(expected, abs=1e-12)
+
+
 def test_training_reads_the_arrow_files_in_place(ed_features):
     data, metadata = load_features(ed_features)
     splits = training_splits(data, build_config(metadata))

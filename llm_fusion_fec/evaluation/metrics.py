@@ -31,10 +31,13 @@ def load_metric(problem_type: str) -> evaluate.EvaluationModule:
 
 
 def score(metric: evaluate.EvaluationModule, logits: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    problem_type = metric.config_name
+    """The metric module's scores of `logits` decided at `threshold`, by the module's own numpy code (`_compute`):
+    `metric.compute` first writes every row through an Arrow cache file, about 120 ms a call on multi-label
+    validation (5,426 rows x 28 labels) against under 1 ms, and choosing a threshold calls it 19 times a probe or
+    an evaluation."""
     references = labels.astype(np.int32)
-    decisions = decide(torch.from_numpy(logits), problem_type, threshold).numpy()
-    return metric.compute(predictions=decisions, references=references)
+    decisions = decide(torch.from_numpy(logits), metric.config_name, threshold).numpy()
+    return metric._compute(predictions=decisions, references=references)
 
 
 def choose_threshold(
