@@ -548,6 +548,24 @@ def test_views_that_read_the_same_prompt_are_extracted_in_one_pass(tiny_backbone
         expected = load(spec)(list(rows["text"])).numpy()
         np.testing.assert_allclose(rows[spec["name"]].astype(np.float32), expected, atol=2e-3, rtol=1e-2)
 
+    # An interrupted run left each view missing shards the other has: one pass computes them all, and writes only
+    # the missing ones.
+    cache = tmp_path / "out" / "cache"
+    (token_shard,) = (cache / "test").glob("llama-*/shard-00000.arrow")
+    (text_shard,) = (cache / "train").glob("llama_text-*/shard-00001.arrow")
+    kept = next((cache / "test").glob("llama_text-*/shard-00000.arrow"))
+    kept_time = kept.stat().st_mtime_ns
+    token_shard.unlink()
+    text_shard.unlink()
+    loads.clear()
+    options = {"output_dir": tmp_path / "again", "cache_dir": cache, "shard_size": 4}
+    result = extract(str(folder), backbones=[*views, tiny_backbones[1]], **options)
+    assert loads == ["llama"] and list(result.throughput) == ["llama, llama_text"]
+    assert token_shard.exists() and text_shard.exists() and kept.stat().st_mtime_ns == kept_time
+    again = load_features(tmp_path / "again")[0]["test"].with_format("numpy")[:]
+    for spec in views:
+        np.testing.assert_array_equal(again[spec["name"]], rows[spec["name"]])
+
 
 def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbones, tmp_path):
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -90,8 +90,8 @@ class ExtractArguments:
     choose_train_rows: int | None = field(
         default=None,
         metadata={
-            "help": "Fit --choose's probes on a random sample of this many train rows (seed 0) instead of all of "
-            "them: a faster choice, for a noisier probe; the chosen views are then extracted on every row."
+            "help": "Fit --choose's probes on a random sample of this many train rows (seed 0; default 3000; 0: "
+            "every train row): the chosen views are then extracted on every row."
         },
     )
     choose_template: list[str] = repeatable(

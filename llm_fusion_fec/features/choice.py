@@ -9,11 +9,13 @@ unprompted text (`layer_mean`) is a candidate too. The layer sweep (`llm_fusion_
 single layer of each last-token candidate and each window of `WINDOW` consecutive layers of each mean candidate:
 a logistic-regression probe fitted on train at each L2 strength of `STRENGTHS`, scored on validation by the metric
 training selects models by. The features folder then holds the best of each kind as two views of the LLM (`llama`:
-a token, `llama_window`: a window; one LLM pass a text where both come from one prompt) and the preset's other
+a token, `llama_window`: a window; the window of the token's own pass unless another scores more than
+`SECOND_PASS_MARGIN` higher, so both come from one LLM pass a text) and the preset's other
 backbones, extracted on every split: train and validation are cut from the cached candidates, the test split is
 computed for the chosen views alone, after the choice. The test split plays no part in the choice.
-`--choose_train_rows N` fits the probes on a random sample of N train rows: the candidates' passes read N train
-texts instead of all of them, and the chosen views are then computed on the whole train split.
+The probes are fitted on a random sample of `TRAIN_ROWS` train rows (`--choose-train-rows N`: N of them; 0: all of
+them): the candidates' passes read those train texts only, and the chosen views are then computed on the whole
+train split.
 
 `fec_features.json` records the choice under `choice` (the candidates, their best scores, the strengths, the views
 chosen); training copies it into the model's config (`feature_choice`) and the model card reports it. A rerun reuses
@@ -28,7 +30,7 @@ import logging
 import time
 
 from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL, TEXT_SLOT
-from llm_fusion_fec.commands.arguments import ExtractArguments, check_at_least_one, name_value_pairs
+from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.cache import write_json
 from llm_fusion_fec.features.extraction import (
@@ -56,6 +58,15 @@ TOKEN_POOLINGS = ("layer_last_token",)
 """The candidates of the token view, scored layer by layer."""
 MEAN_POOLINGS = ("layer_mean", "layer_text_mean")
 """The candidates of the window view, scored window by window."""
+TRAIN_ROWS = 3000
+"""The train rows (a random sample, seed `TRAIN_SAMPLE_SEED`) the probes are fitted on unless `--choose-train-rows`
+says otherwise (0: every row). With 3,000 rows the choice scored at least the fixed preset on ED, GoEmotions and
+multi-label GoEmotions, in 1.4-1.7x its extraction time; on ED's every row it took 3.0x (docs/results.md)."""
+SECOND_PASS_MARGIN = 0.005
+"""How much more (in the selection metric, 0.005 = half a point) a window from another LLM pass must score than the
+best window of the chosen token's own pass to be chosen: a second pass doubles the LLM's cost in extraction and in
+serving. On ED's 3,000-row sample PromptEOL's text mean beat the feeling prompt's, whose token was chosen, by 0.01
+of a point: the two prompts begin alike and their text means differ by padding's rounding."""
 SWEEP_FILE = "sweep.json"
 
 
@@ -105,8 +116,10 @@ def choose(
     from modeling_llm_fusion import backbone_path, paths_by_model
 
     args = arguments_of(args, options)
-    check_at_least_one("--choose-train-rows", args.choose_train_rows, " (leave it out to probe every train row)")
-    sample = args.choose_train_rows
+    sample = TRAIN_ROWS if args.choose_train_rows is None else args.choose_train_rows
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise ValueError(f"--choose-train-rows must be an integer of at least 0 (0: every train row), got {sample!r}.")
+    sample = sample or None
     args = dataclasses.replace(args, choose=False, choose_train_rows=None)  # what follows extracts as told
     if args.all_layers:
         raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
@@ -138,7 +151,7 @@ def choose(
     extracted = time.perf_counter() - started
     scores = swept_scores(candidates, views, args.device)
     swept = time.perf_counter() - started - extracted
-    token, window = best(scores, views, TOKEN_POOLINGS), best(scores, views, MEAN_POOLINGS)
+    token, window = pick(scores, views)
     specs = {view["name"]: view for view in views}
     chosen = [
         chosen_spec({**specs[token.features], "name": llm["name"]}, token.layers),
@@ -194,6 +207,19 @@ def best(scores: list[LayerScore], views: list[dict], poolings: tuple[str, ...])
     return max((row for row in scores if row.features in names), key=score)
 
 
+def pick(scores: list[LayerScore], views: list[dict]) -> tuple[LayerScore, LayerScore]:
+    """The chosen token and window: the best token, and the best window unless the token's own pass (its prompt's
+    text mean) has a window within `SECOND_PASS_MARGIN` of it, which is then chosen, for one LLM pass a text."""
+    token, window = best(scores, views, TOKEN_POOLINGS), best(scores, views, MEAN_POOLINGS)
+    template = next(view for view in views if view["name"] == token.features)["template"]
+    own = [view for view in views if view["pooling"] == "layer_text_mean" and view["template"] == template]
+    if own and window.features != own[0]["name"]:
+        same_pass = best(scores, own, MEAN_POOLINGS)
+        if window.score - same_pass.score <= SECOND_PASS_MARGIN:
+            return token, same_pass
+    return token, window
+
+
 def choice_record(
     problem_type: str,
     views: list[dict],
@@ -230,6 +256,7 @@ def choice_record(
         "train_sample_seed": train_sample_seed,
         "strengths": list(STRENGTHS),
         "window": WINDOW,
+        "second_pass_margin": SECOND_PASS_MARGIN,
         "candidates": candidates,
         "chosen": {name: described(row) for name, row in picks.items()},
     }

@@ -274,9 +274,8 @@ def _extract(
     for group in _shared_passes(metadata.backbones, pending, backbone_paths):
         names = [spec["name"] for spec in group]
         computed.extend(names)
-        logger.info(
-            f"[rank {rank}/{world}] {', '.join(names)}: {sum(map(len, pending[names[0]].values()))} shards to compute"
-        )
+        missing = {split: sorted({i for name in names for i in pending[name][split]}) for split in pending[names[0]]}
+        logger.info(f"[rank {rank}/{world}] {', '.join(names)}: {sum(map(len, missing.values()))} shards to compute")
         backbone = FrozenBackbone.load(
             group[0], backbone_paths.get(names[0]), device, getattr(torch, dtype), device_map=args.device_map
         )
@@ -286,7 +285,8 @@ def _extract(
             views,
             data,
             shards,
-            pending[names[0]],
+            missing,
+            {name: pending[name] for name in names},
             args.batch_size,
             args.max_tokens,
             metadata.feature_dtype,
@@ -453,8 +453,9 @@ def _cut_from_every_layer(
 
 def _shared_passes(backbones: list[dict], pending: dict[str, dict], backbone_paths: dict[str, str]) -> list[list]:
     """The backbones with shards to compute, in groups that one forward pass serves: views of the same weights that
-    tokenize a text alike (`same_input`: e.g. a prompt's last token and the text's mean inside that prompt) and
-    miss the same shards. Each group is loaded once and computed in one pass a batch."""
+    tokenize a text alike (`same_input`: e.g. a prompt's last token and the text's mean inside that prompt), even
+    where one misses shards another has (an interrupted run of other views): each group is loaded once and its
+    missing shards computed in one pass a batch."""
     from modeling_llm_fusion import same_input, same_weights
 
     def weights(spec: dict) -> tuple:
@@ -465,13 +466,7 @@ def _shared_passes(backbones: list[dict], pending: dict[str, dict], backbone_pat
         if not any(pending[spec["name"]].values()):
             continue
         group = next(
-            (
-                group
-                for group in groups
-                if weights(group[0]) == weights(spec)
-                and same_input(group[0], spec)
-                and pending[group[0]["name"]] == pending[spec["name"]]
-            ),
+            (group for group in groups if weights(group[0]) == weights(spec) and same_input(group[0], spec)),
             None,
         )
         if group is None:
@@ -485,23 +480,24 @@ def _compute_shards(
     views: list[FrozenBackbone],
     data: DatasetDict,
     shards: Shards,
-    pending: dict[str, list[int]],
+    missing: dict[str, list[int]],
+    pending: dict[str, dict[str, list[int]]],
     batch_size: int,
     max_tokens: int | None,
     feature_dtype: str,
     progress_name: str,
 ) -> dict[str, float]:
-    """Compute the `pending` shards of the columns of `views` (the first and the views that read like it, in one
-    forward pass a batch) and write them to the cache, under one progress bar. Returns the pass's throughput: texts,
-    texts/s and tokens/s."""
+    """Compute the `missing` shards (by split) of `views` (the first and the views that read like it, in one forward
+    pass a batch) and write to the cache each view's shards that are `pending` for it (by view name, then split),
+    under one progress bar. Returns the pass's throughput: texts, texts/s and tokens/s."""
     import torch
     from tqdm.auto import tqdm
 
     backbone = views[0]
-    total = sum(shards.rows(split, i) for split, indices in pending.items() for i in indices)
+    total = sum(shards.rows(split, i) for split, indices in missing.items() for i in indices)
     start = time.perf_counter()
     with tqdm(total=total, desc=progress_name, unit="text", disable=None) as progress:
-        for split, indices in pending.items():
+        for split, indices in missing.items():
             for i in indices:
                 first = i * shards.size
                 texts = data[split][first : first + shards.rows(split, i)]["text"]
@@ -510,6 +506,8 @@ def _compute_shards(
                 )
                 for view, values in zip(views, columns, strict=True):
                     name = view.spec["name"]
+                    if i not in pending[name][split]:
+                        continue  # already cached
                     write_shard(
                         shards.file(split, name, i), name, values.numpy(), feature_type(view.spec, feature_dtype)
                     )
