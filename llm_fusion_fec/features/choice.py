@@ -61,7 +61,7 @@ MEAN_POOLINGS = ("layer_mean", "layer_text_mean")
 TRAIN_ROWS = 3000
 """The train rows (a random sample, seed `TRAIN_SAMPLE_SEED`) the probes are fitted on unless `--choose-train-rows`
 says otherwise (0: every row). With 3,000 rows the choice scored at least the fixed preset on ED, GoEmotions and
-multi-label GoEmotions, in 1.4-1.7x its extraction time; on ED's every row it took 3.0x (docs/results.md)."""
+multi-label GoEmotions, in 1.4-1.5x its extraction time; on ED's every row it took 3.0x (docs/results.md)."""
 SECOND_PASS_MARGIN = 0.005
 """How much more (in the selection metric, 0.005 = half a point) a window from another LLM pass must score than the
 best window of the chosen token's own pass to be chosen: a second pass doubles the LLM's cost in extraction and in
