@@ -213,7 +213,7 @@ def pick(scores: list[LayerScore], views: list[dict]) -> tuple[LayerScore, Layer
     token, window = best(scores, views, TOKEN_POOLINGS), best(scores, views, MEAN_POOLINGS)
     template = next(view for view in views if view["name"] == token.features)["template"]
     own = [view for view in views if view["pooling"] == "layer_text_mean" and view["template"] == template]
-    if own and window.features != own[0]["name"]:
+    if own:  # where the best window is the token's own, it is also `same_pass`
         same_pass = best(scores, own, MEAN_POOLINGS)
         if window.score - same_pass.score <= SECOND_PASS_MARGIN:
             return token, same_pass
