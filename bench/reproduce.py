@@ -38,8 +38,8 @@ from transformers.utils import logging as hf_logging
 from bench.bench_extract import small_trio_paths
 from llm_fusion_fec.commands.train import parse_args
 from llm_fusion_fec.evaluation.metrics import THRESHOLDS
-from llm_fusion_fec.features.extraction import extract
 from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.features.sweep import fit_logistic
 from llm_fusion_fec.training.run import run_training
 

@@ -16,11 +16,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "extract": "llm_fusion_fec.features.extraction",
-    "ExtractArguments": "llm_fusion_fec.commands.arguments",
+    "extract": "llm_fusion_fec.features.run",
+    "ExtractArguments": "llm_fusion_fec.arguments",
     "ExtractionResult": "llm_fusion_fec.features.extraction",
     "train": "llm_fusion_fec.training.run",
-    "FusionArguments": "llm_fusion_fec.commands.arguments",
+    "FusionArguments": "llm_fusion_fec.arguments",
     "RunResults": "llm_fusion_fec.evaluation.results",
 }
 __all__ = list(_EXPORTS)

@@ -8,8 +8,8 @@ import pytest
 import llm_fusion_fec.features.choice as choice
 from llm_fusion_fec.commands.extract import main as extract_main
 from llm_fusion_fec.commands.train import main as train_main
-from llm_fusion_fec.features.extraction import extract
 from llm_fusion_fec.features.metadata import METADATA_FILE, load_features, read_metadata
+from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS
 from modeling_llm_fusion import FrozenBackbone
 
@@ -243,7 +243,7 @@ def test_the_probes_read_3000_train_rows_unless_told(tiny_backbones, tmp_path, m
         asked.append(train_rows)
         raise KeyboardInterrupt  # what was asked is all this test needs
 
-    monkeypatch.setattr(choice, "extract", candidates)
+    monkeypatch.setattr(choice, "extract_fixed", candidates)
     with pytest.raises(KeyboardInterrupt):
         choice.choose(str(write_data(tmp_path / "d")), backbones=tiny_backbones, choose_train_rows=given)
     assert choice.TRAIN_ROWS == 3000 and asked == [sampled]

@@ -20,10 +20,10 @@ from llm_fusion_fec.features.extraction import (
     ExtractionResult,
     column_key,
     customize_backbones,
-    extract,
     resolve_backbones,
 )
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, load_features, read_metadata
+from llm_fusion_fec.features.run import extract
 from modeling_llm_fusion import FrozenBackbone, length_sorted_batches
 
 LIMIT = 120

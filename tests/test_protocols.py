@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import llm_fusion_fec.commands.train as train_command
 from llm_fusion_fec.commands.train import main
-from llm_fusion_fec.features.extraction import extract
+from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.protocols import MULTI_LABEL_EPOCHS, PROTOCOLS, recipe
 
 LIMIT = 40

@@ -20,8 +20,8 @@ import llm_fusion_fec.training.run as train_fusion
 from helpers import REPO, run_program
 from llm_fusion_fec.commands.train import main
 from llm_fusion_fec.data.splits import build_config, training_splits
-from llm_fusion_fec.features.extraction import extract
 from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.trainer import FusionTrainer, ProtocolCallback
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
@@ -420,7 +420,7 @@ def test_quick_help_answers_without_torch_and_matches_the_full_parser():
 
     from transformers import TrainingArguments
 
-    from llm_fusion_fec.commands.arguments import FusionArguments, ProtocolArguments
+    from llm_fusion_fec.arguments import FusionArguments, ProtocolArguments
 
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "train_fusion.py", "--help"], cwd=REPO, capture_output=True, text=True

@@ -12,8 +12,8 @@ import llm_fusion_fec.training.trainer as trainer_module
 from configuration_llm_fusion import LLMFusionConfig
 from helpers import run_program
 from llm_fusion_fec.data.splits import build_config, training_splits
-from llm_fusion_fec.features.extraction import extract
 from llm_fusion_fec.features.metadata import load_features
+from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.trainer import (
     FusionTrainer,
     NonFiniteError,

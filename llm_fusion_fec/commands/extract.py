@@ -15,7 +15,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from llm_fusion_fec.commands.arguments import ExtractArguments, command_parser, parse
+from llm_fusion_fec.arguments import ExtractArguments
+from llm_fusion_fec.commands.parsing import command_parser, parse
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ExtractArguments:
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None):
     args = parse_args(argv, prog)
     logging.basicConfig(format="[%(levelname)s|%(name)s] %(message)s", level=args.log_level.upper())
     from llm_fusion_fec.features.choice import choice_table
-    from llm_fusion_fec.features.extraction import extract
+    from llm_fusion_fec.features.run import extract
 
     result = extract(args)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from llm_fusion_fec.commands.arguments import PredictArguments, command_parser, name_value_pairs
+from llm_fusion_fec.arguments import PredictArguments, name_value_pairs
+from llm_fusion_fec.commands.parsing import command_parser
 
 EPILOG = """Exit status: 0 every row labelled; 1 some rows could not be labelled (reported by line on stderr, written
 with an empty label); 2 nothing done (bad flags, unreadable input, a model that cannot be loaded)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llm_fusion_fec.commands.arguments import PushFeaturesArguments, command_parser, parse, positionals_as_flags
+from llm_fusion_fec.arguments import PushFeaturesArguments
+from llm_fusion_fec.commands.parsing import command_parser, parse, positionals_as_flags
 
 USAGE = "fec push-features FEATURES_DIR REPO_ID [--private] [--max_shard_size 500MB]"
 

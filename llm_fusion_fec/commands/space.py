@@ -13,13 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llm_fusion_fec.commands.arguments import (
-    SpaceArguments,
-    command_parser,
-    name_value_pairs,
-    parse,
-    positionals_as_flags,
-)
+from llm_fusion_fec.arguments import SpaceArguments, name_value_pairs
+from llm_fusion_fec.commands.parsing import command_parser, parse, positionals_as_flags
 
 USAGE = "fec space MODEL --output_dir DIR [--push SPACE_ID] [options]"
 

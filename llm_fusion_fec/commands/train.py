@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from llm_fusion_fec.commands.arguments import FusionArguments, ProtocolArguments, command_parser
+from llm_fusion_fec.arguments import FusionArguments, ProtocolArguments
+from llm_fusion_fec.commands.parsing import command_parser
 
 EPILOG = """Every flag of transformers' TrainingArguments works too, e.g. --seed, --resume_from_checkpoint true,
 --push_to_hub --hub_model_id ORG/NAME, --log_level info, --use_cpu; --help-all lists them all (it imports torch: a

@@ -16,7 +16,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from llm_fusion_fec.commands.arguments import check_at_least_one
+from llm_fusion_fec.arguments import check_at_least_one
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

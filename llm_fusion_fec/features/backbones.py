@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from llm_fusion_fec.commands.arguments import name_value_pairs
+from llm_fusion_fec.arguments import name_value_pairs
 from llm_fusion_fec.features.cache import file_sha256
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import logging
 import time
 
 from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL, TEXT_SLOT
-from llm_fusion_fec.commands.arguments import ExtractArguments, name_value_pairs
+from llm_fusion_fec.arguments import ExtractArguments, name_value_pairs
 from llm_fusion_fec.features.backbones import read_every_layer
 from llm_fusion_fec.features.cache import write_json
 from llm_fusion_fec.features.extraction import (
@@ -38,7 +38,7 @@ from llm_fusion_fec.features.extraction import (
     ExtractionResult,
     arguments_of,
     backbones_of,
-    extract,
+    extract_fixed,
     output_folders,
 )
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS, SWEEP_TOLERANCE, LayerScore, chosen_spec, folder_scores
@@ -139,7 +139,7 @@ def choose(
     views = [normalize_backbone(view) for view in views]
 
     started = time.perf_counter()
-    candidates = extract(
+    candidates = extract_fixed(
         args,
         backbones=views,
         backbone_paths=view_paths,
@@ -163,7 +163,7 @@ def choose(
     record = choice_record(candidates.metadata.problem_type, views, scores, picks, rows, seed)
     others = [spec for spec in preset if spec["model"] != llm["model"] or spec["pooling"] not in LAYER_POOLINGS]
     backbones = [*chosen, *others]  # the chosen views replace every layer-pooled view of the LLM
-    result = extract(args, backbones=backbones, backbone_paths=paths, choice=record)
+    result = extract_fixed(args, backbones=backbones, backbone_paths=paths, choice=record)
     logger.info(
         f"--choose: candidates extracted in {extracted:.0f} s, swept in {swept:.0f} s, the choice extracted in "
         f"{time.perf_counter() - started - extracted - swept:.0f} s"

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_fusion_fec.commands.arguments import ExtractArguments, check_at_least_one, name_value_pairs
+from llm_fusion_fec.arguments import ExtractArguments, check_at_least_one, name_value_pairs
 from llm_fusion_fec.data.datasets import data_digest, dataset_name, load_data, texts_digest
 from llm_fusion_fec.features.backbones import (
     check_backbone_names,
@@ -107,7 +107,7 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def extract(
+def extract_fixed(
     args: ExtractArguments | str = "ED",
     *,
     backbones: list[dict] | None = None,
@@ -117,13 +117,8 @@ def extract(
     choice: dict | None = None,
     **options,
 ) -> ExtractionResult:
-    """Extract (or load from cache) the features of every split of a data set and save them as a `DatasetDict`:
-    what `fec extract` does.
-
-        from llm_fusion_fec import extract
-
-        result = extract("ED", preset="small", limit=500)  # -> features/ED
-        print(result.metadata.rows, result.output_dir)
+    """Extract (or load from cache) the features of the backbones `args` name (no `--choose`) for every split of a
+    data set and save them as a `DatasetDict`: what `extract` does once the views are fixed.
 
     Args:
         args (`ExtractArguments` or `str`, *optional*, defaults to `"ED"`):
@@ -155,9 +150,7 @@ def extract(
 
     args = arguments_of(args, options)
     if args.choose:
-        from llm_fusion_fec.features.choice import choose
-
-        return choose(args, backbones=backbones, backbone_paths=backbone_paths)
+        raise ValueError("extract_fixed extracts fixed views: --choose runs through `extract`.")
     _check_extract_arguments(args)
     if backbone_paths is None:
         backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_fusion_fec.commands.arguments import PredictArguments, name_value_pairs
+from llm_fusion_fec.arguments import PredictArguments, name_value_pairs
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")

@@ -26,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from llm_fusion_fec.commands.arguments import DEFAULT_DATASET, FusionArguments, ProtocolArguments
+from llm_fusion_fec.arguments import DEFAULT_DATASET, FusionArguments, ProtocolArguments
 from llm_fusion_fec.data.splits import build_config, check_dataset, check_finite, feature_statistics, training_splits
 from llm_fusion_fec.evaluation.metrics import (
     SELECTION_METRICS,
