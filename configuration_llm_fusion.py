@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
@@ -107,6 +108,9 @@ preset's head options with the features, and training uses them unless a flag sa
 DTYPES = ("float32", "bfloat16", "float16")
 """Compute dtypes a backbone can be recorded with (its `dtype` key); `None` means float32."""
 
+FEATURE_DTYPES = ("float16", "float32")
+"""Dtypes features can be stored in (`--feature-dtype`), and so the dtype a model's head is served its features in."""
+
 QUANTIZATIONS = ("8bit", "4bit")
 """Weight quantizations a backbone can be recorded with (its `quantization` key, through bitsandbytes); `None` means
 none."""
@@ -114,45 +118,115 @@ none."""
 RESERVED_NAMES = {"labels", "return_dict", "self"}
 
 
-class BackboneSpec(TypedDict):
-    """One backbone of `LLMFusionConfig.backbones`, as `normalize_backbone` completes it: what `fec_features.json`
-    and `config.json` hold for it, and everything its features depend on."""
+BACKBONE_KEYS = (
+    "name",
+    "model",
+    "revision",
+    "pooling",
+    "num_layers",
+    "layers",
+    "template",
+    "hidden_size",
+    "max_length",
+    "dtype",
+    "quantization",
+)
+"""The keys of a backbone description, in the order `config.json` and `fec_features.json` write them."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class BackboneSpec(Mapping):
+    """One backbone of `LLMFusionConfig.backbones`: everything its features depend on. Frozen: a spec is normalised
+    once where it enters (a preset, the command line's flags, a spec file, a saved config or features folder, through
+    `BackboneSpec.from_dict`) and never edited afterwards; `replace` gives a new, checked one.
+
+    Its fields are typed attributes (`spec.pooling`); like transformers' `ModelOutput`, it also reads as the mapping
+    `config.json` stores (`spec["layers"]` is a list, `{**spec}` and `dict(spec)` its JSON form, `to_dict`).
+    """
 
     name: str  # feature column and forward keyword
     model: str  # Hub id or local folder
-    revision: str | None  # pinned revision (a commit once resolved)
-    pooling: str  # one of POOLINGS
-    num_layers: int  # hidden layers a layer pooling reads (1 for an encoder pooling)
-    layers: list[int] | None  # hidden-state indices a layer pooling reads (None: the last num_layers, last first)
-    template: str | None  # prompt with one {text} slot, or None
+    revision: str | None = None  # pinned revision (a commit once resolved)
+    pooling: str = "pooler"  # one of POOLINGS
+    num_layers: int = 1  # hidden layers a layer pooling reads (1 for an encoder pooling)
+    layers: tuple[int, ...] | None = None  # hidden-state indices a layer pooling reads (None: the last num_layers)
+    template: str | None = None  # prompt with one {text} slot, or None
     hidden_size: int  # feature width
-    max_length: int  # tokens read of a text
-    dtype: str | None  # compute dtype of the features (None: float32)
-    quantization: str | None  # "8bit", "4bit" or None
+    max_length: int = 512  # tokens read of a text
+    dtype: str | None = None  # compute dtype of the features (None: float32)
+    quantization: str | None = None  # "8bit", "4bit" or None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping) -> BackboneSpec:
+        """The spec a description holds, defaults filled in, or a `ValueError` naming the bad value; a `BackboneSpec`
+        is returned as it is (it was checked when it was made).
+
+        Whether `layers` exist in the model is checked when the model's config is at hand
+        (`FrozenBackbone.check_config`)."""
+        if isinstance(spec, BackboneSpec):
+            return spec
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
+        if unknown := set(spec) - set(BACKBONE_KEYS):
+            raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {dict(spec)!r}.")
+        name = _checked_name(spec)
+        pooling = spec.get("pooling", "pooler")
+        if pooling not in POOLINGS:
+            raise ValueError(f"Backbone {name!r}: unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}.")
+        layers, num_layers = _layers_and_count(name, pooling, spec)
+        template = spec.get("template")
+        if template is not None and (not isinstance(template, str) or template.count(TEXT_SLOT) != 1):
+            raise ValueError(
+                f"Backbone {name!r}: template must be a string with exactly one {TEXT_SLOT} slot, got {template!r}."
+            )
+        sizes = {
+            "num_layers": num_layers,
+            "hidden_size": spec.get("hidden_size"),
+            "max_length": spec.get("max_length", 512),
+        }
+        for key, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Backbone {name!r}: {key} must be a positive integer, got {value!r}.")
+        return cls(
+            name=name,
+            model=spec["model"],
+            revision=spec.get("revision"),
+            pooling=pooling,
+            layers=layers,
+            template=template,
+            **sizes,
+            **normalize_precision(spec),
+        )
+
+    def replace(self, **changes) -> BackboneSpec:
+        """A new spec with `changes` applied, checked as `from_dict` checks a description."""
+        return BackboneSpec.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        """The JSON form `config.json` and `fec_features.json` hold."""
+        return {key: self[key] for key in BACKBONE_KEYS}
+
+    def __getitem__(self, key: str):
+        if key not in BACKBONE_KEYS:
+            raise KeyError(key)
+        value = getattr(self, key)
+        return list(value) if key == "layers" and value is not None else value
+
+    def __iter__(self):
+        return iter(BACKBONE_KEYS)
+
+    def __eq__(self, other: object) -> bool:  # equal to a spec or a description of the same values
+        return isinstance(other, Mapping) and self.to_dict() == dict(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, key) for key in BACKBONE_KEYS))
+
+    def __len__(self) -> int:
+        return len(BACKBONE_KEYS)
 
 
-def normalize_backbone(spec: dict) -> BackboneSpec:
-    """Return a complete backbone description with defaults filled in, or raise `ValueError` naming the bad value.
-
-    Whether `layers` exist in the model is checked when the model's config is at hand
-    (`FrozenBackbone.check_config`)."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"A backbone must be a dict with at least 'name' and 'model', got {spec!r}.")
-    unknown = set(spec) - {
-        "name",
-        "model",
-        "revision",
-        "pooling",
-        "num_layers",
-        "layers",
-        "template",
-        "hidden_size",
-        "max_length",
-        "dtype",
-        "quantization",
-    }
-    if unknown:
-        raise ValueError(f"Unknown backbone keys {sorted(unknown)} in {spec!r}.")
+def _checked_name(spec: Mapping) -> str:
+    """The backbone's name and model checked: a name that can be a feature column and a forward keyword."""
     name = spec.get("name")
     if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
         raise ValueError(
@@ -161,15 +235,18 @@ def normalize_backbone(spec: dict) -> BackboneSpec:
         )
     if not isinstance(spec.get("model"), str) or not spec["model"]:
         raise ValueError(f"Backbone {name!r} needs 'model': a Hub id or a local folder, got {spec.get('model')!r}.")
-    pooling = spec.get("pooling", "pooler")
-    if pooling not in POOLINGS:
-        raise ValueError(f"Backbone {name!r}: unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}.")
+    return name
+
+
+def _layers_and_count(name: str, pooling: str, spec: Mapping) -> tuple[tuple[int, ...] | None, object]:
+    """A description's `layers` (checked) and `num_layers` (their number; by default 5 for a layer pooling, 1
+    otherwise), or a `ValueError` naming what contradicts what."""
     layers = spec.get("layers")
     if layers is not None:
-        layers = _normalize_layers(name, pooling, layers)
+        layers = tuple(_normalize_layers(name, pooling, layers))
         if spec.get("num_layers", len(layers)) != len(layers):
             raise ValueError(
-                f"Backbone {name!r}: num_layers={spec['num_layers']!r} contradicts layers={layers} "
+                f"Backbone {name!r}: num_layers={spec['num_layers']!r} contradicts layers={list(layers)} "
                 f"({len(layers)} layers); leave num_layers out."
             )
     num_layers = len(layers) if layers is not None else spec.get("num_layers", 5 if pooling in LAYER_POOLINGS else 1)
@@ -178,30 +255,7 @@ def normalize_backbone(spec: dict) -> BackboneSpec:
             f"Backbone {name!r}: num_layers={num_layers!r} needs pooling {' or '.join(map(repr, LAYER_POOLINGS))}, "
             f"not {pooling!r}."
         )
-    template = spec.get("template")
-    if template is not None and (not isinstance(template, str) or template.count(TEXT_SLOT) != 1):
-        raise ValueError(
-            f"Backbone {name!r}: template must be a string with exactly one {TEXT_SLOT} slot, got {template!r}."
-        )
-    for key, value in (
-        ("num_layers", num_layers),
-        ("hidden_size", spec.get("hidden_size")),
-        ("max_length", spec.get("max_length", 512)),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"Backbone {name!r}: {key} must be a positive integer, got {value!r}.")
-    return {
-        "name": name,
-        "model": spec["model"],
-        "revision": spec.get("revision"),
-        "pooling": pooling,
-        "num_layers": num_layers,
-        "layers": layers,
-        "template": template,
-        "hidden_size": spec["hidden_size"],
-        "max_length": spec.get("max_length", 512),
-        **normalize_precision(spec),
-    }
+    return layers, num_layers
 
 
 def _normalize_layers(name: str, pooling: str, layers) -> list[int]:
@@ -315,6 +369,10 @@ class LLMFusionConfig(PretrainedConfig):
         ensemble_size (`int`, *optional*, defaults to 1):
             Number of heads of this config whose probabilities a seed ensemble
             (`LLMFusionEnsembleForSequenceClassification`) averages; 1 for a single head.
+        feature_dtype (`str`, *optional*):
+            The dtype the training features were stored in (`"float16"` or `"float32"`; `None`: not recorded, served
+            as computed). Serving rounds the backbones' features to it before the head, so that the head sees the
+            numbers it was trained on.
     """
 
     model_type = "llm_fusion"
@@ -330,12 +388,13 @@ class LLMFusionConfig(PretrainedConfig):
         standardize_features: bool = False,
         encoders_in_tail: bool = False,
         ensemble_size: int = 1,
+        feature_dtype: str | None = None,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"]["backbones"] if backbones is None else list(backbones))
         if not backbones:
             raise ValueError("LLMFusionConfig needs at least one backbone, got none.")
-        self.backbones = [normalize_backbone(spec) for spec in backbones]
+        self.backbones = [BackboneSpec.from_dict(spec) for spec in backbones]
         names = [spec["name"] for spec in self.backbones]
         if len(set(names)) != len(names):
             raise ValueError(f"Backbone names must be unique, got {names}.")
@@ -359,7 +418,10 @@ class LLMFusionConfig(PretrainedConfig):
         self.threshold = float(threshold)
         self.standardize_features = bool(standardize_features)
         self.encoders_in_tail = bool(encoders_in_tail)
+        if feature_dtype not in (None, *FEATURE_DTYPES):
+            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES} or None, got {feature_dtype!r}.")
         self.ensemble_size = ensemble_size
+        self.feature_dtype = feature_dtype
         super().__init__(**kwargs)
 
     @classmethod
@@ -369,7 +431,13 @@ class LLMFusionConfig(PretrainedConfig):
             raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
         return cls(backbones=PRESETS[preset]["backbones"], **{**PRESETS[preset]["head"], **kwargs})
 
-    def backbone(self, name: str) -> dict:
+    def to_dict(self) -> dict:
+        """The config as `config.json` holds it: each backbone in its JSON form (`BackboneSpec.to_dict`)."""
+        output = super().to_dict()
+        output["backbones"] = [spec.to_dict() for spec in self.backbones]
+        return output
+
+    def backbone(self, name: str) -> BackboneSpec:
         """The description of the backbone called `name`."""
         for spec in self.backbones:
             if spec["name"] == name:
@@ -382,4 +450,13 @@ class LLMFusionConfig(PretrainedConfig):
         return {spec["name"]: feature_shape(spec) for spec in self.backbones}
 
 
-__all__ = ["BackboneSpec", "DTYPES", "LAYER_POOLINGS", "LLMFusionConfig", "POOLINGS", "PRESETS", "QUANTIZATIONS"]
+__all__ = [
+    "BackboneSpec",
+    "DTYPES",
+    "FEATURE_DTYPES",
+    "LAYER_POOLINGS",
+    "LLMFusionConfig",
+    "POOLINGS",
+    "PRESETS",
+    "QUANTIZATIONS",
+]

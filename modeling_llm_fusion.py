@@ -6,41 +6,36 @@ where features are computed, used by extraction and by the pipeline) -> fusion v
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import math
-import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import can_return_tuple, logging
 
 try:
     from .configuration_llm_fusion import (
         LAYER_POOLINGS,
         TEXT_SLOT,
+        BackboneSpec,
         LLMFusionConfig,
         feature_shape,
         layer_indices,
-        normalize_backbone,
     )
 except ImportError:  # imported from the repository root rather than as a Hub module
     from configuration_llm_fusion import (
         LAYER_POOLINGS,
         TEXT_SLOT,
+        BackboneSpec,
         LLMFusionConfig,
         feature_shape,
         layer_indices,
-        normalize_backbone,
     )
-
-try:  # transformers records hidden states by hooks it puts on the layers a model has when first asked for them
-    from transformers.utils.output_capturing import maybe_install_capturing_hooks as install_capturing_hooks
-except ImportError:  # a version that records them otherwise
-    install_capturing_hooks = None
 
 logger = logging.get_logger(__name__)
 
@@ -91,38 +86,22 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: i
     return batches
 
 
-def backbone_path(spec: dict, paths: dict[str, str]) -> str | None:
-    """The local folder `paths` gives a backbone: by its name, or by its model id, which points every view of one
-    model (other layers, another prompt) at one folder."""
-    return paths.get(spec["name"]) or paths.get(spec["model"])
+def backbone_folders(specs: Sequence[BackboneSpec], paths: Mapping[str, str]) -> dict[str, str]:
+    """The local folder of each backbone that `paths` gives one, by backbone name: `paths` names a backbone or a model
+    id, and the folder given for one backbone (or for its model id) serves every view of that model (other layers,
+    another prompt)."""
+    models = {spec.name: spec.model for spec in specs}
+    paths = {**{models[key]: path for key, path in paths.items() if key in models}, **paths}
+    return {spec.name: path for spec in specs if (path := paths.get(spec.name) or paths.get(spec.model))}
 
 
-def shared_passes(backbones: Sequence[FrozenBackbone]) -> list[list[FrozenBackbone]]:
-    """The backbones in groups that one forward pass serves: each backbone with every later one that reads like it
-    (`FrozenBackbone.reads_like`), in their order."""
-    groups, grouped = [], set()
-    for i, backbone in enumerate(backbones):
-        if i not in grouped:
-            group = [j for j in range(i, len(backbones)) if j not in grouped and backbone.reads_like(backbones[j])]
-            grouped.update(group)
-            groups.append([backbones[j] for j in group])
-    return groups
-
-
-def paths_by_model(specs: Sequence[dict], paths: dict[str, str]) -> dict[str, str]:
-    """`paths` with the folder given by a backbone's name also given to its model id (unless the id has its own):
-    one folder for one backbone serves every view of that model."""
-    models = {spec["name"]: spec["model"] for spec in specs}
-    return {**{models[key]: path for key, path in paths.items() if key in models}, **paths}
-
-
-def compute_dtype(spec: dict) -> torch.dtype:
+def compute_dtype(spec: BackboneSpec) -> torch.dtype:
     """The dtype a backbone computes its features in: the one its spec records (`dtype`), float32 if none."""
-    return getattr(torch, spec.get("dtype") or "float32")
+    return getattr(torch, spec.dtype or "float32")
 
 
 def quantization_config(
-    spec: dict, dtype: torch.dtype, device: str | torch.device | None = None
+    spec: BackboneSpec, dtype: torch.dtype, device: str | torch.device | None = None
 ) -> BitsAndBytesConfig | None:
     """The `quantization_config` that loads a backbone's weights as its spec records (`quantization`: `"8bit"` or
     `"4bit"`, through bitsandbytes), or `None` for full-precision weights.
@@ -130,10 +109,9 @@ def quantization_config(
     bitsandbytes is only looked for (never imported here) when a spec asks for it, so CPU-only installs without it
     work; without it, or without a CUDA GPU, this raises a `ValueError` saying what is needed.
     """
-    quantization = spec.get("quantization")
-    if quantization is None:
+    if spec.quantization is None:
         return None
-    bits = quantization.removesuffix("bit")
+    bits = spec.quantization.removesuffix("bit")
     if importlib.util.find_spec("bitsandbytes") is None:
         missing = "bitsandbytes is not installed"
     elif not torch.cuda.is_available():
@@ -141,127 +119,268 @@ def quantization_config(
     elif device is not None and torch.device(device).type != "cuda":
         missing = f"the device is {device}"
     else:
-        if quantization == "4bit":
+        if spec.quantization == "4bit":
             return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(
-        f"Backbone {spec['name']!r}: {bits}-bit quantization needs bitsandbytes and a CUDA GPU: "
+        f"Backbone {spec.name!r}: {bits}-bit quantization needs bitsandbytes and a CUDA GPU: "
         f"pip install bitsandbytes ({missing})."
     )
 
 
-# Held by each forward pass: a pass may run a model that other views share with fewer layers (`run_model`).
-_ONE_PASS = threading.Lock()
+def hidden_state_count(config) -> int:
+    """Number of hidden states a model returns with `output_hidden_states=True`: the embeddings and each layer."""
+    return config.get_text_config().num_hidden_layers + 1
+
+
+def layers_needed(specs: Sequence[BackboneSpec], config) -> int | None:
+    """How many of a model's layers a forward pass for the views `specs` has to run, when that is fewer than all:
+    the layers below the deepest hidden state they read, and one more, since a model normalises the output of the
+    last layer it runs (`hidden_states[-1]` is `last_hidden_state`). `None` when every layer is needed (a view pools
+    the last hidden state or reads one of the top two) or the model is part of a composite config.
+
+    The model is then loaded with only these layers (`FeaturePlan.load`): the layers above cost time and memory and
+    change none of the hidden states read."""
+    if any(spec.pooling not in LAYER_POOLINGS for spec in specs) or config.get_text_config() is not config:
+        return None
+    count = hidden_state_count(config)
+    needed = max(i % count for spec in specs for i in layer_indices(spec)) + 1
+    return needed if needed < count - 1 else None
+
+
+def weights_key(spec: BackboneSpec, path: str | None = None, dtype: torch.dtype | None = None) -> tuple:
+    """What a loaded model depends on: its weights (a local folder, else its Hub id and revision), the dtype it
+    computes in and its quantization. Views with equal keys share one loaded model."""
+    source = (path, None) if path else (spec.model, spec.revision)
+    return *source, dtype or compute_dtype(spec), spec.quantization
+
+
+def input_key(spec: BackboneSpec) -> tuple:
+    """What a model reads of a text (its template and length limit): views of one loaded model with equal keys share
+    one forward pass, e.g. a prompt's last token and the text's mean inside that prompt."""
+    return spec.template, spec.max_length
+
+
+class FeaturePlan:
+    """The one plan from texts to features, used alike by extraction, `--choose`, the pipeline and labelling: which
+    views (backbone specs) share a loaded model and a forward pass, how texts are batched, and in which dtype the
+    features come out.
+
+    Args:
+        specs (`Sequence[BackboneSpec]`): The views, in feature order.
+        paths (`Mapping[str, str]`, *optional*): Local folders by backbone name or model id (`backbone_folders`).
+        dtype (`torch.dtype`, *optional*): The compute dtype of every backbone; by default each spec's own.
+    """
+
+    def __init__(
+        self, specs: Sequence[BackboneSpec], paths: Mapping[str, str] | None = None, dtype: torch.dtype | None = None
+    ):
+        self.specs = tuple(BackboneSpec.from_dict(spec) for spec in specs)
+        self.paths = backbone_folders(self.specs, paths or {})
+        self.dtype = dtype
+        self.passes: list[tuple[BackboneSpec, ...]] = []
+        """The views in groups that one forward pass serves (same weights, same input), in order of first view."""
+        for spec in self.specs:
+            same = [i for i, views in enumerate(self.passes) if self.pass_key(views[0]) == self.pass_key(spec)]
+            if same:
+                self.passes[same[0]] += (spec,)
+            else:
+                self.passes.append((spec,))
+
+    def weights(self, spec: BackboneSpec) -> tuple:
+        """`weights_key` of a view with this plan's folders and dtype: the model it is computed by."""
+        return weights_key(spec, self.paths.get(spec.name), self.dtype)
+
+    def pass_key(self, spec: BackboneSpec) -> tuple:
+        return self.weights(spec), input_key(spec)
+
+    def models(self, passes: Sequence[tuple[BackboneSpec, ...]] | None = None) -> list[tuple[BackboneSpec, ...]]:
+        """The views of `passes` (default: all) grouped by the model that computes them: one load each."""
+        groups: dict[tuple, tuple[BackboneSpec, ...]] = {}
+        for views in self.passes if passes is None else passes:
+            key = self.weights(views[0])
+            groups[key] = groups.get(key, ()) + views
+        return list(groups.values())
+
+    def load(
+        self,
+        views: Sequence[BackboneSpec],
+        device: str | torch.device | None = None,
+        device_map: str | dict | None = None,
+    ) -> list[FrozenBackbone]:
+        """Load the model of `views` (views of one model, `models`) once, with only the layers they read
+        (`layers_needed`), and return a `FrozenBackbone` per view, all sharing it."""
+        first = views[0]
+        config = FrozenBackbone.model_config(first, self.paths.get(first.name))
+        for spec in views:
+            FrozenBackbone.check_config(spec, config)
+        model, tokenizer = FrozenBackbone.load_model(
+            first, self.paths.get(first.name), device, self.dtype, device_map, layers_needed(views, config)
+        )
+        return [FrozenBackbone(spec, model, tokenizer, config) for spec in views]
+
+    def features(
+        self,
+        backbones: Mapping[str, FrozenBackbone],
+        texts: Sequence[str],
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """Every view's features of `texts`, by name in feature order: one forward pass a batch for each pass of
+        loaded `backbones` (by name), batched as `FrozenBackbone.extract_views` batches."""
+        features = {}
+        for views in self.passes:
+            loaded = [backbones[spec.name] for spec in views]
+            values = loaded[0].extract_views(texts, loaded, batch_size or len(texts), max_tokens, dtype, device=device)
+            features.update(zip((spec.name for spec in views), values, strict=True))
+        return {spec.name: features[spec.name] for spec in self.specs}
 
 
 class FrozenBackbone:
     """A frozen backbone with its tokenizer and pooling: texts in, one pooled feature per text out.
 
     Args:
-        spec (`dict`): One entry of `LLMFusionConfig.backbones`.
-        model (`PreTrainedModel`): The backbone without task head (`AutoModel`).
+        spec (`BackboneSpec`): One entry of `LLMFusionConfig.backbones`.
+        model (`PreTrainedModel`): The backbone without task head (`AutoModel`), possibly with only its lower layers
+            (`FeaturePlan.load`).
         tokenizer: Its tokenizer.
+        config (*optional*): The whole model's config (default: `model.config`): the hidden states `spec` indexes.
     """
 
-    def __init__(self, spec: dict, model: PreTrainedModel, tokenizer):
-        self.spec = normalize_backbone(spec)
+    def __init__(self, spec: BackboneSpec, model: PreTrainedModel, tokenizer, config=None):
+        self.spec = BackboneSpec.from_dict(spec)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:
             # Decoders often have no pad token; padded positions are masked out of every pooling anyway.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             if tokenizer.pad_token is None:
-                raise ValueError(f"Backbone {spec['name']!r}: the tokenizer has no pad, eos or unk token to pad with.")
+                raise ValueError(
+                    f"Backbone {self.spec.name!r}: the tokenizer has no pad, eos or unk token to pad with."
+                )
         # Right padding keeps every real token at the position it has alone, so causal decoders see exactly the
         # unpadded text (left padding would shift the position ids of Llama-style models).
         tokenizer.padding_side = "right"
         # Longer texts are truncated: to the configured max_length, or to what the model can take if that is less.
-        model_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else self.spec["max_length"]
-        self.max_length = min(self.spec["max_length"], model_limit)
-        self.check_config(self.spec, model.config)
+        model_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else self.spec.max_length
+        self.max_length = min(self.spec.max_length, model_limit)
+        config = config if config is not None else model.config
+        self.check_config(self.spec, config)
+        self.hidden_states = hidden_state_count(config)
         self.texts_seen = self.tokens_seen = 0
-        self.shallow_passes = True  # whether a pass may skip the layers above what it reads (`run_model`)
 
     @classmethod
     def load(
         cls,
-        spec: dict,
+        spec: BackboneSpec,
         path: str | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
     ) -> FrozenBackbone:
-        """Load the backbone `spec` names (or the local folder `path` instead) with its tokenizer.
+        """Load the backbone `spec` names (or the local folder `path` instead) with its tokenizer, whole: a
+        `FeaturePlan` of this one view (`FeaturePlan.load`) loads only the layers it reads."""
+        spec = BackboneSpec.from_dict(spec)
+        model, tokenizer = cls.load_model(spec, path, device, dtype, device_map)
+        return cls(spec, model, tokenizer)
+
+    @staticmethod
+    def load_model(
+        spec: BackboneSpec,
+        path: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        device_map: str | dict | None = None,
+        num_layers: int | None = None,
+    ) -> tuple[PreTrainedModel, object]:
+        """The model `spec` names (or the local folder `path`) and its tokenizer, with its first `num_layers` layers
+        only where given.
 
         `dtype` is the compute dtype (pinned: transformers otherwise loads in the checkpoint's dtype); by default the
         one `spec` records (`compute_dtype`). With a recorded `quantization` the weights are loaded quantized by
         bitsandbytes (`quantization_config`), on a CUDA GPU. `device_map="auto"` spreads a model larger than one GPU
         over the available devices.
         """
-        source = path or spec["model"]
-        revision = None if path else spec.get("revision")
+        source, revision = (path, None) if path else (spec.model, spec.revision)
         dtype = dtype if dtype is not None else compute_dtype(spec)
         quantization = quantization_config(spec, dtype, device)
         if quantization is not None and device_map is None:
             # bitsandbytes places the weights while loading; a quantized model cannot be moved afterwards.
             device_map = {"": str(torch.device(device or "cuda"))}
+        shortened = {} if num_layers is None else {"num_hidden_layers": num_layers}
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-            model = AutoModel.from_pretrained(
-                source, revision=revision, dtype=dtype, device_map=device_map, quantization_config=quantization
-            )
+            with _unused_weights_unreported(bool(shortened)):
+                model = AutoModel.from_pretrained(
+                    source,
+                    revision=revision,
+                    dtype=dtype,
+                    device_map=device_map,
+                    quantization_config=quantization,
+                    **shortened,
+                )
         except (OSError, ValueError) as error:
-            # Offline, or without access to a gated model, a local copy of it is the way.
-            hint = "" if path else f" (a local copy: backbone_paths={{{spec['name']!r}: FOLDER}}, --backbone-path)"
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"Backbone {spec['name']!r} could not be loaded from {source!r}{hint}: {first_line}"
-            ) from error
+            raise FrozenBackbone.unloadable(spec, path, error) from error
         if device_map is None and device is not None:
             model.to(device)
-        return cls(spec, model, tokenizer)
+        return model, tokenizer
 
     @staticmethod
-    def hidden_state_count(config) -> int:
-        """Number of hidden states a model returns with `output_hidden_states=True`: the embeddings and each layer."""
-        return config.get_text_config().num_hidden_layers + 1
+    def model_config(spec: BackboneSpec, path: str | None = None):
+        """The backbone's model config, read without loading weights; a clear error if it cannot be loaded."""
+        try:
+            return AutoConfig.from_pretrained(path or spec.model, revision=None if path else spec.revision)
+        except (OSError, ValueError) as error:
+            raise FrozenBackbone.unloadable(spec, path, error) from error
 
     @staticmethod
-    def check_config(spec: dict, config) -> None:
+    def unloadable(spec: BackboneSpec, path: str | None, error: Exception) -> ValueError:
+        """The one-line error for a backbone that cannot be loaded: offline, or without access to a gated model, a
+        local copy of it is the way."""
+        hint = (
+            ""
+            if path
+            else f" (a local copy: --backbone-path {spec.name}=FOLDER), or backbone_paths={{{spec.name!r}: FOLDER}}"
+        )
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ValueError(
+            f"Backbone {spec.name!r} could not be loaded from {path or spec.model!r}{hint}: {first_line}"
+        )
+
+    @staticmethod
+    def check_config(spec: BackboneSpec, config) -> None:
         """Raise `ValueError` if a model config (loaded or not) does not give the features `spec` describes."""
         config = config.get_text_config()
-        name, width, layers = spec["name"], spec["hidden_size"], spec["num_layers"]
-        if config.hidden_size != width:
+        if config.hidden_size != spec.hidden_size:
             raise ValueError(
-                f"Backbone {name!r} ({spec['model']}) has hidden size {config.hidden_size}, "
-                f"but the config expects {width}."
+                f"Backbone {spec.name!r} ({spec.model}) has hidden size {config.hidden_size}, "
+                f"but the config expects {spec.hidden_size}."
             )
-        if spec.get("layers") is None:
-            if layers > config.num_hidden_layers:
+        if spec.layers is None:
+            if spec.num_layers > config.num_hidden_layers:
                 raise ValueError(
-                    f"Backbone {name!r} ({spec['model']}) has {config.num_hidden_layers} layers, "
-                    f"fewer than num_layers={layers}."
+                    f"Backbone {spec.name!r} ({spec.model}) has {config.num_hidden_layers} layers, "
+                    f"fewer than num_layers={spec.num_layers}."
                 )
             return
-        count = FrozenBackbone.hidden_state_count(config)
-        outside = [i for i in spec["layers"] if not -count <= i < count]
-        if outside:
+        count = config.num_hidden_layers + 1
+        if outside := [i for i in spec.layers if not -count <= i < count]:
             raise ValueError(
-                f"Backbone {name!r} ({spec['model']}) has {count} hidden states (embeddings and "
+                f"Backbone {spec.name!r} ({spec.model}) has {count} hidden states (embeddings and "
                 f"{count - 1} layers: indices 0..{count - 1} or {-count}..-1); layers {outside} are out of range."
             )
-        resolved = [i % count for i in spec["layers"]]
-        if len(set(resolved)) != len(resolved):
+        if len({i % count for i in spec.layers}) != len(spec.layers):
             raise ValueError(
-                f"Backbone {name!r}: layers {spec['layers']} name the same hidden state twice in a model with "
+                f"Backbone {spec.name!r}: layers {list(spec.layers)} name the same hidden state twice in a model with "
                 f"{count} hidden states."
             )
 
     def reads_like(self, other: FrozenBackbone) -> bool:
-        """Whether `other` reads the same tokens with the same weights (its model, template and length limit), so
-        that one forward pass gives the features of both: views of one model that differ only in their layers or
-        pooling, such as a prompt's last token and the text's mean inside the same prompt."""
-        return other.model is self.model and same_input(self.spec, other.spec) and other.max_length == self.max_length
+        """Whether `other` reads the same tokens with the same loaded model (`input_key`), so that one forward pass
+        gives the features of both."""
+        return other.model is self.model and input_key(self.spec) == input_key(other.spec)
 
     def extract(
         self,
@@ -271,10 +390,7 @@ class FrozenBackbone:
         dtype: torch.dtype = torch.float32,
         progress=None,
     ) -> torch.Tensor:
-        """Features of many texts, in their order, on the CPU in `dtype`: computed in batches of similar length,
-        so that little padding is computed (`batch_size` texts and `max_tokens` padded tokens at most a batch).
-        `progress.update(n)` is called after each batch. `texts_seen` / `tokens_seen` count the work done. The texts
-        are not checked here: their entry point checked them (`validate_texts`)."""
+        """Features of many texts, in their order, on the CPU in `dtype` (`extract_views` of this view alone)."""
         return self.extract_views(texts, [self], batch_size, max_tokens, dtype, progress)[0]
 
     def extract_views(
@@ -285,13 +401,19 @@ class FrozenBackbone:
         max_tokens: int | None = None,
         dtype: torch.dtype = torch.float32,
         progress=None,
+        device: str | torch.device = "cpu",
     ) -> list[torch.Tensor]:
-        """`extract` for several views that read like this backbone (`reads_like`), in one forward pass a batch."""
+        """The features of each of `views` (backbones that read like this one, `reads_like`) for many texts, in their
+        order, on `device` in `dtype` (the dtype the features are stored in: training and serving see the same
+        numbers). Texts are computed in batches of similar length, so that little padding is computed: at most
+        `batch_size` texts and `max_tokens` padded tokens a batch, one forward pass each (`views`).
+        `progress.update(n)` is called after each batch; `texts_seen` / `tokens_seen` count the work done. The texts
+        are not checked here: their entry point checked them (`validate_texts`)."""
         lengths = self.count_tokens(texts)
-        outs = [torch.empty((len(texts), *feature_shape(view.spec)), dtype=dtype) for view in views]
+        outs = [torch.empty((len(texts), *feature_shape(view.spec)), dtype=dtype, device=device) for view in views]
         for indices in length_sorted_batches(lengths, batch_size, max_tokens):
             for out, values in zip(outs, self.views([texts[i] for i in indices], views), strict=True):
-                out[indices] = values.to("cpu", dtype)
+                out[indices] = values.to(device, dtype)
             if progress is not None:
                 progress.update(len(indices))
         self.texts_seen += len(texts)
@@ -304,11 +426,10 @@ class FrozenBackbone:
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         """What the tokenizer reads: each text, or the spec's `template` with the text in its `{text}` slot."""
-        template = self.spec["template"]
-        if template is None:
+        if self.spec.template is None:
             return list(texts)
         # str.replace, not str.format: other braces in a template are plain text.
-        return [template.replace(TEXT_SLOT, text) for text in texts]
+        return [self.spec.template.replace(TEXT_SLOT, text) for text in texts]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens each text has after truncation (to sort texts into batches of similar length)."""
@@ -323,10 +444,10 @@ class FrozenBackbone:
     @torch.inference_mode()
     def views(self, texts: Sequence[str], views: Sequence[FrozenBackbone]) -> list[torch.Tensor]:
         """The features of each of `views` (backbones that read like this one, `reads_like`) for `texts`, from one
-        forward pass of this backbone's model."""
-        if strangers := [view.spec["name"] for view in views if not self.reads_like(view)]:
-            raise ValueError(f"Backbones {strangers} do not read the tokens {self.spec['name']!r} reads.")
-        text_spans = any(view.spec["pooling"] == "layer_text_mean" for view in views) and self.spec["template"]
+        forward pass of this backbone's model, float32."""
+        if strangers := [view.spec.name for view in views if not self.reads_like(view)]:
+            raise ValueError(f"Backbones {strangers} do not read the tokens {self.spec.name!r} reads.")
+        text_spans = any(view.spec.pooling == "layer_text_mean" for view in views) and self.spec.template
         batch = self.tokenizer(
             self.prompts(texts),
             padding=True,
@@ -337,56 +458,20 @@ class FrozenBackbone:
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
-        hidden = any(view.spec["pooling"] in LAYER_POOLINGS for view in views)
-        with _ONE_PASS:
-            outputs = self.run_model(input_ids, attention_mask, hidden, self.layers_needed(views))
+        hidden = any(view.spec.pooling in LAYER_POOLINGS for view in views)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
         text_mask = self.text_mask(texts, batch["offset_mapping"]).to(self.device) if text_spans else attention_mask
         return [view.pool(outputs, attention_mask, text_mask) for view in views]
-
-    def layers_needed(self, views: Sequence[FrozenBackbone]) -> int | None:
-        """How many of the model's layers a forward pass for `views` has to run, when that is fewer than all: the
-        layers below the deepest hidden state they read, and one more, since a model normalises the output of the
-        last layer it runs (`hidden_states[-1]` is `last_hidden_state`). `None` when every layer is needed: a view
-        pools the last hidden state, reads one of the top two, or the model keeps its layers elsewhere than in a
-        `layers` list (BERT-style encoders keep them in `encoder.layer`)."""
-        if any(view.spec["pooling"] not in LAYER_POOLINGS for view in views):
-            return None
-        layers = getattr(self.model, "layers", None)
-        count = self.hidden_state_count(self.model.config)
-        if not isinstance(layers, nn.ModuleList) or len(layers) != count - 1:
-            return None
-        needed = max(i % count for view in views for i in layer_indices(view.spec)) + 1
-        return needed if needed < len(layers) else None
-
-    def run_model(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden: bool, needed: int | None
-    ) -> ModelOutput:
-        """The model's outputs, computed by its first `needed` layers only (all if `None`): the layers above the
-        hidden states a pass reads cost time and change none of them. Views share the model, so the caller holds
-        `_ONE_PASS` while the model runs shortened."""
-        if needed is not None and self.shallow_passes:
-            if install_capturing_hooks is not None:  # on every layer, before the model runs shortened for once
-                install_capturing_hooks(self.model)
-            layers = self.model.layers
-            self.model.layers = layers[:needed]
-            try:
-                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-            finally:
-                self.model.layers = layers
-            if len(outputs.hidden_states) == needed + 1:
-                return outputs
-            self.shallow_passes = False  # this model records its hidden states otherwise: it runs whole from now on
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
 
     def text_mask(self, texts: Sequence[str], offsets: torch.Tensor) -> torch.Tensor:
         """1 at the tokens of each text inside its prompt (the tokens whose characters overlap the text's), 0 at the
         template's own tokens and the padding: what `layer_text_mean` averages over."""
-        start = self.spec["template"].index(TEXT_SLOT)
+        start = self.spec.template.index(TEXT_SLOT)
         ends = torch.tensor([start + len(text) for text in texts]).unsqueeze(1)
         mask = ((offsets[..., 0] < ends) & (offsets[..., 1] > start)).long()
         if (mask.sum(dim=1) == 0).any():
             raise ValueError(
-                f"Backbone {self.spec['name']!r}: its template leaves no token of a text within max_length="
+                f"Backbone {self.spec.name!r}: its template leaves no token of a text within max_length="
                 f"{self.max_length} tokens; raise max_length or shorten the template."
             )
         return mask
@@ -394,12 +479,11 @@ class FrozenBackbone:
     def pool(self, outputs, attention_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """This backbone's feature from a forward pass's `outputs` (float32): `text_mask` marks the text's own tokens
         (the real tokens where there is no template)."""
-        pooling = self.spec["pooling"]
+        pooling = self.spec.pooling
         if pooling in LAYER_POOLINGS:
             # In feature order: by default the last k layers, last first (index i is the i-th layer from the top).
-            # Indices count in all the model's hidden states: a shortened pass (`run_model`) returns the lower ones.
-            count = self.hidden_state_count(self.model.config)
-            layers = [outputs.hidden_states[i % count] for i in layer_indices(self.spec)]
+            # Indices count in all the model's hidden states: a model loaded with its lower layers returns those.
+            layers = [outputs.hidden_states[i % self.hidden_states] for i in layer_indices(self.spec)]
             if pooling == "layer_last_token":
                 # Right padding: a text's last real token sits at (its number of real tokens - 1).
                 last = attention_mask.sum(dim=1) - 1
@@ -409,24 +493,26 @@ class FrozenBackbone:
             return torch.stack([token_mean(layer, mask) for layer in layers], dim=1)
         if pooling == "pooler":
             if getattr(outputs, "pooler_output", None) is None:
-                raise ValueError(f"Backbone {self.spec['name']!r} has no pooler; use pooling 'cls' instead.")
+                raise ValueError(f"Backbone {self.spec.name!r} has no pooler; use pooling 'cls' instead.")
             return outputs.pooler_output.float()
         if pooling == "mean":
             return token_mean(outputs.last_hidden_state, attention_mask)
         return outputs.last_hidden_state[:, 0].float()
 
 
-def same_weights(spec: dict, path: str | None = None, dtype: torch.dtype | None = None) -> tuple:
-    """What a loaded backbone depends on: its weights (a local folder, else its Hub id and revision), the dtype it
-    computes in and its quantization. Backbone descriptions with equal keys share one loaded model."""
-    source = (path, None) if path else (spec["model"], spec["revision"])
-    return *source, dtype or compute_dtype(spec), spec["quantization"]
-
-
-def same_input(a: dict, b: dict) -> bool:
-    """Whether two backbone descriptions tokenize a text alike (the same template and length limit): given the same
-    weights, one forward pass serves both."""
-    return a["template"] == b["template"] and a["max_length"] == b["max_length"]
+@contextlib.contextmanager
+def _unused_weights_unreported(quiet: bool):
+    """Loading a model with fewer layers than its checkpoint leaves the upper layers' weights unused, on purpose:
+    transformers' loading report of them is silenced for that load."""
+    if not quiet:
+        yield
+        return
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def token_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -460,6 +546,7 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
     def __init__(self, config: LLMFusionConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
         self._backbones: dict[str, FrozenBackbone] = {}  # loaded on demand, never part of the state dict
+        self._plan: FeaturePlan | None = None  # how the loaded backbones turn texts into features
 
     def output(self, logits: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
         """What `forward` returns for `logits`: with the loss when `labels` are given, by the config's problem type
@@ -471,6 +558,15 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`)."""
         return decide(logits, self.config.problem_type, self.config.threshold)
 
+    def feature_plan(self, paths: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> FeaturePlan:
+        """The `FeaturePlan` of this model's backbones (the one extraction followed); `paths` points any of them at a
+        local folder, by backbone name or by model id (`backbone_folders`); `dtype` computes all of them in it."""
+        paths = dict(paths or {})
+        known = {key for spec in self.config.backbones for key in (spec.name, spec.model)}
+        if unknown := sorted(set(paths) - known):
+            raise ValueError(f"backbone_paths names unknown backbone(s) or model(s) {unknown}.")
+        return FeaturePlan(self.config.backbones, paths, dtype)
+
     def load_backbones(
         self,
         paths: dict[str, str] | None = None,
@@ -478,53 +574,37 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
     ) -> dict[str, FrozenBackbone]:
-        """Load (once) the frozen backbones the config names; `paths` points any of them at a local folder, by
-        backbone name or by model id (`backbone_path`).
+        """Load (once) the frozen backbones the config names, as `feature_plan` plans them: one loaded model for the
+        views of the same weights (e.g. two views of one LLM: other layers or another prompt), with only the layers
+        they read.
 
         Each backbone computes in the dtype its spec records (the one its training features were extracted with,
         float32 if none) and with its recorded quantization, unless `dtype` names another dtype for all of them.
-        Backbones that read the same weights the same way (e.g. two views of one LLM: other layers or another
-        prompt) share one loaded model.
         """
-        paths = dict(paths or {})
-        known = {key for spec in self.config.backbones for key in (spec["name"], spec["model"])}
-        if unknown := sorted(set(paths) - known):
-            raise ValueError(f"backbone_paths names unknown backbone(s) or model(s) {unknown}.")
-        paths = paths_by_model(self.config.backbones, paths)
-        paths = {spec["name"]: path for spec in self.config.backbones if (path := backbone_path(spec, paths))}
+        plan = self.feature_plan(paths, dtype)
+        if self._plan is None:
+            self._plan = plan
         device = device if device is not None else self.device
-
-        def weights(spec: dict) -> tuple:
-            return same_weights(spec, paths.get(spec["name"]), dtype)
-
-        loaded = {weights(backbone.spec): backbone for backbone in self._backbones.values()}
-        for spec in self.config.backbones:
-            if spec["name"] not in self._backbones:
-                twin = loaded.get(weights(spec))
-                self._backbones[spec["name"]] = loaded[weights(spec)] = (
-                    FrozenBackbone(spec, twin.model, twin.tokenizer)
-                    if twin is not None
-                    else FrozenBackbone.load(
-                        spec, paths.get(spec["name"]), device=device, dtype=dtype, device_map=device_map
-                    )
-                )
-        return self._backbones
+        for views in plan.models():
+            if missing := [spec for spec in views if spec.name not in self._backbones]:
+                self._backbones.update({view.spec.name: view for view in plan.load(missing, device, device_map)})
+        return {spec.name: self._backbones[spec.name] for spec in self.config.backbones}
 
     def extract_features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Features of `texts` from every backbone (loaded with `load_backbones` first, or on first use). A text no
         backbone can read raises a `TypeError` or `ValueError` naming its position (`validate_texts`)."""
         return self.backbone_features(validate_texts(texts))
 
-    def backbone_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def backbone_features(
+        self, texts: list[str], batch_size: int | None = None, max_tokens: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """`extract_features` for texts their caller has checked (`validate_texts`), as the pipeline checks its
-        inputs, once and as the caller gave them."""
-        backbones = self._backbones or self.load_backbones()
-        features = {}
-        for views in shared_passes(list(backbones.values())):
-            for view, values in zip(views, views[0].views(texts, views), strict=True):
-                # Clones are ordinary tensors: inference-mode tensors cannot enter autograd (fine-tuning the head).
-                features[view.spec["name"]] = values.clone()
-        return {name: features[name] for name in backbones}  # in the config's order
+        inputs, once and as the caller gave them: computed by the `feature_plan` extraction followed, in batches of
+        at most `batch_size` texts (default: all) and `max_tokens` padded tokens, and rounded to the dtype the
+        training features were stored in (`config.feature_dtype`), so that the head sees what it was trained on."""
+        backbones = self.load_backbones() if self._plan is None else self._backbones
+        dtype = getattr(torch, self.config.feature_dtype or "float32")
+        return self._plan.features(backbones, texts, batch_size, max_tokens, dtype, device=self.device)
 
 
 class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
@@ -701,6 +781,7 @@ LLMFusionEnsembleForSequenceClassification.register_for_auto_class("AutoModelFor
 
 __all__ = [
     "compute_dtype",
+    "FeaturePlan",
     "FrozenBackbone",
     "length_sorted_batches",
     "LLMFusionEnsembleForSequenceClassification",

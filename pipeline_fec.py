@@ -81,6 +81,8 @@ class FECPipeline(Pipeline):
             Where the backbones and the head run, as for every pipeline.
         batch_size (`int`, *optional*, defaults to 1):
             Texts run through the backbones together; a positive integer.
+        max_tokens (`int`, *optional*):
+            At most this many padded tokens a forward pass (texts x padded length), as extraction's `--max-tokens`.
         function_to_apply (`str`, *optional*):
             `"softmax"` (default for single-label models), `"sigmoid"` (default for multi-label models) or `"none"`
             (raw logits).
@@ -99,9 +101,13 @@ class FECPipeline(Pipeline):
         model: PreTrainedModel,
         backbone_paths: dict[str, str] | None = None,
         dtype: torch.dtype | str | None = None,
+        max_tokens: int | None = None,
         **kwargs,
     ):
         super().__init__(model=model, **kwargs)
+        if max_tokens is not None:
+            check_batch_size(max_tokens, "max_tokens")
+        self.max_tokens = max_tokens
         if self._batch_size is not None:
             check_batch_size(self._batch_size)
         # Dropout must be off whatever mode the model was handed over in.
@@ -183,7 +189,9 @@ class FECPipeline(Pipeline):
         return {"texts": [inputs] if isinstance(inputs, str) else list(inputs)}
 
     def _forward(self, model_inputs: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-        features = self.model.backbone_features(model_inputs["texts"])  # checked in `__call__`
+        # The texts were checked in `__call__`; the features are computed as extraction computed them (the model's
+        # `feature_plan`), in the dtype the head was trained on.
+        features = self.model.backbone_features(model_inputs["texts"], max_tokens=self.max_tokens)
         return {"logits": self.model(**features).logits}
 
     def get_iterator(
@@ -228,7 +236,7 @@ class FECPipeline(Pipeline):
         if batch_size == 1 or len(texts) <= 1:  # nothing to sort (an empty last window of a stream included)
             return [[i] for i in range(len(texts))]
         backbone = next(iter(self.model.load_backbones().values()))
-        return length_sorted_batches(backbone.count_tokens(texts), batch_size)
+        return length_sorted_batches(backbone.count_tokens(texts), batch_size, self.max_tokens)
 
     def postprocess(
         self,
@@ -264,10 +272,10 @@ class FECPipeline(Pipeline):
         return [{"label": config.id2label[i], "score": scores[i]} for i in chosen]
 
 
-def check_batch_size(batch_size: Any) -> None:
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> None:
     """Raise `ValueError` unless `batch_size` is a positive integer (0 would answer nothing, -1 fail deep inside)."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}.")
 
 
 def custom_pipelines() -> dict[str, dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-from configuration_llm_fusion import normalize_backbone
+from configuration_llm_fusion import BackboneSpec
 from modeling_llm_fusion import FrozenBackbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def backbone_loaders(args: argparse.Namespace, dtype: torch.dtype) -> list[Calla
         tokenizer = args.tokenizer or prepared_folders()["smollm2-135m-instruct"]
         return [lambda: random_llama7b(tokenizer, args.device, dtype, args.layers)]
     return [
-        lambda spec=spec: FrozenBackbone.load(normalize_backbone(spec), device=args.device, dtype=dtype)
+        lambda spec=spec: FrozenBackbone.load(BackboneSpec.from_dict(spec), device=args.device, dtype=dtype)
         for spec in small_trio()
     ]
 

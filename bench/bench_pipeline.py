@@ -24,7 +24,7 @@ from transformers import HfArgumentParser, Pipeline, pipeline
 
 from bench.bench_extract import small_trio_paths
 from configuration_llm_fusion import LLMFusionConfig
-from modeling_llm_fusion import LLMFusionForSequenceClassification, shared_passes
+from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import save_for_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,8 @@ def measure(pipe: Pipeline, texts: list[str], batch_size: int, rounds: int) -> d
     Each round runs the three once, in an order that alternates round by round, so that all see the same load: the
     cores of these machines are shared, and timing one after the other compares two different machines.
     """
-    passes = shared_passes(list(pipe.model.load_backbones().values()))  # the pipeline's own backbones
+    backbones = pipe.model.load_backbones()  # the pipeline's own backbones, in the passes of its plan
+    passes = [[backbones[spec.name] for spec in views] for views in pipe.model.feature_plan().passes]
     batches = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     runs = {
         "raw extraction (sorted)": lambda: [group[0].extract_views(texts, group, batch_size) for group in passes],

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> SweepResult:
         parser.error("--second-view needs two or more features folders (one per pooling or prompt).")
     result = sweep(args.features_dirs, args.backbone, args.window, args.combine, args.c, args.device)
     output = Path(args.output or Path(args.features_dirs[0]) / f"best-{result.backbone}.json")
-    output.write_text(json.dumps(result.best_spec, indent=2) + "\n")
+    output.write_text(json.dumps(result.best_spec.to_dict(), indent=2) + "\n")
     if args.results:
         Path(args.results).write_text(json.dumps(asdict(result), indent=2) + "\n")
     layered = result.best_spec["pooling"] in LAYER_POOLINGS
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> SweepResult:
     pooling = f" ({result.poolings[result.scores[0].features]})" if len(result.poolings) > 1 and layered else ""
     print(f"Best: {chosen_words(result.best_spec)}{pooling} -> {output}")
     if args.second_view:
-        Path(args.second_view).write_text(json.dumps(result.second_view, indent=2) + "\n")
+        Path(args.second_view).write_text(json.dumps(result.second_view.to_dict(), indent=2) + "\n")
         folder = next(row.features for row in result.scores if row.features != result.scores[0].features)
         print(f"Second view: {chosen_words(result.second_view)} ({result.poolings[folder]}) -> {args.second_view}")
         print(

@@ -6,9 +6,9 @@ from configuration_llm_fusion import (
     POOLINGS,
     PRESETS,
     PROMPT_EOL,
+    BackboneSpec,
     LLMFusionConfig,
     describe_pooling,
-    normalize_backbone,
 )
 
 
@@ -50,7 +50,7 @@ def test_small_mean_preset_is_the_previous_small():
 def test_round_trips(tmp_path):
     labels = {0: "sad", 1: "joyful"}
     config = LLMFusionConfig.from_preset("small", id2label=labels, sigma=0.5, threshold=0.3)
-    config.backbones[0]["revision"] = "abc123"
+    config.backbones[0] = config.backbones[0].replace(revision="abc123")
     again = LLMFusionConfig.from_dict(config.to_dict())
     config.save_pretrained(tmp_path)
     loaded = LLMFusionConfig.from_pretrained(tmp_path)
@@ -175,7 +175,7 @@ def test_bad_layer_choices_raise(kwargs, message):
 
 def test_every_pooling_is_described_with_its_feature_shape():
     for pooling in POOLINGS:
-        spec = normalize_backbone(
+        spec = BackboneSpec.from_dict(
             {
                 "name": "b",
                 "model": "org/b",
@@ -187,4 +187,4 @@ def test_every_pooling_is_described_with_its_feature_shape():
         shape = " x ".join(map(str, LLMFusionConfig(backbones=[spec]).feature_shapes["b"]))
         assert describe_pooling(spec).endswith(f"-> {shape}"), pooling
     assert "mean over the text's tokens" in describe_pooling(PRESETS["paper"]["backbones"][0])
-    assert "pooler_output" in describe_pooling(normalize_backbone(PRESETS["paper"]["backbones"][1]))
+    assert "pooler_output" in describe_pooling(BackboneSpec.from_dict(PRESETS["paper"]["backbones"][1]))

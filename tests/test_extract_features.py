@@ -13,7 +13,7 @@ from datasets import Array2D, List, Value
 import llm_fusion_fec.commands.extract as extract_command
 import llm_fusion_fec.features.backbones as backbones_module
 import llm_fusion_fec.features.extraction as extract_features
-from configuration_llm_fusion import normalize_backbone
+from configuration_llm_fusion import BackboneSpec
 from helpers import REPO, run_program, write_csv_dataset
 from llm_fusion_fec.features.backbones import check_backbone_paths
 from llm_fusion_fec.features.extraction import (
@@ -68,7 +68,7 @@ def test_second_run_loads_no_model(features_dir, tiny_backbones, data_dir, monke
     def refuse(*args, **kwargs):
         raise AssertionError("a cache hit must not load any backbone")
 
-    monkeypatch.setattr(FrozenBackbone, "load", refuse)
+    monkeypatch.setattr(FrozenBackbone, "load_model", staticmethod(refuse))
     result = extract(
         "ED", data_dir=str(data_dir), backbones=tiny_backbones, output_dir=features_dir, limit=LIMIT, shard_size=50
     )
@@ -212,7 +212,9 @@ def test_bad_backbones_fail_before_any_work(tiny_backbones, data_dir, tmp_path, 
         resolve_backbones("small", ["gpt=x"])
     with pytest.raises(ValueError, match=r"from 'no/such-model' \(a local copy: --backbone-path bert=FOLDER\)"):
         resolve_backbones("small", ["bert=no/such-model"])  # offline in tests: a Hub id cannot load
-    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("must fail before loading weights"))
+    monkeypatch.setattr(
+        FrozenBackbone, "load_model", staticmethod(lambda *a, **k: pytest.fail("must fail before loading weights"))
+    )
     wrong = [dict(tiny_backbones[0]), {**tiny_backbones[2], "hidden_size": 1024}]
     with pytest.raises(ValueError, match=r"Backbone 'roberta' .* has hidden size 24, but the config expects 1024"):
         extract("ED", data_dir=str(data_dir), backbones=wrong, output_dir=tmp_path, limit=5)
@@ -264,7 +266,9 @@ def assert_same_columns(a: dict, b: dict) -> None:
 
 
 def refuse_model_loads(monkeypatch) -> None:
-    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("the shards were good: no model load"))
+    monkeypatch.setattr(
+        FrozenBackbone, "load_model", staticmethod(lambda *a, **k: pytest.fail("the shards were good: no model load"))
+    )
 
 
 @pytest.fixture
@@ -369,13 +373,13 @@ def test_killed_assembly_leaves_nothing_trusted_and_the_rerun_rebuilds(small_run
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(ValueError, match=r"no fec_features\.json\) \(its extraction did not finish\)"):
         load_features(small_run.out)
-    load = FrozenBackbone.load
+    load = FrozenBackbone.__dict__["load_model"]
     refuse_model_loads(monkeypatch)
     assert small_run().computed == []
     data, _ = load_features(small_run.out)
     assert data["train"]["label"][5] == 0 and all(len(data[split]) == 12 for split in data)
     assert not (small_run.out / "_saving").exists()
-    monkeypatch.setattr(FrozenBackbone, "load", load)
+    monkeypatch.setattr(FrozenBackbone, "load_model", load)
     fresh = small_run(output_dir=small_run.out.parent / "fresh")
     assert_same_columns(columns(small_run.out), columns(fresh.output_dir))
 
@@ -536,10 +540,9 @@ def test_views_that_read_the_same_prompt_are_extracted_in_one_pass(tiny_backbone
     ]
     folder = write_csv_dataset(tmp_path / "mine", ROWS)
     loads = []
-    load = FrozenBackbone.load
-    monkeypatch.setattr(
-        FrozenBackbone, "load", lambda spec, *a, **k: loads.append(spec["name"]) or load(spec, *a, **k)
-    )
+    load, load_model = FrozenBackbone.load, FrozenBackbone.load_model
+    counted = staticmethod(lambda spec, *a, **k: loads.append(spec.name) or load_model(spec, *a, **k))
+    monkeypatch.setattr(FrozenBackbone, "load_model", counted)
     result = extract(str(folder), backbones=[*views, tiny_backbones[1]], output_dir=tmp_path / "out", shard_size=4)
     assert loads == ["llama", "bert"] and result.computed == ["llama", "llama_text", "bert"]
     assert list(result.throughput) == ["llama, llama_text", "bert"]
@@ -570,7 +573,7 @@ def test_views_that_read_the_same_prompt_are_extracted_in_one_pass(tiny_backbone
 def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbones, tmp_path):
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     views = [{**tiny_backbones[0], "model": hub_id}, {**tiny_backbones[0], "name": "llama_window", "model": hub_id}]
-    specs = [normalize_backbone(spec) for spec in (*views, tiny_backbones[1])]
+    specs = [BackboneSpec.from_dict(spec) for spec in (*views, tiny_backbones[1])]
     by_name = check_backbone_paths({hub_id: str(tmp_path), "bert": str(tmp_path)}, specs)
     assert by_name == {"llama": str(tmp_path), "llama_window": str(tmp_path), "bert": str(tmp_path)}
     # A folder given by a backbone's name serves the other views of its model too: no second --backbone-path.
@@ -583,7 +586,7 @@ def test_a_backbone_path_by_model_id_points_every_view_of_that_model(tiny_backbo
 
 
 def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):
-    llama = normalize_backbone(tiny_backbones[0])
+    llama = BackboneSpec.from_dict(tiny_backbones[0])
     variants = [
         llama,
         {**llama, "layers": [-1, -3, -2]},
@@ -592,7 +595,7 @@ def test_cache_key_follows_layers_pooling_and_template(tiny_backbones):
         {**llama, "template": "{text}!"},
         {**llama, "template": "Text: {text}"},
     ]
-    bert = normalize_backbone(tiny_backbones[1])
+    bert = BackboneSpec.from_dict(tiny_backbones[1])
     variants += [bert, {**bert, "pooling": "cls"}, {**bert, "pooling": "mean"}]
     keys = [column_key(spec, None, "float32", "texts") for spec in variants]
     assert len(set(keys)) == len(keys)
@@ -617,14 +620,14 @@ def test_customize_backbones(tiny_backbones, tmp_path):
     assert customize_backbones(prompted, template=["llama=none"])[0]["template"] is None  # no prompt
     every = customize_backbones(specs, all_layers=True)
     assert every[0]["layers"] == [-1, -2, -3, -4, -5, -6, -7]  # the tiny Llama's 6 layers, then its embeddings
-    assert every[1:] == [normalize_backbone(spec) for spec in specs[1:]]
+    assert every[1:] == [BackboneSpec.from_dict(spec) for spec in specs[1:]]
     (tmp_path / "spec.json").write_text(json.dumps({**tiny_backbones[0], "num_layers": 1, "layers": [3]}))
     assert customize_backbones(specs, spec_files=[tmp_path / "spec.json"])[0]["layers"] == [3]
     top = {**tiny_backbones[0], "name": "llama_top", "num_layers": 1, "layers": [-1]}
     (tmp_path / "added.json").write_text(json.dumps(top))
     added = customize_backbones(specs, added_spec_files=[tmp_path / "added.json"], pooling=["llama_top=layer_mean"])
     assert [spec["name"] for spec in added] == ["llama", "bert", "roberta", "llama_top"]
-    assert added[-1]["layers"] == [-1] and added[0] == normalize_backbone(specs[0])
+    assert added[-1]["layers"] == [-1] and added[0] == BackboneSpec.from_dict(specs[0])
     for kwargs, message in [
         ({"layers": ["gpt=-1"]}, r"--layers gpt=...: no backbone 'gpt'; the backbones are \['llama', 'bert'"),
         ({"layers": ["llama=-1,x"]}, r"--layers expects NAME=I,J,K with integer indices, got llama=-1,x"),
@@ -641,7 +644,9 @@ def test_customize_backbones(tiny_backbones, tmp_path):
 
 
 def test_layers_outside_the_model_fail_before_any_work(tiny_backbones, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(FrozenBackbone, "load", lambda *a, **k: pytest.fail("must fail before loading weights"))
+    monkeypatch.setattr(
+        FrozenBackbone, "load_model", staticmethod(lambda *a, **k: pytest.fail("must fail before loading weights"))
+    )
     deep = [{**tiny_backbones[0], "num_layers": 2, "layers": [-1, 7]}]
     with pytest.raises(ValueError, match=r"has 7 hidden states .*layers \[7\] are out of range"):
         extract("ED", data_dir=str(data_dir), backbones=deep, output_dir=tmp_path, limit=5)

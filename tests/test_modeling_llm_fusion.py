@@ -7,12 +7,14 @@ import sys
 import pytest
 import torch
 
-from configuration_llm_fusion import LLMFusionConfig
+from configuration_llm_fusion import BackboneSpec, LLMFusionConfig
 from helpers import REPO, run_program
 from modeling_llm_fusion import (
+    FeaturePlan,
     FrozenBackbone,
     LLMFusionEnsembleForSequenceClassification,
     LLMFusionForSequenceClassification,
+    layers_needed,
     quantization_config,
 )
 
@@ -222,31 +224,30 @@ def test_a_prompts_last_token_and_its_text_mean_take_one_forward_pass(tiny_backb
 def test_a_pass_runs_only_the_layers_below_the_deepest_state_its_views_read(tiny_backbones):
     token = llm_spec(tiny_backbones, layers=[-4], pooling="layer_last_token", template=PROMPT_EOL)
     mean = {**llm_spec(tiny_backbones, layers=[1, -5], pooling="layer_text_mean", template=PROMPT_EOL), "name": "m"}
-    backbone = FrozenBackbone.load(token)
-    views = [backbone, FrozenBackbone(mean, backbone.model, backbone.tokenizer)]
-    assert backbone.layers_needed(views) == 4  # hidden_states[3] is the output of layer 2; layer 3 normalises last
-    ran = []
-    for index, layer in enumerate(backbone.model.layers):
-        layer.register_forward_hook(lambda module, args, out, index=index: ran.append(index))
+    plan = FeaturePlan([token, mean])
+    assert plan.passes == [plan.specs]  # one prompted pass serves both views
+    whole = FrozenBackbone.load(token)
+    assert layers_needed(plan.specs, whole.model.config) == 4  # hidden_states[3] is layer 2's output; 3 normalises
+    backbone, view = plan.load(plan.specs)  # the model loaded with only the layers the views read
+    assert len(backbone.model.layers) == 4 and view.model is backbone.model and len(whole.model.layers) == 6
     texts = ["my dog died last week", "what a lovely surprise from my friends and family", "so happy"]
-    features = backbone.views(texts, views)
-    assert sorted(set(ran)) == [0, 1, 2, 3] and len(backbone.model.layers) == 6  # the model is whole again
+    features = backbone.views(texts, [backbone, view])
     prefix, suffix = PROMPT_EOL.split("{text}")
     for row, text in enumerate(texts):  # every layer run, one text alone
-        ids = backbone.tokenizer(prefix + text + suffix, return_tensors="pt")
+        ids = whole.tokenizer(prefix + text + suffix, return_tensors="pt")
         with torch.no_grad():
-            hidden = backbone.model(**ids, output_hidden_states=True).hidden_states
+            hidden = whole.model(**ids, output_hidden_states=True).hidden_states
         assert len(hidden) == 7
         torch.testing.assert_close(features[0][row, 0], hidden[-4][0, -1], atol=1e-5, rtol=1e-5)
-        start = len(backbone.tokenizer(prefix)["input_ids"])
-        span = slice(start, start + len(backbone.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        start = len(whole.tokenizer(prefix)["input_ids"])
+        span = slice(start, start + len(whole.tokenizer(text, add_special_tokens=False)["input_ids"]))
         expected = torch.stack([hidden[i][0, span].mean(dim=0) for i in (1, -5)])
         torch.testing.assert_close(features[1][row], expected, atol=1e-5, rtol=1e-5)
     # Every layer runs for a view of the top two hidden states or of the last hidden state.
     for keys in ({"layers": [-2]}, {"layers": [0, -1]}, {"layers": None, "num_layers": 1}):
-        assert backbone.layers_needed([FrozenBackbone({**token, **keys}, backbone.model, backbone.tokenizer)]) is None
+        assert layers_needed([BackboneSpec.from_dict({**token, **keys})], whole.model.config) is None
     encoder = FrozenBackbone.load(tiny_backbones[1])
-    assert encoder.layers_needed([encoder]) is None
+    assert layers_needed([encoder.spec], encoder.model.config) is None
 
 
 @pytest.mark.parametrize("pooling", ["pooler", "cls", "mean"])
@@ -327,7 +328,7 @@ def test_quantization_without_bitsandbytes_or_a_gpu_is_refused(monkeypatch, bits
     message = "Backbone 'llama': 4-bit quantization needs bitsandbytes and a CUDA GPU: pip install bitsandbytes"
     with pytest.raises(ValueError, match=re.escape(f"{message} ({reason})")):
         FrozenBackbone.load(spec)  # refused before anything is loaded: "m" is not a model anywhere
-    assert quantization_config({**spec, "quantization": None}, torch.float32) is None
+    assert quantization_config(BackboneSpec.from_dict({**spec, "quantization": None}), torch.float32) is None
 
 
 def test_two_views_of_one_llm_share_its_weights(tiny_backbones):

@@ -15,7 +15,7 @@ import torch
 from transformers import pipeline
 from transformers.pipelines.text_classification import ClassificationFunction, TextClassificationPipeline
 
-from configuration_llm_fusion import normalize_backbone
+from configuration_llm_fusion import BackboneSpec
 from helpers import REPO, run_program, tiny_fusion_model
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import TASK_NOTE, TASKS, FECPipeline, save_for_pipeline
@@ -283,7 +283,7 @@ def test_bad_batch_size_is_refused(single_label_model, batch_size):
 def test_backbones_compute_in_their_recorded_dtype(tiny_backbones):
     """A model whose features were extracted in bfloat16 is served in bfloat16, unless `dtype=` says otherwise."""
     config = tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification").config
-    config.backbones = [{**spec, "dtype": "bfloat16"} for spec in config.backbones]
+    config.backbones = [spec.replace(dtype="bfloat16") for spec in config.backbones]
     paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
 
     def served(**kwargs) -> tuple[LLMFusionForSequenceClassification, set[torch.dtype], list]:
@@ -308,7 +308,7 @@ def test_backbones_compute_in_their_recorded_dtype(tiny_backbones):
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_quantized_backbone_without_bitsandbytes_or_gpu_is_refused(tiny_backbones, monkeypatch, quantization):
     config = tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification").config
-    config.backbones[0] = {**config.backbones[0], "quantization": quantization}
+    config.backbones[0] = config.backbones[0].replace(quantization=quantization)
     paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     bits = quantization.removesuffix("bit")
@@ -323,7 +323,7 @@ def test_a_folder_given_for_one_view_serves_every_view_of_that_model(tiny_backbo
     llm = {**tiny_backbones[0], "model": hub_id}
     views = [llm, {**llm, "name": "llama_window", "pooling": "layer_text_mean", "template": "Say: {text}"}]
     config = tiny_fusion_model(tiny_backbones[:2], EMOTIONS, "single_label_classification").config
-    config.backbones = [normalize_backbone(spec) for spec in (*views, tiny_backbones[1])]
+    config.backbones = [BackboneSpec.from_dict(spec) for spec in (*views, tiny_backbones[1])]
     model = LLMFusionForSequenceClassification(config).eval()
     pipe = pipeline("fec", model=model, device="cpu", backbone_paths={"llama": tiny_backbones[0]["model"]})
     loaded = model.load_backbones()

@@ -10,7 +10,7 @@ import torch
 
 import llm_fusion_fec.commands.extract as extract_command
 from bench import sweep_layers
-from configuration_llm_fusion import normalize_backbone
+from configuration_llm_fusion import BackboneSpec
 from helpers import synthetic_features
 from llm_fusion_fec.evaluation.metrics import load_metric
 from llm_fusion_fec.features.metadata import load_features
@@ -154,7 +154,9 @@ def test_an_encoder_is_swept_across_its_poolings(tmp_path, capsys):
     assert [row.c for row in result.scores] == [0.5, 0.5]
     assert [(row.features, row.layers) for row in result.scores] == [(str(mean), []), (str(pooler), [])]
     assert result.scores[0].score > result.scores[1].score + 0.2
-    assert result.best_spec == normalize_backbone({"name": "bert", "model": "e", "pooling": "mean", "hidden_size": 8})
+    assert result.best_spec == BackboneSpec.from_dict(
+        {"name": "bert", "model": "e", "pooling": "mean", "hidden_size": 8}
+    )
     out = capsys.readouterr().out
     assert "Pooling of bert" in out and "(its one vector)" in out and "Best: pooling mean" in out
     assert ", C = 0.5." in out

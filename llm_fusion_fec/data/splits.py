@@ -46,6 +46,7 @@ def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, 
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         problem_type=problem_type,
+        feature_dtype=metadata.feature_dtype,  # serving rounds its features to what training read
         **head,
     )
 

@@ -10,11 +10,15 @@ import hashlib
 import json
 import logging
 import os
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llm_fusion_fec.arguments import name_value_pairs
 from llm_fusion_fec.features.cache import file_sha256
+
+if typing.TYPE_CHECKING:
+    from configuration_llm_fusion import BackboneSpec
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +35,34 @@ def resolve_backbones(
     """The preset's backbone descriptions with `NAME=MODEL` overrides (of the backbone named and of the other views
     of its model); an overridden model's width is read from its config (no weights are loaded), and a too-large
     `num_layers` or a layer the model lacks is refused here, before any work."""
-    from configuration_llm_fusion import PRESETS, normalize_backbone
+    from configuration_llm_fusion import PRESETS, BackboneSpec
     from modeling_llm_fusion import FrozenBackbone
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; allowed: {', '.join(PRESETS)}.")
-    specs = [normalize_backbone(spec) for spec in PRESETS[preset]["backbones"]]
-    names = [spec["name"] for spec in specs]
+    presets = {spec["name"]: spec for spec in PRESETS[preset]["backbones"]}
+    changes, configs = {name: {} for name in presets}, {}
     for name, model in name_value_pairs(overrides, "--backbone").items():
-        if name not in names:
-            raise ValueError(f"--backbone {name}=...: no backbone {name!r}; the {preset!r} preset has {names}.")
-        original = specs[names.index(name)]["model"]
-        config = model_config({**specs[names.index(name)], "model": model}, None)
-        for spec in specs:
-            if spec["name"] == name or spec["model"] == original:  # every view of the model replaced
-                spec.update(model=model, hidden_size=config.get_text_config().hidden_size, revision=None)
-                FrozenBackbone.check_config(spec, config)
+        if name not in presets:
+            raise ValueError(
+                f"--backbone {name}=...: no backbone {name!r}; the {preset!r} preset has {list(presets)}."
+            )
+        config = FrozenBackbone.model_config(BackboneSpec.from_dict({**presets[name], "model": model}))
+        for other, spec in presets.items():
+            if other == name or spec["model"] == presets[name]["model"]:  # every view of the model replaced
+                configs[other] = config
+                changes[other] |= {
+                    "model": model,
+                    "hidden_size": config.get_text_config().hidden_size,
+                    "revision": None,
+                }
     if max_length is not None:
-        for spec in specs:
-            spec["max_length"] = max_length
+        for name in presets:
+            changes[name]["max_length"] = max_length
+    specs = [BackboneSpec.from_dict({**spec, **changes[name]}) for name, spec in presets.items()]
+    for spec in specs:
+        if spec.name in configs:
+            FrozenBackbone.check_config(spec, configs[spec.name])
     return specs
 
 
@@ -79,15 +92,16 @@ def customize_backbones(
 
     Bad values raise `ValueError` naming them, before any weights are loaded.
     """
-    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
+    from configuration_llm_fusion import LAYER_POOLINGS
 
     specs = with_spec_files(specs, spec_files, added_spec_files)
-    names = [spec["name"] for spec in specs]
+    names = [spec.name for spec in specs]
+    changes = {name: {} for name in names}
     for name, value in name_value_pairs(pooling, "--pooling").items():
-        spec = specs[backbone_position(names, name, "--pooling")]
-        spec["pooling"] = value
+        change = changes[names[backbone_position(names, name, "--pooling")]]
+        change["pooling"] = value
         if value not in LAYER_POOLINGS:  # an encoder pooling gives one vector
-            spec.update(layers=None, num_layers=1)
+            change.update(layers=None, num_layers=1)
     chosen = name_value_pairs(layers, "--layers")
     for name, value in chosen.items():
         if isinstance(value, str):
@@ -95,16 +109,15 @@ def customize_backbones(
                 value = [int(index) for index in value.split(",")]
             except ValueError:
                 raise ValueError(f"--layers expects NAME=I,J,K with integer indices, got {name}={value}.") from None
-        specs[backbone_position(names, name, "--layers")].update(layers=list(value), num_layers=len(value))
+        changes[names[backbone_position(names, name, "--layers")]].update(layers=list(value), num_layers=len(value))
     for name, value in name_value_pairs(template, "--template").items():
-        specs[backbone_position(names, name, "--template")]["template"] = None if value == NO_TEMPLATE else value
-    specs = [normalize_backbone(spec) for spec in specs]
-    if all_layers:
-        read_every_layer(specs, chosen, backbone_paths or {})
-    if max_length is not None:
-        for spec in specs:
-            spec["max_length"] = max_length
-    return [normalize_backbone(spec) for spec in specs]
+        changes[names[backbone_position(names, name, "--template")]]["template"] = (
+            None if value == NO_TEMPLATE else value
+        )
+    for change in changes.values() if max_length is not None else ():
+        change["max_length"] = max_length
+    specs = [spec.replace(**changes[spec.name]) if changes[spec.name] else spec for spec in specs]
+    return read_every_layer(specs, chosen, backbone_paths or {}) if all_layers else specs
 
 
 def with_spec_files(
@@ -112,18 +125,20 @@ def with_spec_files(
 ) -> list[dict]:
     """`specs` (copied) with the backbones of `spec_files` replacing those of their names, then those of
     `added_spec_files` added; `ValueError` for a name to replace that is not there or one to add that is."""
-    specs = [dict(spec) for spec in specs]
-    names = [spec["name"] for spec in specs]
+    from configuration_llm_fusion import BackboneSpec
+
+    specs = [BackboneSpec.from_dict(spec) for spec in specs]
+    names = [spec.name for spec in specs]
     for spec in described_backbones(spec_files, "--backbone-spec"):
-        specs[backbone_position(names, spec["name"], "--backbone-spec")] = spec
+        specs[backbone_position(names, spec.name, "--backbone-spec")] = spec
     for spec in described_backbones(added_spec_files, "--add-backbone-spec"):
-        if spec["name"] in names:
+        if spec.name in names:
             raise ValueError(
-                f"--add-backbone-spec: a backbone named {spec['name']!r} exists already ({names}); give the added one "
+                f"--add-backbone-spec: a backbone named {spec.name!r} exists already ({names}); give the added one "
                 "a name of its own, or replace that one with --backbone-spec."
             )
         specs.append(spec)
-        names.append(spec["name"])
+        names.append(spec.name)
     return specs
 
 
@@ -147,7 +162,7 @@ def backbone_position(names: list[str], name: str, flag: str) -> int:
 
 def described_backbones(spec_files: Sequence[str | os.PathLike], flag: str) -> Iterator[dict]:
     """The backbone descriptions in the JSON files of `flag` (one, or a list of them, per file), normalized."""
-    from configuration_llm_fusion import normalize_backbone
+    from configuration_llm_fusion import BackboneSpec
 
     for file in spec_files:
         try:
@@ -161,33 +176,38 @@ def described_backbones(spec_files: Sequence[str | os.PathLike], flag: str) -> I
         if repeated := next((name for i, name in enumerate(names) if name is not None and name in names[:i]), None):
             raise ValueError(f"{flag} {file}: two descriptions of backbone {repeated!r}; keep one.")
         for spec in described:
-            yield normalize_backbone(spec)
+            yield BackboneSpec.from_dict(spec)
 
 
-def read_every_layer(specs: list[dict], chosen: dict[str, str | list[int]], backbone_paths: dict[str, str]) -> None:
-    """`--all-layers`: set every layer-pooled backbone of `specs` to read all its hidden states, top first. The
-    number comes from the model's config (from `backbone_paths` where given); `chosen` are the `--layers` given."""
+def read_every_layer(
+    specs: list[BackboneSpec], chosen: dict[str, str | list[int]], backbone_paths: dict[str, str]
+) -> list[BackboneSpec]:
+    """`--all-layers`: `specs` with every layer-pooled backbone reading all its hidden states, top first. The number
+    comes from the model's config (from `backbone_paths` where given); `chosen` are the `--layers` given."""
     from configuration_llm_fusion import LAYER_POOLINGS
-    from modeling_llm_fusion import FrozenBackbone, backbone_path
+    from modeling_llm_fusion import FrozenBackbone, backbone_folders, hidden_state_count
 
-    layered = [spec for spec in specs if spec["pooling"] in LAYER_POOLINGS]
-    if not layered:
+    if not any(spec.pooling in LAYER_POOLINGS for spec in specs):
         raise ValueError(f"--all-layers: no backbone has a layer pooling ({', '.join(LAYER_POOLINGS)}).")
-    for spec in layered:
-        if spec["name"] in chosen:
-            raise ValueError(f"--all-layers and --layers {spec['name']}=... contradict each other; use one.")
-        count = FrozenBackbone.hidden_state_count(model_config(spec, backbone_path(spec, backbone_paths)))
-        spec.update(layers=[-1 - i for i in range(count)], num_layers=count)
+    folders, every = backbone_folders(specs, backbone_paths), []
+    for spec in specs:
+        if spec.pooling in LAYER_POOLINGS:
+            if spec.name in chosen:
+                raise ValueError(f"--all-layers and --layers {spec.name}=... contradict each other; use one.")
+            count = hidden_state_count(FrozenBackbone.model_config(spec, folders.get(spec.name)))
+            spec = spec.replace(layers=[-1 - i for i in range(count)], num_layers=count)
+        every.append(spec)
+    return every
 
 
-def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) -> dict[str, str]:
+def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[BackboneSpec]) -> dict[str, str]:
     """Refuse a `--backbone-path` that names no backbone or model, or a folder that does not exist; return the
-    folders by backbone name (the folder given for a model id, or for one backbone of a model, serves every view of
-    that model)."""
-    from modeling_llm_fusion import backbone_path, paths_by_model
+    folders by backbone name (`backbone_folders`: the folder given for a model id, or for one backbone of a model,
+    serves every view of that model)."""
+    from modeling_llm_fusion import backbone_folders
 
-    names = [spec["name"] for spec in backbones]
-    models = sorted({spec["model"] for spec in backbones})
+    names = [spec.name for spec in backbones]
+    models = sorted({spec.model for spec in backbones})
     for key, folder in backbone_paths.items():
         if key not in names and key not in models:
             raise ValueError(
@@ -195,23 +215,9 @@ def check_backbone_paths(backbone_paths: dict[str, str], backbones: list[dict]) 
                 f"(or a model id, for every backbone of that model: {models})."
             )
         if not Path(folder).is_dir():
-            model = backbones[names.index(key)]["model"] if key in names else key
+            model = backbones[names.index(key)].model if key in names else key
             raise ValueError(f"--backbone-path {key}={folder}: folder not found; it must be a local copy of {model}.")
-    backbone_paths = paths_by_model(backbones, backbone_paths)
-    return {spec["name"]: path for spec in backbones if (path := backbone_path(spec, backbone_paths))}
-
-
-def model_config(spec: dict, path: str | None):
-    """The backbone's model config, read without loading weights; a clear error if it cannot be loaded."""
-    from transformers import AutoConfig
-
-    source = path or spec["model"]
-    try:
-        return AutoConfig.from_pretrained(source, revision=None if path else spec.get("revision"))
-    except (OSError, ValueError) as error:
-        # Offline, a Hub id cannot load even where every feature is cached: a local copy is the way.
-        hint = "" if path else f" (a local copy: --backbone-path {spec['name']}=FOLDER)"
-        raise ValueError(f"Backbone {spec['name']!r} could not be loaded from {source!r}{hint}: {error}") from error
+    return backbone_folders(backbones, backbone_paths)
 
 
 def folder_digest(folder: Path) -> str:

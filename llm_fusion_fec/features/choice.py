@@ -112,31 +112,23 @@ def choose(
     in one line for arguments `--choose` cannot serve (`--all-layers`, `--layers` of the LLM, no layer-pooled
     backbone) and for whatever `extract` refuses.
     """
-    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
-    from modeling_llm_fusion import backbone_path, paths_by_model
+    from configuration_llm_fusion import LAYER_POOLINGS, BackboneSpec
+    from modeling_llm_fusion import backbone_folders
 
-    args = arguments_of(args, options)
-    sample = TRAIN_ROWS if args.choose_train_rows is None else args.choose_train_rows
-    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
-        raise ValueError(f"--choose-train-rows must be an integer of at least 0 (0: every train row), got {sample!r}.")
-    sample = sample or None
-    args = dataclasses.replace(args, choose=False, choose_train_rows=None)  # what follows extracts as told
-    if args.all_layers:
-        raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
+    args, sample = _choice_arguments(arguments_of(args, options))
     paths = name_value_pairs(args.backbone_path, "--backbone-path") if backbone_paths is None else backbone_paths
-    preset = [normalize_backbone(spec) for spec in backbones or backbones_of(args, paths)]
-    llms = [spec for spec in preset if spec["pooling"] in LAYER_POOLINGS]
+    preset = [BackboneSpec.from_dict(spec) for spec in backbones or backbones_of(args, paths)]
+    llms = [spec for spec in preset if spec.pooling in LAYER_POOLINGS]
     if not llms:
         raise ValueError(f"--choose needs a layer-pooled backbone (an LLM); the backbones are {preset}.")
     llm = llms[0]
-    if name_value_pairs(args.layers, "--layers").get(llm["name"]):
-        raise ValueError(f"--choose chooses {llm['name']}'s layers itself: leave out --layers {llm['name']}=...")
+    if name_value_pairs(args.layers, "--layers").get(llm.name):
+        raise ValueError(f"--choose chooses {llm.name}'s layers itself: leave out --layers {llm.name}=...")
     _, cache = output_folders(args)
-    llm_path = backbone_path(llm, paths_by_model(preset, paths))
-    views = candidate_views(llm, candidate_templates(args.choose_template))
-    view_paths = {llm["model"]: llm_path} if llm_path else {}
-    read_every_layer(views, {}, view_paths)
-    views = [normalize_backbone(view) for view in views]
+    llm_path = backbone_folders(preset, paths).get(llm.name)
+    view_paths = {llm.model: llm_path} if llm_path else {}
+    views = [BackboneSpec.from_dict(view) for view in candidate_views(llm, candidate_templates(args.choose_template))]
+    views = read_every_layer(views, {}, view_paths)
 
     started = time.perf_counter()
     candidates = extract_fixed(
@@ -152,23 +144,35 @@ def choose(
     scores = swept_scores(candidates, views, args.device)
     swept = time.perf_counter() - started - extracted
     token, window = pick(scores, views)
-    specs = {view["name"]: view for view in views}
+    specs = {view.name: view for view in views}
     chosen = [
-        chosen_spec({**specs[token.features], "name": llm["name"]}, token.layers),
-        chosen_spec({**specs[window.features], "name": f"{llm['name']}_window"}, window.layers),
+        chosen_spec(specs[token.features], token.layers, llm.name),
+        chosen_spec(specs[window.features], window.layers, f"{llm.name}_window"),
     ]
-    picks = {chosen[0]["name"]: token, chosen[1]["name"]: window}
     rows = candidates.metadata.rows
     seed = TRAIN_SAMPLE_SEED if sample is not None and rows["train"] == sample else None  # a sample was drawn
-    record = choice_record(candidates.metadata.problem_type, views, scores, picks, rows, seed)
-    others = [spec for spec in preset if spec["model"] != llm["model"] or spec["pooling"] not in LAYER_POOLINGS]
-    backbones = [*chosen, *others]  # the chosen views replace every layer-pooled view of the LLM
-    result = extract_fixed(args, backbones=backbones, backbone_paths=paths, choice=record)
+    record = choice_record(
+        candidates.metadata.problem_type, views, scores, {chosen[0].name: token, chosen[1].name: window}, rows, seed
+    )
+    others = [spec for spec in preset if spec.model != llm.model or spec.pooling not in LAYER_POOLINGS]
+    # The chosen views replace every layer-pooled view of the LLM.
+    result = extract_fixed(args, backbones=[*chosen, *others], backbone_paths=paths, choice=record)
     logger.info(
         f"--choose: candidates extracted in {extracted:.0f} s, swept in {swept:.0f} s, the choice extracted in "
         f"{time.perf_counter() - started - extracted - swept:.0f} s"
     )
     return result
+
+
+def _choice_arguments(args: ExtractArguments) -> tuple[ExtractArguments, int | None]:
+    """The arguments the extractions of a choice run with (`--choose` done), and the train rows its probes read
+    (`None`: every row); `ValueError` for a bad `--choose-train-rows` or `--all-layers`."""
+    sample = TRAIN_ROWS if args.choose_train_rows is None else args.choose_train_rows
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise ValueError(f"--choose-train-rows must be an integer of at least 0 (0: every train row), got {sample!r}.")
+    if args.all_layers:
+        raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
+    return dataclasses.replace(args, choose=False, choose_train_rows=None), sample or None
 
 
 def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | None) -> list[LayerScore]:

@@ -34,7 +34,6 @@ from llm_fusion_fec.features.backbones import (
     check_backbone_paths,
     column_key,
     customize_backbones,
-    model_config,
     notice_large_models_on_cpu,
     resolve_backbones,
     resolved_revision,
@@ -56,6 +55,7 @@ from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, def
 if typing.TYPE_CHECKING:
     from datasets import DatasetDict
 
+    from configuration_llm_fusion import BackboneSpec
     from modeling_llm_fusion import FrozenBackbone
 
 # What transformers' `logging.get_logger(__name__)` returns for a module outside transformers (a standard logger of
@@ -146,7 +146,7 @@ def extract_fixed(
     `ExtractionResult`: the metadata written to `OUTPUT_DIR/fec_features.json`, the backbones computed in this call
     and their throughput. Raises `ValueError` in one line for bad arguments, data or backbones, and for a full disk.
     """
-    from configuration_llm_fusion import PRESETS, normalize_backbone
+    from configuration_llm_fusion import PRESETS, BackboneSpec
 
     args = arguments_of(args, options)
     if args.choose:
@@ -154,9 +154,8 @@ def extract_fixed(
     _check_extract_arguments(args)
     if backbone_paths is None:
         backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
-    if backbones is None:
-        backbones = backbones_of(args, backbone_paths)
-    backbones = [normalize_backbone(spec) for spec in backbones]
+    backbones = backbones_of(args, backbone_paths) if backbones is None else backbones
+    backbones = [BackboneSpec.from_dict(spec) for spec in backbones]
     check_backbone_names(backbones)
     backbone_paths = check_backbone_paths(dict(backbone_paths), backbones)
     output_dir, cache = output_folders(args)
@@ -164,10 +163,7 @@ def extract_fixed(
         data, label_names, problem_type = load_data(
             args.dataset, args.data_dir, args.text_column, args.label_column, args.limit
         )
-        if splits is not None:
-            data = type(data)({split: data[split] for split in splits})
-        if train_rows is not None and train_rows < len(data["train"]):
-            data["train"] = data["train"].shuffle(seed=TRAIN_SAMPLE_SEED).select(range(train_rows)).flatten_indices()
+        data = _selected_rows(data, splits, train_rows)
         metadata = FeatureMetadata(
             dataset=args.dataset,
             dataset_name=dataset_name(args.dataset),
@@ -180,6 +176,16 @@ def extract_fixed(
             choice=choice,
         )
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)
+
+
+def _selected_rows(data: DatasetDict, splits: Sequence[str] | None, train_rows: int | None) -> DatasetDict:
+    """`data` with only `splits` (all if None), and a random sample of `train_rows` train rows (`TRAIN_SAMPLE_SEED`)
+    where that is fewer than it has."""
+    if splits is not None:
+        data = type(data)({split: data[split] for split in splits})
+    if train_rows is not None and train_rows < len(data["train"]):
+        data["train"] = data["train"].shuffle(seed=TRAIN_SAMPLE_SEED).select(range(train_rows)).flatten_indices()
+    return data
 
 
 def output_folders(args: ExtractArguments) -> tuple[Path, Path]:
@@ -235,47 +241,79 @@ def _extract(
     output_dir: Path,
     cache_dir: Path,
 ) -> ExtractionResult:
-    """`extract` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
-    import torch
-
+    """`extract_fixed` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
     from modeling_llm_fusion import FrozenBackbone
 
     rank, world = _distributed()
     device, dtype = _device_and_dtype(args.device, args.dtype, rank, world)
-    _record_compute_settings(metadata.backbones, dtype, args.quantization)
+    metadata = dataclasses.replace(
+        metadata, backbones=_with_compute_settings(metadata.backbones, dtype, args.quantization)
+    )
     digests = {name: texts_digest(split) for name, split in data.items()}  # what each column's cache key hashes
     metadata = _keyed_metadata(metadata, data, digests, backbone_paths, dtype, args.shard_size)
     if (saved := _saved_output(output_dir, metadata)) is not None:
         return ExtractionResult(saved, output_dir)
-    configs = {spec["name"]: model_config(spec, backbone_paths.get(spec["name"])) for spec in metadata.backbones}
+    configs = {
+        spec.name: FrozenBackbone.model_config(spec, backbone_paths.get(spec.name)) for spec in metadata.backbones
+    }
     for spec in metadata.backbones:  # refuse a backbone that cannot give these features before any work is done
-        FrozenBackbone.check_config(spec, configs[spec["name"]])
+        FrozenBackbone.check_config(spec, configs[spec.name])
     if not str(device).startswith("cuda"):
         notice_large_models_on_cpu(metadata.backbones, configs, dtype)
-
     shards = Shards(cache_dir, metadata.column_keys, metadata.rows, args.shard_size)
     pending = {}
     for spec in metadata.backbones:
-        name = spec["name"]
-        pending[name] = _pending_shards(shards, name, rank, world)
-        if any(pending[name].values()):  # missing shards of a layer column may be cut from the cached all-layers one
+        pending[spec.name] = _pending_shards(shards, spec.name, rank, world)
+        if any(pending[spec.name].values()):  # missing shards of a layer column may be cut from the all-layers one
             every_layer = _every_layer_shards(
-                spec, configs[name], digests, shards, backbone_paths.get(name), dtype, metadata.feature_dtype
+                spec, configs[spec.name], digests, shards, backbone_paths.get(spec.name), dtype, metadata.feature_dtype
             )
-            pending[name] = _cut_from_every_layer(spec, every_layer, shards, pending[name], metadata.feature_dtype)
+            pending[spec.name] = _cut_from_every_layer(
+                spec, every_layer, shards, pending[spec.name], metadata.feature_dtype
+            )
+    computed, throughput = _compute_passes(
+        metadata, data, shards, pending, args, backbone_paths, device, dtype, rank, world
+    )
+    _barrier(world)
+    if rank == 0:
+        _check_shards_of_other_processes(shards, metadata.backbones, world)
+        metadata = _assemble(data, shards, output_dir, metadata)
+    _barrier(world)
+    return ExtractionResult(metadata, output_dir, computed, throughput)
+
+
+def _compute_passes(
+    metadata: FeatureMetadata,
+    data: DatasetDict,
+    shards: Shards,
+    pending: dict[str, dict[str, list[int]]],
+    args: ExtractArguments,
+    backbone_paths: dict[str, str],
+    device: str,
+    dtype: str,
+    rank: int,
+    world: int,
+) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Compute the `pending` shards (by backbone, then split) of this process, one pass of the model's
+    `FeaturePlan` at a time: views of one model that read alike are computed in one forward pass a batch, even where
+    one misses shards another has (an interrupted run of other views). Returns the backbones computed and each
+    pass's throughput."""
+    import torch
+
+    from modeling_llm_fusion import FeaturePlan
+
+    todo = [spec for spec in metadata.backbones if any(pending[spec.name].values())]
+    plan = FeaturePlan(todo, backbone_paths, getattr(torch, dtype))
     computed, throughput = [], {}
-    for group in _shared_passes(metadata.backbones, pending, backbone_paths):
-        names = [spec["name"] for spec in group]
+    for views in plan.passes:
+        names = [spec.name for spec in views]
         computed.extend(names)
         missing = {split: sorted({i for name in names for i in pending[name][split]}) for split in pending[names[0]]}
         logger.info(f"[rank {rank}/{world}] {', '.join(names)}: {sum(map(len, missing.values()))} shards to compute")
-        backbone = FrozenBackbone.load(
-            group[0], backbone_paths.get(names[0]), device, getattr(torch, dtype), device_map=args.device_map
-        )
-        views = [backbone, *(FrozenBackbone(spec, backbone.model, backbone.tokenizer) for spec in group[1:])]
+        loaded = plan.load(views, device, args.device_map)
         progress_name = ", ".join(names) + ("" if world == 1 else f" [rank {rank}/{world}]")
         throughput[", ".join(names)] = _compute_shards(
-            views,
+            loaded,
             data,
             shards,
             missing,
@@ -285,13 +323,8 @@ def _extract(
             metadata.feature_dtype,
             progress_name,
         )
-        del backbone, views  # before the next backbone is loaded
-    _barrier(world)
-    if rank == 0:
-        _check_shards_of_other_processes(shards, metadata.backbones, world)
-        metadata = _assemble(data, shards, output_dir, metadata)
-    _barrier(world)
-    return ExtractionResult(metadata, output_dir, computed, throughput)
+        del loaded  # before the next model is loaded
+    return computed, throughput
 
 
 def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: int) -> tuple[str, str]:
@@ -308,16 +341,18 @@ def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: i
     return device, dtype
 
 
-def _record_compute_settings(backbones: list[dict], dtype: str, quantization: str | None) -> None:
-    """Record the compute dtype (and the quantization of the layer-pooled backbones) in each backbone description:
-    they go with the features and into the trained model's config, so that serving computes alike."""
-    from configuration_llm_fusion import LAYER_POOLINGS, normalize_backbone
+def _with_compute_settings(backbones: list[BackboneSpec], dtype: str, quantization: str | None) -> list[BackboneSpec]:
+    """The backbones with the compute dtype (and the quantization of the layer-pooled ones) they are extracted with:
+    they go with the features and into the trained model's config, so that serving computes alike. A bad dtype or
+    quantization is refused here, before any work."""
+    from configuration_llm_fusion import LAYER_POOLINGS
 
-    for spec in backbones:
-        spec["dtype"] = dtype
-        if quantization is not None and spec["pooling"] in LAYER_POOLINGS:
-            spec["quantization"] = quantization
-        normalize_backbone(spec)  # a bad dtype or quantization is refused here, before any work
+    return [
+        spec.replace(
+            dtype=dtype, **({"quantization": quantization} if quantization and spec.pooling in LAYER_POOLINGS else {})
+        )
+        for spec in backbones
+    ]
 
 
 def _keyed_metadata(
@@ -331,9 +366,12 @@ def _keyed_metadata(
     """`metadata` with the rest of what decides the output's content: the compute dtype, the rows and data digest of
     each split, and the cache key of each backbone's column (a Hub model's revision resolved to its commit first);
     `digests` are the splits' `texts_digest`."""
-    for spec in metadata.backbones:
-        if spec["revision"] is None and spec["name"] not in backbone_paths and not Path(spec["model"]).is_dir():
-            spec["revision"] = resolved_revision(spec)
+    backbones = [
+        spec.replace(revision=resolved_revision(spec))
+        if spec.revision is None and spec.name not in backbone_paths and not Path(spec.model).is_dir()
+        else spec
+        for spec in metadata.backbones
+    ]
     keys = {
         spec["name"]: {
             split: column_key(
@@ -341,10 +379,11 @@ def _keyed_metadata(
             )
             for split in data
         }
-        for spec in metadata.backbones
+        for spec in backbones
     }
     return dataclasses.replace(
         metadata,
+        backbones=backbones,
         compute_dtype=dtype,
         rows={split: len(data[split]) for split in data},
         column_keys=keys,
@@ -386,13 +425,13 @@ def _every_layer_shards(
     """For a layer-pooled backbone that reads fewer hidden states than its model has: the cache's shards of the same
     backbone's all-layers column (what `--all-layers` extracts, top first; held under any backbone's name,
     `_column_owner`) and the positions of `spec`'s layers in it. None for any other backbone."""
-    from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
-    from modeling_llm_fusion import FrozenBackbone
+    from configuration_llm_fusion import LAYER_POOLINGS, layer_indices
+    from modeling_llm_fusion import hidden_state_count
 
-    count = FrozenBackbone.hidden_state_count(config)
-    if spec["pooling"] not in LAYER_POOLINGS or spec["num_layers"] == count:
+    count = hidden_state_count(config)
+    if spec.pooling not in LAYER_POOLINGS or spec.num_layers == count:
         return None
-    every = normalize_backbone({**spec, "layers": [-1 - i for i in range(count)], "num_layers": count})
+    every = spec.replace(layers=[-1 - i for i in range(count)], num_layers=count)
     keys = {split: column_key(every, path, dtype, digests[split], feature_dtype, shards.size) for split in digests}
     positions = [count - 1 - index % count for index in layer_indices(spec)]  # hidden_states[-1 - p] is at p
     return dataclasses.replace(shards, column_keys={_column_owner(shards.cache, keys, spec["name"]): keys}), positions
@@ -442,31 +481,6 @@ def _cut_from_every_layer(
     if cut:
         logger.info(f"{name}: {cut} shards cut from its cached all-layers column")
     return left
-
-
-def _shared_passes(backbones: list[dict], pending: dict[str, dict], backbone_paths: dict[str, str]) -> list[list]:
-    """The backbones with shards to compute, in groups that one forward pass serves: views of the same weights that
-    tokenize a text alike (`same_input`: e.g. a prompt's last token and the text's mean inside that prompt), even
-    where one misses shards another has (an interrupted run of other views): each group is loaded once and its
-    missing shards computed in one pass a batch."""
-    from modeling_llm_fusion import same_input, same_weights
-
-    def weights(spec: dict) -> tuple:
-        return same_weights(spec, backbone_paths.get(spec["name"]))
-
-    groups: list[list[dict]] = []
-    for spec in backbones:
-        if not any(pending[spec["name"]].values()):
-            continue
-        group = next(
-            (group for group in groups if weights(group[0]) == weights(spec) and same_input(group[0], spec)),
-            None,
-        )
-        if group is None:
-            groups.append([spec])
-        else:
-            group.append(spec)
-    return groups
 
 
 def _compute_shards(

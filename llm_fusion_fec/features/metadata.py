@@ -86,10 +86,14 @@ class FeatureMetadata:
         missing = [key for key in cls.REQUIRED if key not in record]
         if unknown or missing:
             raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
-        return cls(**{"dataset_name": dataset_name(str(record["dataset"])), **record})
+        from configuration_llm_fusion import BackboneSpec
+
+        backbones = [BackboneSpec.from_dict(spec) for spec in record["backbones"]]
+        return cls(**{"dataset_name": dataset_name(str(record["dataset"])), **record, "backbones": backbones})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The JSON record `fec_features.json` holds (each backbone in its JSON form, `BackboneSpec.to_dict`)."""
+        return {**dataclasses.asdict(self), "backbones": [spec.to_dict() for spec in self.backbones]}
 
     def identity(self) -> dict:
         """Everything that decides the output's content (the checksums of a saved output only verify it), in its

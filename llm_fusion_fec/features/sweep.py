@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 import torch
 
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices, normalize_backbone
+from configuration_llm_fusion import LAYER_POOLINGS, BackboneSpec, layer_indices
 from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, choose_threshold, load_metric, score
 from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
 
@@ -65,9 +65,9 @@ class SweepResult:
     train_rows: int
     validation_rows: int
     scores: list[LayerScore]
-    best_spec: dict
+    best_spec: BackboneSpec
     poolings: dict[str, str]  # features folder -> its pooling in words, e.g. "layer_last_token, prompted"
-    second_view: dict | None = None  # the best candidate of another folder than the winner's, as NAME_view2
+    second_view: BackboneSpec | None = None  # the best candidate of another folder than the winner's, as NAME_view2
 
 
 def swept_split(features_dir: str | Path, split: str) -> datasets.Dataset:
@@ -260,15 +260,16 @@ def sweep(
         scores=scores,
         best_spec=best,
         poolings=folder_poolings(specs),
-        second_view=None if other is None else chosen_spec(specs[other.features], other.layers, "_view2"),
+        second_view=None
+        if other is None
+        else chosen_spec(specs[other.features], other.layers, specs[other.features].name + "_view2"),
     )
 
 
-def chosen_spec(spec: dict, layers: list[int], suffix: str = "") -> dict:
-    """The backbone description `spec` reading `layers` (an encoder pooling: `[]`, its one vector), its name extended
-    by `suffix` (a view of its own)."""
-    chosen = {**spec, "name": spec["name"] + suffix}
-    return normalize_backbone(chosen | ({"layers": layers, "num_layers": len(layers)} if layers else {}))
+def chosen_spec(spec: BackboneSpec, layers: list[int], name: str | None = None) -> BackboneSpec:
+    """The backbone `spec` reading `layers` (an encoder pooling: `[]`, its one vector), named `name` (default: its
+    own name)."""
+    return spec.replace(name=name or spec.name, **({"layers": layers, "num_layers": len(layers)} if layers else {}))
 
 
 def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[FeatureMetadata, dict]:
@@ -279,13 +280,13 @@ def swept_backbone(features_dir: str | Path, backbone: str | None) -> tuple[Feat
         layered = [spec for spec in metadata.backbones if spec["pooling"] in LAYER_POOLINGS]
         if len(layered) != 1:
             raise ValueError(f"Name the backbone to sweep (--backbone): layer-pooled ones are {layered}.")
-        return metadata, normalize_backbone(layered[0])
+        return metadata, layered[0]
     spec = next((s for s in metadata.backbones if s["name"] == backbone), None)
     if spec is None:
         raise ValueError(
             f"No backbone {backbone!r} in {features_dir}; there are {[s['name'] for s in metadata.backbones]}."
         )
-    return metadata, normalize_backbone(spec)
+    return metadata, spec
 
 
 def folder_scores(
