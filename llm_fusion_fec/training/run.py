@@ -47,16 +47,10 @@ from llm_fusion_fec.features.metadata import (
     read_metadata,
 )
 from llm_fusion_fec.inference.loading import load_model
-from llm_fusion_fec.publishing.hub import (
-    RUNS_DIR,
-    PublishSpec,
-    check_hub_model_id,
-    check_output_folder,
-    check_shareable,
-    format_results_table,
-    push_to_hub,
-    save_model_folder,
-)
+from llm_fusion_fec.publishing.card import FusionModelCardData
+from llm_fusion_fec.publishing.hub import push_to_hub
+from llm_fusion_fec.publishing.paths import check_hub_model_id, check_shareable
+from llm_fusion_fec.publishing.saving import RUNS_DIR, check_output_folder, save_model_folder
 from llm_fusion_fec.training.protocols import protocol_name, recipe
 from llm_fusion_fec.training.trainer import (
     CHECKPOINT_SELECTIONS,
@@ -69,7 +63,6 @@ from llm_fusion_fec.training.trainer import (
     build_model,
     check_run,
     group_folder,
-    keep_gradient_memory,
     load_progress,
     per_seed_metrics,
     protocol_arguments,
@@ -424,7 +417,7 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
         print(f"ensemble of seeds {seeds}: test {scores_line(results.ensemble.test)}", file=sys.stderr)
     else:
         model = load_model(runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32)
-    publish = PublishSpec(
+    publish = FusionModelCardData(
         examples=setup.examples,
         results=results,
         training_args=training_args,
@@ -515,22 +508,3 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
             default=str,
         )
     )
-
-
-def run_command(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
-    """`fec train` once its arguments are read: quiet logs, the run, the results table and where the model went."""
-    keep_gradient_memory()
-    # Quiet by default (warnings only); --log_level info shows what Trainer does.
-    logging.set_verbosity(training_args.get_process_log_level())
-    logging.enable_explicit_format()
-    if training_args.get_process_log_level() > logging.INFO:
-        logging.disable_progress_bar()  # a bar per checkpoint written or read; Trainer's own bar stays
-    results = run_training(args, training_args)
-    print(format_results_table(results))
-    saved = (
-        f"the ensemble of seeds {results.ensemble.members}"
-        if results.ensemble
-        else f"seed {results.best_seed} (best validation {results.selection_metric})"
-    )
-    print(f"Saved {saved} to {training_args.output_dir}")
-    return results
