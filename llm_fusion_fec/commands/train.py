@@ -23,7 +23,7 @@ from llm_fusion_fec.commands.parsing import command_parser
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-    from llm_fusion_fec.evaluation.results import RunResults
+    from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult
 
 EPILOG = """Every flag of transformers' TrainingArguments works too, e.g. --seed, --resume_from_checkpoint true,
 --push_to_hub --hub_model_id ORG/NAME, --log_level info, --use_cpu; --help-all lists them all (it imports torch: a
@@ -75,7 +75,7 @@ def run_command(args: FusionArguments, training_args: TrainingArguments) -> RunR
     logging.enable_explicit_format()
     if training_args.get_process_log_level() > logging.INFO:
         logging.disable_progress_bar()  # a bar per checkpoint written or read; Trainer's own bar stays
-    results = run_training(args, training_args)
+    results = run_training(args, training_args, SeedReport())
     print(format_results_table(results))
     saved = (
         f"the ensemble of seeds {results.ensemble.members}"
@@ -84,6 +84,25 @@ def run_command(args: FusionArguments, training_args: TrainingArguments) -> RunR
     )
     print(f"Saved {saved} to {training_args.output_dir}")
     return results
+
+
+class SeedReport:
+    """The lines that end each seed and the ensemble while the run goes on, on stderr (a `RunCallback`)."""
+
+    def on_seed_end(self, result: SeedResult, number: tuple[int, int], selection: str) -> None:
+        kept = f"kept epoch {result.best_epoch:g}" if result.best_epoch is not None else "kept its last weights"
+        print(
+            f"seed {number[0]}/{number[1]} ({result.seed}) done: {result.epochs:g} epochs in "
+            f"{result.wall_time_s:.0f} s, {kept} (best validation {selection}); test {scores_line(result.test)}",
+            file=sys.stderr,
+        )
+
+    def on_ensemble_end(self, result: EnsembleResult) -> None:
+        print(f"ensemble of seeds {result.members}: test {scores_line(result.test)}", file=sys.stderr)
+
+
+def scores_line(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if name != "loss")
 
 
 def format_results_table(results: RunResults) -> str:
