@@ -17,17 +17,13 @@ from transformers import TrainingArguments
 
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from helpers import REPO, run_program
+from llm_fusion_fec.commands.train import format_results_table
 from llm_fusion_fec.evaluation.results import RunResults, SeedResult, per_label_scores
-from llm_fusion_fec.publishing.hub import (
-    CHECKPOINT_SELECTION_TEXTS,
-    PublishSpec,
-    check_shareable,
-    confusion_matrix_png,
-    format_results_table,
-    push_to_hub,
-    save_model_folder,
-    training_arguments,
-)
+from llm_fusion_fec.publishing.card import CHECKPOINT_SELECTION_TEXTS, FusionModelCardData
+from llm_fusion_fec.publishing.confusion import confusion_matrix_png
+from llm_fusion_fec.publishing.hub import push_to_hub
+from llm_fusion_fec.publishing.paths import check_shareable
+from llm_fusion_fec.publishing.saving import save_model_folder, training_arguments
 from llm_fusion_fec.training.trainer import CHECKPOINT_SELECTIONS
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
@@ -145,11 +141,11 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory, tiny_backbones) -> tuple[Path, list[str], RunResults, PublishSpec]:
+def published(tmp_path_factory, tiny_backbones) -> tuple[Path, list[str], RunResults, FusionModelCardData]:
     """A single-label model published with a Hub id; the data set was given as a local folder."""
     root = tmp_path_factory.mktemp("published")
     results = make_results(dataset=str(root / "data" / "ED"))
-    spec = PublishSpec(results, make_args(root, hub_model_id=REPO_ID), "ED", early_stopping_patience=10)
+    spec = FusionModelCardData(results, make_args(root, hub_model_id=REPO_ID), "ED", early_stopping_patience=10)
     folder = root / "llm-fusion-ed"
     written = save_model_folder(make_model(hub_backbones(tiny_backbones), standardize_features=True), folder, spec)
     return folder, written, results, spec
@@ -160,7 +156,7 @@ def published_multi_label(tmp_path_factory, tiny_backbones) -> tuple[Path, list[
     """A multi-label model published without --hub-model-id."""
     root = tmp_path_factory.mktemp("published_multi_label")
     results = make_results(MULTI, "go_emotions_multilabel")
-    spec = PublishSpec(results, make_args(root), "go_emotions_multilabel", early_stopping_patience=10)
+    spec = FusionModelCardData(results, make_args(root), "go_emotions_multilabel", early_stopping_patience=10)
     folder = root / "llm-fusion-go-emotions-multilabel"
     written = save_model_folder(make_model(hub_backbones(tiny_backbones), MULTI, encoders_in_tail=True), folder, spec)
     return folder, written, results
@@ -202,7 +198,7 @@ def test_folder_lists_only_what_it_wrote(tmp_path, tiny_backbones):
     (folder / "runs" / "seed-42").mkdir(parents=True)
     (folder / "runs" / "seed-42" / "result.json").write_text("{}")
     (folder / "notes.txt").write_text("mine")
-    spec = PublishSpec(make_results(), make_args(tmp_path), "ED", early_stopping_patience=10)
+    spec = FusionModelCardData(make_results(), make_args(tmp_path), "ED", early_stopping_patience=10)
     written = save_model_folder(make_model(hub_backbones(tiny_backbones)), folder, spec)
     assert "notes.txt" not in written and not [name for name in written if name.startswith("runs")]
     assert (folder / "notes.txt").read_text() == "mine"  # left alone
@@ -235,6 +231,7 @@ def test_card_loads_back_with_the_saved_seeds_measured_scores(published):
     for key, summary in results.test.items():
         assert f"{summary['mean']:.4f} +- {summary['std']:.4f}" in card.text, key
     assert "| 43 (saved) |" in card.text
+    assert format_results_table(results) in card.text  # the table the train command prints
     assert "{{" not in card.text and "{%" not in card.text
 
 
@@ -264,7 +261,9 @@ def test_card_features_snippet_runs(tmp_path, tiny_backbones):
     """The snippet that computes features and logits runs as written, in a fresh process (the model id is a local
     folder, and the backbones are the tiny local ones)."""
     folder = tmp_path / "model"
-    spec = PublishSpec(make_results(), make_args(tmp_path, hub_model_id=str(folder)), "ED", early_stopping_patience=3)
+    spec = FusionModelCardData(
+        make_results(), make_args(tmp_path, hub_model_id=str(folder)), "ED", early_stopping_patience=3
+    )
     save_model_folder(make_model(tiny_backbones), folder, spec)
     assert ModelCard.load(folder / "README.md").data.base_model is None  # a local folder is no base model
     snippet = python_blocks((folder / "README.md").read_text())[1]
@@ -279,7 +278,9 @@ def test_card_features_snippet_runs(tmp_path, tiny_backbones):
 def test_card_pipeline_snippet_runs(tmp_path, tiny_backbones):
     """The `text-classification` snippet runs as written and answers as its comments say."""
     folder = tmp_path / "model"
-    spec = PublishSpec(make_results(), make_args(tmp_path, hub_model_id=str(folder)), "ED", early_stopping_patience=3)
+    spec = FusionModelCardData(
+        make_results(), make_args(tmp_path, hub_model_id=str(folder)), "ED", early_stopping_patience=3
+    )
     save_model_folder(make_model(tiny_backbones), folder, spec)
     if "text-classification" not in json.loads((folder / "config.json").read_text())["custom_pipelines"]:
         pytest.skip("save_for_pipeline does not map the text-classification task to the fusion pipeline yet")
@@ -334,7 +335,7 @@ def test_without_matplotlib_the_card_has_no_image_and_says_why(tmp_path, tiny_ba
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if it were not installed
     model = make_model(hub_backbones(tiny_backbones))
-    spec = PublishSpec(make_results(), make_args(tmp_path), "ED", early_stopping_patience=10)
+    spec = FusionModelCardData(make_results(), make_args(tmp_path), "ED", early_stopping_patience=10)
     with caplog.at_level("WARNING"):
         written = save_model_folder(model, tmp_path / "out", spec)
     assert "confusion_matrix.png" not in written and not (tmp_path / "out" / "confusion_matrix.png").exists()
@@ -346,7 +347,7 @@ def test_card_states_the_protocol_as_trained_the_head_and_the_versions(tmp_path,
     results = make_results(early_stopping_metrics=["weighted_f1", "loss"], checkpoint_selection="last_improvement")
     args = make_args(tmp_path, learning_rate=3e-4, per_device_train_batch_size=16, num_train_epochs=50)
     model = make_model(hub_backbones(tiny_backbones), encoders_in_tail=True)
-    save_model_folder(model, tmp_path / "out", PublishSpec(results, args, "ED", early_stopping_patience=7))
+    save_model_folder(model, tmp_path / "out", FusionModelCardData(results, args, "ED", early_stopping_patience=7))
     text = (tmp_path / "out" / "README.md").read_text()
     for fact in (
         "learning rate 0.0003",
@@ -389,14 +390,14 @@ def test_card_describes_two_views_of_one_llm(tmp_path, tiny_backbones):
     backbones = hub_backbones(tiny_backbones)
     window = {**backbones[0], "name": "llama_window", "num_layers": 2, "layers": [-3, -4]}
     model = make_model([*backbones, window], standardize_features=True)
-    save_model_folder(model, tmp_path / "out", PublishSpec(make_results(), make_args(tmp_path), "ED", 10))
+    save_model_folder(model, tmp_path / "out", FusionModelCardData(make_results(), make_args(tmp_path), "ED", 10))
     text = (tmp_path / "out" / "README.md").read_text()
     assert "4 backbones (llama, bert, roberta, llama_window: views of 3 models, each loaded once)" in text
     layers = tiny_backbones[0]["num_layers"] + 2
     assert f"Each of the {layers} layer vectors of llama and llama_window is projected" in text
     assert "the mean of the raw llama and llama_window layer vectors (one mean each);" in text
     encoders = make_model(backbones[1:])
-    save_model_folder(encoders, tmp_path / "enc", PublishSpec(make_results(), make_args(tmp_path), "ED", 10))
+    save_model_folder(encoders, tmp_path / "enc", FusionModelCardData(make_results(), make_args(tmp_path), "ED", 10))
     text = (tmp_path / "enc" / "README.md").read_text()
     assert "The encoder vectors are stacked (projected" in text and "flattened; an MLP" in text
 
@@ -431,7 +432,7 @@ def test_no_local_path_or_token_leaves_the_machine(published, tmp_path_factory):
 def test_training_arguments_drop_values_that_are_local_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("logs").mkdir()
-    spec = PublishSpec(make_results(), make_args(tmp_path, run_name="logs", hub_model_id=REPO_ID), "ED", 10)
+    spec = FusionModelCardData(make_results(), make_args(tmp_path, run_name="logs", hub_model_id=REPO_ID), "ED", 10)
     arguments = training_arguments(spec)
     assert "run_name" not in arguments  # a relative folder that exists here
     assert arguments["hub_model_id"] == REPO_ID and arguments["optim"] == spec.training_args.optim
@@ -440,7 +441,7 @@ def test_training_arguments_drop_values_that_are_local_paths(tmp_path, monkeypat
 @pytest.mark.parametrize("name", ["/data/ED", "~/data/ED", "./ED", "../data/ED", ""])
 def test_the_data_set_is_named_not_located(name):
     with pytest.raises(ValueError, match="dataset_name must be the data set's publishable name"):
-        PublishSpec(make_results(), TrainingArguments(output_dir="out", report_to="none"), name, 10)
+        FusionModelCardData(make_results(), TrainingArguments(output_dir="out", report_to="none"), name, 10)
 
 
 # ---- the Hub ----
@@ -468,7 +469,9 @@ def test_push_uploads_only_the_files_this_run_wrote(tmp_path, tiny_backbones, hu
     (folder / "model-00001-of-00002.safetensors").write_bytes(b"stale")
     (folder / "runs" / "seed-42").mkdir(parents=True)
     (folder / "runs" / "seed-42" / "result.json").write_text("{}")
-    spec = PublishSpec(make_results(), make_args(tmp_path, hub_model_id=REPO_ID), "ED", early_stopping_patience=10)
+    spec = FusionModelCardData(
+        make_results(), make_args(tmp_path, hub_model_id=REPO_ID), "ED", early_stopping_patience=10
+    )
     written = save_model_folder(make_model(hub_backbones(tiny_backbones)), folder, spec)
     # A written name that is also a pattern ([draft] matches one letter), beside a file that pattern would match.
     (folder / "notes [draft].md").write_text("written")

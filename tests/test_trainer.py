@@ -163,9 +163,11 @@ def test_batched_seeds_train_as_each_seed_alone_without_dropout(features, tmp_pa
     args = train_fusion.FusionTrainingArguments(
         output_dir=str(tmp_path), num_train_epochs=3, report_to="none", disable_tqdm=True
     )
-    together = train_fusion.train_seeds(setup, args, [42, 43, 44], tmp_path / "together")
+    together = [
+        trained.result for trained in train_fusion.train_seeds(setup, args, [42, 43, 44], tmp_path / "together")
+    ]
     for seed, batched in zip((42, 43, 44), together, strict=True):
-        (alone,) = train_fusion.train_seeds(setup, args, [seed], tmp_path / f"alone-{seed}")
+        ((alone, _),) = train_fusion.train_seeds(setup, args, [seed], tmp_path / f"alone-{seed}")
         assert batched.trained_with == [42, 43, 44] and alone.trained_with == [seed]
         assert batched.best_epoch == alone.best_epoch and batched.epochs == alone.epochs == 3
         for one, other in zip(batched.history, alone.history, strict=True):

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from llm_fusion_fec.arguments import FusionArguments, ProtocolArguments
 from llm_fusion_fec.commands.parsing import command_parser
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult
 
 EPILOG = """Every flag of transformers' TrainingArguments works too, e.g. --seed, --resume_from_checkpoint true,
 --push_to_hub --hub_model_id ORG/NAME, --log_level info, --use_cpu; --help-all lists them all (it imports torch: a
@@ -53,6 +59,84 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None):
 
     trainer.flush_denormals()  # before any parallel torch work, so that every intra-op thread flushes
     args, training_args = parse_args(argv, prog)
-    from llm_fusion_fec.training.run import run_command
-
     return run_command(args, training_args)
+
+
+def run_command(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
+    """`fec train` once its arguments are read: quiet logs, the run, the results table and where the model went."""
+    from transformers.utils import logging
+
+    from llm_fusion_fec.training.run import run_training
+    from llm_fusion_fec.training.trainer import keep_gradient_memory
+
+    keep_gradient_memory()
+    # Quiet by default (warnings only); --log_level info shows what Trainer does.
+    logging.set_verbosity(training_args.get_process_log_level())
+    logging.enable_explicit_format()
+    if training_args.get_process_log_level() > logging.INFO:
+        logging.disable_progress_bar()  # a bar per checkpoint written or read; Trainer's own bar stays
+    results = run_training(args, training_args, SeedReport())
+    print(format_results_table(results))
+    saved = (
+        f"the ensemble of seeds {results.ensemble.members}"
+        if results.ensemble
+        else f"seed {results.best_seed} (best validation {results.selection_metric})"
+    )
+    print(f"Saved {saved} to {training_args.output_dir}")
+    return results
+
+
+class SeedReport:
+    """The lines that end each seed and the ensemble while the run goes on, on stderr (a `RunCallback`)."""
+
+    def on_seed_end(self, result: SeedResult, number: tuple[int, int], selection: str) -> None:
+        kept = f"kept epoch {result.best_epoch:g}" if result.best_epoch is not None else "kept its last weights"
+        print(
+            f"seed {number[0]}/{number[1]} ({result.seed}) done: {result.epochs:g} epochs in "
+            f"{result.wall_time_s:.0f} s, {kept} (best validation {selection}); test {scores_line(result.test)}",
+            file=sys.stderr,
+        )
+
+    def on_ensemble_end(self, result: EnsembleResult) -> None:
+        print(f"ensemble of seeds {result.members}: test {scores_line(result.test)}", file=sys.stderr)
+
+
+def scores_line(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if name != "loss")
+
+
+def format_results_table(results: RunResults) -> str:
+    """The results table the command prints (the model card's, `publishing/model_card.md`): one row per seed, then
+    mean +- population std, then the ensemble if the run saved one."""
+    keys = list(results.runs[0].test)
+    selection = results.selection_metric
+    header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in results.runs:
+        saved = run.seed == results.best_seed and not results.ensemble
+        seed = f"{run.seed} (saved)" if saved else str(run.seed)
+        best_epoch = f"{run.best_epoch:g}" if run.best_epoch is not None else "-"
+        cells = [
+            seed,
+            f"{run.epochs:g}",
+            best_epoch,
+            f"{run.wall_time_s:.0f}",
+            f"{run.validation[selection]:.4f}",
+            *[f"{run.test[k]:.4f}" for k in keys],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = [f"{results.test[k]['mean']:.4f} +- {results.test[k]['std']:.4f}" for k in keys]
+    seeds = f"{len(results.runs)} seed{'s' if len(results.runs) > 1 else ''}"
+    lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
+    if results.ensemble:
+        ensemble = results.ensemble
+        cells = [
+            f"ensemble of the {len(ensemble.members)} seeds (saved)",
+            "",
+            "",
+            "",
+            f"{ensemble.validation[selection]:.4f}",
+            *[f"{ensemble.test[k]:.4f}" for k in keys],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -33,6 +33,26 @@ class EpochRecord:
 
 
 @dataclass
+class CheckpointScores:
+    """A trained model (a seed's kept checkpoint, or the seeds' ensemble) scored once: what `SeedResult` and
+    `EnsembleResult` hold of it.
+
+    Args:
+        threshold (`float`, *optional*): Multi-label decision threshold chosen on validation (None: single-label).
+        validation (`dict[str, float]`): Its scores on validation (and its loss).
+        test (`dict[str, float]`): Its scores on test, computed once.
+        per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
+        confusion (`list[list[int]]`, *optional*): Test confusion matrix, single-label problems only.
+    """
+
+    threshold: float | None
+    validation: dict[str, float]
+    test: dict[str, float]
+    per_label: dict[str, dict[str, float]]
+    confusion: list[list[int]] | None
+
+
+@dataclass
 class SeedResult:
     """One seed trained by the protocol and scored once on test.
 
@@ -112,8 +132,9 @@ class RunResults:
         early_stopping_metrics (`list[str]`): Patience resets when any of these validation metrics improves.
         checkpoint_selection (`str`): `best` (best validation `selection_metric`) or `last_improvement` (the last
             evaluation at which any early-stopping metric improved, the original code's rule).
-        best_seed (`int`): The seed whose model is saved (best validation `selection_metric`).
-        runs (`list[SeedResult]`): One result per seed, in seed order.
+        best_seed (`int`, *optional*): The seed whose model is saved (best validation `selection_metric`) among the
+            runs so far; `None` before the first (`add_run` sets it).
+        runs (`list[SeedResult]`, *optional*): One result per seed, in seed order, added as the seeds finish.
         ensemble (`EnsembleResult`, *optional*): The seed ensemble, when the run saved one instead of the best seed.
         protocol (`str`, *optional*, defaults to `"paper"`): The training recipe (`llm_fusion_fec.training.protocols`).
     """
@@ -123,10 +144,17 @@ class RunResults:
     selection_metric: str
     early_stopping_metrics: list[str]
     checkpoint_selection: str
-    best_seed: int
-    runs: list[SeedResult]
+    best_seed: int | None = None
+    runs: list[SeedResult] = field(default_factory=list)
     ensemble: EnsembleResult | None = None
     protocol: str = "paper"
+
+    def add_run(self, result: SeedResult) -> None:
+        """Add a seed's result as it finishes, in seed order whatever the order seeds finish in, and choose the best
+        seed of the runs so far again."""
+        runs = [run for run in self.runs if run.seed != result.seed]
+        self.runs = sorted([*runs, result], key=lambda run: run.seed)
+        self.best_seed = best_seed(self.runs, self.selection_metric)
 
     @property
     def seeds(self) -> list[int]:
@@ -215,4 +243,12 @@ def _write_json(path: str | os.PathLike, data: dict) -> None:
     temporary.replace(path)
 
 
-__all__ = ["EnsembleResult", "EpochRecord", "RunResults", "SeedResult", "best_seed", "per_label_scores"]
+__all__ = [
+    "CheckpointScores",
+    "EnsembleResult",
+    "EpochRecord",
+    "RunResults",
+    "SeedResult",
+    "best_seed",
+    "per_label_scores",
+]

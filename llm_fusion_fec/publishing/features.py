@@ -19,7 +19,8 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from llm_fusion_fec.features.metadata import METADATA_FILE, PARQUET_DIR, FeatureMetadata, load_features
-from llm_fusion_fec.publishing.hub import DATASET_CARDS, is_local_model, looks_like_a_path
+from llm_fusion_fec.publishing.card import DATASET_CARDS
+from llm_fusion_fec.publishing.paths import is_local_model, looks_like_a_path
 
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
 

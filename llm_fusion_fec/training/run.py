@@ -12,10 +12,10 @@ import copy
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import evaluate
 import numpy as np
@@ -37,7 +37,13 @@ from llm_fusion_fec.evaluation.metrics import (
     stopping_metrics,
     validation_loss,
 )
-from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult, best_seed, per_label_scores
+from llm_fusion_fec.evaluation.results import (
+    CheckpointScores,
+    EnsembleResult,
+    RunResults,
+    SeedResult,
+    per_label_scores,
+)
 from llm_fusion_fec.features.metadata import (
     FeatureMetadata,
     default_features_dir,
@@ -47,16 +53,10 @@ from llm_fusion_fec.features.metadata import (
     read_metadata,
 )
 from llm_fusion_fec.inference.loading import load_model
-from llm_fusion_fec.publishing.hub import (
-    RUNS_DIR,
-    PublishSpec,
-    check_hub_model_id,
-    check_output_folder,
-    check_shareable,
-    format_results_table,
-    push_to_hub,
-    save_model_folder,
-)
+from llm_fusion_fec.publishing.card import FusionModelCardData
+from llm_fusion_fec.publishing.hub import push_to_hub
+from llm_fusion_fec.publishing.paths import check_hub_model_id, check_shareable
+from llm_fusion_fec.publishing.saving import RUNS_DIR, check_output_folder, save_model_folder
 from llm_fusion_fec.training.protocols import protocol_name, recipe
 from llm_fusion_fec.training.trainer import (
     CHECKPOINT_SELECTIONS,
@@ -69,12 +69,11 @@ from llm_fusion_fec.training.trainer import (
     build_model,
     check_run,
     group_folder,
-    keep_gradient_memory,
     load_progress,
     per_seed_metrics,
     protocol_arguments,
 )
-from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
 
 logger = logging.get_logger(__name__)
 
@@ -113,6 +112,60 @@ class FusionTrainingArguments(ProtocolArguments, TrainingArguments):
 # ---- training ----
 
 
+class KeptWeights:
+    """Each seed's kept checkpoint, held in memory: a model on the CPU per seed, whose weights each keep overwrites
+    (`keep`), written to `runs_dir/seed-N/kept` only when `Trainer` saves a checkpoint (`save`), so that a run resumed
+    from that checkpoint finds the weights its stopping rules kept. A finished seed's model comes from memory
+    (`model`), and from that folder only where an earlier process kept it.
+
+    Args:
+        trainer (`FusionTrainer`): The trainer of the seeds (`seed_model` gives a seed's current weights).
+        runs_dir (`Path`): The run's `runs/` folder.
+    """
+
+    def __init__(self, trainer: FusionTrainer, runs_dir: Path):
+        self.trainer, self.runs_dir = trainer, runs_dir
+        self.models: dict[int, LLMFusionForSequenceClassification] = {}
+        self.unsaved: set[int] = set()
+
+    def folder(self, seed: int) -> Path:
+        return self.runs_dir / f"seed-{seed}" / "kept"
+
+    def keep(self, seed: int) -> None:
+        """Keep `seed`'s current weights (a copy: training goes on)."""
+        current = self.trainer.seed_model(seed)
+        if seed in self.models:
+            self.models[seed].load_state_dict(current.state_dict())
+        else:
+            # Built without initialising weights it would overwrite: an initialisation would draw from the random
+            # generator that training goes on drawing dropout masks from.
+            with torch.device("meta"):
+                model = LLMFusionForSequenceClassification(copy.deepcopy(current.config))
+            state = {name: value.detach().to("cpu", copy=True) for name, value in current.state_dict().items()}
+            model.load_state_dict(state, assign=True)
+            self.models[seed] = model.eval()
+        self.unsaved.add(seed)
+
+    def save(self) -> None:
+        """Write the weights kept since the last checkpoint to their folders."""
+        for seed in sorted(self.unsaved):
+            self.models[seed].save_pretrained(self.folder(seed))
+        self.unsaved.clear()
+
+    def model(self, seed: int) -> LLMFusionForSequenceClassification:
+        """`seed`'s kept model, in float32: from memory, or from its folder where an earlier process kept it."""
+        if seed in self.models:
+            return self.models.pop(seed)
+        return load_model(self.folder(seed), dtype=torch.float32)
+
+
+class TrainedSeed(NamedTuple):
+    """A seed trained and scored: its result, and its model (on the CPU) as `runs/seed-N/model` holds it."""
+
+    result: SeedResult
+    model: LLMFusionForSequenceClassification
+
+
 def train_seeds(
     setup: Setup,
     args: TrainingArguments,
@@ -120,10 +173,10 @@ def train_seeds(
     runs_dir: Path,
     checkpoint: str | None = None,
     numbers: dict[int, tuple[int, int]] | None = None,
-) -> list[SeedResult]:
+) -> list[TrainedSeed]:
     """Train `seeds` with `Trainer`: one model for one seed, one `SeedStack` for several (one step advances them
-    all). Each seed follows the protocol on its own (own stopping, own kept checkpoint in `runs_dir/seed-N/kept`),
-    then `finish_seed` scores it. Checkpoints to resume from go to `group_folder(runs_dir, seeds)`."""
+    all). Each seed follows the protocol on its own (own stopping, own kept checkpoint, `KeptWeights`), then
+    `finish_seed` scores it. Checkpoints to resume from go to `group_folder(runs_dir, seeds)`."""
     config = setup.config
     models = [build_model(config, seed, setup.statistics) for seed in seeds]
     metric = load_metric(config.problem_type)
@@ -144,11 +197,8 @@ def train_seeds(
         seeds=seeds,
     )
     progress = load_progress(checkpoint, {seed: copy.deepcopy(setup.rule) for seed in seeds})
-
-    def keep(seed: int) -> None:
-        trainer.seed_model(seed).save_pretrained(runs_dir / f"seed-{seed}" / "kept")
-
-    trainer.add_callback(ProtocolCallback(progress, keep))
+    kept = KeptWeights(trainer, runs_dir)
+    trainer.add_callback(ProtocolCallback(progress, kept.keep, kept.save))
     # One line per seed and evaluation and a bar bounded by the stopping rule, instead of a dict per log.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
@@ -160,14 +210,14 @@ def train_seeds(
     training_time = time.perf_counter() - start
     for seed in seeds:
         if progress[seed].kept_epoch is None:
-            keep(seed)  # no evaluation ran (e.g. --max_steps shorter than an epoch): the last weights are kept
-    results = [
-        finish_seed(setup, args, metric, runs_dir / f"seed-{seed}", progress[seed], seeds, training_time)
+            kept.keep(seed)  # no evaluation ran (e.g. --max_steps shorter than an epoch): the last weights are kept
+    trained = [
+        finish_seed(setup, args, metric, runs_dir / f"seed-{seed}", progress[seed], seeds, training_time, kept)
         for seed in seeds
     ]
     if len(seeds) > 1:
         shutil.rmtree(group_folder(runs_dir, seeds), ignore_errors=True)  # every seed has its own folder now
-    return results
+    return trained
 
 
 def validation_threshold(
@@ -189,9 +239,9 @@ def score_kept(
     model: PreTrainedModel,
     run_dir: Path,
     seed: int,
-) -> dict:
+) -> CheckpointScores:
     """Score a trained model once: choose the multi-label threshold on validation (set in its config), then score
-    validation and test. Returns `threshold`, `validation`, `test`, `per_label` and `confusion` (the result fields)."""
+    validation and test."""
     config = setup.config
     predict_args = dataclasses.replace(
         protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no", disable_tqdm=True
@@ -209,13 +259,13 @@ def score_kept(
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
     per_label, confusion = per_label_scores(decisions, test.label_ids, [config.id2label[i] for i in config.id2label])
-    return {
-        "threshold": threshold if multi_label else None,
-        "validation": {**at_threshold, "loss": validation.metrics["eval_loss"]},
-        "test": score(metric, test.predictions, test.label_ids, threshold),
-        "per_label": per_label,
-        "confusion": confusion,
-    }
+    return CheckpointScores(
+        threshold=threshold if multi_label else None,
+        validation={**at_threshold, "loss": validation.metrics["eval_loss"]},
+        test=score(metric, test.predictions, test.label_ids, threshold),
+        per_label=per_label,
+        confusion=confusion,
+    )
 
 
 def finish_seed(
@@ -226,11 +276,12 @@ def finish_seed(
     progress: SeedProgress,
     trained_with: list[int],
     training_time: float,
-) -> SeedResult:
-    """Load the seed's kept checkpoint, score it once (`score_kept`), save the model to `run_dir/model` and its
-    result to `run_dir/result.json`."""
+    kept: KeptWeights,
+) -> TrainedSeed:
+    """Take the seed's kept model, score it once (`score_kept`), save it to `run_dir/model` and its result to
+    `run_dir/result.json`."""
     start, seed = time.perf_counter(), int(run_dir.name.removeprefix("seed-"))
-    model = load_model(run_dir / "kept", dtype=torch.float32)
+    model = kept.model(seed)
     scores = score_kept(setup, args, metric, model, run_dir, seed)
     result = SeedResult(
         seed=seed,
@@ -239,24 +290,38 @@ def finish_seed(
         wall_time_s=round(training_time + time.perf_counter() - start, 1),
         history=progress.history,
         trained_with=list(trained_with),
-        **scores,
+        **dataclasses.asdict(scores),
     )
     model.save_pretrained(run_dir / "model")
-    # The checkpoints only served to resume this seed; its kept model and result are all that is needed now.
-    for checkpoint in [*run_dir.glob("checkpoint-*"), run_dir / "kept"]:
-        shutil.rmtree(checkpoint)
+    # As that folder reads back, so that a seed trained here and one a resumed run reads are the same model: without
+    # what scoring's Trainer set in the config and no config attribute keeps (`use_cache`).
+    model.config = LLMFusionConfig.from_dict(model.config.to_dict())
+    # The checkpoints only served to resume this seed; its model and result are all that is needed now.
+    for folder in [*run_dir.glob("checkpoint-*"), kept.folder(seed)]:
+        if folder.is_dir():
+            shutil.rmtree(folder)
     result.save(run_dir / "result.json")
-    return result
+    return TrainedSeed(result, model.cpu())
 
 
 def ensemble_of(
-    setup: Setup, args: TrainingArguments, runs_dir: Path, seeds: list[int]
+    setup: Setup,
+    args: TrainingArguments,
+    runs_dir: Path,
+    seeds: list[int],
+    models: dict[int, LLMFusionForSequenceClassification],
 ) -> tuple[PreTrainedModel, EnsembleResult]:
-    """The seed ensemble of the run's seeds (their saved models), scored once as one model (`score_kept`)."""
-    members = [load_model(runs_dir / f"seed-{seed}" / "model", dtype=torch.float32) for seed in seeds]
+    """The seed ensemble of the run's seeds, scored once as one model (`score_kept`): their `models` trained in this
+    process, the saved models of the others."""
+    members = [models[seed] if seed in models else saved_seed_model(runs_dir, seed) for seed in seeds]
     ensemble = LLMFusionEnsembleForSequenceClassification.from_members(members)
     scores = score_kept(setup, args, load_metric(setup.config.problem_type), ensemble, runs_dir, seeds[0])
-    return ensemble, EnsembleResult(members=seeds, **scores)
+    return ensemble, EnsembleResult(members=seeds, **dataclasses.asdict(scores))
+
+
+def saved_seed_model(runs_dir: Path, seed: int) -> LLMFusionForSequenceClassification:
+    """A finished seed's model as saved in `runs/seed-N/model`, in float32."""
+    return load_model(runs_dir / f"seed-{seed}" / "model", dtype=torch.float32)
 
 
 @dataclass
@@ -313,7 +378,7 @@ def train(
         from llm_fusion_fec import train
 
         results = train(dataset="ED", seeds=5, ensemble=True, output_dir="outputs/ed")
-        print(results.ensemble.test_metrics)
+        print(results.ensemble.test)
 
     Args:
         args (`FusionArguments`, *optional*):
@@ -374,57 +439,69 @@ def features_metadata(features_dir: str) -> FeatureMetadata | None:
         return None
 
 
-def run_training(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
+class RunCallback(Protocol):
+    """What `run_training` tells as a run goes, as `Trainer` tells its callbacks: `fec train` prints its report from
+    it (library code prints nothing)."""
+
+    def on_seed_end(self, result: SeedResult, number: tuple[int, int], selection: str) -> None:
+        """A seed trained here has been scored: `number` is its place in the run (i, N), `selection` the validation
+        metric that kept its checkpoint."""
+
+    def on_ensemble_end(self, result: EnsembleResult) -> None:
+        """The seeds' ensemble has been scored."""
+
+
+def run_training(
+    args: FusionArguments, training_args: TrainingArguments, callback: RunCallback | None = None
+) -> RunResults:
     """Train `args.seeds` seeds on the features, save the best seed's model with its card in
     `training_args.output_dir` (and push it with `--push_to_hub`), and return the results (also in results.json).
 
     The seeds train together as one batched model or one after another (`trains_together`). With
     `training_args.resume_from_checkpoint` set, finished seeds (their `runs/seed-N/result.json`) are reused and the
-    interrupted ones continue from their last checkpoint, or from the checkpoint folder given.
+    interrupted ones continue from their last checkpoint, or from the checkpoint folder given. `callback` hears of
+    each seed and of the ensemble as they are scored.
     """
     setup = prepare(args, training_args)
     output_dir, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    given_checkpoint = checkpoint_given(resume)
     runs_dir = output_dir / RUNS_DIR
-    given_checkpoint = resume if resume and Path(resume).is_dir() else None
-    if resume and not given_checkpoint and resume.lower() != "true":
-        raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
     check_output_folder(output_dir, args.overwrite_output_dir or bool(resume))
     check_run(runs_dir, run_signature(setup, args, training_args), bool(resume))
-    seeds = list(range(training_args.seed, training_args.seed + args.seeds))
-    finished = {
-        seed: SeedResult.load(runs_dir / f"seed-{seed}" / "result.json")
-        for seed in seeds
-        if (runs_dir / f"seed-{seed}" / "result.json").exists()
-    }
-    pending = [seed for seed in seeds if seed not in finished]
-    for group in [pending] if trains_together(args) and pending else [[seed] for seed in pending]:
-        checkpoint = None
-        if resume:
-            group_dir = group_folder(runs_dir, group)
-            checkpoint = given_checkpoint or (get_last_checkpoint(group_dir) if group_dir.is_dir() else None)
-            given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
-        logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
-        numbers = {seed: (seeds.index(seed) + 1, len(seeds)) for seed in group}
-        for result in train_seeds(setup, training_args, group, runs_dir, checkpoint, numbers):
-            finished[result.seed] = result
-            report_seed(result, numbers[result.seed], setup.rule.selection)
-    runs, rule = [finished[seed] for seed in seeds], setup.rule
+    card_data = start_card_data(setup, args, training_args)
+    models = train_run_seeds(setup, args, training_args, card_data, given_checkpoint, callback)
+    if args.ensemble:
+        model, ensemble = ensemble_of(setup, training_args, runs_dir, card_data.results.seeds, models)
+        card_data.add_ensemble(ensemble)
+        if callback:
+            callback.on_ensemble_end(ensemble)
+    else:
+        best = card_data.results.best_seed
+        model = models[best] if best in models else saved_seed_model(runs_dir, best)
+    publish(model, output_dir, card_data, training_args)
+    return card_data.results
+
+
+def checkpoint_given(resume: str | None) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names; None for `true` or without resuming."""
+    given = resume if resume and Path(resume).is_dir() else None
+    if resume and not given and resume.lower() != "true":
+        raise ValueError(f"--resume_from_checkpoint {resume!r} is neither 'true' nor a checkpoint folder.")
+    return given
+
+
+def start_card_data(setup: Setup, args: FusionArguments, training_args: TrainingArguments) -> FusionModelCardData:
+    """The card data of a run about to train: its data set, protocol and arguments, no seed's result yet."""
+    rule = setup.rule
     results = RunResults(
         dataset=setup.metadata.dataset_name,
         problem_type=setup.config.problem_type,
         selection_metric=rule.selection,
         early_stopping_metrics=rule.metrics,
         checkpoint_selection=rule.checkpoint_selection,
-        best_seed=best_seed(runs, rule.selection),
         protocol=args.protocol,
-        runs=runs,
     )
-    if args.ensemble:
-        model, results.ensemble = ensemble_of(setup, training_args, runs_dir, seeds)
-        print(f"ensemble of seeds {seeds}: test {scores_line(results.ensemble.test)}", file=sys.stderr)
-    else:
-        model = load_model(runs_dir / f"seed-{results.best_seed}" / "model", dtype=torch.float32)
-    publish = PublishSpec(
+    return FusionModelCardData(
         examples=setup.examples,
         results=results,
         training_args=training_args,
@@ -433,7 +510,49 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
         license=args.license,
         feature_dtype=setup.metadata.feature_dtype,
     )
-    written = save_model_folder(model, output_dir, publish)
+
+
+def train_run_seeds(
+    setup: Setup,
+    args: FusionArguments,
+    training_args: TrainingArguments,
+    card_data: FusionModelCardData,
+    given_checkpoint: str | None,
+    callback: RunCallback | None,
+) -> dict[int, LLMFusionForSequenceClassification]:
+    """Train the run's seeds that have not finished, in groups (`trains_together`), and add every seed's result to
+    `card_data`, the finished ones' first. Returns the models trained here that the saved model needs: every seed's
+    for an ensemble, else the best seed's if it trained here."""
+    runs_dir, resume = Path(training_args.output_dir) / RUNS_DIR, training_args.resume_from_checkpoint
+    seeds = list(range(training_args.seed, training_args.seed + args.seeds))
+    for seed in seeds:
+        if (runs_dir / f"seed-{seed}" / "result.json").exists():
+            card_data.add_seed(SeedResult.load(runs_dir / f"seed-{seed}" / "result.json"))
+    pending = [seed for seed in seeds if seed not in card_data.results.seeds]
+    models = {}
+    for group in [pending] if trains_together(args) and pending else [[seed] for seed in pending]:
+        checkpoint = None
+        if resume:
+            group_dir = group_folder(runs_dir, group)
+            checkpoint = given_checkpoint or (get_last_checkpoint(group_dir) if group_dir.is_dir() else None)
+            given_checkpoint = None  # a checkpoint folder given serves the first unfinished group only
+        logger.info(f"Training seeds {group}" + (f", resuming from {checkpoint}" if checkpoint else "") + ".")
+        numbers = {seed: (seeds.index(seed) + 1, len(seeds)) for seed in group}
+        for result, model in train_seeds(setup, training_args, group, runs_dir, checkpoint, numbers):
+            card_data.add_seed(result)
+            models[result.seed] = model
+            if not args.ensemble:  # only the best seed's model is saved: the others need not stay in memory
+                models = {seed: kept for seed, kept in models.items() if seed == card_data.results.best_seed}
+            if callback:
+                callback.on_seed_end(result, numbers[result.seed], setup.rule.selection)
+    return models
+
+
+def publish(
+    model: PreTrainedModel, output_dir: Path, card_data: FusionModelCardData, training_args: TrainingArguments
+) -> None:
+    """Save the model folder with its card (`save_model_folder`), and push it with `--push_to_hub`."""
+    written = save_model_folder(model, output_dir, card_data)
     if training_args.push_to_hub:
         push_to_hub(
             output_dir,
@@ -442,7 +561,6 @@ def run_training(args: FusionArguments, training_args: TrainingArguments) -> Run
             token=training_args.hub_token,
             private=training_args.hub_private_repo,
         )
-    return results
 
 
 def validation_examples(split, count: int = 4) -> tuple[str, ...]:
@@ -457,20 +575,6 @@ def validation_examples(split, count: int = 4) -> tuple[str, ...]:
             if len(examples) == count:
                 break
     return tuple(examples)
-
-
-def report_seed(result: SeedResult, number: tuple[int, int], selection: str) -> None:
-    """The line that ends a seed: how long it ran, the epoch it kept, its test scores."""
-    kept = f"kept epoch {result.best_epoch:g}" if result.best_epoch is not None else "kept its last weights"
-    print(
-        f"seed {number[0]}/{number[1]} ({result.seed}) done: {result.epochs:g} epochs in {result.wall_time_s:.0f} s, "
-        f"{kept} (best validation {selection}); test {scores_line(result.test)}",
-        file=sys.stderr,
-    )
-
-
-def scores_line(scores: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if name != "loss")
 
 
 def trains_together(args: FusionArguments) -> bool:
@@ -515,22 +619,3 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
             default=str,
         )
     )
-
-
-def run_command(args: FusionArguments, training_args: TrainingArguments) -> RunResults:
-    """`fec train` once its arguments are read: quiet logs, the run, the results table and where the model went."""
-    keep_gradient_memory()
-    # Quiet by default (warnings only); --log_level info shows what Trainer does.
-    logging.set_verbosity(training_args.get_process_log_level())
-    logging.enable_explicit_format()
-    if training_args.get_process_log_level() > logging.INFO:
-        logging.disable_progress_bar()  # a bar per checkpoint written or read; Trainer's own bar stays
-    results = run_training(args, training_args)
-    print(format_results_table(results))
-    saved = (
-        f"the ensemble of seeds {results.ensemble.members}"
-        if results.ensemble
-        else f"seed {results.best_seed} (best validation {results.selection_metric})"
-    )
-    print(f"Saved {saved} to {training_args.output_dir}")
-    return results

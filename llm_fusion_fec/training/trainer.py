@@ -399,15 +399,23 @@ class SeedProgress:
 class ProtocolCallback(TrainerCallback):
     """Applies each seed's `StoppingRule` after every evaluation: records the evaluation, keeps the seed's
     checkpoint when the rule says so (`keep(seed)`), and stops training once every seed has stopped. A seed that has
-    stopped is no longer updated, so nothing later changes what was kept for it.
+    stopped is no longer updated, so nothing later changes what was kept for it. Each checkpoint `Trainer` saves gets
+    the rules' state, after the kept weights are saved (`save_kept()`), so that a run resumes from it as it was.
 
     Args:
         progress (`dict[int, SeedProgress]`): Per seed, its rule and record (restored from a checkpoint to resume).
-        keep (`Callable`): `keep(seed)` saves that seed's current weights as its kept checkpoint.
+        keep (`Callable`): `keep(seed)` keeps that seed's current weights as its kept checkpoint.
+        save_kept (`Callable`, *optional*): `save_kept()` writes the weights kept so far where a resumed run finds
+            them; without it, `keep` is taken to write them itself.
     """
 
-    def __init__(self, progress: dict[int, SeedProgress], keep: Callable[[int], None]):
-        self.progress, self.keep = progress, keep
+    def __init__(
+        self,
+        progress: dict[int, SeedProgress],
+        keep: Callable[[int], None],
+        save_kept: Callable[[], None] | None = None,
+    ):
+        self.progress, self.keep, self.save_kept = progress, keep, save_kept
         self.logged_loss: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -442,6 +450,8 @@ class ProtocolCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if checkpoint.is_dir():
+            if self.save_kept is not None:
+                self.save_kept()
             state_file = {str(seed): progress.to_dict() for seed, progress in self.progress.items()}
             (checkpoint / PROTOCOL_FILE).write_text(json.dumps(state_file, indent=2) + "\n")
 
