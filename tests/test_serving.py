@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from helpers import tiny_fusion_model, write_csv_dataset
 from llm_fusion_fec.commands.fec import main as fec
 from llm_fusion_fec.features.metadata import METADATA_FILE
-from llm_fusion_fec.publishing.hub import write_endpoint_files
+from llm_fusion_fec.publishing.saving import write_endpoint_files
 from pipeline_fec import FECPipeline, save_for_pipeline
 
 EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised"]

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import tiny_fusion_model, write_csv_dataset
 from llm_fusion_fec.inference.predict import label_file
-from llm_fusion_fec.publishing.hub import write_endpoint_files
+from llm_fusion_fec.publishing.saving import write_endpoint_files
 from pipeline_fec import save_for_pipeline
 
 pytestmark = pytest.mark.real

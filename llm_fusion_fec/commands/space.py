@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> str:
     parser = command_parser([SpaceArguments], prog, __doc__)
     parser.usage = USAGE
     (args,) = parse(parser, positionals_as_flags(argv, ["model"]))
-    from llm_fusion_fec.publishing.hub import is_local_model
+    from llm_fusion_fec.publishing.paths import is_local_model
     from llm_fusion_fec.serving.space import DEMO_EXTRA, push_space, write_space
 
     backbone_paths = name_value_pairs(args.backbone_path, "--backbone_path")

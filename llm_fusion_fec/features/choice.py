@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import time
+import typing
 
 from configuration_llm_fusion import FEELING_PROMPT, PROMPT_EOL, TEXT_SLOT
 from llm_fusion_fec.arguments import ExtractArguments, name_value_pairs
@@ -42,6 +43,9 @@ from llm_fusion_fec.features.extraction import (
     output_folders,
 )
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS, SWEEP_TOLERANCE, LayerScore, chosen_spec, folder_scores
+
+if typing.TYPE_CHECKING:
+    from configuration_llm_fusion import BackboneSpec
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +148,30 @@ def choose(
     scores = swept_scores(candidates, views, args.device)
     swept = time.perf_counter() - started - extracted
     token, window = pick(scores, views)
+    result = _extract_choice(args, preset, llm, views, scores, (token, window), candidates, sample, paths)
+    logger.info(
+        f"--choose: candidates extracted in {extracted:.0f} s, swept in {swept:.0f} s, the choice extracted in "
+        f"{time.perf_counter() - started - extracted - swept:.0f} s"
+    )
+    return result
+
+
+def _extract_choice(
+    args: ExtractArguments,
+    preset: list[BackboneSpec],
+    llm: BackboneSpec,
+    views: list[BackboneSpec],
+    scores: list[LayerScore],
+    picked: tuple[LayerScore, LayerScore],
+    candidates: ExtractionResult,
+    sample: int | None,
+    paths: dict[str, str],
+) -> ExtractionResult:
+    """Extract the chosen token and window views of `llm` (`picked`) in place of every layer-pooled view of its
+    model in `preset`, with the other backbones, the choice recorded in the metadata."""
+    from configuration_llm_fusion import LAYER_POOLINGS
+
+    token, window = picked
     specs = {view.name: view for view in views}
     chosen = [
         chosen_spec(specs[token.features], token.layers, llm.name),
@@ -155,13 +183,7 @@ def choose(
         candidates.metadata.problem_type, views, scores, {chosen[0].name: token, chosen[1].name: window}, rows, seed
     )
     others = [spec for spec in preset if spec.model != llm.model or spec.pooling not in LAYER_POOLINGS]
-    # The chosen views replace every layer-pooled view of the LLM.
-    result = extract_fixed(args, backbones=[*chosen, *others], backbone_paths=paths, choice=record)
-    logger.info(
-        f"--choose: candidates extracted in {extracted:.0f} s, swept in {swept:.0f} s, the choice extracted in "
-        f"{time.perf_counter() - started - extracted - swept:.0f} s"
-    )
-    return result
+    return extract_fixed(args, backbones=[*chosen, *others], backbone_paths=paths, choice=record)
 
 
 def _choice_arguments(args: ExtractArguments) -> tuple[ExtractArguments, int | None]:

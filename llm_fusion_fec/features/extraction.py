@@ -135,29 +135,20 @@ def extract_fixed(
             (`--choose_train_rows`: the candidates of a faster choice).
         choice (`dict`, *optional*):
             What `--choose` chose, recorded in the metadata (`FeatureMetadata.choice`).
-        options:
-            `ExtractArguments` fields that replace those of `args` (`preset="small"`, `limit=500`, ...).
+        options: `ExtractArguments` fields that replace those of `args` (`preset="small"`, `limit=500`, ...).
 
-    The output in `args.output_dir` (default `default_features_dir(dataset)`) is up to date when its metadata
-    records the same data (texts and labels), backbones and dtypes, and its splits match their checksums; otherwise
-    it is rebuilt, from the cache where the shards are good (no model is loaded). The cache is `args.cache_dir`
-    (default `output_dir/cache`); a layer-pooled column's shards missing there are cut from the same backbone's
-    all-layers column where the cache holds it (`--all-layers`), without loading the model. Returns an
-    `ExtractionResult`: the metadata written to `OUTPUT_DIR/fec_features.json`, the backbones computed in this call
-    and their throughput. Raises `ValueError` in one line for bad arguments, data or backbones, and for a full disk.
+    The output in `args.output_dir` is up to date when its metadata records the same data, backbones and dtypes
+    and its splits match their checksums; otherwise it is rebuilt, from the cache (`args.cache_dir`) where the
+    shards are good, or cut from a cached all-layers column (`--all-layers`), without loading a model. Returns an
+    `ExtractionResult`; raises `ValueError` in one line for bad arguments, data or backbones, and for a full disk.
     """
-    from configuration_llm_fusion import PRESETS, BackboneSpec
+    from configuration_llm_fusion import PRESETS
 
     args = arguments_of(args, options)
     if args.choose:
         raise ValueError("extract_fixed extracts fixed views: --choose runs through `extract`.")
     _check_extract_arguments(args)
-    if backbone_paths is None:
-        backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
-    backbones = backbones_of(args, backbone_paths) if backbones is None else backbones
-    backbones = [BackboneSpec.from_dict(spec) for spec in backbones]
-    check_backbone_names(backbones)
-    backbone_paths = check_backbone_paths(dict(backbone_paths), backbones)
+    backbones, backbone_paths = _checked_backbones(args, backbones, backbone_paths)
     output_dir, cache = output_folders(args)
     with library_progress_bars_off(), disk_full_is_an_error(output_dir):
         data, label_names, problem_type = load_data(
@@ -176,6 +167,21 @@ def extract_fixed(
             choice=choice,
         )
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)
+
+
+def _checked_backbones(
+    args: ExtractArguments, backbones: list[dict] | None, backbone_paths: dict[str, str] | None
+) -> tuple[list[BackboneSpec], dict[str, str]]:
+    """The backbones to extract (`backbones`, else those `args` name) as specs, and their local folders by name
+    (`backbone_paths`, else `--backbone-path`); `ValueError` for a name or folder that cannot be."""
+    from configuration_llm_fusion import BackboneSpec
+
+    if backbone_paths is None:
+        backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
+    backbones = backbones_of(args, backbone_paths) if backbones is None else backbones
+    backbones = [BackboneSpec.from_dict(spec) for spec in backbones]
+    check_backbone_names(backbones)
+    return backbones, check_backbone_paths(dict(backbone_paths), backbones)
 
 
 def _selected_rows(data: DatasetDict, splits: Sequence[str] | None, train_rows: int | None) -> DatasetDict:

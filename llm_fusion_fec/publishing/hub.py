@@ -10,11 +10,8 @@ from huggingface_hub import HfApi
 from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-
-# Also reached here by modules outside publishing/ (serving/space.py, commands/space.py) and their tests.
-from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
-from llm_fusion_fec.publishing.paths import check_shareable, is_local_model, looks_like_a_path
-from llm_fusion_fec.publishing.saving import RUNS_DIR, write_endpoint_files
+from llm_fusion_fec.publishing.paths import check_shareable, looks_like_a_path
+from llm_fusion_fec.publishing.saving import RUNS_DIR
 
 logger = logging.get_logger(__name__)
 
@@ -66,4 +63,4 @@ def _escape_pattern(name: str) -> str:
     return "".join(f"[{char}]" if char in "*?[" else char for char in name)
 
 
-__all__ = ["DEFAULT_EXAMPLES", "is_local_model", "push_to_hub", "write_endpoint_files"]
+__all__ = ["push_to_hub"]

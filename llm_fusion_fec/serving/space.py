@@ -36,7 +36,7 @@ def card_examples(model: str | os.PathLike, config) -> list[str]:
     """The example texts of the model card's widget (`widget: - text: ...`), or the package's defaults."""
     from huggingface_hub import ModelCard
 
-    from llm_fusion_fec.publishing.hub import DEFAULT_EXAMPLES
+    from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
 
     folder = Path(model)
     try:
@@ -216,7 +216,7 @@ def write_space(
     (local copies of backbones) also make it a local demo. `requirement` is how the Space installs this package
     (default: this version from PyPI, `package_requirement()`); e.g. a `git+https://...` URL.
     """
-    from llm_fusion_fec.publishing.hub import is_local_model
+    from llm_fusion_fec.publishing.paths import is_local_model
 
     local = is_local_model(model)
     if local:
