@@ -97,7 +97,10 @@ def test_the_pipeline_serves_the_head_what_training_read(tiny_backbones, tmp_pat
     with torch.no_grad():
         trained = model(**{spec["name"]: test[spec["name"]] for spec in tiny_backbones}).logits.softmax(-1)
     save_for_pipeline(model, tmp_path / "model")
-    classify = pipeline("fec", model=str(tmp_path / "model"), trust_remote_code=True, device="cpu")
+    # Read back as a user loads it (the config from JSON); this file's classes, so that the registered "fec" task
+    # keeps this file's pipeline class for the other tests.
+    served_model = LLMFusionForSequenceClassification.from_pretrained(tmp_path / "model")
+    classify = pipeline("fec", model=served_model, device="cpu")
     answers = classify(list(test["text"]), top_k=None, batch_size=32)
     served = torch.tensor(
         [[{a["label"]: a["score"] for a in row}[name] for name in metadata.label_names] for row in answers]
