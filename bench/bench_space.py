@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
 from llm_fusion_fec.serving.space import Demo, card_examples, load_demo_pipeline
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -48,7 +49,7 @@ def summary(seconds: list[float]) -> str:
 def serve(model: str, paths: dict[str, str], port: int) -> None:
     """The app alone in this process, as a Space runs it, until the process is stopped."""
     pipe = load_demo_pipeline(model, paths or None, "cpu")
-    Demo(pipe, card_examples(model, pipe.model.config)).blocks().launch(
+    Demo(pipe, card_examples(model, DEFAULT_EXAMPLES)).blocks().launch(
         server_name="127.0.0.1", server_port=port, quiet=True
     )
 

@@ -317,19 +317,12 @@ class SpaceArguments:
         metadata={"help": "The model's Hub id (what the Space loads), or a model folder for a demo here."}
     )
     output_dir: str = field(
-        metadata={"help": "Folder to write the Space's app.py, requirements.txt and README.md to."}
+        metadata={"help": "Folder for the Space's files: app.py, predict.py, space.json, requirements.txt, README.md."}
     )
     push: str | None = field(
         default=None, metadata={"help": "SPACE_ID (ORG/NAME): create or update this Gradio Space with the files."}
     )
     private: bool = field(default=False, metadata={"help": "Make a new Space private."})
-    requirement: str | None = field(
-        default=None,
-        metadata={
-            "help": "How the Space installs this package (default: this version from PyPI with its demo extra), "
-            "e.g. 'llm-fusion-fec[demo] @ git+https://github.com/ORG/llm-fusion-fec'."
-        },
-    )
     title: str | None = field(default=None, metadata={"help": "The Space's title (default: from the model's name)."})
     backbone_path: list[str] = repeatable(
         "NAME=FOLDER: the demo loads backbone NAME (or every backbone of model id NAME) from a local folder (a demo "

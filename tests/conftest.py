@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Before anything imports huggingface_hub, which reads HF_HUB_OFFLINE once, when it is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
 
 from helpers import DATA_DIR, SHARED, build_tiny_backbones
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")

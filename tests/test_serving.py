@@ -3,18 +3,25 @@ functions, and the features shared as a Hub dataset (`fec push-features`) read b
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
 import sys
+import sysconfig
+from importlib.metadata import distribution, packages_distributions, version
 from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, SpaceCard
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from safetensors.torch import load_file
 
-from helpers import tiny_fusion_model, write_csv_dataset
+from helpers import run_program, tiny_fusion_model, write_csv_dataset
 from llm_fusion_fec.commands.fec import main as fec
 from llm_fusion_fec.features.metadata import METADATA_FILE
 from llm_fusion_fec.publishing.saving import write_endpoint_files
@@ -88,16 +95,144 @@ def test_the_folder_has_what_an_endpoint_installs(model_folder):
 
 
 def test_fec_space_writes_a_gradio_space_for_a_hub_model(tmp_path, monkeypatch, capsys):
+    from llm_fusion_fec.serving.space import APP_SOURCE, PREDICT_SOURCE
+
     monkeypatch.setitem(sys.modules, "gradio", None)  # writing the Space needs no Gradio
     assert fec(["space", "org/llm-fusion-ed", "--output_dir", str(tmp_path / "space")]) == 0
-    app = (tmp_path / "space" / "app.py").read_text()
-    assert "build_demo('org/llm-fusion-ed')" in app
-    readme = (tmp_path / "space" / "README.md").read_text()
-    header = readme.split("---")[1]
-    for line in ("sdk: gradio", "app_file: app.py", "models:\n  - org/llm-fusion-ed", "sdk_version: "):
-        assert line in header
-    assert (tmp_path / "space" / "requirements.txt").read_text().startswith("llm-fusion-fec[demo]")
-    assert "pip install 'llm-fusion-fec[demo]'" in capsys.readouterr().out
+    space = tmp_path / "space"
+    # The app and fec predict's code are the package's files as they are; what to show is data beside them.
+    assert (space / "app.py").read_bytes() == APP_SOURCE.read_bytes()
+    assert (space / "predict.py").read_bytes() == PREDICT_SOURCE.read_bytes()
+    settings = json.loads((space / "space.json").read_text())
+    assert settings["model"] == "org/llm-fusion-ed" and settings["backbone_paths"] == {}
+    card = SpaceCard.load(space / "README.md").data.to_dict()
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py" and card["models"] == ["org/llm-fusion-ed"]
+    assert card["sdk_version"] == version("gradio") and card["title"] == "llm-fusion-ed emotions"
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == "torch" and requirements[-1] == f"gradio=={version('gradio')}"
+    assert not any(line.startswith("llm-fusion-fec") for line in requirements)
+    # Gradio and the rest are installed here: the notice says how to run the app, not what to install.
+    out = capsys.readouterr().out
+    assert f"Run it here: python {space / 'app.py'}" in out and "pip install" not in out
+
+
+def test_the_notice_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    import llm_fusion_fec.serving.space as space_module
+
+    def version_without_gradio(name):
+        if name == "gradio":
+            raise space_module.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setattr(space_module, "version", version_without_gradio)
+    assert fec(["space", "org/llm-fusion-ed", "--output_dir", str(tmp_path)]) == 0
+    assert "gradio==5.0" in (tmp_path / "requirements.txt").read_text().splitlines()
+    out = capsys.readouterr().out
+    assert f"Run it here: pip install -r {tmp_path / 'requirements.txt'} (gradio missing here), then python" in out
+
+
+HOSTILE = 'x"""\n__import__("os").system("touch PWNED")\n"""'
+"""A model folder's name that, written into Python unescaped, would run a command."""
+
+
+@pytest.fixture(scope="module")
+def hostile_folder(model_folder, tmp_path_factory) -> Path:
+    """The saved model in a folder whose name holds triple quotes, a newline and a call."""
+    folder = tmp_path_factory.mktemp("hostile") / HOSTILE
+    shutil.copytree(model_folder, folder)
+    return folder
+
+
+def test_a_folder_name_enters_the_space_as_data(hostile_folder, backbone_paths, tmp_path, monkeypatch):
+    from llm_fusion_fec.serving.space import APP_SOURCE
+
+    monkeypatch.chdir(tmp_path)
+    paths = [f"{name}={folder}" for name, folder in backbone_paths.items()]
+    assert fec(["space", str(hostile_folder), "--output_dir", "space", "--backbone_path", *paths]) == 0
+    app = Path("space/app.py").read_text()
+    assert app == APP_SOURCE.read_text() and "PWNED" not in app
+    ast.parse(app)  # and it is Python
+    settings = json.loads(Path("space/space.json").read_text())
+    assert settings["model"] == str(hostile_folder.resolve()) and settings["backbone_paths"] == backbone_paths
+    card = SpaceCard.load("space/README.md").data.to_dict()
+    assert card["title"] == f"{HOSTILE} emotions" and "models" not in card
+    assert not Path("PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "title", ["Emotions: a demo", "Emotions\nhardware: a100-large", "x\n---\nsdk: docker", "'quoted' \"title\" #"]
+)
+def test_a_title_reads_back_as_written_and_adds_no_key(title, tmp_path):
+    assert fec(["space", "org/llm-fusion-ed", "--output_dir", str(tmp_path), "--title", title]) == 0
+    card = SpaceCard.load(tmp_path / "README.md")
+    assert card.data.title == title
+    assert set(card.data.to_dict()) == {
+        "title",
+        "emoji",
+        "colorFrom",
+        "colorTo",
+        "sdk",
+        "sdk_version",
+        "app_file",
+        "models",
+        "pinned",
+    }
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+
+
+def test_the_space_needs_only_what_its_requirements_install(model_folder, tmp_path):
+    """Every requirement names a distribution installed here and satisfied by it (none is this package), and every
+    module the Space's files and the model's own code import is the standard library's, one of those files, or
+    installed by a requirement (with its dependencies)."""
+    from llm_fusion_fec.serving.space import unmet_requirements, write_space
+
+    write_space(str(model_folder), tmp_path)
+    requirements = [Requirement(line) for line in (tmp_path / "requirements.txt").read_text().splitlines()]
+    names = {canonicalize_name(requirement.name) for requirement in requirements}
+    assert {"torch", "transformers", "gradio"} <= names and "llm-fusion-fec" not in names
+    assert unmet_requirements([str(requirement) for requirement in requirements]) == []
+    installed, providers_of = dependency_closure(names), packages_distributions()
+    local = {path.stem for path in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]}
+    for source in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]:
+        # The app runs all of its code; of fec predict's, what labels a file (its CLI's functions import the package).
+        for module in absolute_imports(source, everywhere=source.name != "predict.py"):
+            if module in sys.stdlib_module_names or module in local:
+                continue
+            providers = {canonicalize_name(name) for name in providers_of.get(module, [])}
+            assert providers & installed, f"{source.name} imports {module}, which no requirement installs"
+
+
+def absolute_imports(source: Path, everywhere: bool = True) -> set[str]:
+    """The top-level modules a file imports by name (relative imports left out): anywhere in it, or only where
+    importing the file runs them (not in functions, nor under `if TYPE_CHECKING`)."""
+    modules, pending = set(), list(ast.parse(source.read_text()).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module.split(".")[0])
+        elif everywhere or not (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            or (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+        ):
+            pending.extend(ast.iter_child_nodes(node))
+    return modules
+
+
+def dependency_closure(names: set[str]) -> set[str]:
+    """The distributions `names` install: themselves and their dependencies (extras aside), as installed here."""
+    seen, pending = set(), list(names)
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in distribution(name).requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return seen
 
 
 def test_fec_space_pushes_to_a_gradio_space(tmp_path, monkeypatch):
@@ -109,6 +244,7 @@ def test_fec_space_pushes_to_a_gradio_space(tmp_path, monkeypatch):
     (_, repo_id, options), (_, upload) = calls
     assert repo_id == "org/demo" and options["repo_type"] == "space" and options["space_sdk"] == "gradio"
     assert options["private"] and upload["repo_type"] == "space" and upload["folder_path"] == str(tmp_path)
+    assert sorted(upload["allow_patterns"]) == sorted(path.name for path in tmp_path.iterdir())  # the Space's files
 
 
 def test_fec_space_refuses_to_push_a_local_model(model_folder, tmp_path, monkeypatch, capsys):
@@ -123,7 +259,7 @@ def test_without_gradio_the_demo_says_what_to_install(model_folder, monkeypatch)
     from llm_fusion_fec.serving.space import build_demo
 
     monkeypatch.setitem(sys.modules, "gradio", None)
-    with pytest.raises(ValueError, match=r"needs Gradio.*pip install 'llm-fusion-fec\[demo\]'"):
+    with pytest.raises(ValueError, match=r"needs Gradio, which is not installed: pip install 'gradio>=5.0'"):
         build_demo(model_folder)
 
 
@@ -218,3 +354,57 @@ def test_a_missing_hub_features_dataset_is_named(tmp_path, fake_hub, capsys, mon
     assert fec(["train", "--features_dir", "org/no-such-features"]) == 1
     error = capsys.readouterr().err
     assert "org/no-such-features is neither a features folder here nor a Hub dataset" in error and "404" in error
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> Path:
+    """A new virtual environment that sees this Python's installed distributions (a path file naming their folder,
+    as tests/test_packaging.py does) but not this project: its editable install is a path hook that only this
+    environment's own site folder runs, and no program started from it has the repository on its path."""
+    environment = tmp_path_factory.mktemp("space-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", environment], check=True)
+    python = environment / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "this_python_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return environment
+
+
+@pytest.mark.real  # a fresh environment, pip's resolver and the app's imports: about a minute on 2 cores
+def test_the_space_installs_offline_and_answers_without_this_package(
+    hostile_folder, backbone_paths, reference, fresh_venv, tmp_path
+):
+    from llm_fusion_fec.serving.space import write_space
+
+    if reference.model.config.problem_type == MULTI:
+        pytest.skip("one model is enough: the app's code does not depend on the problem type")
+    space = write_space(str(hostile_folder), tmp_path / "space", backbone_paths)
+    python = fresh_venv / "bin" / "python"
+    # pip resolves requirements.txt in the new environment from what is installed alone: no index, nothing new.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "--dry-run"]
+    result = subprocess.run([*command, "-r", space / "requirements.txt"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = (space / "requirements.txt").read_text().splitlines()
+    assert result.stdout.count("Requirement already satisfied") >= len(lines) and "Would install" not in result.stdout
+
+    upload = write_csv_dataset(tmp_path / "data", [("i am so happy", 1), ("", 0), ("my cat is ill", 0)]) / "test.csv"
+    answer = run_program("space_answer.py", space, TEXTS[0], upload, python=python)
+    assert answer["project_modules"] == []  # the model's own code ran, from its folder
+    assert answer["model_module"].startswith("transformers_modules.")
+    expected = {entry["label"]: entry["score"] for entry in reference(TEXTS[0], top_k=3)}
+    assert answer["scores"] == pytest.approx(expected, abs=1e-6) and answer["message"] == ""
+    # An uploaded file is labelled as `fec predict` labels it, its empty text reported.
+    assert answer["upload_message"].startswith("1 of 3 rows could not be labelled (lines 3)")
+    from llm_fusion_fec.inference.predict import label_file
+
+    expected_file = label_file(lambda: reference, upload, tmp_path / "expected.csv").output
+    assert answer["labelled"].splitlines()[:1] == expected_file.read_text().splitlines()[:1]
+    for row, expected_row in zip(answer["labelled"].splitlines()[1:], expected_file.read_text().splitlines()[1:]):
+        assert row.rsplit(",", 1)[0] == expected_row.rsplit(",", 1)[0]  # the text, gold and predicted labels
+        assert float(row.rsplit(",", 1)[1] or 0) == pytest.approx(float(expected_row.rsplit(",", 1)[1] or 0), abs=1e-6)
+    assert not any(path.name == "PWNED" for path in [*Path("/").iterdir(), *tmp_path.rglob("*")])

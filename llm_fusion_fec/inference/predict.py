@@ -3,6 +3,9 @@
 
 A row whose text cannot be labelled (empty, only whitespace, not a string, not valid JSON) is reported with its line
 number on stderr and written with an empty label; the other rows are labelled all the same.
+
+`fec space` copies this file beside the Space's app, which labels an uploaded file with it: at module level it imports
+the standard library only.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llm_fusion_fec.arguments import PredictArguments, name_value_pairs
+if TYPE_CHECKING:
+    from llm_fusion_fec.arguments import PredictArguments
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -103,9 +107,11 @@ def _jsonl_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[R
     return list(columns), rows
 
 
-def text_problem(text: Any) -> str | None:
-    """Why `text` cannot be labelled (the pipeline's own check), or `None`."""
-    from modeling_llm_fusion import validate_text
+def text_problem(text: Any, validate_text: Callable[[Any], Any] | None = None) -> str | None:
+    """Why `text` cannot be labelled (the pipeline's own check, `validate_text`: by default this package's), or
+    `None`."""
+    if validate_text is None:
+        from modeling_llm_fusion import validate_text
 
     try:
         validate_text(text)
@@ -121,6 +127,7 @@ def load_pipeline(args: PredictArguments):
     """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
     import torch
 
+    from llm_fusion_fec.arguments import name_value_pairs
     from llm_fusion_fec.inference.loading import load_model
     from pipeline_fec import FECPipeline
 
@@ -206,19 +213,21 @@ def label_file(
     text_column: str = TXT_COLUMN,
     batch_size: int = 8,
     progress: bool = False,
+    validate_text: Callable[[Any], Any] | None = None,
     **parameters,
 ) -> LabelledFile:
     """Label the texts of a CSV, JSONL or TXT file into `output`, every input row written back in order with its
     answer. The one labelling path of `fec predict` and of the Space's file upload.
 
-    Rows whose text cannot be labelled (`text_problem`) are written with an empty label; the rest are labelled all
-    the same. `load_pipeline()` gives the `FECPipeline`; it is called only when some row can be labelled.
-    `parameters` are the pipeline's (`top_k`, `threshold`); `ValueError` for a file that cannot be read at all.
+    Rows whose text cannot be labelled (`text_problem`, by `validate_text`: the pipeline's check of one text, by
+    default this package's) are written with an empty label; the rest are labelled all the same. `load_pipeline()`
+    gives the `FECPipeline`; it is called only when some row can be labelled. `parameters` are the pipeline's
+    (`top_k`, `threshold`); `ValueError` for a file that cannot be read at all.
     """
     input_path, output = Path(input_path), Path(output)
     columns, rows = read_rows(input_path, text_column)
     for row in rows:
-        row.problem = row.problem or text_problem(row.text)
+        row.problem = row.problem or text_problem(row.text, validate_text)
     labellable = [i for i, row in enumerate(rows) if row.problem is None]
     answers = {}
     if labellable:

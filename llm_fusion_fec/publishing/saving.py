@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -64,15 +65,21 @@ def training_arguments(card_data: FusionModelCardData) -> dict:
     return arguments
 
 
-def write_endpoint_files(config: LLMFusionConfig, folder: str | os.PathLike) -> None:
-    """`handler.py` (`llm_fusion_fec.serving.handler`, the Inference Endpoints contract) and the `requirements.txt`
-    an endpoint installs beside its own torch: transformers 5, and bitsandbytes for quantized backbones."""
-    shutil.copyfile(HANDLER_PATH, Path(folder) / "handler.py")
+def runtime_requirements(backbones: Iterable[Mapping]) -> list[str]:
+    """What the model's own code (the Hub files) needs to run beside torch: transformers of the major version it is
+    written for, accelerate, and bitsandbytes where a backbone is quantized. An Endpoint and a Space install them."""
     major = int(version("transformers").split(".")[0])  # the major version the Hub files are written for
     requirements = [f"transformers>={major}.0,<{major + 1}", "accelerate"]
-    if any(spec.get("quantization") for spec in config.backbones):
+    if any(spec.get("quantization") for spec in backbones):
         requirements.append("bitsandbytes")
-    (Path(folder) / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    return requirements
+
+
+def write_endpoint_files(config: LLMFusionConfig, folder: str | os.PathLike) -> None:
+    """`handler.py` (`llm_fusion_fec.serving.handler`, the Inference Endpoints contract) and the `requirements.txt`
+    an endpoint installs beside its own torch (`runtime_requirements`)."""
+    shutil.copyfile(HANDLER_PATH, Path(folder) / "handler.py")
+    (Path(folder) / "requirements.txt").write_text("\n".join(runtime_requirements(config.backbones)) + "\n")
 
 
 def save_model_files(model: PreTrainedModel, output_dir: Path) -> list[str]:
@@ -121,6 +128,7 @@ __all__ = [
     "RUNS_DIR",
     "check_output_folder",
     "save_model_folder",
+    "runtime_requirements",
     "training_arguments",
     "write_endpoint_files",
 ]

@@ -1,147 +1,42 @@
 """A Gradio demo of a trained model, and the Space that serves it (`fec space`).
 
-`build_demo(model)` is the app: a text box with the model card's example texts, the emotions and their scores as a
-labelled bar, top-k (and, for a multi-label model, the threshold) as controls, and a file upload that labels a CSV,
-JSONL or TXT file with `fec predict`'s own code and offers the labelled file for download. The model runs through
-this package's pipeline (`FECPipeline`, no remote code). `write_space` writes the three files of a Gradio Space
-whose `app.py` calls `build_demo` with the model's Hub id; `push_space` uploads them.
+The page is `llm_fusion_fec.serving.space_app` (its `Demo`): a text box with the model card's example texts, the
+emotions and their scores, top-k (and the threshold of a multi-label model), and a file upload labelled with
+`fec predict`'s code. `build_demo(model)` serves it here with this package's pipeline (`FECPipeline`, no remote
+code). `write_space` writes a Gradio Space that needs only gradio, torch and transformers: that module as its
+`app.py`, `fec predict`'s code beside it, the settings the app reads (`space.json`), its requirements and its README;
+`push_space` uploads them. Every value (the model, folders, the title) enters those files as data: JSON the app
+reads, and YAML written by `huggingface_hub`'s card classes.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
-from llm_fusion_fec.inference.predict import INPUT_SUFFIXES, label_file
+from transformers.utils import logging
 
-DEMO_EXTRA = "pip install 'llm-fusion-fec[demo]'"
-"""What to install for the demo (Gradio)."""
+from llm_fusion_fec.serving.space_app import SETTINGS_FILE, Demo, card_examples
+
+logger = logging.get_logger(__name__)
+
+GRADIO_INSTALL = "pip install 'gradio>=5.0'"
+"""What to install for the demo here (the package's `demo` extra holds the same)."""
 DEFAULT_GRADIO = "5.0"  # the oldest Gradio the app is written for: the Space's sdk_version where Gradio is not here
-ELEMENTS = ("text", "classify", "top-k", "threshold", "scores", "message", "upload", "label-file", "labelled")
-"""The `elem_id`s of the page's parts, which a browser test finds them by."""
+APP_SOURCE = Path(__file__).resolve().parent / "space_app.py"
+PREDICT_SOURCE = Path(__file__).resolve().parent.parent / "inference" / "predict.py"
+SPACE_FILES = ("app.py", "predict.py", SETTINGS_FILE, "requirements.txt", "README.md")
 
 
 def import_gradio():
     try:
         import gradio
     except ImportError:
-        raise ValueError(f"The demo needs Gradio, which is not installed: {DEMO_EXTRA}") from None
+        raise ValueError(f"The demo needs Gradio, which is not installed: {GRADIO_INSTALL}") from None
     return gradio
-
-
-def card_examples(model: str | os.PathLike, config) -> list[str]:
-    """The example texts of the model card's widget (`widget: - text: ...`), or the package's defaults."""
-    from huggingface_hub import ModelCard
-
-    from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
-
-    folder = Path(model)
-    try:
-        card = ModelCard.load(folder / "README.md" if folder.is_dir() else str(model))
-        widget = card.data.to_dict().get("widget") or []
-    except Exception:  # no card, offline, or a card without a widget: the demo still works
-        widget = []
-    texts = [entry["text"] for entry in widget if isinstance(entry, dict) and isinstance(entry.get("text"), str)]
-    return texts or list(DEFAULT_EXAMPLES)
-
-
-def error_line(error: BaseException) -> str:
-    """The pipeline's error as the page shows it: its first line, with the lone text's position left out."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.replace("Text at position 0 is", "The text is", 1)
-
-
-class Demo:
-    """What the page's buttons run: the pipeline's answer for a text, the labelled file for an upload.
-
-    Args:
-        pipeline (`FECPipeline`): The model's pipeline.
-        examples (`list[str]`): Texts to offer under the text box.
-    """
-
-    def __init__(self, pipeline, examples: list[str]):
-        self.pipeline = pipeline
-        self.config = pipeline.model.config
-        self.multi_label = self.config.problem_type == "multi_label_classification"
-        self.examples = examples
-        self.outputs = Path(tempfile.mkdtemp(prefix="fec-space-"))
-
-    def classify(self, text: Any, top_k: float, threshold: float | None = None) -> tuple[dict | None, str]:
-        """The `top_k` best emotions of `text` with their scores (for a multi-label model: of those above
-        `threshold`), and a line for the page: the error, or why no emotion is shown."""
-        try:
-            if self.multi_label:
-                answer = self.pipeline(text, threshold=float(threshold if threshold is not None else 0.5))
-            else:
-                answer = self.pipeline(text, top_k=int(top_k))
-        except (TypeError, ValueError) as error:
-            return None, f"Error: {error_line(error)}"
-        scores = {entry["label"]: entry["score"] for entry in answer[: int(top_k)]}
-        if not scores:
-            return None, f"No emotion scores above the threshold {float(threshold):g}."
-        return scores, ""
-
-    def label_upload(self, path: str | None, threshold: float | None = None) -> tuple[str | None, str]:
-        """The uploaded file labelled as `fec predict` labels it (each row's best emotion; for a multi-label model
-        those above `threshold`), and a line for the page."""
-        if not path:
-            return None, "Error: choose a .csv, .jsonl or .txt file first."
-        source = Path(path)
-        parameters = {"threshold": float(threshold)} if self.multi_label else {}
-        suffix = ".jsonl" if source.suffix == ".jsonl" else ".csv"
-        output = Path(tempfile.mkdtemp(dir=self.outputs)) / f"{source.stem}.predictions{suffix}"
-        try:
-            result = label_file(lambda: self.pipeline, source, output, **parameters)
-        except (TypeError, ValueError) as error:
-            return None, f"Error: {error_line(error)}"
-        if result.unlabelled:
-            first = result.unlabelled[0]
-            return str(
-                output
-            ), f"{result.problems()}: line {first.line}: {first.problem.rstrip('.')}. They have an empty label."
-        return str(output), f"Labelled {len(result.rows)} rows."
-
-    def blocks(self):
-        """The page, as a `gradio.Blocks`."""
-        gr = import_gradio()
-        name = self.config.name_or_path or "LLM-fusion emotion classifier"
-        labels = self.config.num_labels
-        with gr.Blocks(title=f"{Path(name).name}: emotions") as blocks:
-            gr.Markdown(
-                f"# {Path(name).name}\n{labels} emotions, {'several per text' if self.multi_label else 'one per text'}"
-                ": a small fusion head over frozen LLM and encoder features ([llm-fusion-fec]"
-                "(https://pypi.org/project/llm-fusion-fec/))."
-            )
-            with gr.Row():
-                with gr.Column():
-                    text = gr.Textbox(label="Text", lines=3, elem_id="text")
-                    top_k = gr.Slider(1, labels, value=min(5, labels), step=1, label="Top k", elem_id="top-k")
-                    threshold = (
-                        gr.Slider(0, 1, value=self.config.threshold, label="Threshold", elem_id="threshold")
-                        if self.multi_label
-                        else gr.State(None)
-                    )
-                    classify = gr.Button("Classify", variant="primary", elem_id="classify")
-                    gr.Examples([[example] for example in self.examples], inputs=[text])
-                with gr.Column():
-                    scores = gr.Label(label="Emotions", elem_id="scores")
-                    message = gr.Markdown(elem_id="message")
-            with gr.Row():
-                upload = gr.File(
-                    label="Label a file: CSV (a text column), JSONL (a text field) or TXT (a text a line)",
-                    file_types=list(INPUT_SUFFIXES),
-                    elem_id="upload",
-                )
-                labelled = gr.File(label="Labelled file", elem_id="labelled")
-            label_file_button = gr.Button("Label the file", elem_id="label-file")
-            controls = [top_k, threshold]
-            classify.click(self.classify, [text, *controls], [scores, message])
-            text.submit(self.classify, [text, *controls], [scores, message])
-            label_file_button.click(self.label_upload, [upload, threshold], [labelled, message])
-        return blocks
 
 
 def load_demo_pipeline(model: str | os.PathLike, backbone_paths: dict[str, str] | None = None, device=None):
@@ -158,64 +53,114 @@ def load_demo_pipeline(model: str | os.PathLike, backbone_paths: dict[str, str] 
 
 def build_demo(model: str | os.PathLike, backbone_paths: dict[str, str] | None = None, device=None):
     """The Gradio app of `model` (a Hub id or a model folder), ready to `launch()`."""
+    from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
+
     import_gradio()
     pipeline = load_demo_pipeline(model, backbone_paths, device)
-    return Demo(pipeline, card_examples(model, pipeline.model.config)).blocks()
+    return Demo(pipeline, card_examples(model, DEFAULT_EXAMPLES)).blocks()
 
 
 # ---- the Space's files ----
 
-APP = '''"""A demo of {model}, written by `fec space`: type a text or upload a file of texts, read the emotions."""
+SPACE_CARD = """---
+{{ card_data }}
+---
 
-from llm_fusion_fec.serving.space import build_demo
+# {{ heading }}
 
-demo = build_demo({model!r}{paths})
+Fine-grained emotion classification with {{ model_link }}: type a text, or upload a CSV, JSONL or TXT file of texts \
+and download it labelled. Written by `fec space` of llm-fusion-fec; the app runs the model's own code \
+(`trust_remote_code`) and needs only gradio, torch and transformers.
 
-if __name__ == "__main__":
-    demo.launch()
-'''
+A backbone in a gated repository (e.g. Llama 2) needs an `HF_TOKEN` secret with access to it, in the Space's settings.
+"""
+"""The Space's README, rendered by `huggingface_hub.SpaceCard.from_template`; its metadata is `SpaceCardData`'s
+YAML."""
 
 
-def package_requirement() -> str:
-    """This package, as the Space's requirements.txt installs it: the version that wrote the Space, with Gradio."""
+def gradio_version() -> str:
+    """The Gradio the Space runs (`sdk_version`, and the pin in its requirements): this machine's, where it has one."""
     try:
-        return f"llm-fusion-fec[demo]=={version('llm-fusion-fec')}"
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "llm-fusion-fec[demo]"
-
-
-def space_readme(model: str, title: str, local: bool) -> str:
-    """The Space's README: its YAML (Gradio SDK, app file, the model it shows) and a line on what it is."""
-    try:
-        gradio_version = version("gradio")
+        return version("gradio")
     except PackageNotFoundError:
-        gradio_version = DEFAULT_GRADIO
-    models = "" if local else f"models:\n  - {model}\n"
-    return (
-        f"---\ntitle: {title}\nemoji: 🎭\ncolorFrom: indigo\ncolorTo: pink\nsdk: gradio\n"
-        f"sdk_version: {gradio_version}\napp_file: app.py\n{models}pinned: false\n---\n\n"
-        f"# {title}\n\nFine-grained emotion classification with [{model}]"
-        f"({'https://huggingface.co/' + model if not local else model}): type a text, or upload a CSV, JSONL or TXT "
-        "file of texts and download it labelled. Written by `fec space` of "
-        "[llm-fusion-fec](https://pypi.org/project/llm-fusion-fec/).\n\n"
-        "A backbone in a gated repository (e.g. Llama 2) needs an `HF_TOKEN` secret with access to it, in the "
-        "Space's settings.\n"
+        return DEFAULT_GRADIO
+
+
+def model_backbones(model: str, local: bool) -> list[dict] | None:
+    """The backbones `model`'s config names (a folder's `config.json`, or the Hub's); `None` where it cannot be
+    read (offline, no access)."""
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(model)
+    except Exception as error:  # offline or no access: the Space is still written
+        logger.warning(
+            f"Could not read the config of {model} ({str(error).strip().splitlines()[0]}): the Space's "
+            "requirements leave out bitsandbytes, which a quantized backbone needs."
+        )
+        return None
+    return config.get("backbones") or []
+
+
+def space_requirements(backbones: list[dict] | None) -> list[str]:
+    """The Space's `requirements.txt`: torch, what the model's own code needs (`runtime_requirements`: transformers,
+    accelerate, bitsandbytes for quantized backbones) and the Gradio of its `sdk_version`."""
+    from llm_fusion_fec.publishing.saving import runtime_requirements
+
+    return ["torch", *runtime_requirements(backbones or []), f"gradio=={gradio_version()}"]
+
+
+def unmet_requirements(requirements: list[str]) -> list[str]:
+    """The requirements that no distribution installed here satisfies, by name."""
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for line in requirements:
+        requirement = Requirement(line)
+        try:
+            found = version(requirement.name)
+        except PackageNotFoundError:
+            unmet.append(requirement.name)
+            continue
+        if not requirement.specifier.contains(found, prereleases=True):
+            unmet.append(f"{requirement.name} {requirement.specifier} (here {found})")
+    return unmet
+
+
+def space_card(model: str, title: str, local: bool):
+    """The Space's README as a `huggingface_hub.SpaceCard`: Gradio SDK, app file, the model it shows (a Hub model
+    only) and its title, every value written by the YAML emitter."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    data = SpaceCardData(
+        title=title,
+        emoji="🎭",
+        colorFrom="indigo",
+        colorTo="pink",
+        sdk="gradio",
+        sdk_version=gradio_version(),
+        app_file="app.py",
+        models=None if local else [model],
+        pinned=False,
     )
+    link = f"`{model}`" if local else f"[{model}](https://huggingface.co/{model})"
+    return SpaceCard.from_template(data, template_str=SPACE_CARD, heading=" ".join(title.split()), model_link=link)
 
 
 def write_space(
     model: str,
     output_dir: str | os.PathLike,
     backbone_paths: dict[str, str] | None = None,
-    requirement: str | None = None,
     title: str | None = None,
 ) -> Path:
-    """Write a Gradio Space for `model` into `output_dir`: `app.py`, `requirements.txt` and `README.md`.
+    """Write a Gradio Space for `model` into `output_dir` (`SPACE_FILES`): the app (`space_app.py` as `app.py`) and
+    `fec predict`'s code beside it, the settings it reads (`space.json`), `requirements.txt` and `README.md`.
 
     `model` is a Hub id (what a Space loads) or, for a demo on this machine, a model folder. `backbone_paths`
-    (local copies of backbones) also make it a local demo. `requirement` is how the Space installs this package
-    (default: this version from PyPI, `package_requirement()`); e.g. a `git+https://...` URL.
+    (local copies of backbones) also make it a local demo. Values enter the files only as data: JSON that the app
+    reads, YAML front matter from `SpaceCardData`.
     """
+    from llm_fusion_fec.publishing.card import DEFAULT_EXAMPLES
     from llm_fusion_fec.publishing.paths import is_local_model
 
     local = is_local_model(model)
@@ -223,13 +168,18 @@ def write_space(
         model = str(Path(model).expanduser().resolve())
         if not (Path(model) / "config.json").is_file():
             raise ValueError(f"{model} is not a model folder (no config.json) nor a Hub model id.")
+    paths = {name: str(Path(folder).expanduser().resolve()) for name, folder in (backbone_paths or {}).items()}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = f", backbone_paths={backbone_paths!r}" if backbone_paths else ""
-    (output_dir / "app.py").write_text(APP.format(model=model, paths=paths))
-    (output_dir / "requirements.txt").write_text((requirement or package_requirement()) + "\n")
+    shutil.copyfile(APP_SOURCE, output_dir / "app.py")
+    shutil.copyfile(PREDICT_SOURCE, output_dir / "predict.py")
+    settings = {"model": model, "backbone_paths": paths, "examples": list(DEFAULT_EXAMPLES)}
+    settings_text = json.dumps(settings, indent=2, ensure_ascii=False) + "\n"
+    (output_dir / SETTINGS_FILE).write_text(settings_text, encoding="utf-8")
+    requirements = space_requirements(model_backbones(model, local))
+    (output_dir / "requirements.txt").write_text("\n".join(requirements) + "\n")
     title = title or f"{Path(model).name} emotions"
-    (output_dir / "README.md").write_text(space_readme(model, title, local or bool(backbone_paths)))
+    space_card(model, title, local or bool(paths)).save(output_dir / "README.md")
     return output_dir
 
 
@@ -239,5 +189,11 @@ def push_space(output_dir: str | os.PathLike, space_id: str, private: bool = Fal
 
     api = HfApi(token=token)
     api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    api.upload_folder(repo_id=space_id, folder_path=str(output_dir), repo_type="space", commit_message="fec space")
+    api.upload_folder(
+        repo_id=space_id,
+        folder_path=str(output_dir),
+        repo_type="space",
+        allow_patterns=list(SPACE_FILES),  # not what running the app here left beside them (__pycache__)
+        commit_message="fec space",
+    )
     return f"https://huggingface.co/spaces/{space_id}"
