@@ -2,6 +2,7 @@ import ast
 import builtins
 import io
 import json
+import os
 import platform
 import re
 from pathlib import Path
@@ -203,6 +204,18 @@ def test_folder_lists_only_what_it_wrote(tmp_path, tiny_backbones):
     assert "notes.txt" not in written and not [name for name in written if name.startswith("runs")]
     assert (folder / "notes.txt").read_text() == "mine"  # left alone
     assert not list(folder.glob(".saving-*"))  # the staging folder is gone
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_saved_file_gets_the_mode_of_a_new_file(tmp_path, tiny_backbones, umask):
+    spec = FusionModelCardData(make_results(), make_args(tmp_path), "ED", early_stopping_patience=10)
+    previous = os.umask(umask)
+    try:
+        written = save_model_folder(make_model(hub_backbones(tiny_backbones)), tmp_path / "out", spec)
+    finally:
+        os.umask(previous)
+    modes = {name: oct((tmp_path / "out" / name).stat().st_mode & 0o777) for name in written}
+    assert modes == dict.fromkeys(written, oct(0o666 & ~umask))  # model.safetensors too (safetensors writes 0600)
 
 
 # ---- the card ----

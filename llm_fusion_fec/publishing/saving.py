@@ -89,10 +89,23 @@ def save_model_files(model: PreTrainedModel, output_dir: Path) -> list[str]:
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as staging:
         save_for_pipeline(model, staging)
         write_endpoint_files(model.config, staging)
+        mode = new_file_mode(Path(staging))
         for path in sorted(Path(staging).iterdir()):
+            path.chmod(mode)  # safetensors writes its file 0600, through a temporary file of its own
             os.replace(path, output_dir / path.name)
             written.append(path.name)
     return written
+
+
+def new_file_mode(folder: Path) -> int:
+    """The mode a file created in `folder` gets (0644 under the usual umask 022): every file of the model folder gets
+    it, whatever mode the library that wrote it chose."""
+    probe = folder / ".mode-probe"
+    probe.touch()
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
 
 
 def save_model_folder(
