@@ -160,7 +160,8 @@ class FusionArguments:
             "help": "Train the --seeds seeds together as one batched model (one step advances every seed; each "
             "keeps its own initialisation, data order, dropout, early stopping and checkpoint), or (false) one "
             "after another. Default: together on a GPU or other accelerator, one after another on a CPU, where "
-            "the batched step costs about what the seeds' steps cost one by one (README, Training)."
+            "the batched step costs about what the seeds' steps cost one by one "
+            "(docs/training.md#seeds-and-ensembles)."
         },
     )
     early_stopping_patience: int = field(

@@ -103,3 +103,56 @@ def test_relative_links_and_anchors_resolve(page):
 def test_readme_is_a_product_page():
     lines = len((REPO / "README.md").read_text(encoding="utf-8").splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; at most {README_MAX_LINES} (details go in docs/)"
+
+
+# ---- pointers to the pages from the commands' help ----
+
+# README.md#anchor, docs/page.md or docs/page.md#anchor; a bare "README" (no file, no heading) points nowhere.
+PAGE_REFERENCE = re.compile(r"\b(README\.md|docs/[\w-]+\.md)(?:#([\w-]+))?")
+BARE_README = re.compile(r"\bREADME\b(?!\.md)")
+
+
+def help_texts() -> dict[str, str]:
+    """What `--help` prints beside the usage: every argument's help (`llm_fusion_fec/arguments.py`) and each
+    command's description (its module's docstring), by where it comes from."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from llm_fusion_fec import arguments
+
+    texts = {}
+    for name, cls in inspect.getmembers(arguments, dataclasses.is_dataclass):
+        for spec in dataclasses.fields(cls):
+            texts[f"{name}.{spec.name}"] = spec.metadata.get("help", "")
+    for path in sorted((REPO / "llm_fusion_fec" / "commands").glob("*.py")):
+        module = importlib.import_module(f"llm_fusion_fec.commands.{path.stem}")
+        texts[f"fec {path.stem}"] = module.__doc__ or ""
+    return texts
+
+
+def broken_pointers(text: str) -> list[str]:
+    """Each page or heading a help text points to that does not exist, and each bare mention of the README."""
+    problems = [f"{match!r} names no file and no heading" for match in BARE_README.findall(text)]
+    for page, anchor in PAGE_REFERENCE.findall(text):
+        if not (REPO / page).is_file():
+            problems.append(f"{page} does not exist")
+        elif anchor and anchor not in anchors(REPO / page):
+            problems.append(f"{page} has no heading #{anchor}")
+    return problems
+
+
+def test_help_points_only_to_headings_that_exist():
+    texts = help_texts()
+    assert "FusionArguments.batch_seeds" in texts and "fec train" in texts
+    problems = {where: broken for where, text in texts.items() if (broken := broken_pointers(text))}
+    assert problems == {}
+
+
+def test_a_pointer_to_a_missing_heading_is_found():
+    assert broken_pointers("see (README, Training)") == ["'README' names no file and no heading"]
+    assert broken_pointers("see docs/training.md#no-such-heading") == [
+        "docs/training.md has no heading #no-such-heading"
+    ]
+    assert broken_pointers("docs/nothing.md") == ["docs/nothing.md does not exist"]
+    assert broken_pointers("docs/training.md#seeds-and-ensembles, README.md#install, the Space's README.md") == []

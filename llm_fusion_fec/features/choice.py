@@ -50,8 +50,8 @@ if typing.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROMPTS = {"eol": PROMPT_EOL, "feeling": FEELING_PROMPT}
-"""The default candidate prompts, by short name: PromptEOL's and the feeling prompt, the two measured best (README,
-Results)."""
+"""The default candidate prompts, by short name: PromptEOL's and the feeling prompt, the two measured best
+(docs/features.md#choosing-the-llms-layers-its-pooling-and-a-prompt)."""
 WINDOW = 5
 """Layers in a mean view's window (the width measured best)."""
 STRENGTHS = (1e-3, 1e-2, 1e-1)
