@@ -15,7 +15,7 @@ import llm_fusion_fec.features.backbones as backbones_module
 import llm_fusion_fec.features.extraction as extract_features
 from configuration_llm_fusion import BackboneSpec
 from helpers import REPO, run_program, write_csv_dataset
-from llm_fusion_fec.features.backbones import check_backbone_paths
+from llm_fusion_fec.features.backbones import check_backbone_paths, folder_digest
 from llm_fusion_fec.features.extraction import (
     ExtractionResult,
     column_key,
@@ -467,6 +467,10 @@ def test_metadata_is_a_typed_record(small_run):
         split: extract_features.split_checksum(small_run.out / split) for split in ("train", "validation", "test")
     }
     assert list(metadata.column_keys["bert"]) == ["train", "validation", "test"]
+    # Read from a local folder (no Hub revision): its files' digest is what identifies its weights.
+    assert metadata.backbones[0].revision is None and metadata.limit is None
+    assert metadata.local_weights == {"bert": folder_digest(Path(metadata.backbones[0].model))}
+    assert small_run(limit=5, output_dir=small_run.out.parent / "cut").metadata.limit == 5  # a cut run says so
     record = json.loads((small_run.out / METADATA_FILE).read_text())
     assert FeatureMetadata.from_dict(record) == metadata
     (small_run.out / METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))

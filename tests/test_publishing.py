@@ -20,7 +20,7 @@ from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from helpers import REPO, run_program
 from llm_fusion_fec.commands.train import format_results_table
 from llm_fusion_fec.evaluation.results import RunResults, SeedResult, per_label_scores
-from llm_fusion_fec.publishing.card import CHECKPOINT_SELECTION_TEXTS, FusionModelCardData
+from llm_fusion_fec.publishing.card import CHECKPOINT_SELECTION_TEXTS, FusionModelCardData, model_card
 from llm_fusion_fec.publishing.confusion import confusion_matrix_png
 from llm_fusion_fec.publishing.hub import push_to_hub
 from llm_fusion_fec.publishing.paths import check_shareable
@@ -413,6 +413,30 @@ def test_card_describes_two_views_of_one_llm(tmp_path, tiny_backbones):
     save_model_folder(encoders, tmp_path / "enc", FusionModelCardData(make_results(), make_args(tmp_path), "ED", 10))
     text = (tmp_path / "enc" / "README.md").read_text()
     assert "The encoder vectors are stacked (projected" in text and "flattened; an MLP" in text
+
+
+def test_the_card_shows_each_backbones_weights_as_recorded_and_a_cut_test_split(tiny_backbones):
+    """A pinned revision, a local folder's digest and a backbone of which nothing was recorded, each as it is; a
+    --limit run's model-index names the cut split and reads back through `ModelCard`."""
+    pinned, local, unknown = hub_backbones(tiny_backbones)
+    model = make_model([{**pinned, "revision": "0123abcd"}, local, unknown])
+    digest = "f" * 64
+    results = make_results(limit=500)
+    card_data = FusionModelCardData(results, make_args(Path("/tmp")), "ED", 10, local_weights={local["name"]: digest})
+    card = ModelCard(str(model_card(model, card_data, "llm-fusion-ed")))
+    assert f"| {pinned['name']} | `{pinned['model']}` | 0123abcd |" in card.text
+    assert f"| {local['name']} | `{local['model']}` | local files, sha256 `ffffffffffff` |" in card.text
+    assert f"| {unknown['name']} | `{unknown['model']}` | - |" in card.text
+    limitations = card.text.split("## Limitations")[1]
+    assert (
+        f"the same weights: the revisions shown; for {local['name']}, the files whose sha256 is shown (a local folder "
+        f"has no Hub revision); for {unknown['name']}, weights that were not recorded; the same pooling"
+    ) in limitations
+    splits = {(r.dataset_name, r.dataset_type, r.dataset_split) for r in card.data.eval_results}
+    assert splits == {
+        ("Empathetic Dialogues (each split cut to its first 500 rows)", "facebook/empathetic_dialogues", "test[:500]")
+    }
+    assert RunResults.from_dict(json.loads(json.dumps(results.to_dict()))).limit == 500
 
 
 def test_every_checkpoint_selection_is_described():

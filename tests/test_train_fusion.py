@@ -238,7 +238,6 @@ def test_model_card_holds_the_measured_results(ed_run):
         ("f1", "weighted"): best["test"]["weighted_f1"],
         ("f1", "macro"): best["test"]["macro_f1"],
     }
-    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
     assert card.data.datasets == ["facebook/empathetic_dialogues"]
     # The LLM as the one base model (several would be drawn as a merge); every backbone is in the body.
     assert card.data.base_model == "fec-tests/tiny-llama" and card.data.base_model_relation == "adapter"
@@ -594,6 +593,36 @@ def test_what_a_user_sees_while_training(ed_features, tmp_path, capfd):
     assert all("weighted_f1" in line and "(best " in line and "patience " in line for line in evaluations)
     assert "seed 1/2 (42) done: 2 epochs" in err and "seed 2/2 (43) done: 2 epochs" in err
     assert "ensemble of seeds [42, 43]: test accuracy" in err
+
+
+def test_a_cut_run_says_so_in_its_card_model_index_and_results(ed_run, ed_features):
+    """The features were extracted with --limit: the scores are those of the first rows of test, not of test."""
+    results, output, _ = ed_run
+    assert load_features(ed_features)[1].limit == LIMIT
+    assert results["limit"] == LIMIT and json.loads((output / "results.json").read_text())["limit"] == LIMIT
+    card = ModelCard.load(output / "README.md")
+    assert {(r.dataset_name, r.dataset_split) for r in card.data.eval_results} == {
+        (f"Empathetic Dialogues (each split cut to its first {LIMIT} rows)", f"test[:{LIMIT}]")
+    }
+    assert f"on Empathetic Dialogues, each split cut to its first {LIMIT} rows (32 labels" in card.text
+    assert f"The first {LIMIT} rows of the test split of Empathetic Dialogues (`--limit {LIMIT}`" in card.text
+    assert f"- Trained on Empathetic Dialogues (each split cut to its first {LIMIT} rows) only" in card.text
+
+
+def test_local_copies_of_the_backbones_are_named_by_their_files_digest(ed_run, ed_features, tiny_backbones):
+    """The backbones were read from local folders, which have no Hub revision: the card shows what the features
+    recorded of them, the sha256 of their files, and its limitations promise no revision that is not there."""
+    from llm_fusion_fec.features.backbones import folder_digest
+
+    _, output, _ = ed_run
+    digests = load_features(ed_features)[1].local_weights
+    assert digests == {spec["name"]: folder_digest(Path(spec["model"])) for spec in tiny_backbones}
+    card = ModelCard.load(output / "README.md").text
+    for name, digest in digests.items():
+        assert f"| {name} | `fec-tests/tiny-{name}` | local files, sha256 `{digest[:12]}` |" in card
+    limitations = card.split("## Limitations")[1].split("\n## ")[0]
+    assert "same revisions" not in limitations
+    assert "the same weights: for llama, bert, roberta, the files whose sha256 is shown" in limitations
 
 
 def test_the_cards_examples_are_validation_texts_and_its_limitations_name_the_backbones(ed_run, ed_features):

@@ -137,6 +137,8 @@ class RunResults:
         runs (`list[SeedResult]`, *optional*): One result per seed, in seed order, added as the seeds finish.
         ensemble (`EnsembleResult`, *optional*): The seed ensemble, when the run saved one instead of the best seed.
         protocol (`str`, *optional*, defaults to `"paper"`): The training recipe (`llm_fusion_fec.training.protocols`).
+        limit (`int`, *optional*): The features' `--limit`: every split, test included, was cut to its first `limit`
+            rows, so the scores are not those of the whole test split; `None` for whole splits.
     """
 
     dataset: str
@@ -148,6 +150,7 @@ class RunResults:
     runs: list[SeedResult] = field(default_factory=list)
     ensemble: EnsembleResult | None = None
     protocol: str = "paper"
+    limit: int | None = None
 
     def add_run(self, result: SeedResult) -> None:
         """Add a seed's result as it finishes, in seed order whatever the order seeds finish in, and choose the best

@@ -248,12 +248,16 @@ def column_key(
     texts_digest: str,
     feature_dtype: str = "float16",
     shard_size: int = 1024,
+    weights_digest: str | None = None,
 ) -> str:
-    """Cache key of one backbone's feature column: everything its shards depend on (labels are not)."""
+    """Cache key of one backbone's feature column: everything its shards depend on (labels are not).
+    `weights_digest` is the local folder's `folder_digest` where the caller has it already."""
     from modeling_llm_fusion import FEATURE_CODE_VERSION
 
     source = path or spec["model"]
-    weights = folder_digest(Path(source)) if Path(source).is_dir() else spec["revision"]
+    weights = spec["revision"]
+    if Path(source).is_dir():
+        weights = weights_digest or folder_digest(Path(source))
     fields = {
         "spec": {k: spec[k] for k in ("model", "revision", "pooling", "num_layers", "hidden_size", "max_length")}
         # Keys that came later enter only when set, so that columns cached before them keep their keys.

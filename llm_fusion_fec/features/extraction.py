@@ -34,6 +34,7 @@ from llm_fusion_fec.features.backbones import (
     check_backbone_paths,
     column_key,
     customize_backbones,
+    folder_digest,
     notice_large_models_on_cpu,
     resolve_backbones,
     resolved_revision,
@@ -165,6 +166,7 @@ def extract_fixed(
             head=dict(PRESETS.get(args.preset, {}).get("head", {})),
             protocol=PRESETS.get(args.preset, {}).get("protocol"),
             choice=choice,
+            limit=args.limit,
         )
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)
 
@@ -370,18 +372,26 @@ def _keyed_metadata(
     shard_size: int,
 ) -> FeatureMetadata:
     """`metadata` with the rest of what decides the output's content: the compute dtype, the rows and data digest of
-    each split, and the cache key of each backbone's column (a Hub model's revision resolved to its commit first);
-    `digests` are the splits' `texts_digest`."""
+    each split, the cache key of each backbone's column (a Hub model's revision resolved to its commit first) and the
+    digest of each local folder's weights (`folder_digest`, hashed once); `digests` are the splits' `texts_digest`."""
     backbones = [
         spec.replace(revision=resolved_revision(spec))
         if spec.revision is None and spec.name not in backbone_paths and not Path(spec.model).is_dir()
         else spec
         for spec in metadata.backbones
     ]
+    folders = {spec.name: backbone_paths.get(spec.name) or spec.model for spec in backbones}
+    local_weights = {name: folder_digest(Path(folder)) for name, folder in folders.items() if Path(folder).is_dir()}
     keys = {
         spec["name"]: {
             split: column_key(
-                spec, backbone_paths.get(spec["name"]), dtype, digests[split], metadata.feature_dtype, shard_size
+                spec,
+                backbone_paths.get(spec["name"]),
+                dtype,
+                digests[split],
+                metadata.feature_dtype,
+                shard_size,
+                local_weights.get(spec["name"]),
             )
             for split in data
         }
@@ -394,6 +404,7 @@ def _keyed_metadata(
         rows={split: len(data[split]) for split in data},
         column_keys=keys,
         data_digests={split: data_digest(data[split]) for split in data},
+        local_weights=local_weights,
     )
 
 

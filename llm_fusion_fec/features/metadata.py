@@ -59,6 +59,11 @@ class FeatureMetadata:
             sha256 of each split's texts and labels (`data_digest`): a corrected label changes it.
         split_checksums (`dict[str, str]`, *optional*):
             sha256 of each split's files as saved (`split_checksum`), recorded when the splits were assembled.
+        limit (`int`, *optional*):
+            `--limit`: each split was cut to its first `limit` rows; `None` for whole splits.
+        local_weights (`dict[str, str]`, *optional*):
+            sha256 of the weight, config and tokenizer files (`folder_digest`) of each backbone read from a local
+            folder, by backbone name: what identifies weights that have no Hub revision.
     """
 
     dataset: str
@@ -75,6 +80,8 @@ class FeatureMetadata:
     column_keys: dict[str, dict[str, str]] = field(default_factory=dict)
     data_digests: dict[str, str] = field(default_factory=dict)
     split_checksums: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    local_weights: dict[str, str] = field(default_factory=dict)
 
     REQUIRED: typing.ClassVar[tuple[str, ...]] = ("dataset", "problem_type", "label_names", "backbones")
 

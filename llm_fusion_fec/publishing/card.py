@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NamedTuple
@@ -111,6 +111,8 @@ class FusionModelCardData:
         feature_dtype (`str`, *optional*, defaults to `"float16"`): The dtype the features were stored in.
         examples (`tuple[str, ...]`, *optional*): Texts of the validation split for the widget and the usage snippet
             (`validation_examples`); `DEFAULT_EXAMPLES` where there are none.
+        local_weights (`dict[str, str]`, *optional*): The features' `local_weights`: the sha256 of each backbone
+            read from a local folder, which the card shows where there is no Hub revision.
     """
 
     results: RunResults
@@ -120,6 +122,7 @@ class FusionModelCardData:
     license: str | None = None
     feature_dtype: str = "float16"
     examples: tuple[str, ...] = ()
+    local_weights: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.dataset_name or looks_like_a_path(self.dataset_name):
@@ -169,12 +172,15 @@ def model_card_data(config: LLMFusionConfig, card_data: FusionModelCardData, mod
     as the model-index."""
     dataset = card_data.dataset
     saved = card_data.results.saved
+    limit = card_data.results.limit
+    title = dataset.title if dataset else card_data.dataset_name
     eval_results = [
         EvalResult(
             task_type="text-classification",
             dataset_type=dataset.hub_id if dataset else card_data.dataset_name,
-            dataset_name=dataset.title if dataset else card_data.dataset_name,
-            dataset_split="test",
+            # A cut run (--limit) is scored on the first rows of test: `datasets`' slice, and the name says it too.
+            dataset_name=f"{title} ({cut_words(limit)})" if limit else title,
+            dataset_split=f"test[:{limit}]" if limit else "test",
             metric_type=HUB_METRICS[key].type,
             metric_args={"average": HUB_METRICS[key].average} if HUB_METRICS[key].average else None,
             metric_name=HUB_METRICS[key].name,
@@ -217,6 +223,41 @@ def backbone_limitations(config: LLMFusionConfig) -> dict:
         "large_llm": large[0] if large else None,
         "llama2_models": [model for model in models if "llama-2" in model.lower()],
     }
+
+
+def cut_words(limit: int) -> str:
+    """A cut data set (`--limit`), in words."""
+    return f"each split cut to its first {limit:,} rows"
+
+
+WEIGHTS_DIGEST_LENGTH = 12
+"""Hex digits of a local folder's sha256 the card shows, as a short commit id is shown."""
+
+
+def shown_revisions(config: LLMFusionConfig, local_weights: dict[str, str]) -> dict[str, str]:
+    """Each backbone's weights as recorded, by name: its Hub revision, else the sha256 of its local folder's files,
+    else `-` (features extracted before these digests were recorded)."""
+    shown = {}
+    for spec in config.backbones:
+        digest = local_weights.get(spec["name"])
+        shown[spec["name"]] = spec["revision"] or (
+            f"local files, sha256 `{digest[:WEIGHTS_DIGEST_LENGTH]}`" if digest else "-"
+        )
+    return shown
+
+
+def weights_promise(config: LLMFusionConfig, local_weights: dict[str, str]) -> str:
+    """What the limitations say the head needs of the backbones' weights: what the card shows of them (revisions,
+    local files' sha256), and which were not recorded."""
+    pinned = [spec["name"] for spec in config.backbones if spec["revision"]]
+    local = [spec["name"] for spec in config.backbones if not spec["revision"] and spec["name"] in local_weights]
+    unknown = [spec["name"] for spec in config.backbones if spec["name"] not in {*pinned, *local}]
+    parts = ["the revisions shown"] if pinned else []
+    if local:
+        parts.append(f"for {', '.join(local)}, the files whose sha256 is shown (a local folder has no Hub revision)")
+    if unknown:
+        parts.append(f"for {', '.join(unknown)}, weights that were not recorded")
+    return "the same weights: " + "; ".join(parts)
 
 
 def framework_versions() -> dict[str, str]:
@@ -322,9 +363,15 @@ def model_card(
     """
     model_facts = model_variables(model)
     results = card_data.results
+    revisions = shown_revisions(model.config, card_data.local_weights)
+    model_facts["backbones"] = [
+        {**backbone, "weights": revisions[backbone["name"]]} for backbone in model_facts["backbones"]
+    ]
     variables = {
         **model_facts,
         **protocol_variables(card_data),
+        "weights_promise": weights_promise(model.config, card_data.local_weights),
+        "cut": cut_words(results.limit) if results.limit else None,
         "model_name": card_data.repo_id or folder_name,
         "model_id": card_data.repo_id or f"YOUR_ORG/{folder_name}",
         "placeholder_id": card_data.repo_id is None,

@@ -500,6 +500,7 @@ def start_card_data(setup: Setup, args: FusionArguments, training_args: Training
         early_stopping_metrics=rule.metrics,
         checkpoint_selection=rule.checkpoint_selection,
         protocol=args.protocol,
+        limit=setup.metadata.limit,
     )
     return FusionModelCardData(
         examples=setup.examples,
@@ -509,6 +510,7 @@ def start_card_data(setup: Setup, args: FusionArguments, training_args: Training
         early_stopping_patience=args.early_stopping_patience,
         license=args.license,
         feature_dtype=setup.metadata.feature_dtype,
+        local_weights=setup.metadata.local_weights,
     )
 
 
