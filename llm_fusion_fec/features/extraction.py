@@ -132,8 +132,7 @@ def extract_fixed(
         splits (`Sequence[str]`, *optional*):
             Extract these splits only (`--choose` reads its candidates of train and validation alone); default all.
         train_rows (`int`, *optional*):
-            Extract a random sample of this many train rows (`TRAIN_SAMPLE_SEED`) instead of the whole split
-            (`--choose_train_rows`: the candidates of a faster choice).
+            A random sample of this many train rows (`TRAIN_SAMPLE_SEED`; `--choose_train_rows`), not the split.
         choice (`dict`, *optional*):
             What `--choose` chose, recorded in the metadata (`FeatureMetadata.choice`).
         options: `ExtractArguments` fields that replace those of `args` (`preset="small"`, `limit=500`, ...).
