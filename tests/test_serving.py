@@ -391,6 +391,8 @@ def test_the_space_installs_offline_and_answers_without_this_package(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = (space / "requirements.txt").read_text().splitlines()
     assert result.stdout.count("Requirement already satisfied") >= len(lines) and "Would install" not in result.stdout
+    # This project's own record is among what the new environment sees (its editable install): none may name it.
+    assert not [line for line in lines if canonicalize_name(Requirement(line).name) == "llm-fusion-fec"]
 
     upload = write_csv_dataset(tmp_path / "data", [("i am so happy", 1), ("", 0), ("my cat is ill", 0)]) / "test.csv"
     answer = run_program("space_answer.py", space, TEXTS[0], upload, python=python)
