@@ -16,8 +16,10 @@ The heavy libraries (torch, datasets, transformers) are imported by the function
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import shutil
@@ -45,8 +47,10 @@ from llm_fusion_fec.features.cache import (
     library_progress_bars_off,
     output_problem,
     previous_metadata,
+    remove_abandoned,
     shard_problem,
     split_checksum,
+    temporary_name,
     write_json,
     write_shard,
 )
@@ -559,23 +563,35 @@ def _assemble(data: DatasetDict, shards: Shards, output_dir: Path, metadata: Fea
             files = shards.files(split, spec["name"])
             columns.append(datasets.concatenate_datasets([Dataset.from_file(str(path)) for path in files]))
         splits[split] = datasets.concatenate_datasets(columns, axis=1)
-    staging = output_dir / "_saving"
+    for left in [output_dir / "_saving", *(output_dir / split for split in data)]:
+        remove_abandoned(left)  # what a killed run left
+    staging = temporary_name(output_dir / "_saving")  # its own: another run on this folder has another
     try:
-        if staging.exists():  # left by a killed run
-            shutil.rmtree(staging)
         DatasetDict(splits).save_to_disk(staging)
         checksums = {split: split_checksum(staging / split) for split in data}
-    except BaseException:
+        (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
+        for split in data:
+            _replace_folder(staging / split, output_dir / split)
+        (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
-    for split in data:
-        target = output_dir / split
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / split).rename(target)
-    (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
-    staging.rmdir()
     metadata = dataclasses.replace(metadata, split_checksums=checksums)
     write_json(output_dir / METADATA_FILE, metadata.to_dict())
     return metadata
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Move the folder `source` to `target`, replacing the folder there. A folder cannot be replaced in one step: the
+    one there is first moved aside (under a name of this run's own), also when another run put it there meanwhile."""
+    while True:
+        aside = temporary_name(target)
+        with contextlib.suppress(FileNotFoundError):
+            target.rename(aside)
+        try:
+            source.rename(target)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
