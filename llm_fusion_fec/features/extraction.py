@@ -57,7 +57,7 @@ from llm_fusion_fec.features.cache import (
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, default_features_dir
 
 if typing.TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
     from configuration_llm_fusion import BackboneSpec
     from modeling_llm_fusion import FrozenBackbone
@@ -193,9 +193,17 @@ def _selected_rows(data: DatasetDict, splits: Sequence[str] | None, train_rows: 
     where that is fewer than it has."""
     if splits is not None:
         data = type(data)({split: data[split] for split in splits})
-    if train_rows is not None and train_rows < len(data["train"]):
-        data["train"] = data["train"].shuffle(seed=TRAIN_SAMPLE_SEED).select(range(train_rows)).flatten_indices()
+    if train_rows is not None:
+        data["train"] = train_sample(data["train"], train_rows)
     return data
+
+
+def train_sample(train: Dataset, rows: int | None) -> Dataset:
+    """A random sample of `rows` rows of `train` (`TRAIN_SAMPLE_SEED`), or `train` itself where `rows` is None or no
+    fewer than it has: the train rows `--choose`'s probes are fitted on."""
+    if rows is None or rows >= len(train):
+        return train
+    return train.shuffle(seed=TRAIN_SAMPLE_SEED).select(range(rows)).flatten_indices()
 
 
 def output_folders(args: ExtractArguments) -> tuple[Path, Path]:
