@@ -448,6 +448,7 @@ def test_one_progress_bar_per_backbone(small_run, tiny_backbones, monkeypatch):
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(tqdm.std.tqdm, "__init__", record)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: bars (a log gets lines, test_progress.py)
     small_run(backbones=tiny_backbones[1:])
     assert shown == ["bert", "roberta"]
 

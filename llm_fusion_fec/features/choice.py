@@ -43,6 +43,7 @@ from llm_fusion_fec.features.extraction import (
     output_folders,
     train_sample,
 )
+from llm_fusion_fec.features.progress import progress_bar
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS, SWEEP_TOLERANCE, LayerScore, chosen_spec, folder_scores
 
 if typing.TYPE_CHECKING:
@@ -259,16 +260,18 @@ def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | 
     record = json.loads(saved.read_text()) if saved.exists() else {}
     done = record.get("views", {}) if record.get("settings") == settings else {}
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    for view in views:
-        if view["name"] in done:
-            continue
-        widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
-        found = folder_scores(
-            candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
-        )
-        done[view["name"]] = [dataclasses.asdict(row) | {"features": view["name"]} for row in found]
-        write_json(saved, {"settings": settings, "views": done})
-        logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
+    todo = [view for view in views if view["name"] not in done]
+    with progress_bar(len(todo), "--choose: probing the candidates", unit="candidate") as progress:
+        for view in todo:
+            widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
+            found = folder_scores(
+                candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
+            )
+            done[view["name"]] = [dataclasses.asdict(row) | {"features": view["name"]} for row in found]
+            write_json(saved, {"settings": settings, "views": done})
+            logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
+            progress.set_postfix_str(f"{view['name']} swept")
+            progress.update(1)
     return [LayerScore(**row) for view in views for row in done[view["name"]]]
 
 

@@ -55,6 +55,7 @@ from llm_fusion_fec.features.cache import (
     write_shard,
 )
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, default_features_dir
+from llm_fusion_fec.features.progress import progress_bar
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -514,16 +515,17 @@ def _compute_shards(
 ) -> dict[str, float]:
     """Compute the `missing` shards (by split) of `views` (the first and the views that read like it, in one forward
     pass a batch) and write to the cache each view's shards that are `pending` for it (by view name, then split),
-    under one progress bar. Returns the pass's throughput: texts, texts/s and tokens/s."""
+    under one progress bar (`progress_bar`: lines in a log file). Returns the pass's throughput: texts, texts/s and
+    tokens/s."""
     import torch
-    from tqdm.auto import tqdm
 
     backbone = views[0]
     total = sum(shards.rows(split, i) for split, indices in missing.items() for i in indices)
     start = time.perf_counter()
-    with tqdm(total=total, desc=progress_name, unit="text", disable=None) as progress:
+    with progress_bar(total, progress_name) as progress:
         for split, indices in missing.items():
             for i in indices:
+                progress.set_postfix_str(f"{split} shard {i + 1}/{shards.count(split)}")
                 first = i * shards.size
                 texts = data[split][first : first + shards.rows(split, i)]["text"]
                 columns = backbone.extract_views(
