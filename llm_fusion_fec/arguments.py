@@ -87,8 +87,9 @@ class ExtractArguments:
     choose_train_rows: int | None = field(
         default=None,
         metadata={
-            "help": "Fit --choose's probes on a random sample of this many train rows (seed 0; default 3000; 0: "
-            "every train row): the chosen views are then extracted on every row."
+            "help": "Fit --choose's probes on a random sample of this many train rows (seed 0; default 3000; at "
+            "least 2; 0, or the train split's size or more: every train row): the chosen views are then extracted "
+            "on every row."
         },
     )
     choose_template: list[str] = repeatable(

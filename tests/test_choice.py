@@ -235,8 +235,12 @@ def test_a_sample_of_train_rows_chooses_and_every_row_is_extracted(tiny_backbone
     assert "a probe fitted on a random sample of train (seed 0) (12 rows)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("given", "sampled"), [(None, choice.TRAIN_ROWS), (500, 500), (0, None)])
-def test_the_probes_read_3000_train_rows_unless_told(tiny_backbones, tmp_path, monkeypatch, given, sampled):
+@pytest.mark.parametrize(
+    ("rows", "given", "sampled"),
+    [(3010, None, choice.TRAIN_ROWS), (30, None, None), (30, 12, 12), (30, 0, None), (30, 30, None), (30, 500, None)],
+)
+def test_the_probes_read_3000_train_rows_unless_told(tiny_backbones, tmp_path, monkeypatch, rows, given, sampled):
+    """A sample of as many rows as train has, or more, is every row (`None`): read once, not sampled."""
     asked = []
 
     def candidates(*args, train_rows=None, **kwargs):
@@ -245,17 +249,92 @@ def test_the_probes_read_3000_train_rows_unless_told(tiny_backbones, tmp_path, m
 
     monkeypatch.setattr(choice, "extract_fixed", candidates)
     with pytest.raises(KeyboardInterrupt):
-        choice.choose(str(write_data(tmp_path / "d")), backbones=tiny_backbones, choose_train_rows=given)
+        choice.choose(str(write_data(tmp_path / "d", rows)), backbones=tiny_backbones, choose_train_rows=given)
     assert choice.TRAIN_ROWS == 3000 and asked == [sampled]
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"choose": True, "choose_train_rows": -1}, "--choose-train-rows must be an integer of at least 0"),
+        ({"choose": True, "choose_train_rows": -1}, r"--choose-train-rows must be 0 \(every train row\) or at least"),
+        ({"choose": True, "choose_train_rows": 1}, r"at least 2 \(a probe needs two classes\), got 1\.$"),
         ({"choose_train_rows": 5}, "--choose-train-rows samples the train rows that --choose probes"),
     ],
 )
 def test_a_bad_train_sample_is_refused(tiny_backbones, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         extract(str(write_data(tmp_path / "d")), backbones=tiny_backbones, **options)
+
+
+def refuse_model_loads(monkeypatch):
+    monkeypatch.setattr(FrozenBackbone, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+def write_labels(folder, train_labels: list[int]):
+    """`write_data`'s folder with a train split of these labels (validation and test keep all three)."""
+    write_data(folder)
+    rows = [f'"{WORDS[label]} {i}",{label}' for i, label in enumerate(train_labels)]
+    (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_train_rows_of_one_class_are_refused_before_any_extraction(tiny_backbones, tmp_path, monkeypatch):
+    from llm_fusion_fec.data.datasets import load_data
+    from llm_fusion_fec.features.extraction import train_sample
+
+    refuse_model_loads(monkeypatch)
+    data = write_labels(tmp_path / "one", [1] * 20)
+    with pytest.raises(ValueError, match=r"^--choose: the train split of .*one has one class \(happy\): a probe"):
+        extract(str(data), backbones=tiny_backbones, choose=True, choose_train_rows=0)
+    data = write_labels(tmp_path / "rare", [2] + [0] * 19)
+    assert set(train_sample(load_data(str(data))[0]["train"], 5)["label"]) == {0}  # the sample misses class 2
+    with pytest.raises(ValueError, match=r"^--choose-train-rows 5: the 5 train rows sampled for the probes hold one "):
+        extract(str(data), backbones=tiny_backbones, choose=True, choose_train_rows=5)
+    assert not (tmp_path / "features").exists()
+
+
+def test_an_llm_shorter_than_the_window_is_named_before_any_extraction(tiny_backbones, tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    short = tmp_path / "short-llama"
+    config = AutoConfig.from_pretrained(tiny_backbones[0]["model"])
+    config.num_hidden_layers = choice.WINDOW - 2  # WINDOW - 1 hidden states with the embeddings
+    config.save_pretrained(short)
+    refuse_model_loads(monkeypatch)
+    llm = {**tiny_backbones[0], "model": str(short), "num_layers": 2}
+    with pytest.raises(ValueError) as error:
+        extract(str(write_data(tmp_path / "d")), backbones=[llm], choose=True, output_dir=str(tmp_path / "out"))
+    assert str(error.value) == (
+        f"--choose: backbone 'llama' ({short}) has 3 hidden layers (4 hidden states with the embeddings), fewer than "
+        "the window of 5 consecutive hidden states its window view averages: choose for an LLM of at least 4 layers."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_train_row_is_read_once_and_recorded_as_every_row(tiny_backbones, tmp_path, monkeypatch):
+    """`--choose-train-rows` of the train split's size: no sample drawn, the LLM reads each train text once."""
+    read = []
+    original = FrozenBackbone.extract_views
+
+    def views(self, texts, *args, **kwargs):
+        read.extend(text for text in texts if not text.endswith(MARK))
+        return original(self, texts, *args, **kwargs)
+
+    def swept(candidates, views, device):  # the sweep's scores (its probes are tested above)
+        scores = []
+        for view in views:
+            layers = [-2] if view["pooling"] in choice.TOKEN_POOLINGS else [-2, -3, -4, -5, -6]
+            scores.append(choice.LayerScore(layers, 0.5, view["name"], 0.01))
+        return scores
+
+    monkeypatch.setattr(FrozenBackbone, "extract_views", views)
+    monkeypatch.setattr(choice, "swept_scores", swept)
+    data = write_data(tmp_path / "data", rows=9)
+    options = {"choose": True, "choose_train_rows": 9, "choose_template": ["{text} means"], "shard_size": 16}
+    result = extract(str(data), backbones=tiny_backbones[:1], output_dir=str(tmp_path / "out"), **options)
+    record = result.metadata.choice
+    assert record["train_sample_seed"] is None and "fitted on train at each" in record["probe"]
+    assert record["rows"]["train"] == result.metadata.rows["train"] == 9
+    train = {f"{WORDS[i % 3]} {i}" for i in range(9)}
+    # Two passes of the LLM (its plain mean; the prompt's token and text mean) over train and validation each.
+    assert sorted(read) == sorted(list(train) * 4)

@@ -152,3 +152,21 @@ def test_a_column_named_twice_is_refused(tmp_path):
     folder = write_split_files(tmp_path / "dup", "text,text,label\nhello,x,0\nnice,y,1\n")
     with pytest.raises(ValueError, match=r"train.csv: the header names column 'text' twice"):
         load_data(folder)
+
+
+@pytest.mark.parametrize("file", ["label2idx.txt", "labels.txt"])
+def test_a_label_file_is_one_name_a_line_whatever_the_name_holds(tmp_path, file):
+    folder = write_csv_dataset(tmp_path / "odd", [("fine", 0), ("also", 1), ("more", 2)])
+    (folder / "label2idx.txt").unlink()
+    names = ["sad\u2028ish", "hap\x85py", "an\x0cgry", "very\u00a0calm"]
+    lines = [f"{name} {i}" for i, name in enumerate(names)] if file == "label2idx.txt" else names
+    (folder / file).write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    _, label_names, _ = load_data(str(folder))
+    assert label_names == names
+
+
+def test_text_lines_end_at_line_feeds_only():
+    from llm_fusion_fec.data.datasets import text_lines
+
+    assert text_lines("a\u2028b\x85c\x0cd\x1ce\rf\r\ng\n\nh") == ["a\u2028b\x85c\x0cd\x1ce\rf", "g", "", "h"]
+    assert text_lines("") == [] and text_lines("\n") == [""] and text_lines("x\r\n") == ["x"]

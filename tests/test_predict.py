@@ -232,3 +232,78 @@ def test_a_repeated_backbone_path_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit:
         predict_command.main(["--model", "m", "--input", "x.txt", "--backbone-path", "llama=/a", "llama=/b"])
     assert exit.value.code == 2 and "gives llama twice" in capsys.readouterr().err
+
+
+# ---- inputs read as the file holds them, outputs refused before any row is labelled ----
+
+
+def test_a_txt_input_is_one_text_a_line_whatever_the_text_holds(tmp_path, model_folder, backbone_args, pipe):
+    texts = ["i got the job\u2028and i am happy", "my dog\x85died", "a form\x0cfeed", "a lone\rreturn", "crlf line"]
+    source = tmp_path / "texts.txt"
+    source.write_bytes(("\n".join(texts[:4]) + "\n" + texts[4] + "\r\n").encode())
+    output = tmp_path / "labels.jsonl"
+    args = ["--model", str(model_folder), "--input", str(source), "--output", str(output), *backbone_args]
+    assert predict_command.main(args) == 0
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").split("\n") if line]
+    assert [record["text"] for record in records] == texts  # row i is line i of the file
+    assert [record["label"] for record in records] == [answer[0]["label"] for answer in map(pipe, texts)]
+
+
+def test_an_empty_line_of_a_txt_input_is_reported_by_its_line(tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("one\u2028still one\n\nthree\n", encoding="utf-8")
+    labeller = lambda: lambda texts, **options: [{"label": "joyful", "score": 1.0} for _ in texts]  # noqa: E731
+    result = predict.label_file(labeller, source, tmp_path / "o.csv")
+    assert [(row.line, row.text) for row in result.rows] == [(1, "one\u2028still one"), (2, ""), (3, "three")]
+    assert result.problems() == "1 of 3 rows could not be labelled (lines 2)"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt"])
+def test_an_input_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys, monkeypatch, suffix):
+    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    lines = {".csv": ["text", "fine", "caf\xe9"], ".jsonl": ['{"text": "fine"}', '{"text": "caf\xe9"}']}
+    lines = lines.get(suffix, ["fine", "still fine", "caf\xe9"])
+    source = tmp_path / f"in{suffix}"
+    source.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    assert predict_command.main(["--model", "no/such-model", "--input", str(source)]) == 2
+    err = capsys.readouterr().err
+    line = len(lines)
+    assert err == (
+        f"error: Input file {source} is not UTF-8 text (line {line} has byte 0xe9); the expected encoding is UTF-8: "
+        "convert it, e.g. `iconv -f latin1 -t utf-8`.\n"
+    )
+    assert not (tmp_path / f"in.predictions{'.jsonl' if suffix == '.jsonl' else '.csv'}").exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "deeper-under-a-file", "a-folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_labelling(tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    (tmp_path / "in.txt").write_text("hello there\n")
+    (tmp_path / "notes").write_text("a file\n")
+    (tmp_path / "folder.csv").mkdir()
+    output = {
+        "under-a-file": tmp_path / "notes" / "out.csv",
+        "deeper-under-a-file": tmp_path / "notes" / "sub" / "out.csv",
+        "a-folder": tmp_path / "folder.csv",
+    }[where]
+    args = ["--model", "no/such-model", "--input", str(tmp_path / "in.txt"), "--output", str(output), "--overwrite"]
+    assert predict_command.main(args) == 2
+    err = capsys.readouterr().err
+    expected = "is a folder" if where == "a-folder" else f"cannot be written: {tmp_path / 'notes'} is a file"
+    assert err.count("\n") == 1 and expected in err
+    assert (tmp_path / "notes").read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_the_input_under_another_name_is_never_the_output(tmp_path, capsys, monkeypatch, link):
+    import os
+
+    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    source = tmp_path / "posts.csv"
+    source.write_text("text\nhello there\n")
+    output = tmp_path / "linked.csv"
+    (os.link if link == "hard" else os.symlink)(source, output)
+    args = ["--model", "no/such-model", "--input", str(source), "--output", str(output), "--overwrite"]
+    assert predict_command.main(args) == 2
+    assert f"--output {output} is the input file {source} (the same file); choose another." in capsys.readouterr().err
+    assert source.read_text() == "text\nhello there\n"

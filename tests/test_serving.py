@@ -84,6 +84,27 @@ def test_the_endpoint_handler_answers_as_the_pipeline(model_folder, backbone_pat
         handler({"inputs": ["fine", 3]})
 
 
+@pytest.mark.parametrize("parameters", [[], 0, "", False, ["top_k", 3], "top_k=3", 3.5])
+def test_parameters_that_are_no_json_object_are_refused_however_empty(parameters):
+    from llm_fusion_fec.serving.handler import EndpointHandler
+
+    handler = EndpointHandler.__new__(EndpointHandler)  # the checks come before the pipeline: none is loaded
+    handler.pipeline = lambda inputs, **options: pytest.fail(f"answered with parameters {parameters!r}")
+    with pytest.raises(ValueError, match=r'^"parameters" must be a JSON object such as \{"top_k": 3\}, got ') as error:
+        handler({"inputs": TEXTS[0], "parameters": parameters})
+    assert type(parameters).__name__ in str(error.value) and "\n" not in str(error.value)
+
+
+def test_parameters_left_out_or_null_are_none():
+    from llm_fusion_fec.serving.handler import EndpointHandler
+
+    handler = EndpointHandler.__new__(EndpointHandler)
+    handler.pipeline = lambda inputs, **options: [inputs, options]
+    for data in ({"inputs": "x"}, {"inputs": "x", "parameters": None}, {"inputs": "x", "parameters": {}}):
+        assert handler(data) == ["x", {}]
+    assert handler({"inputs": "x", "parameters": {"top_k": 2}}) == ["x", {"top_k": 2}]
+
+
 def test_the_folder_has_what_an_endpoint_installs(model_folder):
     requirements = (model_folder / "requirements.txt").read_text().split()
     assert requirements[0].startswith("transformers>=5.0,<6") and "bitsandbytes" not in requirements

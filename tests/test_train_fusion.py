@@ -653,3 +653,19 @@ def test_without_dataset_the_features_name_it(tmp_path, tiny_backbones, data_dir
     # `--features_dir` alone: no `--dataset ED` default to contradict the features, which come from GoEmotions.
     results = main(["--features_dir", str(folder), "--max_steps", "2", "--report_to", "none"])
     assert results.dataset == "go_emotion" and Path("outputs/llm-fusion-go-emotion/config.json").is_file()
+
+
+def test_a_train_split_of_one_class_is_refused_by_name(tmp_path, tiny_backbones):
+    from helpers import write_csv_dataset
+
+    folder = write_csv_dataset(tmp_path / "joyful", [("what a day", 1), ("so glad", 1), ("lovely", 1)])
+    (folder / "test.csv").write_text("text,label\nso sad,0\nlovely,1\n")  # the other splits may hold more
+    features = tmp_path / "features"
+    extract(str(folder), backbones=tiny_backbones[1:2], output_dir=features)
+    with pytest.raises(ValueError) as error:
+        main(cli(features, tmp_path / "out"))
+    assert str(error.value) == (
+        f"The train split of {folder} has one class (happy): a classifier needs at least two. Extract the features of "
+        "more rows (a larger --limit) or of another data set."
+    )
+    assert not (tmp_path / "out").exists()  # refused before any training

@@ -14,6 +14,7 @@ import json
 import re
 import typing
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from llm_fusion_fec.arguments import check_at_least_one
@@ -87,6 +88,16 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of a text file's content, split where the file's lines end: at `\n` (and `\r\n`) only, never at
+    the other characters `str.splitlines` ends a line at (U+2028, U+0085, a form feed, a lone `\r`), so that line
+    numbers are those of an editor and of `not_utf8`. A final line end ends the last line (no empty line after it)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _first_non_utf8_line(path: str) -> int | None:
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
@@ -95,6 +106,17 @@ def _first_non_utf8_line(path: str) -> int | None:
             except UnicodeDecodeError:
                 return number
     return None
+
+
+def not_utf8(path: str | Path, error: UnicodeDecodeError) -> str:
+    """Why a local text file could not be read, in one line naming the file, the first line that is not UTF-8 and
+    its byte, and the fix: `fec predict`'s input files and a data set's files say it alike."""
+    line = _first_non_utf8_line(str(path))
+    where = f"line {line}" if line else "it"
+    return (
+        f"{path} is not UTF-8 text ({where} has byte 0x{error.object[error.start]:02x}); "
+        "the expected encoding is UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8`."
+    )
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -120,12 +142,7 @@ def _read_error(path: str, error: BaseException) -> str:
         return f"Data file {path} is empty: add its rows (after a header line in a CSV or TSV file)."
     for cause in causes:
         if isinstance(cause, UnicodeDecodeError):
-            line = _first_non_utf8_line(path)
-            where = f"line {line}" if line else "it"
-            return (
-                f"Data file {path} is not UTF-8 text ({where} has byte 0x{cause.object[cause.start]:02x}); "
-                "the expected encoding is UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8`."
-            )
+            return f"Data file {not_utf8(path, cause)}"
         if type(cause).__name__ == "ParserError":  # pandas: an unclosed quote, a row with extra fields
             detail = one_line(cause).removeprefix("Error tokenizing data. C error: ")
             return f"Data file {path} is not valid {kind}: {detail}. Close the quote or fix the row's fields."
@@ -184,8 +201,9 @@ def _read_label_names(path: str) -> list[str]:
     import fsspec  # datasets' own file layer: local paths and URLs alike
 
     try:
-        with fsspec.open(path, "r", encoding="utf-8") as handle:
-            rows = [line.split() for line in handle if line.strip()]
+        with fsspec.open(path, "r", encoding="utf-8", newline="") as handle:
+            # Fields are parted by spaces and tabs: other white space (U+00A0, U+2028, ...) belongs to the name.
+            rows = [re.split(r"[ \t]+", line.strip()) for line in text_lines(handle.read()) if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(_read_error(path, error)) from error
     if all(len(row) == 2 and row[1].isdigit() for row in rows):  # "name id" lines (label2idx.txt)
@@ -463,6 +481,13 @@ def _labelled_split(texts: list[str], labels: list, label_names: list[str], mult
         label_type = ClassLabel(names=label_names)
     features = datasets.Features({"text": Value("string"), "label": label_type})
     return Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def one_class(labels: Sequence[int], label_names: list[str]) -> str | None:
+    """The name of the one class single-label `labels` (ids) all belong to, or None where they hold two or more (or
+    none): a classifier, or a probe, fitted on them could only answer that class."""
+    ids = set(labels)
+    return label_names[ids.pop()] if len(ids) == 1 else None
 
 
 def data_digest(split: Dataset) -> str:

@@ -9,7 +9,7 @@ import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 
 from configuration_llm_fusion import LLMFusionConfig
-from llm_fusion_fec.data.datasets import SPLITS, dataset_name
+from llm_fusion_fec.data.datasets import SPLITS, dataset_name, one_class
 from llm_fusion_fec.features.metadata import FeatureMetadata
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
@@ -97,6 +97,19 @@ def training_splits(data: DatasetDict, config: LLMFusionConfig) -> DatasetDict:
     return DatasetDict(splits)
 
 
+def check_classes(train, config: LLMFusionConfig, dataset: str) -> None:
+    """Refuse single-label train features whose rows all belong to one class (`one_class`), naming the data set and
+    the class: the head would learn to answer that class alone (test accuracy: the share of that class)."""
+    if config.problem_type != "single_label_classification":
+        return
+    name = one_class(train["label"], [config.id2label[i] for i in range(config.num_labels)])
+    if name is not None:
+        raise ValueError(
+            f"The train split of {dataset} has one class ({name}): a classifier needs at least two. Extract the "
+            "features of more rows (a larger --limit) or of another data set."
+        )
+
+
 def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per-dimension mean and standard deviation of each backbone's features, read chunk by chunk from the Arrow
     files (for `standardize_features`)."""
@@ -129,4 +142,4 @@ def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) 
                     )
 
 
-__all__ = ["build_config", "check_dataset", "check_finite", "feature_statistics", "training_splits"]
+__all__ = ["build_config", "check_classes", "check_dataset", "check_finite", "feature_statistics", "training_splits"]

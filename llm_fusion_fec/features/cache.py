@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +38,42 @@ def split_checksum(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def temporary_name(path: Path) -> Path:
+    """A name beside `path` to write it under before moving it into place (`os.replace`), unique to this writer:
+    `.<name>.<host>-<process id>-<random>.tmp`. Two writers of `path` (another process, a second run on the same
+    folder) never write into one file: each moves its own whole file into place, the last one wins. What a killed
+    writer left is removed by the next (`remove_abandoned`)."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def remove_abandoned(path: Path) -> None:
+    """Remove the files and folders that writers of `path` left under their temporary names (`temporary_name`) when
+    they were killed: those of processes of this machine that no longer run. Another writer's are left alone."""
+    host = socket.gethostname()
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner, _, pid = left.name[len(path.name) + 2 : -len(".tmp")].rpartition("-")[0].rpartition("-")
+        if owner != host or not pid.isdigit() or _running(int(pid)):
+            continue
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write a JSON file atomically: a reader sees the old file or the whole new one, never a part."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    remove_abandoned(path)
+    temporary = temporary_name(path)
     try:
         temporary.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(temporary, path)
@@ -142,8 +179,9 @@ def write_shard(shard: Path, name: str, values, feature) -> None:
     from datasets.arrow_writer import ArrowWriter
 
     shard.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(shard)
     shard_record(shard).unlink(missing_ok=True)
-    temporary = shard.with_name(f".{shard.name}.tmp")
+    temporary = temporary_name(shard)
     try:
         with ArrowWriter(features=Features({name: feature}), path=str(temporary)) as writer:
             writer.write_batch({name: values})

@@ -13,9 +13,9 @@ a token, `llama_window`: a window; the window of the token's own pass unless ano
 `SECOND_PASS_MARGIN` higher, so both come from one LLM pass a text) and the preset's other
 backbones, extracted on every split: train and validation are cut from the cached candidates, the test split is
 computed for the chosen views alone, after the choice. The test split plays no part in the choice.
-The probes are fitted on a random sample of `TRAIN_ROWS` train rows (`--choose-train-rows N`: N of them; 0: all of
-them): the candidates' passes read those train texts only, and the chosen views are then computed on the whole
-train split.
+The probes are fitted on a random sample of `TRAIN_ROWS` train rows (`--choose-train-rows N`: N of them; 0, or at
+least the train split's rows: all of them, read once): the candidates' passes read those train texts only, and the
+chosen views are then computed on the whole train split.
 
 `fec_features.json` records the choice under `choice` (the candidates, their best scores, the strengths, the views
 chosen); training copies it into the model's config (`feature_choice`) and the model card reports it. A rerun reuses
@@ -41,7 +41,9 @@ from llm_fusion_fec.features.extraction import (
     backbones_of,
     extract_fixed,
     output_folders,
+    train_sample,
 )
+from llm_fusion_fec.features.progress import progress_bar
 from llm_fusion_fec.features.sweep import SWEEP_SPLITS, SWEEP_TOLERANCE, LayerScore, chosen_spec, folder_scores
 
 if typing.TYPE_CHECKING:
@@ -133,6 +135,8 @@ def choose(
     view_paths = {llm.model: llm_path} if llm_path else {}
     views = [BackboneSpec.from_dict(view) for view in candidate_views(llm, candidate_templates(args.choose_template))]
     views = read_every_layer(views, {}, view_paths)
+    check_window(llm, views[0].num_layers)
+    sample = probe_rows(args, sample)
 
     started = time.perf_counter()
     candidates = extract_fixed(
@@ -178,7 +182,7 @@ def _extract_choice(
         chosen_spec(specs[window.features], window.layers, f"{llm.name}_window"),
     ]
     rows = candidates.metadata.rows
-    seed = TRAIN_SAMPLE_SEED if sample is not None and rows["train"] == sample else None  # a sample was drawn
+    seed = None if sample is None else TRAIN_SAMPLE_SEED  # `probe_rows`: None where every train row was read
     record = choice_record(
         candidates.metadata.problem_type, views, scores, {chosen[0].name: token, chosen[1].name: window}, rows, seed
     )
@@ -190,11 +194,53 @@ def _choice_arguments(args: ExtractArguments) -> tuple[ExtractArguments, int | N
     """The arguments the extractions of a choice run with (`--choose` done), and the train rows its probes read
     (`None`: every row); `ValueError` for a bad `--choose-train-rows` or `--all-layers`."""
     sample = TRAIN_ROWS if args.choose_train_rows is None else args.choose_train_rows
-    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
-        raise ValueError(f"--choose-train-rows must be an integer of at least 0 (0: every train row), got {sample!r}.")
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0 or sample == 1:
+        raise ValueError(
+            "--choose-train-rows must be 0 (every train row) or at least 2 (a probe needs two classes), got "
+            f"{sample!r}."
+        )
     if args.all_layers:
         raise ValueError("--choose and --all-layers contradict each other: --choose reads every layer itself.")
     return dataclasses.replace(args, choose=False, choose_train_rows=None), sample or None
+
+
+def check_window(llm: BackboneSpec, hidden_states: int) -> None:
+    """Refuse an LLM with fewer hidden states (`hidden_states`: its embeddings and each layer) than the `WINDOW` a
+    window view averages, naming the backbone: nothing could be chosen for its window."""
+    if hidden_states < WINDOW:
+        raise ValueError(
+            f"--choose: backbone {llm.name!r} ({llm.model}) has {hidden_states - 1} hidden layers ({hidden_states} "
+            f"hidden states with the embeddings), fewer than the window of {WINDOW} consecutive hidden states its "
+            f"window view averages: choose for an LLM of at least {WINDOW - 1} layers."
+        )
+
+
+def probe_rows(args: ExtractArguments, sample: int | None) -> int | None:
+    """The train rows the probes are fitted on: `sample` of them (`train_sample`), or `None` for every row where
+    `sample` is None or no fewer than the train split has. `ValueError` where those rows hold one class (single-label
+    data): a probe cannot be fitted on them. Reads the data set (refusing it as extraction would)."""
+    from llm_fusion_fec.data.datasets import load_data, one_class
+    from llm_fusion_fec.features.cache import library_progress_bars_off
+
+    with library_progress_bars_off():
+        data, label_names, problem_type = load_data(
+            args.dataset, args.data_dir, args.text_column, args.label_column, args.limit
+        )
+    if sample is not None and sample >= len(data["train"]):
+        sample = None  # every row: read once, for the probes and the chosen views alike
+    if problem_type == "single_label_classification":
+        name = one_class(train_sample(data["train"], sample)["label"], label_names)
+        if name is not None and sample is None:
+            raise ValueError(
+                f"--choose: the train split of {args.dataset} has one class ({name}): a probe (and a classifier) "
+                "needs at least two."
+            )
+        if name is not None:
+            raise ValueError(
+                f"--choose-train-rows {sample}: the {sample} train rows sampled for the probes hold one class "
+                f"({name}); a probe needs at least two: give a larger number, or 0 for every train row."
+            )
+    return sample
 
 
 def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | None) -> list[LayerScore]:
@@ -214,16 +260,18 @@ def swept_scores(candidates: ExtractionResult, views: list[dict], device: str | 
     record = json.loads(saved.read_text()) if saved.exists() else {}
     done = record.get("views", {}) if record.get("settings") == settings else {}
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    for view in views:
-        if view["name"] in done:
-            continue
-        widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
-        found = folder_scores(
-            candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
-        )
-        done[view["name"]] = [dataclasses.asdict(row) | {"features": view["name"]} for row in found]
-        write_json(saved, {"settings": settings, "views": done})
-        logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
+    todo = [view for view in views if view["name"] not in done]
+    with progress_bar(len(todo), "--choose: probing the candidates", unit="candidate") as progress:
+        for view in todo:
+            widths = (1,) if view["pooling"] in TOKEN_POOLINGS else (WINDOW,)
+            found = folder_scores(
+                candidates.output_dir, candidates.metadata, view, WINDOW, "mean", STRENGTHS, device, widths
+            )
+            done[view["name"]] = [dataclasses.asdict(row) | {"features": view["name"]} for row in found]
+            write_json(saved, {"settings": settings, "views": done})
+            logger.info(f"--choose: {view['name']} swept, best {max(row.score for row in found):.4f}")
+            progress.set_postfix_str(f"{view['name']} swept")
+            progress.update(1)
     return [LayerScore(**row) for view in views for row in done[view["name"]]]
 
 

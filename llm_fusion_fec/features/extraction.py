@@ -16,8 +16,10 @@ The heavy libraries (torch, datasets, transformers) are imported by the function
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import shutil
@@ -46,15 +48,18 @@ from llm_fusion_fec.features.cache import (
     library_progress_bars_off,
     output_problem,
     previous_metadata,
+    remove_abandoned,
     shard_problem,
     split_checksum,
+    temporary_name,
     write_json,
     write_shard,
 )
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, default_features_dir
+from llm_fusion_fec.features.progress import progress_bar
 
 if typing.TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
     from configuration_llm_fusion import BackboneSpec
     from modeling_llm_fusion import FrozenBackbone
@@ -190,9 +195,17 @@ def _selected_rows(data: DatasetDict, splits: Sequence[str] | None, train_rows: 
     where that is fewer than it has."""
     if splits is not None:
         data = type(data)({split: data[split] for split in splits})
-    if train_rows is not None and train_rows < len(data["train"]):
-        data["train"] = data["train"].shuffle(seed=TRAIN_SAMPLE_SEED).select(range(train_rows)).flatten_indices()
+    if train_rows is not None:
+        data["train"] = train_sample(data["train"], train_rows)
     return data
+
+
+def train_sample(train: Dataset, rows: int | None) -> Dataset:
+    """A random sample of `rows` rows of `train` (`TRAIN_SAMPLE_SEED`), or `train` itself where `rows` is None or no
+    fewer than it has: the train rows `--choose`'s probes are fitted on."""
+    if rows is None or rows >= len(train):
+        return train
+    return train.shuffle(seed=TRAIN_SAMPLE_SEED).select(range(rows)).flatten_indices()
 
 
 def output_folders(args: ExtractArguments) -> tuple[Path, Path]:
@@ -512,16 +525,17 @@ def _compute_shards(
 ) -> dict[str, float]:
     """Compute the `missing` shards (by split) of `views` (the first and the views that read like it, in one forward
     pass a batch) and write to the cache each view's shards that are `pending` for it (by view name, then split),
-    under one progress bar. Returns the pass's throughput: texts, texts/s and tokens/s."""
+    under one progress bar (`progress_bar`: lines in a log file). Returns the pass's throughput: texts, texts/s and
+    tokens/s."""
     import torch
-    from tqdm.auto import tqdm
 
     backbone = views[0]
     total = sum(shards.rows(split, i) for split, indices in missing.items() for i in indices)
     start = time.perf_counter()
-    with tqdm(total=total, desc=progress_name, unit="text", disable=None) as progress:
+    with progress_bar(total, progress_name) as progress:
         for split, indices in missing.items():
             for i in indices:
+                progress.set_postfix_str(f"{split} shard {i + 1}/{shards.count(split)}")
                 first = i * shards.size
                 texts = data[split][first : first + shards.rows(split, i)]["text"]
                 columns = backbone.extract_views(
@@ -569,23 +583,35 @@ def _assemble(data: DatasetDict, shards: Shards, output_dir: Path, metadata: Fea
             files = shards.files(split, spec["name"])
             columns.append(datasets.concatenate_datasets([Dataset.from_file(str(path)) for path in files]))
         splits[split] = datasets.concatenate_datasets(columns, axis=1)
-    staging = output_dir / "_saving"
+    for left in [output_dir / "_saving", *(output_dir / split for split in data)]:
+        remove_abandoned(left)  # what a killed run left
+    staging = temporary_name(output_dir / "_saving")  # its own: another run on this folder has another
     try:
-        if staging.exists():  # left by a killed run
-            shutil.rmtree(staging)
         DatasetDict(splits).save_to_disk(staging)
         checksums = {split: split_checksum(staging / split) for split in data}
-    except BaseException:
+        (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
+        for split in data:
+            _replace_folder(staging / split, output_dir / split)
+        (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
-    for split in data:
-        target = output_dir / split
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / split).rename(target)
-    (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
-    staging.rmdir()
     metadata = dataclasses.replace(metadata, split_checksums=checksums)
     write_json(output_dir / METADATA_FILE, metadata.to_dict())
     return metadata
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Move the folder `source` to `target`, replacing the folder there. A folder cannot be replaced in one step: the
+    one there is first moved aside (under a name of this run's own), also when another run put it there meanwhile."""
+    while True:
+        aside = temporary_name(target)
+        with contextlib.suppress(FileNotFoundError):
+            target.rename(aside)
+        try:
+            source.rename(target)
+            return
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)

@@ -55,18 +55,26 @@ def default_output(input_path: Path) -> Path:
 
 def read_rows(path: Path, text_column: str) -> tuple[list[str], list[Row]]:
     """The input's column names (in order) and rows. Raises `ValueError` for a file that cannot be read at all:
-    an unknown format, or a text column that no row has."""
+    an unknown format, text that is not UTF-8 (naming its first such line), or a text column that no row has.
+
+    A TXT file holds one text a line, lines ending at `\n` or `\r\n` only (`text_lines`): a text may hold any other
+    character, U+2028 or a form feed included, and row `i` is line `i` of the file."""
+    from llm_fusion_fec.data.datasets import not_utf8, text_lines
+
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"{path} is not a {', '.join(INPUT_SUFFIXES)} file.")
     if not path.is_file():
         raise ValueError(f"{path} does not exist.")
-    with open(path, newline="" if path.suffix == ".csv" else None, encoding="utf-8-sig") as handle:
-        if path.suffix == ".csv":
-            return _csv_rows(handle, path, text_column)
-        if path.suffix == ".jsonl":
-            return _jsonl_rows(handle, path, text_column)
-        rows = [Row(line, {TXT_COLUMN: text}, text) for line, text in enumerate(handle.read().splitlines(), 1)]
-        return [TXT_COLUMN], rows
+    try:
+        with open(path, newline="" if path.suffix in (".csv", ".txt") else None, encoding="utf-8-sig") as handle:
+            if path.suffix == ".csv":
+                return _csv_rows(handle, path, text_column)
+            if path.suffix == ".jsonl":
+                return _jsonl_rows(handle, path, text_column)
+            rows = [Row(line, {TXT_COLUMN: text}, text) for line, text in enumerate(text_lines(handle.read()), 1)]
+            return [TXT_COLUMN], rows
+    except UnicodeDecodeError as error:
+        raise ValueError(f"Input file {not_utf8(path, error)}") from None
 
 
 def _csv_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row]]:
@@ -241,16 +249,32 @@ def label_file(
     return LabelledFile(output, rows)
 
 
+def check_output(output: Path, input_path: Path, overwrite: bool) -> None:
+    """Refuse an output file that cannot be written, or must not be, before any row is labelled: another format than
+    `OUTPUT_SUFFIXES`, the input file itself (by any name: a hard or symbolic link too, `--overwrite` or not), an
+    existing file without `overwrite`, a folder, or a place under a file or a folder that cannot be written."""
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
+    if output.resolve() == input_path.resolve() or (
+        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
+    ):
+        raise ValueError(f"--output {output} is the input file {input_path} (the same file); choose another.")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file in it.")
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
+    folder = next(parent for parent in output.absolute().parents if parent.exists())  # `/` at the latest
+    if not folder.is_dir():
+        raise ValueError(f"--output {output} cannot be written: {folder} is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output} cannot be written: no permission to write in {folder}.")
+
+
 def predict(args: PredictArguments) -> int:
     """Label `args.input` into the output file; return the exit status (0: every row labelled, 1: some not)."""
     input_path = Path(args.input)
     output = Path(args.output) if args.output else default_output(input_path)
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
-    if output.resolve() == input_path.resolve():
-        raise ValueError(f"--output {output} is the input file; choose another.")
-    if output.exists() and not args.overwrite:
-        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
+    check_output(output, input_path, args.overwrite)
     parameters = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else int(args.top_k)}
     result = label_file(
         lambda: load_pipeline(args), input_path, output, args.text_column, args.batch_size, True, **parameters

@@ -50,9 +50,14 @@ class EndpointHandler:
         """The pipeline's answer to `data["inputs"]` (a text or a list of texts) with `data["parameters"]`."""
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError('The request must be a JSON object with "inputs": a text or a list of texts.')
-        inputs, parameters = data["inputs"], data.get("parameters") or {}
+        inputs, parameters = data["inputs"], data.get("parameters")
+        if parameters is None:  # absent or null: no parameters; any other value that is no object is refused
+            parameters = {}
         if not isinstance(parameters, dict):
-            raise ValueError(f'"parameters" must be a JSON object, got {type(parameters).__name__}.')
+            raise ValueError(
+                f'"parameters" must be a JSON object such as {{"top_k": 3}}, got {type(parameters).__name__} '
+                f"{parameters!r:.40}."
+            )
         unknown = sorted(set(parameters) - set(PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown parameter(s) {unknown}; this endpoint takes {', '.join(PARAMETERS)}.")

@@ -27,7 +27,14 @@ from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
 from llm_fusion_fec.arguments import DEFAULT_DATASET, FusionArguments, ProtocolArguments
-from llm_fusion_fec.data.splits import build_config, check_dataset, check_finite, feature_statistics, training_splits
+from llm_fusion_fec.data.splits import (
+    build_config,
+    check_classes,
+    check_dataset,
+    check_finite,
+    feature_statistics,
+    training_splits,
+)
 from llm_fusion_fec.evaluation.metrics import (
     SELECTION_METRICS,
     choose_threshold,
@@ -355,6 +362,7 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
         head["feature_choice"] = metadata.choice
     config = build_config(metadata, args.backbones, **head, training_protocol=args.protocol)
     features, data = data, training_splits(data, config)
+    check_classes(features["train"], config, metadata.dataset)
     examples = validation_examples(features["validation"].select_columns(["text", "label"]))
     check_finite(data, config)
     selection = selection_metric(training_args.metric_for_best_model, config.problem_type)
