@@ -319,7 +319,7 @@ class SpaceArguments:
         metadata={"help": "The model's Hub id (what the Space loads), or a model folder for a demo here."}
     )
     output_dir: str = field(
-        metadata={"help": "Folder for the Space's files: app.py, predict.py, space.json, requirements.txt, README.md."}
+        metadata={"help": "Folder for the Space's files: app.py, its code, space.json, requirements.txt, README.md."}
     )
     push: str | None = field(
         default=None, metadata={"help": "SPACE_ID (ORG/NAME): create or update this Gradio Space with the files."}

@@ -166,7 +166,7 @@ def test_a_label_file_is_one_name_a_line_whatever_the_name_holds(tmp_path, file)
 
 
 def test_text_lines_end_at_line_feeds_only():
-    from llm_fusion_fec.data.datasets import text_lines
+    from llm_fusion_fec.data.text_files import text_lines
 
     assert text_lines("a\u2028b\x85c\x0cd\x1ce\rf\r\ng\n\nh") == ["a\u2028b\x85c\x0cd\x1ce\rf", "g", "", "h"]
     assert text_lines("") == [] and text_lines("\n") == [""] and text_lines("x\r\n") == ["x"]

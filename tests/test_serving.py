@@ -116,14 +116,15 @@ def test_the_folder_has_what_an_endpoint_installs(model_folder):
 
 
 def test_fec_space_writes_a_gradio_space_for_a_hub_model(tmp_path, monkeypatch, capsys):
-    from llm_fusion_fec.serving.space import APP_SOURCE, PREDICT_SOURCE
+    from llm_fusion_fec.serving.space import APP_SOURCE, SPACE_CODE
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # writing the Space needs no Gradio
     assert fec(["space", "org/llm-fusion-ed", "--output_dir", str(tmp_path / "space")]) == 0
     space = tmp_path / "space"
     # The app and fec predict's code are the package's files as they are; what to show is data beside them.
     assert (space / "app.py").read_bytes() == APP_SOURCE.read_bytes()
-    assert (space / "predict.py").read_bytes() == PREDICT_SOURCE.read_bytes()
+    for name, source in SPACE_CODE.items():
+        assert (space / name).read_bytes() == source.read_bytes()
     settings = json.loads((space / "space.json").read_text())
     assert settings["model"] == "org/llm-fusion-ed" and settings["backbone_paths"] == {}
     card = SpaceCard.load(space / "README.md").data.to_dict()

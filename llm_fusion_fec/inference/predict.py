@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+try:
+    from ..data.text_files import not_utf8, text_lines
+except ImportError:  # in a Space: the copy of text_files.py beside this file
+    from text_files import not_utf8, text_lines
+
 if TYPE_CHECKING:
     from llm_fusion_fec.arguments import PredictArguments
 
@@ -59,8 +64,6 @@ def read_rows(path: Path, text_column: str) -> tuple[list[str], list[Row]]:
 
     A TXT file holds one text a line, lines ending at `\n` or `\r\n` only (`text_lines`): a text may hold any other
     character, U+2028 or a form feed included, and row `i` is line `i` of the file."""
-    from llm_fusion_fec.data.datasets import not_utf8, text_lines
-
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"{path} is not a {', '.join(INPUT_SUFFIXES)} file.")
     if not path.is_file():

@@ -27,8 +27,10 @@ GRADIO_INSTALL = "pip install 'gradio>=5.0'"
 """What to install for the demo here (the package's `demo` extra holds the same)."""
 DEFAULT_GRADIO = "5.0"  # the oldest Gradio the app is written for: the Space's sdk_version where Gradio is not here
 APP_SOURCE = Path(__file__).resolve().parent / "space_app.py"
-PREDICT_SOURCE = Path(__file__).resolve().parent.parent / "inference" / "predict.py"
-SPACE_FILES = ("app.py", "predict.py", SETTINGS_FILE, "requirements.txt", "README.md")
+PACKAGE = Path(__file__).resolve().parent.parent
+# `fec predict`'s code the app labels an uploaded file with, standard library only: copied beside the app
+SPACE_CODE = {"predict.py": PACKAGE / "inference" / "predict.py", "text_files.py": PACKAGE / "data" / "text_files.py"}
+SPACE_FILES = ("app.py", *SPACE_CODE, SETTINGS_FILE, "requirements.txt", "README.md")
 
 
 def import_gradio():
@@ -172,7 +174,8 @@ def write_space(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(APP_SOURCE, output_dir / "app.py")
-    shutil.copyfile(PREDICT_SOURCE, output_dir / "predict.py")
+    for name, source in SPACE_CODE.items():
+        shutil.copyfile(source, output_dir / name)
     settings = {"model": model, "backbone_paths": paths, "examples": list(DEFAULT_EXAMPLES)}
     settings_text = json.dumps(settings, indent=2, ensure_ascii=False) + "\n"
     (output_dir / SETTINGS_FILE).write_text(settings_text, encoding="utf-8")
