@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
+from huggingface_hub import ModelCard
 
 from helpers import CORPUS
 from llm_fusion_fec.commands.fec import main as fec
@@ -157,9 +158,9 @@ def refused(capsys, argv: list[str], output: Path) -> str:
     """The one line `train_fusion.py` (`fec train`) answers with, having trained nothing."""
     capsys.readouterr()  # what the test printed before
     assert fec(argv) == 1
-    error = capsys.readouterr().err.strip()
-    assert "\n" not in error and error.startswith("error: ") and not output.exists()
-    return error.removeprefix("error: ")
+    lines = capsys.readouterr().err.strip().splitlines()  # the progress bars of `datasets` reading parquet, then
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:] and not output.exists()
+    return lines[-1].removeprefix("error: ")
 
 
 def tamper_feature_value(split_folder: Path) -> None:
@@ -311,3 +312,152 @@ def test_extracting_again_records_what_an_earlier_version_did_not(extracted, tmp
     caplog.clear()
     load_features(features)
     assert not [record for record in caplog.records if record.levelname == "WARNING"]
+
+
+# ---- the features as a Hub dataset (`fec push-features`), checked alike ----
+
+
+@pytest.fixture
+def pushed(extracted, tmp_path, monkeypatch) -> Path:
+    """The features pushed to a Hub of one folder (`upload_folder` copies into it, `snapshot_download` reads it):
+    the dataset's folder, as `train_fusion.py --features_dir org/features` downloads it."""
+    from huggingface_hub import HfApi
+
+    hub = tmp_path / "hub"
+
+    def upload_folder(self, repo_id, folder_path, repo_type, **kwargs):
+        shutil.copytree(folder_path, hub / repo_id, dirs_exist_ok=True)
+        return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit"})()
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **kwargs: str(hub / repo_id))
+    assert fec(["push-features", str(extracted), "org/features"]) == 0
+    return hub / "org" / "features"
+
+
+def change_parquet(path: Path, column: str, change) -> None:
+    """Change the first row's value of a column of a parquet shard, its schema (and the features it records) kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    values[0] = change(values[0])
+    field = table.schema.field(column)
+    table = table.set_column(table.schema.get_field_index(column), field, pa.array(values, type=field.type))
+    pq.write_table(table, path)
+
+
+def swap_files(first: Path, second: Path) -> None:
+    content = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (
+            lambda d: change_parquet(d / "data/test-00000-of-00001.parquet", "bert", lambda v: [v[0] + 1, *v[1:]]),
+            "Split 'test' in {d} holds other feature values than those extracted: its values do not match",
+        ),
+        (
+            lambda d: change_parquet(d / "data/validation-00000-of-00001.parquet", "label", lambda v: (v + 1) % 3),
+            "Split 'validation' in {d} holds other texts or labels than those extracted: its values do not match",
+        ),
+        (
+            lambda d: swap_files(d / "data/train-00000-of-00001.parquet", d / "data/test-00000-of-00001.parquet"),
+            "Split 'train' in {d} holds the rows of split 'test': its values do not match the checksum",
+        ),
+        (
+            lambda d: (d / METADATA_FILE).write_text(
+                json.dumps(other_backbone(json.loads((d / METADATA_FILE).read_text())))
+            ),
+            "{d}/fec_features.json was edited after its features were written: backbone 'llama' (changed) not as",
+        ),
+    ],
+)
+def test_features_from_the_hub_are_checked_alike(pushed, tmp_path, capsys, caplog, tamper, message):
+    data, metadata = load_features(pushed)  # as pushed: they pass, without a warning
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+    assert metadata.content_digests == read_metadata(pushed).content_digests and "data" in {
+        p.name for p in pushed.iterdir()
+    }
+    tamper(pushed)
+    error = refused(capsys, train_command("org/features", tmp_path / "out"), tmp_path / "out")
+    assert error.startswith(message.format(d=pushed))
+
+
+def test_features_pushed_by_an_earlier_version_are_checked_where_they_can_be(pushed, caplog):
+    record = json.loads((pushed / METADATA_FILE).read_text())
+    (pushed / METADATA_FILE).write_text(json.dumps(earlier(*NEW_KEYS)(record)))
+    load_features(pushed)
+    warnings = " ".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert "records no checksum of split(s) ['train', 'validation', 'test']" in warnings
+    assert "their feature values cannot be checked" in warnings
+    swap_files(pushed / "data/train-00000-of-00001.parquet", pushed / "data/test-00000-of-00001.parquet")
+    with pytest.raises(
+        ValueError, match=r"^Split 'train' in .* holds the rows of split 'test' \(fec_features\.json's"
+    ):
+        load_features(pushed)
+
+
+# ---- a data set's identity: its content, not its folder's name ----
+
+
+def test_a_local_data_set_is_named_by_its_content(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = write_splits(tmp_path / "a" / "ED", "first"), write_splits(tmp_path / "b" / "ED", "second")
+    names = {dataset_name(str(first)), dataset_name(str(second)), dataset_name("a/ED"), dataset_name("b/ED/")}
+    assert len(names) == 2 and all(re.fullmatch(r"ED-[0-9a-f]{8}", name) for name in names)
+    assert dataset_name(str(shutil.copytree(first, tmp_path / "c" / "ED"))) == dataset_name("a/ED")  # same content
+    assert dataset_name("ED") == "ED" and dataset_name(str(tmp_path / "x" / "ED")) == "ED-local"  # no data there
+    assert default_features_dir("a/ED") == Path("features") / dataset_name("a/ED") != default_features_dir("ED")
+    unicode = [dataset_name(str(write_splits(tmp_path / name, name))) for name in ("情感", "感情", "émotions")]
+    assert unicode[0] != unicode[1] and all(re.fullmatch(r"(dataset|motions)-[0-9a-f]{8}", n) for n in unicode)
+    pairs = f"train={first}/train.csv,validation={first}/valid.csv,test={first}/test.csv"
+    assert dataset_name(pairs) == dataset_name("a/ED")  # the same files
+
+
+def test_two_local_folders_named_ED_extract_side_by_side_and_each_trains_on_its_own(
+    tmp_path, tiny_backbones, monkeypatch, capsys
+):
+    from llm_fusion_fec import extract
+
+    monkeypatch.chdir(tmp_path)
+    folders = {
+        "a/ED": write_splits(tmp_path / "a" / "ED", "first"),
+        "b/ED": write_splits(tmp_path / "b" / "ED", "second"),
+    }
+    features = {name: extract(name, **hub_specs(tiny_backbones)).output_dir for name in folders}
+    assert features["a/ED"] != features["b/ED"] and {path.parent for path in features.values()} == {Path("features")}
+    for name, folder in folders.items():
+        texts = [line.split('",')[0].strip('"') for line in (folder / "train.csv").read_text().splitlines()[1:]]
+        assert load_features(features[name])[0]["train"]["text"] == texts
+        output = tmp_path / "outputs" / name.replace("/", "-")
+        assert fec(["train", "--dataset", name, *train_command(features[name], output)[3:]]) == 0
+        card = ModelCard.load(output / "README.md")
+        assert "Empathetic" not in card.content and card.data.license == "other"  # not the built-in ED's license
+        examples = [item["text"] for item in card.data.widget]
+        assert examples and all(f'"{example}"' in (folder / "valid.csv").read_text() for example in examples)
+    # `--dataset ED` is the built-in data set: no local folder's features stand for it.
+    error = refused(capsys, ["train", "--dataset", "ED", "--max_steps", "2"], tmp_path / "outputs" / "llm-fusion-ed")
+    assert error.startswith("features/ED is not a features folder (no fec_features.json)")
+    shutil.copytree(features["a/ED"], "features/ED")  # as an earlier version named it: by its folder
+    (Path("features/ED") / METADATA_FILE).write_text(
+        json.dumps(earlier(*NEW_KEYS)({**read_metadata("features/ED").to_dict(), "dataset_name": "ED"}))
+    )
+    error = refused(capsys, ["train", "--dataset", "ED", "--max_steps", "2"], tmp_path / "outputs" / "llm-fusion-ed")
+    assert error == (
+        f"The features in features/ED are from the data set 'a/ED' ({dataset_name('a/ED')}), not 'ED'; pass --dataset "
+        "a/ED or the features folder of 'ED'."
+    )
+    # Nor does one local folder's features stand for the other's.
+    error = refused(
+        capsys, ["train", "--dataset", "a/ED", *train_command(features["b/ED"], tmp_path / "x")[1:]], tmp_path / "x"
+    )
+    assert error == (
+        f"The features in {features['b/ED']} are from the data set 'b/ED' ({dataset_name('b/ED')}), not 'a/ED' "
+        f"({dataset_name('a/ED')}); pass --dataset b/ED or the features folder of 'a/ED'."
+    )

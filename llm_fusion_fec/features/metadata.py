@@ -1,7 +1,8 @@
 """A features folder, the contract between extraction and training: `fec_features.json` and the Arrow splits beside it.
 
 `extract_features.py` writes it; `train_fusion.py`, the sweep and the benchmarks read it through `read_metadata` and
-`load_features`, without importing the extractor.
+`load_features`, without importing the extractor. `load_features` checks the splits against the record before it
+returns them (`verify_features`), so that a head is never trained on features that are not what the record says.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class FeatureMetadata:
         backbones = [BackboneSpec.from_dict(spec) for spec in record["backbones"]]
         name = record.get("dataset_name")
         if name is None or (name in BUILTIN_DATASETS and record["dataset"] != name):
-            # Records before names held a digest called a local folder `ED` by the built-in's name: not any more.
+            # An earlier version named a local folder `ED` as the built-in ED: name it by its content instead.
             name = dataset_name(str(record["dataset"]))
         return cls(**{**record, "dataset_name": name, "backbones": backbones})
 
