@@ -17,6 +17,7 @@ first rows of each split). Needs the `compare` extra's packages (`setfit`, `mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -400,7 +401,9 @@ class Comparison:
 
     def subset_features(self, rows: list[int], output: Path) -> Path:
         """The features folder with its train split cut to `rows` (validation and test as they are)."""
-        from llm_fusion_fec.features.cache import split_checksum
+        import datasets
+
+        from llm_fusion_fec.features.checksums import content_digest, split_checksum
         from llm_fusion_fec.features.metadata import METADATA_FILE, load_features
 
         if (output / METADATA_FILE).is_file():
@@ -408,11 +411,15 @@ class Comparison:
         features, metadata = load_features(self.features_dir)
         features["train"] = features["train"].select(rows)
         features.save_to_disk(str(output))
-        record = metadata.to_dict()
-        record["rows"] = {split: len(features[split]) for split in features}
-        record["split_checksums"] = {split: split_checksum(output / split) for split in features}
-        record.get("data_digests", {}).pop("train", None)
-        (output / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        features = datasets.load_from_disk(str(output))
+        metadata = dataclasses.replace(  # the record of the cut folder, so that training verifies it
+            metadata,
+            rows={split: len(features[split]) for split in features},
+            split_checksums={split: split_checksum(output / split) for split in features},
+            content_digests={split: content_digest(features[split]) for split in features},
+            data_digests={**metadata.data_digests, "train": data_digest(features["train"])},
+        )
+        (output / METADATA_FILE).write_text(json.dumps(metadata.sealed().to_dict(), indent=2) + "\n")
         return output
 
     # --- 5. static embeddings: model2vec + logistic regression --------------------------------------------------

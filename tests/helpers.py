@@ -25,7 +25,9 @@ from transformers import (
 )
 
 from configuration_llm_fusion import LLMFusionConfig
-from llm_fusion_fec.features.metadata import METADATA_FILE
+from llm_fusion_fec.data.datasets import data_digest
+from llm_fusion_fec.features.checksums import content_digest, split_checksum
+from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, load_features
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,3 +209,19 @@ def tiny_fusion_model(tiny_backbones: list[dict], labels: list[str], problem_typ
     model = LLMFusionForSequenceClassification(config).eval()
     model.load_backbones({spec["name"]: spec["model"] for spec in tiny_backbones}, device="cpu")
     return model
+
+
+def rerecord_features(folder: Path, edit=None) -> Path:
+    """Record a features folder afresh, as extraction would have written it, its metadata changed by `edit` (a
+    function of the JSON record) first: for tests that change features on purpose to reach a check made after
+    `load_features`'s."""
+    data = load_features(folder, verify=False)[0]
+    record = json.loads((folder / METADATA_FILE).read_text())
+    record = edit(record) if edit else record
+    record["rows"] = {split: len(rows) for split, rows in data.items()}
+    record["split_checksums"] = {split: split_checksum(folder / split) for split in data}
+    record["content_digests"] = {split: content_digest(rows) for split, rows in data.items()}
+    if {"text", "label"} <= set(data["train"].column_names):
+        record["data_digests"] = {split: data_digest(rows) for split, rows in data.items()}
+    (folder / METADATA_FILE).write_text(json.dumps(FeatureMetadata.from_dict(record).sealed().to_dict()))
+    return folder

@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import llm_fusion_fec.features.backbones as backbones_module
 import llm_fusion_fec.features.extraction as extract_features
 from configuration_llm_fusion import BackboneSpec
 from helpers import REPO, run_program, write_csv_dataset
+from llm_fusion_fec.data.datasets import dataset_name, local_dataset_digest
 from llm_fusion_fec.features.backbones import check_backbone_paths, folder_digest
+from llm_fusion_fec.features.checksums import content_digest
 from llm_fusion_fec.features.extraction import (
     ExtractionResult,
     column_key,
@@ -425,8 +428,10 @@ def test_cli_is_quiet_and_prints_the_real_output_path(tiny_backbones, tmp_path):
         command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines()[0].endswith("-> features/mine")
-    assert (tmp_path / "features" / "mine" / METADATA_FILE).exists()
+    folder_name = dataset_name(str(folder))  # its folder's name and the start of its files' digest
+    assert re.fullmatch(r"mine-[0-9a-f]{8}", folder_name)
+    assert result.stdout.splitlines()[0].endswith(f"-> features/{folder_name}")
+    assert (tmp_path / "features" / folder_name / METADATA_FILE).exists()
     assert "INFO" not in result.stderr  # warnings at most, unless --log-level info
 
 
@@ -461,7 +466,8 @@ def test_metadata_is_a_typed_record(small_run):
     metadata = read_metadata(small_run.out)
     assert isinstance(result, ExtractionResult) and isinstance(metadata, FeatureMetadata)
     assert result.metadata == metadata and result.output_dir == small_run.out
-    assert metadata.dataset == str(small_run.folder) and metadata.dataset_name == "mine"
+    assert metadata.dataset == str(small_run.folder) and re.fullmatch(r"mine-[0-9a-f]{8}", metadata.dataset_name)
+    assert metadata.dataset_digest == local_dataset_digest(str(small_run.folder))
     assert metadata.head == {"standardize_features": False, "encoders_in_tail": False}  # the paper preset's
     assert metadata.rows == {"train": 12, "validation": 12, "test": 12}
     assert metadata.split_checksums == {
@@ -472,6 +478,8 @@ def test_metadata_is_a_typed_record(small_run):
     assert metadata.backbones[0].revision is None and metadata.limit is None
     assert metadata.local_weights == {"bert": folder_digest(Path(metadata.backbones[0].model))}
     assert small_run(limit=5, output_dir=small_run.out.parent / "cut").metadata.limit == 5  # a cut run says so
+    data = load_features(small_run.out)[0]
+    assert metadata.content_digests == {split: content_digest(data[split]) for split in data}
     record = json.loads((small_run.out / METADATA_FILE).read_text())
     assert FeatureMetadata.from_dict(record) == metadata
     (small_run.out / METADATA_FILE).write_text(json.dumps({**record, "surprise": 1}))

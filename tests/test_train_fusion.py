@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 import llm_fusion_fec.commands.train as train_command
 import llm_fusion_fec.evaluation.metrics as fusion_metrics
 import llm_fusion_fec.training.run as train_fusion
-from helpers import REPO, run_program
+from helpers import REPO, rerecord_features, run_program
 from llm_fusion_fec.commands.train import main
 from llm_fusion_fec.data.splits import build_config, training_splits
 from llm_fusion_fec.features.metadata import load_features
@@ -357,13 +357,14 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
 
 
 def _edited_copy(features: Path, target: Path, metadata=None, drop: str | None = None) -> Path:
+    """A copy of the features, changed as extraction would have written it (so that checks after the verification
+    of the folder against its record are reached)."""
     data = load_from_disk(str(features))
     if drop:
         data = data.remove_columns(drop)
     data.save_to_disk(str(target))
-    original = json.loads((features / "fec_features.json").read_text())
-    (target / "fec_features.json").write_text(json.dumps(metadata(original) if metadata else original))
-    return target
+    shutil.copy(features / "fec_features.json", target / "fec_features.json")
+    return rerecord_features(target, metadata)
 
 
 def _wider_bert(metadata: dict) -> dict:
@@ -381,7 +382,7 @@ def _local_llama(metadata: dict) -> dict:
     [
         (None, ["--backbones", "llama", "gpt"], r"The features have no backbone\(s\) \['gpt'\]"),
         ({"drop": "roberta"}, [], "Split 'train' has no features for backbone 'roberta'"),
-        ({"metadata": _wider_bert}, [], r"backbone 'bert' features are .*length=32.*expects shape \(48,\)"),
+        ({"metadata": _wider_bert}, [], r"backbone 'bert' features are .*length=32.*records shape \(48,\)"),
         (None, ["--dataset", "go_emotion"], "are from the data set 'ED', not 'go_emotion'"),
         ({"drop": "label"}, [], "Split 'train' has no 'label' column"),
         (None, ["--metric_for_best_model", "micro_f1"], "'micro_f1' is not a score of single_label_classification"),
@@ -521,6 +522,7 @@ def test_non_finite_features_are_refused(ed_features, tmp_path):
     target = tmp_path / "ED"
     data.save_to_disk(str(target))
     (target / "fec_features.json").write_text((ed_features / "fec_features.json").read_text())
+    rerecord_features(target)  # as if extracted so: the features pass their checksums, not this check
     with pytest.raises(ValueError, match="Split 'validation', backbone 'bert', row 3: the features hold NaN"):
         main(cli(target, tmp_path / "out"))
     assert not (tmp_path / "out").exists()

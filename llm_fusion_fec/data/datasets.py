@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import re
@@ -63,13 +64,15 @@ FILE_FORMATS = {
 def dataset_name(dataset: str) -> str:
     """The name of a data set as a folder name: the default features folder is `features/<dataset_name>`.
 
-    Built-in names stay as they are, a Hub id `org/name` becomes `org--name`, a local folder gives the name of the
-    folder it resolves to (`some/dir/..` gives `some`), a `split=file,...` list the name of the folder holding its
-    train file. Only `[A-Za-z0-9._-]` is kept; the result is never empty, `.` or `..`.
+    Built-in names stay as they are, a Hub id `org/name` becomes `org--name`. A local data set (a folder, or a
+    `split=file,...` list) is named by its folder (the one it resolves to, `some/dir/..` giving `some`; for a list,
+    the one holding its train file) and the start of `local_dataset_digest`, its content: two folders both named
+    `ED` get two names, and neither is the built-in `ED`. Only `[A-Za-z0-9._-]` is kept; the result is never empty,
+    `.`, `..`, nor a built-in name unless `dataset` is that name.
     """
     if dataset in BUILTIN_DATASETS:
-        name = dataset
-    elif "=" in dataset:
+        return dataset
+    if "=" in dataset:
         pairs = [item.partition("=") for item in dataset.split(",")]
         paths = {SPLIT_ALIASES.get(split.strip(), split.strip()): path for split, _, path in pairs}
         name = Path(paths.get("train") or next(iter(paths.values()))).resolve().parent.name
@@ -77,7 +80,43 @@ def dataset_name(dataset: str) -> str:
         name = dataset.replace("/", "--")
     else:
         name = Path(dataset).resolve().name
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip(".") or "dataset"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip(".")
+    if (digest := local_dataset_digest(dataset)) is not None:
+        return f"{name.strip('-') or 'dataset'}-{digest[:8]}"
+    name = name or "dataset"
+    return f"{name}-local" if name in BUILTIN_DATASETS else name
+
+
+def local_dataset_digest(dataset: str) -> str | None:
+    """sha256 of a local data set's files: each split's file (by split) and the label names beside them; what tells
+    it apart from another data set, whatever its folder's name. None for a built-in name, a Hub id, or a path that
+    holds no data set that `load_data` would read."""
+    if dataset in BUILTIN_DATASETS:
+        return None
+    try:
+        files = _local_files(dataset)
+    except (ValueError, OSError):
+        return None
+    if files is None or not all(Path(path).is_file() for path in files.values()):
+        return None
+    beside = Path(next(iter(files.values()))).parent
+    labels = next((beside / name for name in ("label2idx.txt", "labels.txt") if (beside / name).is_file()), None)
+    digest = hashlib.sha256()
+    for part, path in [*files.items(), *([("label names", labels)] if labels else [])]:
+        digest.update(part.encode() + b"\0" + bytes.fromhex(_file_digest(str(Path(path).resolve()), *_stamp(path))))
+    return digest.hexdigest()
+
+
+def _stamp(path: str | Path) -> tuple[int, int]:
+    status = Path(path).stat()
+    return status.st_size, status.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, computed once per size and modification time (a data set is named several times a run)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _is_url(path: str) -> bool:

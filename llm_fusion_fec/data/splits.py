@@ -7,22 +7,52 @@ from pathlib import Path
 
 import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
+from transformers.utils import logging
 
 from configuration_llm_fusion import LLMFusionConfig
-from llm_fusion_fec.data.datasets import SPLITS, dataset_name, one_class
+from llm_fusion_fec.data.datasets import BUILTIN_DATASETS, SPLITS, dataset_name, local_dataset_digest, one_class
 from llm_fusion_fec.features.metadata import FeatureMetadata
+
+logger = logging.get_logger(__name__)
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 
 
 def check_dataset(metadata: FeatureMetadata, dataset: str, features_dir: str | Path) -> None:
-    """Raise `ValueError` if the features come from another data set than `dataset`."""
+    """Raise `ValueError` if the features come from another data set than `dataset`.
+
+    A data set is told by its content: a local one (a folder, a `split=file` list) by the digest of its files
+    (`local_dataset_digest`), which the features record; a built-in name (`ED`) matches only features of that built-in
+    data set, never a local folder of that name. Features of the very path `dataset` names whose files have changed
+    since are trained on with a warning (they hold their own texts and labels); features that record no digest
+    (extracted by an earlier version) are taken for the path they name, with a warning that says it is not checked.
+    """
     source = metadata.dataset
-    if dataset != source and dataset_name(dataset) != metadata.dataset_name:
+    digest = local_dataset_digest(dataset)
+    if digest is None or digest == metadata.dataset_digest:
+        named = dataset not in BUILTIN_DATASETS and source not in BUILTIN_DATASETS
+        matches = digest is not None or dataset == source or (named and dataset_name(dataset) == metadata.dataset_name)
+    elif matches := _same_path(dataset, source):
+        why = (
+            f"The files of {dataset} have changed since the features in {features_dir} were extracted from them"
+            if metadata.dataset_digest
+            else f"The features in {features_dir} record no digest of {dataset} (extracted by an earlier version)"
+        )
+        logger.warning(f"{why}: the head trains on the texts and labels the features hold.")
+    if not matches:
+        source_named, dataset_named = (
+            repr(value) if name == value else f"{value!r} ({name})"
+            for value, name in ((source, metadata.dataset_name), (dataset, dataset_name(dataset)))
+        )
         raise ValueError(
-            f"The features in {features_dir} are from the data set {source!r}, not {dataset!r}; pass "
+            f"The features in {features_dir} are from the data set {source_named}, not {dataset_named}; pass "
             f"--dataset {source} or the features folder of {dataset!r}."
         )
+
+
+def _same_path(first: str, second: str) -> bool:
+    """Whether two data sets are written as the same local path."""
+    return first == second or (Path(first).exists() and Path(first).resolve() == Path(second).resolve())
 
 
 def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, **head) -> LLMFusionConfig:

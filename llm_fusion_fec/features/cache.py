@@ -1,5 +1,5 @@
-"""The extraction cache and the files of a features folder: resumable shards with their records, checksums, and
-the guards that turn a full disk or a damaged file into one line.
+"""The extraction cache and the files of a features folder: resumable shards with their records (their checksums
+in `checksums`), and the guards that turn a full disk or a damaged file into one line.
 
 The heavy libraries are imported by the functions that use them: importing this module costs nothing.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import hashlib
 import json
 import logging
 import math
@@ -20,22 +19,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_fusion_fec.features.checksums import file_sha256, split_checksum
 from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, read_metadata
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def split_checksum(folder: Path) -> str:
-    """sha256 of a saved split: its data files and their descriptions (not the cache files `map` may add)."""
-    digest = hashlib.sha256()
-    for path in sorted([*folder.glob("data-*.arrow"), folder / "state.json", folder / "dataset_info.json"]):
-        digest.update(path.name.encode() + b"\0" + (bytes.fromhex(file_sha256(path)) if path.exists() else b""))
-    return digest.hexdigest()
 
 
 def temporary_name(path: Path) -> Path:

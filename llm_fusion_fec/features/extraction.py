@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_fusion_fec.arguments import ExtractArguments, check_at_least_one, name_value_pairs
-from llm_fusion_fec.data.datasets import data_digest, dataset_name, load_data, texts_digest
+from llm_fusion_fec.data.datasets import data_digest, dataset_name, load_data, local_dataset_digest, texts_digest
 from llm_fusion_fec.features.backbones import (
     check_backbone_names,
     check_backbone_paths,
@@ -50,12 +50,12 @@ from llm_fusion_fec.features.cache import (
     previous_metadata,
     remove_abandoned,
     shard_problem,
-    split_checksum,
     temporary_name,
     write_json,
     write_shard,
 )
-from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, default_features_dir
+from llm_fusion_fec.features.checksums import content_digest, split_checksum
+from llm_fusion_fec.features.metadata import METADATA_FILE, FeatureMetadata, default_features_dir, record_parts
 from llm_fusion_fec.features.progress import progress_bar
 
 if typing.TYPE_CHECKING:
@@ -130,8 +130,7 @@ def extract_fixed(
         args (`ExtractArguments` or `str`, *optional*, defaults to `"ED"`):
             The command line's arguments, or just the data set.
         backbones (`list[dict]`, *optional*):
-            Backbone descriptions to extract, instead of those `args` name (the preset, with `--backbone`,
-            `--layers`, `--pooling`, ... applied by `backbones_of`).
+            Backbone descriptions to extract, instead of those `args` name (`backbones_of`: the preset, flags applied).
         backbone_paths (`dict[str, str]`, *optional*):
             Local folders of the backbones by name, instead of `args.backbone_path`.
         splits (`Sequence[str]`, *optional*):
@@ -163,6 +162,7 @@ def extract_fixed(
         metadata = FeatureMetadata(
             dataset=args.dataset,
             dataset_name=dataset_name(args.dataset),
+            dataset_digest=local_dataset_digest(args.dataset),
             problem_type=problem_type,
             label_names=label_names,
             backbones=backbones,
@@ -431,6 +431,15 @@ def _saved_output(output_dir: Path, metadata: FeatureMetadata) -> FeatureMetadat
         logger.warning(f"Features in {output_dir}: {problem}; rebuilding them (from the cache where it is good).")
         return None
     logger.info(f"Features in {output_dir} are up to date: nothing to compute.")
+    if set(previous.content_digests) != set(previous.rows) or previous.record_digests != record_parts(
+        previous.to_dict()
+    ):
+        # Written by an earlier version: record what training checks them against (one pass over the files).
+        import datasets
+
+        digests = {split: content_digest(datasets.load_from_disk(str(output_dir / split))) for split in previous.rows}
+        previous = dataclasses.replace(previous, content_digests=digests).sealed()
+        write_json(output_dir / METADATA_FILE, previous.to_dict())
     return previous
 
 
@@ -589,13 +598,14 @@ def _assemble(data: DatasetDict, shards: Shards, output_dir: Path, metadata: Fea
     try:
         DatasetDict(splits).save_to_disk(staging)
         checksums = {split: split_checksum(staging / split) for split in data}
+        contents = {split: content_digest(splits[split]) for split in data}
         (output_dir / METADATA_FILE).unlink(missing_ok=True)  # what follows is half-written until the metadata is back
         for split in data:
             _replace_folder(staging / split, output_dir / split)
         (staging / "dataset_dict.json").replace(output_dir / "dataset_dict.json")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    metadata = dataclasses.replace(metadata, split_checksums=checksums)
+    metadata = dataclasses.replace(metadata, split_checksums=checksums, content_digests=contents).sealed()
     write_json(output_dir / METADATA_FILE, metadata.to_dict())
     return metadata
 

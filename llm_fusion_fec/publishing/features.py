@@ -112,7 +112,7 @@ def write_dataset_folder(
             name = f"{PARQUET_DIR}/{split}-{index:05d}-of-{shards:05d}.parquet"
             rows.shard(shards, index, contiguous=True).to_parquet(str(folder / name))
             written.append(name)
-    (folder / METADATA_FILE).write_text(json.dumps(metadata.to_dict(), indent=2) + "\n")
+    (folder / METADATA_FILE).write_text(json.dumps(metadata.sealed().to_dict(), indent=2) + "\n")
     dataset_card(metadata, repo_id).save(folder / "README.md")
     return [*written, METADATA_FILE, "README.md"]
 
