@@ -237,11 +237,13 @@ def test_the_attention_head_trains_saves_reloads_and_serves_as_the_trainer_predi
     results = train(
         features_dir=str(lexical_features),
         output_dir=str(output),
-        num_train_epochs=12,
-        per_device_train_batch_size=8,
+        num_train_epochs=6,
+        per_device_train_batch_size=16,
         learning_rate=3e-3,
         early_stopping_patience=100,
         standardize_features=True,
+        save_strategy="no",  # no checkpoint to resume from: seconds saved
+        load_best_model_at_end=False,
         disable_tqdm=True,
         report_to="none",
     )
@@ -250,6 +252,9 @@ def test_the_attention_head_trains_saves_reloads_and_serves_as_the_trainer_predi
     model = LLMFusionForSequenceClassification.from_pretrained(output).eval()
     assert model.config.token_pooling == "attention" and model.config.token_views == ["llama_tokens"]
     assert "token_attention.llama_tokens.scores.weight" in model.state_dict()
+    card = (output / "README.md").read_text()
+    assert "The token views (llama_tokens: one vector per token of the text) are first pooled" in card
+    assert "llama_tokens (2, tokens, 32), llama_tokens_mask (2, tokens)" in card
     # The Trainer's predictions on the stored test features (padded by its collator, batches of 5)...
     data, _ = load_features(lexical_features)
     test = training_splits(data, model.config)["test"]
