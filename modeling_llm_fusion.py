@@ -773,7 +773,7 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
             if value.dim() <= len(shape) or any(want not in (None, size) for size, want in zip(got, shape)):
                 wanted = ", ".join("tokens" if size is None else str(size) for size in shape)
                 raise ValueError(f"Features {name!r} have shape {tuple(value.shape)}, expected (batch, {wanted}).")
-            checked[name] = value.to(self.dtype)
+            checked[name] = value.to(self.dtype) if shape[0] is not None else value  # (`fusion_vectors` converts)
             if shape[0] is None:  # a token view: its mask, every token where none is given
                 mask = features.get(name + MASK_SUFFIX)
                 mask = torch.ones(value.shape[:-1], dtype=torch.bool, device=self.device) if mask is None else mask
@@ -803,8 +803,13 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         if self.config.standardize_features:
             features |= {
                 name: (features[name] - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
-                for name in self.config.feature_shapes
+                for name, shape in self.config.feature_shapes.items()
+                if shape[0] is not None
             }
+        for name in self.config.token_views:  # the largest inputs: copied once, standardised in place
+            features[name] = features[name].to(self.dtype, copy=self.config.standardize_features)
+            if self.config.standardize_features:
+                features[name].sub_(getattr(self, f"{name}_mean")).div_(getattr(self, f"{name}_std"))
         llm_vectors, encoder_vectors, tails = [], [], []
         for spec in self.config.backbones:
             name, value = spec["name"], features[spec["name"]]

@@ -138,7 +138,9 @@ class TokenRows:
     """
 
     def __init__(self, values: torch.Tensor, lengths: torch.Tensor, device: torch.device):
-        self.values, self.lengths = values.to(device), lengths.to(device)
+        # A row of zeros after the last text's: what every padded position reads, so that a batch is one gather.
+        self.values = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(device)
+        self.lengths = lengths.to(device)
         self.starts = self.lengths.cumsum(0) - self.lengths
 
     def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,8 +148,8 @@ class TokenRows:
         lengths = self.lengths[indices]
         positions = torch.arange(int(lengths.max()), device=lengths.device)
         mask = positions < lengths.unsqueeze(1)
-        rows = self.values[torch.where(mask, self.starts[indices].unsqueeze(1) + positions, 0)]
-        return torch.where(mask.unsqueeze(-1), rows, 0), mask
+        rows = torch.where(mask, self.starts[indices].unsqueeze(1) + positions, len(self.values) - 1)
+        return self.values.index_select(0, rows.flatten()).view(*rows.shape, -1), mask
 
 
 class InMemoryBatches:
