@@ -288,3 +288,25 @@ def test_token_views_are_left_out_without_the_attention_head(lexical_features, t
     assert [spec.name for spec in model.config.backbones] == ["llama", "bert"]
     assert model.config.token_pooling is None
     assert not any(name.startswith("token_attention") for name in model.state_dict())
+
+
+def test_the_bench_compares_the_heads_on_validation(lexical_features, tmp_path, capsys):
+    from bench.token_head import main
+
+    records = main(
+        [
+            str(lexical_features),
+            "--seeds",
+            "1",
+            "--queries",
+            "2",
+            "--work-dir",
+            str(tmp_path),
+            "--",
+            "--max_steps",
+            "2",
+        ]
+    )
+    assert [record["head"] for record in records] == ["no token views", "attention, 2 queries"]
+    assert all(0 <= record["seeds"][0]["validation"]["accuracy"] <= 1 for record in records)
+    assert "attention, 2 queries" in capsys.readouterr().out
