@@ -8,12 +8,12 @@ import functools
 import numpy as np
 import pytest
 import torch
-from datasets import Array2D
+from datasets import Array2D, Dataset, DatasetDict, Features, Value
 from transformers import AutoModel, AutoTokenizer, pipeline
 
 from configuration_llm_fusion import BackboneSpec, LLMFusionConfig, token_view
 from helpers import CORPUS, write_csv_dataset
-from llm_fusion_fec.data.splits import training_splits
+from llm_fusion_fec.data.splits import check_finite, training_splits
 from llm_fusion_fec.features.metadata import METADATA_FILE, load_features
 from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.run import FusionTrainingArguments, train
@@ -310,3 +310,28 @@ def test_the_bench_compares_the_heads_on_validation(lexical_features, tmp_path, 
     assert [record["head"] for record in records] == ["no token views", "attention, 2 queries"]
     assert all(0 <= record["seeds"][0]["validation"]["accuracy"] <= 1 for record in records)
     assert "attention, 2 queries" in capsys.readouterr().out
+
+
+def test_non_finite_token_features_are_refused_naming_the_row():
+    spec = BackboneSpec.from_dict({"name": "llama_tokens", "model": "m", "pooling": "tokens", "hidden_size": 4})
+    config = LLMFusionConfig(backbones=[spec], num_labels=3, token_pooling="attention")
+    rows = [np.ones((n, 4), dtype=np.float16) for n in (3, 2, 4, 1)]
+    rows[2][3, 1] = np.inf  # the last token of row 2
+    split = Dataset.from_dict(
+        {"llama_tokens": rows, "labels": [0, 1, 2, 0]},
+        features=Features({"llama_tokens": Array2D(shape=(None, 4), dtype="float16"), "labels": Value("int64")}),
+    )
+    with pytest.raises(ValueError, match="Split 'test', backbone 'llama_tokens', row 2: the features hold NaN"):
+        check_finite(DatasetDict({"test": split.with_format("torch")}), config)
+
+
+def test_the_token_head_is_refused_without_token_views(tiny_backbones):
+    with pytest.raises(
+        ValueError, match=r"no backbone has pooling 'tokens': extract token-level features \(`--tokens"
+    ):
+        LLMFusionConfig(backbones=tiny_backbones, token_pooling="attention")
+    token = BackboneSpec.from_dict(tiny_backbones[2]).replace(name="roberta_tokens", pooling="tokens")
+    with pytest.raises(ValueError, match=r"Backbones \['roberta_tokens'\] have pooling 'tokens'.*token_pooling"):
+        LLMFusionConfig(backbones=[*tiny_backbones, token])
+    with pytest.raises(ValueError, match="token_pooling must be one of"):
+        LLMFusionConfig(backbones=[*tiny_backbones, token], token_pooling="max")

@@ -156,11 +156,11 @@ def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) 
                     _not_finite(split_name, name, start + int((~finite).nonzero()[0]))
         for name in config.token_views:
             values, lengths = token_rows(split, name)
-            finite = torch.isfinite(values).all(dim=1)
-            if not finite.all():  # the text that holds the first bad token
-                _not_finite(
-                    split_name, name, int(torch.searchsorted(lengths.cumsum(0), (~finite).nonzero()[0, 0], right=True))
-                )
+            for start in range(0, len(values), chunk * 16):
+                finite = torch.isfinite(values[start : start + chunk * 16]).all(dim=1)
+                if not finite.all():  # the text that holds the first bad token
+                    token = start + int((~finite).nonzero()[0, 0])
+                    _not_finite(split_name, name, int(torch.searchsorted(lengths.cumsum(0), token, right=True)))
 
 
 def _not_finite(split: str, name: str, row: int) -> None:
