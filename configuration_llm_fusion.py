@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean", "pooler", "cls", "mean")
+POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean", "pooler", "cls", "mean", "tokens")
 """How a backbone's hidden states become one feature:
 
 - ``layer_mean``: for each selected hidden layer (``layers``; by default the last ``num_layers`` layers, last layer
@@ -25,6 +25,11 @@ POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean", "pooler", "cls"
 - ``cls``: the encoder's last hidden state at the first token, for encoders without a pooler.
 - ``mean``: the mean of the last hidden state over the text's real tokens (padding excluded) -> ``(hidden_size,)``:
   the pooling sentence-transformers encoders (such as all-MiniLM-L6-v2 and all-mpnet-base-v2) were trained with.
+- ``tokens``: no pooling: for each of the text's own tokens (a ``template``'s tokens, special tokens and padding left
+  out), its last hidden state, or with ``layers`` the mean of those hidden states -> ``(tokens, hidden_size)``, one
+  row per token (a ragged feature, stored per token). A token view reads what the view it is made from reads
+  (`token_view`), so the two share one forward pass; the head pools it by learned attention
+  (`LLMFusionConfig.token_pooling`).
 
 Any pooling can read its texts through a prompt ``template`` (a string with one ``{text}`` slot), filled in before
 tokenization.
@@ -32,6 +37,15 @@ tokenization.
 
 LAYER_POOLINGS = ("layer_mean", "layer_last_token", "layer_text_mean")
 """The poolings that give one vector per selected hidden layer, `(num_layers, hidden_size)`: the LLM's features."""
+
+TOKENS = "tokens"
+"""The pooling that keeps one vector per token of the text (`(tokens, hidden_size)`): a token view."""
+
+TOKEN_POOLINGS_OF_HEAD = ("attention",)
+"""How the head can pool a token view (`LLMFusionConfig.token_pooling`)."""
+
+MASK_SUFFIX = "_mask"
+"""A token view `NAME` enters the head padded to the batch's longest text, with `NAME_mask` (1 at its tokens)."""
 
 TEXT_SLOT = "{text}"
 """The slot of a backbone's `template` that each text fills."""
@@ -250,9 +264,10 @@ def _layers_and_count(name: str, pooling: str, spec: Mapping) -> tuple[tuple[int
                 f"({len(layers)} layers); leave num_layers out."
             )
     num_layers = len(layers) if layers is not None else spec.get("num_layers", 5 if pooling in LAYER_POOLINGS else 1)
-    if pooling not in LAYER_POOLINGS and num_layers != 1:
+    if pooling not in (*LAYER_POOLINGS, TOKENS) and num_layers != 1:
         raise ValueError(
-            f"Backbone {name!r}: num_layers={num_layers!r} needs pooling {' or '.join(map(repr, LAYER_POOLINGS))}, "
+            f"Backbone {name!r}: num_layers={num_layers!r} needs pooling "
+            f"{' or '.join(map(repr, (*LAYER_POOLINGS, TOKENS)))}, "
             f"not {pooling!r}."
         )
     return layers, num_layers
@@ -260,9 +275,10 @@ def _layers_and_count(name: str, pooling: str, spec: Mapping) -> tuple[tuple[int
 
 def _normalize_layers(name: str, pooling: str, layers) -> list[int]:
     """`layers` as a list of hidden-state indices, or a `ValueError` naming what is wrong with it."""
-    if pooling not in LAYER_POOLINGS:
+    if pooling not in (*LAYER_POOLINGS, TOKENS):
         raise ValueError(
-            f"Backbone {name!r}: layers needs a layer pooling ({', '.join(LAYER_POOLINGS)}), not {pooling!r}."
+            f"Backbone {name!r}: layers needs a layer pooling ({', '.join(LAYER_POOLINGS)}), not {pooling!r} "
+            f"(or a token view, pooling {TOKENS!r})."
         )
     if isinstance(layers, str) or not isinstance(layers, list | tuple):
         raise ValueError(f"Backbone {name!r}: layers must be a list of hidden-state indices, got {layers!r}.")
@@ -282,9 +298,31 @@ def layer_indices(spec: dict) -> list[int]:
     return list(spec["layers"]) if spec.get("layers") is not None else [-1 - i for i in range(spec["num_layers"])]
 
 
+def token_view(spec: BackboneSpec, name: str | None = None) -> BackboneSpec:
+    """The token view of a view (`--tokens NAME`): the per-token states of the tokens it reads, from the same forward
+    pass (same model, template and length limit), named `name` (default `<its name>_tokens`). A layer-pooled view's
+    token view averages each token over the view's layers (a window gives the per-token mean over its layers, one
+    layer that layer's states); an encoder's reads its last hidden state."""
+    if spec.pooling == TOKENS:
+        raise ValueError(f"Backbone {spec.name!r} is a token view already.")
+    layers = layer_indices(spec) if spec.pooling in LAYER_POOLINGS else None
+    return spec.replace(
+        name=name or f"{spec.name}_tokens", pooling=TOKENS, layers=layers, num_layers=len(layers) if layers else 1
+    )
+
+
 def describe_pooling(spec: BackboneSpec) -> str:
     """In words, how a backbone turns a text into its feature (for model cards and reports)."""
-    if spec["pooling"] in LAYER_POOLINGS:
+    if spec["pooling"] == TOKENS:
+        if spec.get("layers") is None and spec["num_layers"] == 1:
+            which = "its last hidden state"
+        else:
+            which = f"the mean of the hidden layers {layer_indices(spec)} (`hidden_states[i]`)"
+        described = (
+            f"for each of the text's own tokens (special tokens and the template's left out), {which} "
+            f"-> tokens x {spec['hidden_size']}"
+        )
+    elif spec["pooling"] in LAYER_POOLINGS:
         if spec.get("layers") is None:
             which = f"each of the last {spec['num_layers']} hidden layers (last first)"
         else:
@@ -320,9 +358,37 @@ def normalize_precision(spec: dict) -> dict:
     return {"dtype": dtype, "quantization": quantization}
 
 
-def feature_shape(spec: BackboneSpec) -> tuple[int, ...]:
-    """Shape of one text's feature from a backbone: `(num_layers, hidden_size)` or `(hidden_size,)`."""
+def feature_shape(spec: BackboneSpec) -> tuple[int | None, ...]:
+    """Shape of one text's feature from a backbone: `(num_layers, hidden_size)`, `(hidden_size,)`, or for a token
+    view `(None, hidden_size)` (one row per token: its length varies from text to text)."""
+    if spec["pooling"] == TOKENS:
+        return (None, spec["hidden_size"])
     return (spec["num_layers"], spec["hidden_size"]) if spec["pooling"] in LAYER_POOLINGS else (spec["hidden_size"],)
+
+
+def _check_token_head(backbones: list[BackboneSpec], token_pooling: str | None, attention_queries: int) -> None:
+    """Refuse a token pooling the head does not have, token views without one (or one without token views), and a
+    token view whose mask keyword would be another backbone's name."""
+    if token_pooling not in (None, *TOKEN_POOLINGS_OF_HEAD):
+        raise ValueError(f"token_pooling must be one of {TOKEN_POOLINGS_OF_HEAD} or None, got {token_pooling!r}.")
+    if not isinstance(attention_queries, int) or isinstance(attention_queries, bool) or attention_queries < 1:
+        raise ValueError(f"attention_queries must be a positive integer, got {attention_queries!r}.")
+    token_views = [spec.name for spec in backbones if spec.pooling == TOKENS]
+    if token_views and token_pooling is None:
+        raise ValueError(
+            f"Backbones {token_views} have pooling {TOKENS!r} (one vector per token): the head reads them with "
+            f"token_pooling='attention'; set it, or leave those backbones out."
+        )
+    if token_pooling is not None and not token_views:
+        raise ValueError(
+            f"token_pooling={token_pooling!r} pools token views, but no backbone has pooling {TOKENS!r}: extract "
+            "token-level features (`--tokens NAME`), or leave token_pooling out."
+        )
+    names = {spec.name for spec in backbones}
+    if clashes := [name for name in token_views if name + MASK_SUFFIX in names]:
+        raise ValueError(
+            f"Backbone names {[n + MASK_SUFFIX for n in clashes]} are the masks of token views; rename them."
+        )
 
 
 class LLMFusionConfig(PretrainedConfig):
@@ -373,6 +439,16 @@ class LLMFusionConfig(PretrainedConfig):
             The dtype the training features were stored in (`"float16"` or `"float32"`; `None`: not recorded, served
             as computed). Serving rounds the backbones' features to it before the head, so that the head sees the
             numbers it was trained on.
+        token_pooling (`str`, *optional*):
+            How the head reads the token views (backbones with pooling `"tokens"`: one vector per token of the text):
+            `"attention"` pools each by learned attention, `attention_queries` vectors per view (for each query, a
+            masked softmax over the text's tokens of a learned linear score of each token, then the weighted mean of
+            the token vectors). The pooled vectors enter the fusion as an LLM view's layer vectors do (each projected
+            into the co-occurrence, their mean to the MLP). Each query starts at zero, where its weights are uniform:
+            the head starts from the mean of the text's tokens and learns which words to weigh. `None` (the default):
+            no token views, the head as it always was.
+        attention_queries (`int`, *optional*, defaults to 1):
+            Learned queries per token view with `token_pooling="attention"`: pooled vectors per view.
     """
 
     model_type = "llm_fusion"
@@ -389,6 +465,8 @@ class LLMFusionConfig(PretrainedConfig):
         encoders_in_tail: bool = False,
         ensemble_size: int = 1,
         feature_dtype: str | None = None,
+        token_pooling: str | None = None,
+        attention_queries: int = 1,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"]["backbones"] if backbones is None else list(backbones))
@@ -422,6 +500,9 @@ class LLMFusionConfig(PretrainedConfig):
             raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES} or None, got {feature_dtype!r}.")
         self.ensemble_size = ensemble_size
         self.feature_dtype = feature_dtype
+        _check_token_head(self.backbones, token_pooling, attention_queries)
+        self.token_pooling = token_pooling
+        self.attention_queries = attention_queries
         super().__init__(**kwargs)
 
     @classmethod
@@ -445,13 +526,21 @@ class LLMFusionConfig(PretrainedConfig):
         raise ValueError(f"No backbone named {name!r}; this config has {[s['name'] for s in self.backbones]}.")
 
     @property
-    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of one text's feature for each backbone: `(k, width)` for the layer poolings, `(width,)` otherwise."""
+    def feature_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Shape of one text's feature for each backbone: `(k, width)` for the layer poolings, `(None, width)` for the
+        token views (one row per token), `(width,)` otherwise."""
         return {spec["name"]: feature_shape(spec) for spec in self.backbones}
+
+    @property
+    def token_views(self) -> list[str]:
+        """The names of the token views (pooling `"tokens"`), in backbone order."""
+        return [spec.name for spec in self.backbones if spec.pooling == TOKENS]
 
 
 __all__ = [
     "BackboneSpec",
+    "MASK_SUFFIX",
+    "TOKENS",
     "DTYPES",
     "FEATURE_DTYPES",
     "LAYER_POOLINGS",
@@ -459,4 +548,5 @@ __all__ = [
     "POOLINGS",
     "PRESETS",
     "QUANTIZATIONS",
+    "token_view",
 ]

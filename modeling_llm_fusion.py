@@ -21,7 +21,9 @@ from transformers.utils import can_return_tuple, logging
 try:
     from .configuration_llm_fusion import (
         LAYER_POOLINGS,
+        MASK_SUFFIX,
         TEXT_SLOT,
+        TOKENS,
         BackboneSpec,
         LLMFusionConfig,
         feature_shape,
@@ -30,7 +32,9 @@ try:
 except ImportError:  # imported from the repository root rather than as a Hub module
     from configuration_llm_fusion import (
         LAYER_POOLINGS,
+        MASK_SUFFIX,
         TEXT_SLOT,
+        TOKENS,
         BackboneSpec,
         LLMFusionConfig,
         feature_shape,
@@ -137,11 +141,11 @@ def layers_needed(specs: Sequence[BackboneSpec], config) -> int | None:
     """How many of a model's layers a forward pass for the views `specs` has to run, when that is fewer than all:
     the layers below the deepest hidden state they read, and one more, since a model normalises the output of the
     last layer it runs (`hidden_states[-1]` is `last_hidden_state`). `None` when every layer is needed (a view pools
-    the last hidden state or reads one of the top two) or the model is part of a composite config.
+    or keeps the last hidden state or reads one of the top two) or the model is part of a composite config.
 
     The model is then loaded with only these layers (`FeaturePlan.load`): the layers above cost time and memory and
     change none of the hidden states read."""
-    if any(spec.pooling not in LAYER_POOLINGS for spec in specs) or config.get_text_config() is not config:
+    if any(spec.pooling not in (*LAYER_POOLINGS, TOKENS) for spec in specs) or config.get_text_config() is not config:
         return None
     count = hidden_state_count(config)
     needed = max(i % count for spec in specs for i in layer_indices(spec)) + 1
@@ -229,13 +233,20 @@ class FeaturePlan:
         device: str | torch.device = "cpu",
     ) -> dict[str, torch.Tensor]:
         """Every view's features of `texts`, by name in feature order: one forward pass a batch for each pass of
-        loaded `backbones` (by name), batched as `FrozenBackbone.extract_views` batches."""
+        loaded `backbones` (by name), batched as `FrozenBackbone.extract_views` batches. A token view comes padded
+        to the longest text, with its mask after it (`pad_token_states`), as the head reads it."""
         features = {}
         for views in self.passes:
             loaded = [backbones[spec.name] for spec in views]
             values = loaded[0].extract_views(texts, loaded, batch_size or len(texts), max_tokens, dtype, device=device)
             features.update(zip((spec.name for spec in views), values, strict=True))
-        return {spec.name: features[spec.name] for spec in self.specs}
+        ordered = {}
+        for spec in self.specs:
+            if spec.pooling == TOKENS:
+                ordered[spec.name], ordered[spec.name + MASK_SUFFIX] = pad_token_states(features[spec.name])
+            else:
+                ordered[spec.name] = features[spec.name]
+        return ordered
 
 
 class FrozenBackbone:
@@ -402,18 +413,28 @@ class FrozenBackbone:
         dtype: torch.dtype = torch.float32,
         progress=None,
         device: str | torch.device = "cpu",
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor | list[torch.Tensor]]:
         """The features of each of `views` (backbones that read like this one, `reads_like`) for many texts, in their
         order, on `device` in `dtype` (the dtype the features are stored in: training and serving see the same
         numbers). Texts are computed in batches of similar length, so that little padding is computed: at most
         `batch_size` texts and `max_tokens` padded tokens a batch, one forward pass each (`views`).
         `progress.update(n)` is called after each batch; `texts_seen` / `tokens_seen` count the work done. The texts
-        are not checked here: their entry point checked them (`validate_texts`)."""
+        are not checked here: their entry point checked them (`validate_texts`). A token view's features are a list
+        of `(tokens, width)` tensors, one per text."""
         lengths = self.count_tokens(texts)
-        outs = [torch.empty((len(texts), *feature_shape(view.spec)), dtype=dtype, device=device) for view in views]
+        outs = [
+            [None] * len(texts)
+            if view.spec.pooling == TOKENS
+            else torch.empty((len(texts), *feature_shape(view.spec)), dtype=dtype, device=device)
+            for view in views
+        ]
         for indices in length_sorted_batches(lengths, batch_size, max_tokens):
             for out, values in zip(outs, self.views([texts[i] for i in indices], views), strict=True):
-                out[indices] = values.to(device, dtype)
+                if isinstance(out, list):
+                    for i, states in zip(indices, values, strict=True):
+                        out[i] = states.to(device, dtype)
+                else:
+                    out[indices] = values.to(device, dtype)
             if progress is not None:
                 progress.update(len(indices))
         self.texts_seen += len(texts)
@@ -448,25 +469,44 @@ class FrozenBackbone:
         if strangers := [view.spec.name for view in views if not self.reads_like(view)]:
             raise ValueError(f"Backbones {strangers} do not read the tokens {self.spec.name!r} reads.")
         text_spans = any(view.spec.pooling == "layer_text_mean" for view in views) and self.spec.template
+        own_tokens = any(view.spec.pooling == TOKENS for view in views)
         batch = self.tokenizer(
             self.prompts(texts),
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-            return_offsets_mapping=bool(text_spans),
+            return_offsets_mapping=bool(text_spans) or own_tokens,
+            return_special_tokens_mask=own_tokens,
         )
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
-        hidden = any(view.spec.pooling in LAYER_POOLINGS for view in views)
+        hidden = any(view.reads_hidden_states for view in views)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
         text_mask = self.text_mask(texts, batch["offset_mapping"]).to(self.device) if text_spans else attention_mask
-        return [view.pool(outputs, attention_mask, text_mask) for view in views]
+        if own_tokens:  # the text's own tokens: within its slot of the prompt, neither special nor padding
+            own = self.text_mask(texts, batch["offset_mapping"]) * (1 - batch["special_tokens_mask"])
+            token_mask = own.to(self.device) * attention_mask
+        return [
+            view.token_states(outputs, token_mask)
+            if view.spec.pooling == TOKENS
+            else view.pool(outputs, attention_mask, text_mask)
+            for view in views
+        ]
+
+    @property
+    def reads_hidden_states(self) -> bool:
+        """Whether this view reads `hidden_states` (a layer pooling, or a token view of chosen layers), not only the
+        model's last hidden state or pooled output."""
+        if self.spec.pooling == TOKENS:
+            return self.spec.layers is not None or self.spec.num_layers > 1
+        return self.spec.pooling in LAYER_POOLINGS
 
     def text_mask(self, texts: Sequence[str], offsets: torch.Tensor) -> torch.Tensor:
         """1 at the tokens of each text inside its prompt (the tokens whose characters overlap the text's), 0 at the
-        template's own tokens and the padding: what `layer_text_mean` averages over."""
-        start = self.spec.template.index(TEXT_SLOT)
+        template's own tokens and the padding: what `layer_text_mean` averages over (and, special tokens left out,
+        what a token view keeps)."""
+        start = self.spec.template.index(TEXT_SLOT) if self.spec.template is not None else 0
         ends = torch.tensor([start + len(text) for text in texts]).unsqueeze(1)
         mask = ((offsets[..., 0] < ends) & (offsets[..., 1] > start)).long()
         if (mask.sum(dim=1) == 0).any():
@@ -475,6 +515,17 @@ class FrozenBackbone:
                 f"{self.max_length} tokens; raise max_length or shorten the template."
             )
         return mask
+
+    def token_states(self, outputs, token_mask: torch.Tensor) -> list[torch.Tensor]:
+        """This token view's features from a forward pass's `outputs`: for each text, the float32 `(tokens, width)`
+        states of its own tokens (`token_mask`), each the mean over the view's layers (`layers`), or the last hidden
+        state."""
+        if self.reads_hidden_states:
+            layers = [outputs.hidden_states[i % self.hidden_states].float() for i in layer_indices(self.spec)]
+            states = torch.stack(layers).mean(dim=0)
+        else:
+            states = outputs.last_hidden_state.float()
+        return [row[mask.bool()] for row, mask in zip(states, token_mask, strict=True)]
 
     def pool(self, outputs, attention_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """This backbone's feature from a forward pass's `outputs` (float32): `text_mask` marks the text's own tokens
@@ -522,6 +573,14 @@ def token_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return (states.float() * mask).sum(dim=1) / mask.sum(dim=1)
 
 
+def pad_token_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token view's features as the head reads them: the texts' `(tokens, width)` states padded with zeros to the
+    longest, `(texts, longest, width)`, and the mask `(texts, longest)`, True at each text's tokens."""
+    lengths = torch.tensor([len(rows) for rows in states])
+    padded = nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+    return padded, (torch.arange(padded.shape[1]) < lengths.unsqueeze(1)).to(padded.device)
+
+
 def decide(logits: torch.Tensor, problem_type: str | None, threshold: float) -> torch.Tensor:
     """The decisions a model makes from its logits: the top label id of each row, or for multi-label problems the
     multi-hot rows of labels whose sigmoid score is above `threshold`. Training scores these and the pipeline answers
@@ -529,6 +588,34 @@ def decide(logits: torch.Tensor, problem_type: str | None, threshold: float) -> 
     if problem_type == "multi_label_classification":
         return (logits.float().sigmoid() > threshold).int()
     return logits.argmax(dim=-1)
+
+
+class TokenAttentionPooling(nn.Module):
+    """A token view pooled by learned attention: for each of `queries` learned queries, a linear score of every
+    token, a softmax over the text's tokens (padding masked out), and the weighted mean of the token vectors.
+
+    The scores start at zero, where every query's weights are uniform: the pooled vectors start as the mean of the
+    text's tokens, and training moves each query's weight to the tokens that tell the labels apart.
+
+    Args:
+        width (`int`): Width of the token vectors.
+        queries (`int`): Number of learned queries: pooled vectors per text.
+    """
+
+    def __init__(self, width: int, queries: int):
+        super().__init__()
+        self.scores = nn.Linear(width, queries)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.scores.weight)
+        nn.init.zeros_(self.scores.bias)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`(..., batch, tokens, width)` states and their `(..., batch, tokens)` mask -> `(..., batch, queries,
+        width)`. The score layer reads the tokens of the whole batch as one matrix, as a seed stack's layers need."""
+        scores = self.scores(states.flatten(-3, -2)).unflatten(-2, states.shape[-3:-1])  # (..., batch, tokens, q)
+        weights = scores.masked_fill(~mask.unsqueeze(-1), float("-inf")).softmax(dim=-2)
+        return weights.transpose(-1, -2) @ states
 
 
 class LLMFusionPreTrainedModel(PreTrainedModel):
@@ -539,8 +626,9 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        # PyTorch's default Linear initialisation, as the original head used.
-        if isinstance(module, nn.Linear):
+        # PyTorch's default Linear initialisation, as the original head used; the attention scores at zero (after
+        # their Linear: children are initialised first).
+        if isinstance(module, nn.Linear | TokenAttentionPooling):
             module.reset_parameters()
 
     def __init__(self, config: LLMFusionConfig, *inputs, **kwargs):
@@ -612,11 +700,14 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
 
     The features of each text, one keyword per backbone (`config.backbones[i]["name"]`):
     layer-pooled backbones (`layer_mean`, `layer_last_token`) give `(batch, k, width)`, encoders `(batch, width)`,
-    in any float dtype.
-    Each LLM layer vector goes through its own Linear+ReLU+Dropout to `fusion_dim`; encoder vectors are used as they
-    are (or linearly projected when their width differs). The stacked vectors V give the co-occurrence matrix V V^T,
-    power-normalised by `2 * sigmoid(sigma * x) - 1` and flattened, followed by the mean of the raw LLM layer
-    vectors; an MLP maps that to the labels.
+    in any float dtype; a token view (pooling `"tokens"`, with `config.token_pooling`) gives `(batch, tokens, width)`
+    padded to the longest text, with its mask `NAME_mask` `(batch, tokens)` (True at the text's tokens; left out:
+    every token counts).
+    A token view is first pooled by learned attention (`TokenAttentionPooling`) into `attention_queries` vectors,
+    which then go where an LLM view's layer vectors go. Each LLM layer vector goes through its own Linear+ReLU+Dropout
+    to `fusion_dim`; encoder vectors are used as they are (or linearly projected when their width differs). The
+    stacked vectors V give the co-occurrence matrix V V^T, power-normalised by `2 * sigmoid(sigma * x) - 1` and
+    flattened, followed by the mean of the raw LLM layer vectors; an MLP maps that to the labels.
     """
 
     def __init__(self, config: LLMFusionConfig):
@@ -629,14 +720,17 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
 
         self.layer_projections = nn.ModuleDict()
         self.encoder_projections = nn.ModuleDict()
+        self.token_attention = nn.ModuleDict()  # empty without token views: the state dict is the head's as ever
         num_vectors, tail_width = 0, 0
         for spec in config.backbones:
             name, width = spec["name"], spec["hidden_size"]
-            if spec["pooling"] in LAYER_POOLINGS:
-                self.layer_projections[name] = nn.ModuleList(
-                    block(width, config.fusion_dim) for _ in range(spec["num_layers"])
-                )
-                num_vectors += spec["num_layers"]
+            if spec["pooling"] in (*LAYER_POOLINGS, TOKENS):
+                vectors = spec["num_layers"]
+                if spec["pooling"] == TOKENS:  # pooled into `attention_queries` vectors, then read as layers are
+                    vectors = config.attention_queries
+                    self.token_attention[name] = TokenAttentionPooling(width, vectors)
+                self.layer_projections[name] = nn.ModuleList(block(width, config.fusion_dim) for _ in range(vectors))
+                num_vectors += vectors
                 tail_width += width
             else:
                 # Identity at the paper's widths keeps the head exactly the original.
@@ -656,25 +750,39 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
         if config.standardize_features:
             # Training-set statistics, saved with the weights so that serving standardises exactly as training did.
             for name, shape in config.feature_shapes.items():
+                shape = shape[1:] if shape[0] is None else shape  # a token view's statistics are per dimension
                 self.register_buffer(f"{name}_mean", torch.zeros(shape))
                 self.register_buffer(f"{name}_std", torch.ones(shape))
         self.post_init()
 
     def _features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         expected = self.config.feature_shapes
+        masks = [name + MASK_SUFFIX for name in self.config.token_views]
         missing = [name for name in expected if features.get(name) is None]
         if missing:
             raise ValueError(f"Missing features for backbone(s) {missing}; this model expects {list(expected)}.")
-        unknown = sorted(set(features) - set(expected))
+        unknown = sorted(set(features) - set(expected) - set(masks))
         if unknown:
-            raise ValueError(f"Unexpected inputs {unknown}; this model expects {list(expected)} and `labels`.")
+            masked = f", the masks {masks}" if masks else ""
+            raise ValueError(f"Unexpected inputs {unknown}; this model expects {list(expected)}{masked} and `labels`.")
         checked = {}
         for name, shape in expected.items():
             value = torch.as_tensor(features[name], device=self.device)
             # (batch, *shape); leading dimensions before the batch are allowed (seeds trained together: SeedStack).
-            if value.dim() <= len(shape) or tuple(value.shape[-len(shape) :]) != shape:
-                raise ValueError(f"Features {name!r} have shape {tuple(value.shape)}, expected (batch, {shape}).")
-            checked[name] = value.to(self.dtype)
+            got = tuple(value.shape[-len(shape) :])
+            if value.dim() <= len(shape) or any(want not in (None, size) for size, want in zip(got, shape)):
+                wanted = ", ".join("tokens" if size is None else str(size) for size in shape)
+                raise ValueError(f"Features {name!r} have shape {tuple(value.shape)}, expected (batch, {wanted}).")
+            checked[name] = value.to(self.dtype) if shape[0] is not None else value  # (`fusion_vectors` converts)
+            if shape[0] is None:  # a token view: its mask, every token where none is given
+                mask = features.get(name + MASK_SUFFIX)
+                mask = torch.ones(value.shape[:-1], dtype=torch.bool, device=self.device) if mask is None else mask
+                checked[name + MASK_SUFFIX] = torch.as_tensor(mask, device=self.device).bool()
+                if checked[name + MASK_SUFFIX].shape != value.shape[:-1]:
+                    raise ValueError(
+                        f"{name + MASK_SUFFIX!r} has shape {tuple(checked[name + MASK_SUFFIX].shape)}, expected "
+                        f"{tuple(value.shape[:-1])}: the shape of {name!r} without its width."
+                    )
         return checked
 
     def set_feature_statistics(self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -688,18 +796,26 @@ class LLMFusionForSequenceClassification(LLMFusionPreTrainedModel):
 
     def fusion_vectors(self, **features: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The stacked vectors V `(batch, vectors, fusion_dim)` whose co-occurrence V V^T is taken (LLM layer vectors
-        projected, then the encoders in config order), and the vectors that go to the MLP as they are: the mean of
-        the raw LLM layer vectors (and, with `encoders_in_tail`, the raw encoder vectors in config order)."""
+        and token views' pooled vectors projected, then the encoders in config order), and the vectors that go to the
+        MLP as they are: the mean of the raw LLM layer vectors and of each token view's pooled vectors (and, with
+        `encoders_in_tail`, the raw encoder vectors in config order)."""
         features = self._features(features)
         if self.config.standardize_features:
-            features = {
-                name: (value - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
-                for name, value in features.items()
+            features |= {
+                name: (features[name] - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
+                for name, shape in self.config.feature_shapes.items()
+                if shape[0] is not None
             }
+        for name in self.config.token_views:  # the largest inputs: copied once, standardised in place
+            features[name] = features[name].to(self.dtype, copy=self.config.standardize_features)
+            if self.config.standardize_features:
+                features[name].sub_(getattr(self, f"{name}_mean")).div_(getattr(self, f"{name}_std"))
         llm_vectors, encoder_vectors, tails = [], [], []
         for spec in self.config.backbones:
             name, value = spec["name"], features[spec["name"]]
-            if spec["pooling"] in LAYER_POOLINGS:
+            if spec["pooling"] == TOKENS:
+                value = self.token_attention[name](value, features[name + MASK_SUFFIX])
+            if spec["pooling"] in (*LAYER_POOLINGS, TOKENS):
                 projections = self.layer_projections[name]
                 llm_vectors += [projection(value[..., i, :]) for i, projection in enumerate(projections)]
                 tails.append(value.mean(dim=-2))
@@ -781,6 +897,8 @@ LLMFusionEnsembleForSequenceClassification.register_for_auto_class("AutoModelFor
 
 __all__ = [
     "compute_dtype",
+    "pad_token_states",
+    "TokenAttentionPooling",
     "FeaturePlan",
     "FrozenBackbone",
     "length_sorted_batches",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.sweep_layers import add_strengths_argument
-from configuration_llm_fusion import LAYER_POOLINGS, layer_indices
+from configuration_llm_fusion import LAYER_POOLINGS, TOKENS, layer_indices
 from llm_fusion_fec.evaluation.metrics import SELECTION_METRICS, load_metric
 from llm_fusion_fec.features.metadata import FeatureMetadata, read_metadata
 from llm_fusion_fec.features.sweep import (
@@ -73,12 +73,14 @@ def probe_input(features: dict[str, torch.Tensor], backbones: Sequence[dict]) ->
 
 
 def head_input(data: datasets.Dataset, metadata: FeatureMetadata) -> tuple[torch.Tensor, np.ndarray]:
-    """One split's probe input (`probe_input`) and labels."""
+    """One split's probe input (`probe_input`) and labels; token views (`--tokens`: no one vector a text) are left
+    out."""
+    backbones = [spec for spec in metadata.backbones if spec["pooling"] != TOKENS]
     features, labels = {}, None
-    for spec in metadata.backbones:
+    for spec in backbones:
         vectors, labels = read_split(data, spec["name"])
         features[spec["name"]] = torch.from_numpy(vectors)
-    return probe_input(features, metadata.backbones), labels
+    return probe_input(features, backbones), labels
 
 
 def probe_features(

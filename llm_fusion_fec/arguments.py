@@ -69,6 +69,14 @@ class ExtractArguments:
         "NAME=TEMPLATE: a prompt with one {text} slot that each text fills, e.g. "
         '\'llama=This sentence : "{text}" means in one word:"\'; NAME=none: no prompt (repeatable).'
     )
+    tokens: list[str] = repeatable(
+        "NAME: also store backbone NAME's per-token states, from the same forward pass, as the token view "
+        "NAME_tokens: one float16 row per token of the text's own (a prompt's and special tokens left out), the "
+        "mean over NAME's layers for an LLM view, the last hidden state for an encoder; 'all': every backbone "
+        "(repeatable). Training pools them by learned attention (train_fusion.py --token_pooling, on by default for "
+        "such features). Disk and memory: docs/features.md.",
+        "NAME",
+    )
     all_layers: bool = field(
         default=False,
         metadata={
@@ -208,6 +216,19 @@ class FusionArguments:
         },
     )
     sigma: float = field(default=1.0, metadata={"help": "Power normalisation 2*sigmoid(sigma*x)-1 (paper: 1)."})
+    token_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "attention: pool each token view (features extracted with --tokens) by learned attention over "
+            "the text's tokens, the pooled vectors fused like an LLM view's layers; none: leave the token views out "
+            "(the head as before). Default: what the features recorded (attention for features with token views).",
+            "choices": ["attention", "none"],
+        },
+    )
+    attention_queries: int | None = field(
+        default=None,
+        metadata={"help": "Learned queries per token view with --token_pooling attention (default 1)."},
+    )
     ensemble: bool = field(
         default=False,
         metadata={

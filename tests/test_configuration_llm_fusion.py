@@ -184,7 +184,8 @@ def test_every_pooling_is_described_with_its_feature_shape():
                 "num_layers": 3 if pooling == "layer_mean" else 1,
             }
         )
-        shape = " x ".join(map(str, LLMFusionConfig(backbones=[spec]).feature_shapes["b"]))
+        config = LLMFusionConfig(backbones=[spec], token_pooling="attention" if pooling == "tokens" else None)
+        shape = " x ".join("tokens" if size is None else str(size) for size in config.feature_shapes["b"])
         assert describe_pooling(spec).endswith(f"-> {shape}"), pooling
     assert "mean over the text's tokens" in describe_pooling(PRESETS["paper"]["backbones"][0])
     assert "pooler_output" in describe_pooling(BackboneSpec.from_dict(PRESETS["paper"]["backbones"][1]))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Array2D, ClassLabel, DatasetDict, List, Value
 from transformers.utils import logging
 
-from configuration_llm_fusion import LLMFusionConfig
+from configuration_llm_fusion import TOKENS, LLMFusionConfig
 from llm_fusion_fec.data.datasets import BUILTIN_DATASETS, SPLITS, dataset_name, local_dataset_digest, one_class
 from llm_fusion_fec.features.metadata import FeatureMetadata
 
@@ -58,7 +59,8 @@ def _same_path(first: str, second: str) -> bool:
 def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, **head) -> LLMFusionConfig:
     """The model config for the features `metadata` describes: their backbones (all, or those named in
     `backbones`, in that order), labels and problem type; the head has the paper's shape unless `head` (config
-    keywords such as `sigma` or `standardize_features`) says otherwise."""
+    keywords such as `sigma` or `standardize_features`) says otherwise. Token views (`--tokens`) are read only by a
+    head that pools them (`token_pooling`): without one, all backbones means all but them."""
     label_names = metadata.label_names
     if not label_names:
         raise ValueError("The features have no label names: train on features extracted from a labelled data set.")
@@ -71,6 +73,8 @@ def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, 
     missing = [name for name in backbones or [] if name not in specs]
     if missing:
         raise ValueError(f"The features have no backbone(s) {missing}; they hold {list(specs)}.")
+    if not backbones and head.get("token_pooling") is None:
+        backbones = [name for name, spec in specs.items() if spec.pooling != TOKENS]
     return LLMFusionConfig(
         backbones=[specs[name] for name in backbones] if backbones else list(specs.values()),
         id2label=dict(enumerate(label_names)),
@@ -81,7 +85,25 @@ def build_config(metadata: FeatureMetadata, backbones: list[str] | None = None, 
     )
 
 
-def _shape(feature) -> tuple[int, ...] | None:
+def is_token_column(feature) -> bool:
+    """Whether a column holds a token view: one row per token, as many as the text has (`Array2D` `(None, width)`)."""
+    return isinstance(feature, Array2D) and feature.shape[0] is None
+
+
+def token_rows(split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token view's column read at once, as stored: every row of every text, `(tokens, width)` (texts one after
+    the other), and each text's number of rows `(texts,)`. Read from the Arrow buffers, not text by text."""
+    column = split.with_format("arrow")[:].column(name)
+    width = split.features[name].shape[1]
+    storage = [chunk.storage if hasattr(chunk, "storage") else chunk for chunk in column.chunks]
+    lengths = [chunk.value_lengths().to_numpy(zero_copy_only=False) for chunk in storage]
+    values = [chunk.flatten().flatten().to_numpy(zero_copy_only=False) for chunk in storage]
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(values) if values else np.zeros(0, dtype=np.float16)
+    return torch.from_numpy(values.reshape(-1, width)), torch.from_numpy(lengths.astype(np.int64))
+
+
+def _shape(feature) -> tuple[int | None, ...] | None:
     if isinstance(feature, Array2D):
         return tuple(feature.shape)
     if isinstance(feature, List) and feature.length not in (None, -1):
@@ -142,17 +164,26 @@ def check_classes(train, config: LLMFusionConfig, dataset: str) -> None:
 
 def feature_statistics(split, config: LLMFusionConfig, chunk: int = 2048) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per-dimension mean and standard deviation of each backbone's features, read chunk by chunk from the Arrow
-    files (for `standardize_features`)."""
-    sums = {name: (torch.zeros(shape, dtype=torch.float64),) * 2 for name, shape in config.feature_shapes.items()}
+    files (for `standardize_features`); a token view's over all its tokens."""
+    fixed = {name: shape for name, shape in config.feature_shapes.items() if shape[0] is not None}
+    sums = {name: (torch.zeros(shape, dtype=torch.float64),) * 2 for name, shape in fixed.items()}
     for start in range(0, len(split), chunk):
         rows = split[start : start + chunk]
         for name, (total, squares) in sums.items():
             values = rows[name].double()
             sums[name] = (total + values.sum(0), squares + values.square().sum(0))
+    counts = dict.fromkeys(fixed, len(split))
+    for name in config.token_views:
+        values, _ = token_rows(split, name)
+        total = squares = torch.zeros(values.shape[1], dtype=torch.float64)
+        for start in range(0, len(values), chunk * 16):
+            part = values[start : start + chunk * 16].double()
+            total, squares = total + part.sum(0), squares + part.square().sum(0)
+        sums[name], counts[name] = (total, squares), len(values)
     statistics = {}
     for name, (total, squares) in sums.items():
-        mean = total / len(split)
-        statistics[name] = (mean.float(), (squares / len(split) - mean.square()).clamp_min(0).sqrt().float())
+        mean = total / counts[name]
+        statistics[name] = (mean.float(), (squares / counts[name] - mean.square()).clamp_min(0).sqrt().float())
     return statistics
 
 
@@ -162,14 +193,33 @@ def check_finite(data: DatasetDict, config: LLMFusionConfig, chunk: int = 2048) 
     for split_name, split in data.items():
         for start in range(0, len(split), chunk):
             rows = split[start : start + chunk]
-            for name in config.feature_shapes:
+            for name in [name for name, shape in config.feature_shapes.items() if shape[0] is not None]:
                 finite = torch.isfinite(rows[name]).flatten(start_dim=1).all(dim=1)
                 if not finite.all():
-                    row = start + int((~finite).nonzero()[0])
-                    raise ValueError(
-                        f"Split {split_name!r}, backbone {name!r}, row {row}: the features hold NaN or infinite "
-                        "values. Extract them again (float16 overflows above 65504: try --feature-dtype float32)."
-                    )
+                    _not_finite(split_name, name, start + int((~finite).nonzero()[0]))
+        for name in config.token_views:
+            values, lengths = token_rows(split, name)
+            for start in range(0, len(values), chunk * 16):
+                finite = torch.isfinite(values[start : start + chunk * 16]).all(dim=1)
+                if not finite.all():  # the text that holds the first bad token
+                    token = start + int((~finite).nonzero()[0, 0])
+                    _not_finite(split_name, name, int(torch.searchsorted(lengths.cumsum(0), token, right=True)))
 
 
-__all__ = ["build_config", "check_classes", "check_dataset", "check_finite", "feature_statistics", "training_splits"]
+def _not_finite(split: str, name: str, row: int) -> None:
+    raise ValueError(
+        f"Split {split!r}, backbone {name!r}, row {row}: the features hold NaN or infinite values. Extract them "
+        "again (float16 overflows above 65504: try --feature-dtype float32)."
+    )
+
+
+__all__ = [
+    "build_config",
+    "check_classes",
+    "check_dataset",
+    "check_finite",
+    "feature_statistics",
+    "is_token_column",
+    "token_rows",
+    "training_splits",
+]

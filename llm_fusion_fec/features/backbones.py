@@ -120,6 +120,38 @@ def customize_backbones(
     return read_every_layer(specs, chosen, backbone_paths or {}) if all_layers else specs
 
 
+ALL_BACKBONES = "all"
+"""`--tokens all`: the token view of every backbone."""
+
+
+def with_token_views(specs: list[BackboneSpec], names: Sequence[str]) -> list[BackboneSpec]:
+    """`specs` with, after them, the token view (`token_view`: its per-token states, from its own forward pass) of
+    each backbone `names` names (`--tokens`; `all`: every backbone), in backbone order; `ValueError` naming a name
+    that is no backbone, a token view already, or whose token view's name is taken."""
+    from configuration_llm_fusion import TOKENS, token_view
+
+    if not names:
+        return specs
+    current = [spec.name for spec in specs]
+    wanted = set(current) if ALL_BACKBONES in names else set(names)
+    for name in names:
+        if name not in current and name != ALL_BACKBONES:
+            raise ValueError(
+                f"--tokens {name}: no backbone {name!r}; the backbones are {current} (or {ALL_BACKBONES})."
+            )
+    views = []
+    for spec in specs:
+        if spec.name not in wanted or (spec.pooling == TOKENS and ALL_BACKBONES in names):
+            continue
+        if spec.pooling == TOKENS:
+            raise ValueError(f"--tokens {spec.name}: {spec.name!r} is a token view already; name the view it reads.")
+        view = token_view(spec)
+        if view.name in current:
+            raise ValueError(f"--tokens {spec.name}: a backbone named {view.name!r} exists already; rename it.")
+        views.append(view)
+    return [*specs, *views]
+
+
 def with_spec_files(
     specs: list[dict], spec_files: Sequence[str | os.PathLike], added_spec_files: Sequence[str | os.PathLike]
 ) -> list[dict]:

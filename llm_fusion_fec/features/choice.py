@@ -147,6 +147,7 @@ def choose(
         train_rows=sample,
         output_dir=str(cache / "choice-candidates"),
         cache_dir=str(cache),
+        tokens=[],  # the token views (--tokens) are of the chosen views, extracted with them
     )
     extracted = time.perf_counter() - started
     scores = swept_scores(candidates, views, args.device)

@@ -40,6 +40,7 @@ from llm_fusion_fec.features.backbones import (
     notice_large_models_on_cpu,
     resolve_backbones,
     resolved_revision,
+    with_token_views,
 )
 from llm_fusion_fec.features.cache import (
     Shards,
@@ -167,12 +168,23 @@ def extract_fixed(
             label_names=label_names,
             backbones=backbones,
             feature_dtype=args.feature_dtype,
-            head=dict(PRESETS.get(args.preset, {}).get("head", {})),
+            head=head_options(args.preset, backbones),
             protocol=PRESETS.get(args.preset, {}).get("protocol"),
             choice=choice,
             limit=args.limit,
         )
         return _extract(data, metadata, args, backbone_paths, output_dir, cache)
+
+
+def head_options(preset: str, backbones: list[BackboneSpec]) -> dict:
+    """The head options recorded with the features (training's defaults): the preset's, and with token views the
+    head that reads them (`token_pooling="attention"`)."""
+    from configuration_llm_fusion import PRESETS, TOKENS
+
+    head = dict(PRESETS.get(preset, {}).get("head", {}))
+    if any(spec.pooling == TOKENS for spec in backbones):
+        head["token_pooling"] = "attention"
+    return head
 
 
 def _checked_backbones(
@@ -185,7 +197,7 @@ def _checked_backbones(
     if backbone_paths is None:
         backbone_paths = name_value_pairs(args.backbone_path, "--backbone-path")
     backbones = backbones_of(args, backbone_paths) if backbones is None else backbones
-    backbones = [BackboneSpec.from_dict(spec) for spec in backbones]
+    backbones = with_token_views([BackboneSpec.from_dict(spec) for spec in backbones], args.tokens)
     check_backbone_names(backbones)
     return backbones, check_backbone_paths(dict(backbone_paths), backbones)
 
@@ -362,15 +374,14 @@ def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: i
 
 
 def _with_compute_settings(backbones: list[BackboneSpec], dtype: str, quantization: str | None) -> list[BackboneSpec]:
-    """The backbones with the compute dtype (and the quantization of the layer-pooled ones) they are extracted with:
-    they go with the features and into the trained model's config, so that serving computes alike. A bad dtype or
-    quantization is refused here, before any work."""
+    """The backbones with the compute dtype (and the quantization of the LLMs' views: the layer-pooled ones and the
+    other views of their models) they are extracted with: they go with the features and into the trained model's
+    config, so that serving computes alike. A bad dtype or quantization is refused here, before any work."""
     from configuration_llm_fusion import LAYER_POOLINGS
 
+    llms = {spec.model for spec in backbones if spec.pooling in LAYER_POOLINGS}
     return [
-        spec.replace(
-            dtype=dtype, **({"quantization": quantization} if quantization and spec.pooling in LAYER_POOLINGS else {})
-        )
+        spec.replace(dtype=dtype, **({"quantization": quantization} if quantization and spec.model in llms else {}))
         for spec in backbones
     ]
 
@@ -554,9 +565,8 @@ def _compute_shards(
                     name = view.spec["name"]
                     if i not in pending[name][split]:
                         continue  # already cached
-                    write_shard(
-                        shards.file(split, name, i), name, values.numpy(), feature_type(view.spec, feature_dtype)
-                    )
+                    values = [rows.numpy() for rows in values] if isinstance(values, list) else values.numpy()
+                    write_shard(shards.file(split, name, i), name, values, feature_type(view.spec, feature_dtype))
     seconds = time.perf_counter() - start
     return {
         "texts": backbone.texts_seen,

@@ -19,7 +19,7 @@ import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel, TrainingArguments
 
-from configuration_llm_fusion import LAYER_POOLINGS, LLMFusionConfig, describe_pooling, feature_shape
+from configuration_llm_fusion import LAYER_POOLINGS, MASK_SUFFIX, LLMFusionConfig, describe_pooling
 from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult
 from llm_fusion_fec.publishing.confusion import CONFUSION_MATRIX_FILE
 from llm_fusion_fec.publishing.paths import is_local_model, looks_like_a_path
@@ -159,7 +159,18 @@ class FusionModelCardData:
 
 def language_models(config: LLMFusionConfig) -> list[dict]:
     """The backbones whose hidden layers the head reads one by one: the LLM (and any other view of it)."""
-    return [spec for spec in config.backbones if len(feature_shape(spec)) == 2]
+    return [spec for spec in config.backbones if spec["pooling"] in LAYER_POOLINGS]
+
+
+def input_shapes(config: LLMFusionConfig) -> dict[str, str]:
+    """The shape of each input of the head for two texts, in words: a token view's padded to the longer text, with
+    its mask."""
+    shapes = {}
+    for name, shape in config.feature_shapes.items():
+        shapes[name] = "(" + ", ".join(["2", *("tokens" if size is None else str(size) for size in shape)]) + ")"
+        if shape[0] is None:
+            shapes[name + MASK_SUFFIX] = "(2, tokens)"
+    return shapes
 
 
 def language_model(config: LLMFusionConfig) -> dict:
@@ -286,7 +297,8 @@ def model_variables(model: PreTrainedModel) -> dict:
         "num_parameters": model.num_parameters(),
         "backbones": [{**backbone, "feature": describe_pooling(backbone)} for backbone in config.backbones],
         "llms": language_models(config),
-        "feature_shapes": {name: (2, *shape) for name, shape in config.feature_shapes.items()},
+        "feature_shapes": input_shapes(config),
+        "token_views": config.token_views,
         "choice": getattr(config, "feature_choice", None),
         **backbone_limitations(config),
     }

@@ -354,12 +354,7 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     features_dir = args.features_dir or default_features_dir(args.dataset)
     data, metadata = load_features(features_dir)
     check_dataset(metadata, args.dataset, features_dir)
-    head = {"sigma": args.sigma}
-    for option in ("standardize_features", "encoders_in_tail"):
-        value = getattr(args, option)
-        head[option] = bool((metadata.head or {}).get(option, False)) if value is None else value
-    if metadata.choice:  # how --choose chose the features: the card reports it
-        head["feature_choice"] = metadata.choice
+    head = head_options(args, metadata)
     config = build_config(metadata, args.backbones, **head, training_protocol=args.protocol)
     features, data = data, training_splits(data, config)
     check_classes(features["train"], config, metadata.dataset)
@@ -376,6 +371,30 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
         check_shareable(config)  # before hours of training, not after
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
     return Setup(metadata, config, data, statistics, rule, examples)
+
+
+def head_options(args: FusionArguments, metadata: FeatureMetadata) -> dict:
+    """The head's `LLMFusionConfig` keywords: the flags given, else what the features recorded (their preset's
+    options; the token attention head for features with token views, unless `--backbones` names none of them)."""
+    from configuration_llm_fusion import TOKENS
+
+    recorded = metadata.head or {}
+    head = {"sigma": args.sigma}
+    for option in ("standardize_features", "encoders_in_tail"):
+        value = getattr(args, option)
+        head[option] = bool(recorded.get(option, False)) if value is None else value
+    token_views = [spec.name for spec in metadata.backbones if spec.pooling == TOKENS]
+    token_pooling = args.token_pooling or recorded.get("token_pooling")
+    if args.token_pooling is None and args.backbones and not set(args.backbones) & set(token_views):
+        token_pooling = None  # the views named are read as ever
+    if token_pooling not in (None, "none"):
+        head["token_pooling"] = token_pooling
+        head["attention_queries"] = args.attention_queries or recorded.get("attention_queries", 1)
+    elif args.attention_queries is not None:
+        raise ValueError("--attention_queries sets the token attention head: pass --token_pooling attention too.")
+    if metadata.choice:  # how --choose chose the features: the card reports it
+        head["feature_choice"] = metadata.choice
+    return head
 
 
 def train(
@@ -608,6 +627,8 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
         key: getattr(setup.config, key)
         for key in ("fusion_dim", "sigma", "dropout", "mlp_dims", "standardize_features", "encoders_in_tail")
     }
+    if setup.config.token_pooling is not None:  # only when set, so that runs begun before it resume
+        head |= {key: getattr(setup.config, key) for key in ("token_pooling", "attention_queries")}
     multi_label = setup.config.problem_type == "multi_label_classification"
     return json.loads(
         json.dumps(

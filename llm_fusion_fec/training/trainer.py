@@ -16,19 +16,27 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from configuration_llm_fusion import LLMFusionConfig
+from configuration_llm_fusion import MASK_SUFFIX, LLMFusionConfig
+from llm_fusion_fec.data.splits import is_token_column, token_rows
 from llm_fusion_fec.evaluation.results import EpochRecord
-from modeling_llm_fusion import LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionForSequenceClassification, pad_token_states
 
 CHECKPOINT_SELECTIONS = ("best", "last_improvement")
 PROTOCOL_FILE = "protocol.json"  # the stopping rules' state, saved in each checkpoint folder to resume
@@ -118,19 +126,50 @@ class SeedOrderBatches:
             yield orders[:, start : start + self.batch_size].reshape(-1)
 
 
+class TokenRows:
+    """A token view's column held on the training device as stored: the token rows of every text one after the
+    other, and where each text's begin. `gather` pads a batch's texts to the longest with zeros, with the mask, as
+    `pad_token_states` pads the pipeline's.
+
+    Args:
+        values (`torch.Tensor`): `(tokens, width)`, the texts' rows one after the other (`token_rows`).
+        lengths (`torch.Tensor`): `(texts,)`, each text's number of rows.
+        device (`torch.device`): Where they are held and batches are gathered.
+    """
+
+    def __init__(self, values: torch.Tensor, lengths: torch.Tensor, device: torch.device):
+        # A row of zeros after the last text's: what every padded position reads, so that a batch is one gather.
+        self.values = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(device)
+        self.lengths = lengths.to(device)
+        self.starts = self.lengths.cumsum(0) - self.lengths
+
+    def gather(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The texts `indices` as `(texts, longest, width)` rows padded with zeros, and the `(texts, longest)` mask."""
+        lengths = self.lengths[indices]
+        positions = torch.arange(int(lengths.max()), device=lengths.device)
+        mask = positions < lengths.unsqueeze(1)
+        rows = torch.where(mask, self.starts[indices].unsqueeze(1) + positions, len(self.values) - 1)
+        return self.values.index_select(0, rows.flatten()).view(*rows.shape, -1), mask
+
+
 class InMemoryBatches:
     """The training split held as tensors on the training device, served in `SeedOrderBatches` order.
 
     Replaces the Arrow-backed `DataLoader` during training: no per-row reads or collation, and on a GPU the features
     are copied to the device once and every batch is indexed there (one small index copy per epoch, nothing read back
-    to the host). With several seeds, each tensor of a batch gets a leading seed dimension `(seeds, batch, ...)`.
+    to the host). With several seeds, each tensor of a batch gets a leading seed dimension `(seeds, batch, ...)`. A
+    token view's column is held as its rows one after the other (`TokenRows`), and each batch pads its texts and
+    adds the view's mask (`NAME_mask`).
     """
 
     def __init__(self, split, batches: SeedOrderBatches, device: torch.device, stacked: bool):
         self.dataset = split  # `Trainer.num_examples` reads its length
         self.batches, self.stacked = batches, stacked
-        table = split.with_format("torch")[:]
-        self.columns = {name: table[name].to(device) for name in split.column_names}
+        tokens = [name for name in split.column_names if is_token_column(split.features[name])]
+        fixed = [name for name in split.column_names if name not in tokens]
+        table = split.select_columns(fixed).with_format("torch")[:]
+        self.columns = {name: table[name].to(device) for name in fixed}
+        self.tokens = {name: TokenRows(*token_rows(split, name), device) for name in tokens}
         self.device = device
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,6 +182,8 @@ class InMemoryBatches:
         num_seeds = len(self.batches.seeds)
         for indices in [index.to(self.device) for index in self.batches]:
             batch = {name: column[indices] for name, column in self.columns.items()}
+            for name, rows in self.tokens.items():
+                batch[name], batch[name + MASK_SUFFIX] = rows.gather(indices)
             if self.stacked:
                 batch = {name: value.view(num_seeds, -1, *value.shape[1:]) for name, value in batch.items()}
             yield batch
@@ -159,6 +200,20 @@ def build_model(config: LLMFusionConfig, seed: int, statistics: dict | None) -> 
     if config.standardize_features:
         model.set_feature_statistics(statistics)
     return model
+
+
+def collate_features(token_views: Sequence[str]) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """The `Trainer`'s collator of evaluation and prediction rows (`InMemoryBatches` serves training): each token
+    view padded with its mask (`pad_token_states`, as the pipeline pads), every other column as `Trainer` collates
+    it."""
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = default_data_collator([{k: v for k, v in row.items() if k not in token_views} for row in rows])
+        for name in token_views:
+            batch[name], batch[name + MASK_SUFFIX] = pad_token_states([torch.as_tensor(row[name]) for row in rows])
+        return batch
+
+    return collate
 
 
 def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
@@ -311,9 +366,13 @@ class FusionTrainer(Trainer):
       step for its logs, a sixth of a step of this small head on a CPU.
     - One parameter group without weight decay (Adam, the paper's optimizer): one fused AdamW call per step, not two.
     - A cheap FLOPs count (the head has no embeddings to leave out).
+    - Token views (a config's `token_views`) are padded with their masks in every batch (`collate_features`).
     """
 
     def __init__(self, *args, seeds: list[int] | None = None, **kwargs):
+        config = getattr(kwargs.get("model", args[0] if args else None), "config", None)
+        if getattr(config, "token_views", None) and kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = collate_features(config.token_views)
         super().__init__(*args, **kwargs)
         self.seeds = seeds or [self.args.seed]
         self._seed_model: LLMFusionForSequenceClassification | None = None
@@ -583,6 +642,7 @@ def check_run(runs_dir: Path, signature: dict, resume: bool) -> None:
 __all__ = [
     "CHECKPOINT_SELECTIONS",
     "FusionTrainer",
+    "TokenRows",
     "InMemoryBatches",
     "NonFiniteError",
     "ProtocolCallback",
@@ -593,6 +653,7 @@ __all__ = [
     "StoppingRule",
     "build_model",
     "check_run",
+    "collate_features",
     "epoch_order",
     "flush_denormals",
     "group_folder",
