@@ -15,6 +15,7 @@ sentence vectors lose.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -150,7 +151,9 @@ def fit_bag_of_words(
     best, best_rank = None, None
     for c in sorted(strengths):
         set_strength(classifier, c)
-        classifier.fit(train_features, targets)
+        with warnings.catch_warnings():  # a label no training text has (or every one has) is predicted as such
+            warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+            classifier.fit(train_features, targets)
         probabilities = label_probabilities(classifier, validation_features, num_labels)
         logits = logits_of(probabilities, problem_type)
         if multi_label:

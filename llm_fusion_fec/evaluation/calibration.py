@@ -23,8 +23,9 @@ BINNED_CONFIDENCES = {
     "multi_label_classification": "each label's probability",
 }
 """What the ECE bins, by problem type, in words (`confidences_and_outcomes`)."""
-TEMPERATURE_RANGE = (0.05, 20.0)
-"""The temperatures searched: beyond them a validation split is too small or too separable to say more."""
+TEMPERATURE_RANGE = (0.2, 10.0)
+"""The temperatures searched: beyond them a validation split is too small or too separable to say more (and a
+multi-label threshold restated at the temperature, `threshold_at_temperature`, stays inside (0, 1) in float64)."""
 
 
 def probabilities_of(logits: np.ndarray, problem_type: str, temperature: float = 1.0) -> np.ndarray:
@@ -124,6 +125,14 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, problem_type: str, s
     return math.exp((low + high) / 2)
 
 
+def threshold_at_temperature(threshold: float, temperature: float) -> float:
+    """The multi-label threshold on the scores at `temperature` that makes the decisions `threshold` makes at
+    temperature 1: `sigmoid(z / T) > sigmoid(logit(t) / T)` exactly where `sigmoid(z) > t`. The temperature changes
+    the scores a user reads, never which labels are predicted."""
+    logit = math.log(threshold) - math.log1p(-threshold)
+    return 1.0 / (1.0 + math.exp(-logit / temperature))
+
+
 class TemperatureChoice(NamedTuple):
     """The temperature validation chose, and the validation ECE at it and without one (T = 1)."""
 
@@ -176,4 +185,5 @@ __all__ = [
     "negative_log_likelihood",
     "probabilities_of",
     "reliability_table",
+    "threshold_at_temperature",
 ]

@@ -42,7 +42,7 @@ from llm_fusion_fec.evaluation.baseline import (
     labelled_texts,
     score_bag_of_words,
 )
-from llm_fusion_fec.evaluation.calibration import calibration_of, choose_temperature
+from llm_fusion_fec.evaluation.calibration import calibration_of, choose_temperature, threshold_at_temperature
 from llm_fusion_fec.evaluation.metrics import (
     SELECTION_METRICS,
     choose_threshold,
@@ -257,8 +257,9 @@ def score_kept(
     seed: int,
 ) -> CheckpointScores:
     """Score a trained model once: fit its temperature on validation (kept where it lowers the validation ECE) and
-    choose the multi-label threshold on the probabilities at that temperature (both set in its config, as the
-    pipeline serves them), then score validation and test, and the test ECE."""
+    choose the multi-label threshold on validation as every evaluation chose it, restated on the scores at that
+    temperature (the same decisions: `threshold_at_temperature`); both go into its config, as the pipeline serves
+    them. Then score validation and test, and the test ECE."""
     config, problem_type = setup.config, setup.config.problem_type
     predict_args = dataclasses.replace(
         protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no", disable_tqdm=True
@@ -266,13 +267,13 @@ def score_kept(
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
     temperature = choose_temperature(validation.predictions, validation.label_ids, problem_type)
-    model.config.temperature = temperature.temperature
-    calibrated = validation.predictions / temperature.temperature  # the logits the model decides by
     multi_label = problem_type == "multi_label_classification"
     if multi_label:  # the threshold is chosen on validation, and its validation scores come with it
-        model.config.threshold, at_threshold = validation_threshold(setup, metric, calibrated, validation.label_ids)
+        chosen, at_threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)
+        model.config.threshold = threshold_at_temperature(chosen, temperature.temperature)
     else:
-        at_threshold = score(metric, calibrated, validation.label_ids, model.config.threshold)
+        at_threshold = score(metric, validation.predictions, validation.label_ids, model.config.threshold)
+    model.config.temperature = temperature.temperature
     threshold = model.config.threshold
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
