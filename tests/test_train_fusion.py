@@ -23,7 +23,7 @@ from llm_fusion_fec.data.splits import build_config, training_splits
 from llm_fusion_fec.features.metadata import load_features
 from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.trainer import FusionTrainer, ProtocolCallback
-from modeling_llm_fusion import LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
 
 SINGLE = "single_label_classification"
 SPLITS = ("validation", "test")
@@ -559,6 +559,11 @@ def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, t
     assert ensemble["test"]["accuracy"] == pytest.approx(accuracy_score(labels, probabilities.argmax(-1).numpy()))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["ensemble"] == ensemble and [run["seed"] for run in saved["runs"]] == [42, 43]
+    # Its own temperature, fitted on its own validation logits (not a member's), is the one it serves.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.get("temperature", 1.0) == ensemble["calibration"]["temperature"]
+    members[1].config.temperature = members[0].config.temperature + 0.5  # members may differ in temperature
+    assert LLMFusionEnsembleForSequenceClassification.from_members(members).config.temperature == 1.0
     card = (tmp_path / "README.md").read_text()
     assert "The saved model is the ensemble of seeds 42, 43" in card and "ensemble of the 2 seeds (saved)" in card
     inputs = {
