@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -449,9 +450,16 @@ class LLMFusionConfig(PretrainedConfig):
             no token views, the head as it always was.
         attention_queries (`int`, *optional*, defaults to 1):
             Learned queries per token view with `token_pooling="attention"`: pooled vectors per view.
+        temperature (`float`, *optional*, defaults to 1.0):
+            The logits are divided by it before the softmax (or sigmoid) whose probabilities the pipeline reports and
+            the multi-label `threshold` applies to. Training fits it on the validation split (lowest negative
+            log-likelihood) and keeps it where it lowers the validation expected calibration error, so that a score
+            reads as a confidence; single-label decisions (the top label) do not depend on it.
     """
 
     model_type = "llm_fusion"
+    # Declared as a field: `save_pretrained` refuses an undeclared attribute named like a generation parameter.
+    temperature: float = 1.0
 
     def __init__(
         self,
@@ -467,6 +475,7 @@ class LLMFusionConfig(PretrainedConfig):
         feature_dtype: str | None = None,
         token_pooling: str | None = None,
         attention_queries: int = 1,
+        temperature: float = 1.0,
         **kwargs,
     ):
         backbones = copy.deepcopy(PRESETS["paper"]["backbones"] if backbones is None else list(backbones))
@@ -498,11 +507,14 @@ class LLMFusionConfig(PretrainedConfig):
         self.encoders_in_tail = bool(encoders_in_tail)
         if feature_dtype not in (None, *FEATURE_DTYPES):
             raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES} or None, got {feature_dtype!r}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
         self.ensemble_size = ensemble_size
         self.feature_dtype = feature_dtype
         _check_token_head(self.backbones, token_pooling, attention_queries)
         self.token_pooling = token_pooling
         self.attention_queries = attention_queries
+        self.temperature = float(temperature)
         super().__init__(**kwargs)
 
     @classmethod

@@ -643,8 +643,9 @@ class LLMFusionPreTrainedModel(PreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
-        """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`)."""
-        return decide(logits, self.config.problem_type, self.config.threshold)
+        """This model's decisions for `logits` (`decide` with its problem type and its `config.threshold`, on the
+        logits divided by its `config.temperature`, as the pipeline decides)."""
+        return decide(logits / self.config.temperature, self.config.problem_type, self.config.threshold)
 
     def feature_plan(self, paths: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> FeaturePlan:
         """The `FeaturePlan` of this model's backbones (the one extraction followed); `paths` points any of them at a
@@ -860,10 +861,12 @@ class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
         cls, members: Sequence[LLMFusionForSequenceClassification]
     ) -> LLMFusionEnsembleForSequenceClassification:
         """The ensemble of trained heads of one config (e.g. the seeds of a run), their weights copied. The members'
-        multi-label thresholds may differ: the ensemble starts with the first one's (training chooses its own)."""
+        multi-label thresholds may differ: the ensemble starts with the first one's (training chooses its own). Their
+        temperatures may differ too: the ensemble averages its members' probabilities at temperature 1 and starts with
+        none of its own (training fits its own)."""
 
-        def shared(config: LLMFusionConfig) -> dict:  # all but where each was loaded from and its own threshold
-            ignored = ("ensemble_size", "threshold", "transformers_version")
+        def shared(config: LLMFusionConfig) -> dict:  # all but where each was loaded from and its own calibration
+            ignored = ("ensemble_size", "threshold", "temperature", "transformers_version")
             return {
                 key: value for key, value in config.to_dict().items() if not key.startswith("_") and key not in ignored
             }
@@ -871,7 +874,7 @@ class LLMFusionEnsembleForSequenceClassification(LLMFusionPreTrainedModel):
         if any(shared(member.config) != shared(members[0].config) for member in members):
             raise ValueError("The members of an ensemble must share one config (backbones, head and labels).")
         config = copy.deepcopy(members[0].config)
-        config.ensemble_size = len(members)
+        config.ensemble_size, config.temperature = len(members), 1.0
         ensemble = cls(config)
         for target, member in zip(ensemble.members, members):
             target.load_state_dict(member.state_dict())

@@ -62,6 +62,8 @@ class FECPipeline(Pipeline):
     - for a multi-label model (`config.problem_type == "multi_label_classification"`) the default answer is the
       list of labels whose sigmoid score is above `config.threshold` (possibly empty; `threshold=t` sets another),
       sorted by score (a list for a string, a list of lists for a list of strings).
+    - a score is the softmax (or sigmoid) of the logits divided by `config.temperature`, the temperature training
+      fitted on the validation split so that scores read as confidences (1.0: the logits as they are).
 
     Long texts are truncated: each backbone reads at most its `max_length` tokens of a text. A text that is not a
     non-empty string raises a `TypeError` or `ValueError` naming its position, before anything runs (in a stream:
@@ -84,8 +86,8 @@ class FECPipeline(Pipeline):
         max_tokens (`int`, *optional*):
             At most this many padded tokens a forward pass (texts x padded length), as extraction's `--max-tokens`.
         function_to_apply (`str`, *optional*):
-            `"softmax"` (default for single-label models), `"sigmoid"` (default for multi-label models) or `"none"`
-            (raw logits).
+            `"softmax"` (default for single-label models), `"sigmoid"` (default for multi-label models), each of the
+            logits divided by `config.temperature`, or `"none"` (the raw logits).
         top_k (`int` or `None`, *optional*):
             Number of labels to return per text; `None` returns all of them.
     """
@@ -255,7 +257,10 @@ class FECPipeline(Pipeline):
             else:
                 function_to_apply = "softmax"
         logits = model_outputs["logits"][0].float()
-        functions = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}
+        # The temperature fitted on validation (1.0: none) makes the scores read as confidences; the top label and the
+        # ranking stay as they are, and a multi-label threshold applies to the scores as reported.
+        calibrated = logits / config.temperature
+        functions = {"softmax": calibrated.softmax(-1), "sigmoid": calibrated.sigmoid(), "none": logits}
         scores = functions[function_to_apply].tolist()
         # A stable sort, as the text-classification pipeline's: equal scores keep the label order.
         ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
@@ -265,7 +270,7 @@ class FECPipeline(Pipeline):
             # The model's decision is its sigmoid scores against the threshold chosen on validation, whatever
             # function the caller wants the scores reported in.
             cutoff = config.threshold if threshold is None else threshold
-            predicted = decide(logits, config.problem_type, cutoff).tolist()
+            predicted = decide(calibrated, config.problem_type, cutoff).tolist()
             chosen = [i for i in ranked if predicted[i]]
         else:
             return {"label": config.id2label[ranked[0]], "score": scores[ranked[0]]}

@@ -237,6 +237,14 @@ class FusionArguments:
             "results.json)."
         },
     )
+    baseline: bool = field(
+        default=True,
+        metadata={
+            "help": "Also fit a bag-of-words baseline on the texts (TF-IDF + logistic regression, fitted on train, "
+            "its C chosen on validation, test scored once; seconds on a CPU) and report it beside the head; "
+            "false: none."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -61,6 +62,20 @@ def test_round_trips(tmp_path):
     assert PRESETS["small"]["backbones"][0].get("revision") is None  # the preset itself was not mutated
 
 
+def test_temperature_round_trips_and_defaults_to_none(tmp_path):
+    assert LLMFusionConfig().temperature == 1.0
+    config = LLMFusionConfig.from_preset("small", num_labels=3, temperature=1.75)
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["temperature"] == 1.75
+    for other in (LLMFusionConfig.from_dict(config.to_dict()), LLMFusionConfig.from_pretrained(tmp_path)):
+        assert other.temperature == 1.75
+    # A config saved before the temperature existed reads as none (1.0).
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["temperature"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert LLMFusionConfig.from_pretrained(tmp_path).temperature == 1.0
+
+
 def test_backbone_dtype_and_quantization_round_trip(tmp_path):
     backbones = copy.deepcopy(PRESETS["paper"]["backbones"])
     backbones[0].update(dtype="bfloat16", quantization="4bit")
@@ -99,6 +114,12 @@ def test_backbone_dtype_and_quantization_round_trip(tmp_path):
         ({"dropout": 1.0}, "dropout must be in"),
         ({"sigma": 0}, "sigma must be positive"),
         ({"mlp_dims": [64, 0]}, "mlp_dims must be positive"),
+        ({"temperature": 0}, "temperature must be a positive finite number, got 0"),
+        ({"temperature": -1.5}, "temperature must be a positive finite number, got -1.5"),
+        ({"temperature": float("inf")}, "temperature must be a positive finite number, got inf"),
+        ({"temperature": float("nan")}, "temperature must be a positive finite number, got nan"),
+        ({"temperature": "2"}, "temperature must be a positive finite number, got '2'"),
+        ({"temperature": True}, "temperature must be a positive finite number, got True"),
     ],
 )
 def test_bad_values_raise(kwargs, message):

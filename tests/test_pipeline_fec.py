@@ -329,3 +329,34 @@ def test_a_folder_given_for_one_view_serves_every_view_of_that_model(tiny_backbo
     loaded = model.load_backbones()
     assert loaded["llama"].model is loaded["llama_window"].model  # one folder, one load
     assert len(pipe(TEXTS[:2])) == 2
+
+
+def test_scores_are_the_softmax_of_the_trainers_logits_at_the_models_temperature(model, tmp_path, monkeypatch):
+    """The temperature training fitted (`config.temperature`) divides the logits the Trainer scored before the
+    softmax or sigmoid the pipeline reports; the top label stays, and multi-label decisions read those scores."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from llm_fusion_fec.training.trainer import FusionTrainer
+
+    features = {name: value.numpy() for name, value in model.extract_features(TEXTS).items()}
+    args = TrainingArguments(tmp_path, report_to="none", use_cpu=True, remove_unused_columns=False)
+    trainer_logits = torch.from_numpy(
+        FusionTrainer(model=model, args=args).predict(Dataset.from_dict(features)).predictions
+    )
+    multi_label = model.config.problem_type == "multi_label_classification"
+    untempered = pipeline("fec", model=model, device="cpu")(TEXTS, top_k=None)
+    monkeypatch.setattr(model.config, "temperature", 2.5)
+    pipe = pipeline("fec", model=model, device="cpu")
+    expected = (trainer_logits / 2.5).sigmoid() if multi_label else (trainer_logits / 2.5).softmax(-1)
+    for answer, before, row in zip(pipe(TEXTS, top_k=None), untempered, expected, strict=True):
+        scores = torch.tensor([a["score"] for a in sorted(answer, key=lambda a: EMOTIONS.index(a["label"]))])
+        torch.testing.assert_close(scores, row.float(), atol=1e-5, rtol=0)
+        assert [a["label"] for a in answer] == [a["label"] for a in before]  # the ranking does not move
+    if multi_label:
+        threshold = model.config.threshold
+        assert model.decide(trainer_logits).tolist() == (expected > threshold).int().tolist()
+        for answer, row in zip(pipe(TEXTS), expected, strict=True):
+            assert sorted(a["label"] for a in answer) == sorted(
+                EMOTIONS[i] for i in range(len(row)) if row[i] > threshold
+            )

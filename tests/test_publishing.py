@@ -19,11 +19,13 @@ from transformers import TrainingArguments
 from configuration_llm_fusion import LLMFusionConfig, describe_pooling
 from helpers import REPO, run_program
 from llm_fusion_fec.commands.train import format_results_table
-from llm_fusion_fec.evaluation.results import RunResults, SeedResult, per_label_scores
+from llm_fusion_fec.evaluation.calibration import TemperatureChoice, calibration_of
+from llm_fusion_fec.evaluation.results import BASELINE_ROW, BaselineResult, RunResults, SeedResult, per_label_scores
 from llm_fusion_fec.publishing.card import CHECKPOINT_SELECTION_TEXTS, FusionModelCardData, model_card
 from llm_fusion_fec.publishing.confusion import confusion_matrix_png
 from llm_fusion_fec.publishing.hub import push_to_hub
 from llm_fusion_fec.publishing.paths import check_shareable
+from llm_fusion_fec.publishing.reliability import reliability_diagram_png
 from llm_fusion_fec.publishing.saving import save_model_folder, training_arguments
 from llm_fusion_fec.training.trainer import CHECKPOINT_SELECTIONS
 from modeling_llm_fusion import LLMFusionForSequenceClassification
@@ -559,3 +561,81 @@ def test_push_refuses_backbones_named_by_local_folders(tmp_path, tiny_backbones,
 
 def test_hub_ids_are_shareable(tiny_backbones):
     check_shareable(LLMFusionConfig(backbones=hub_backbones(tiny_backbones)))
+
+
+# ---- calibration and the bag-of-words baseline ----
+
+
+def with_calibration(results: RunResults, baseline_score: float) -> RunResults:
+    """`results` with each seed's calibration (seed 43's temperature kept, seed 42's not) and a baseline scoring
+    `baseline_score` on validation."""
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(0, 3, (200, len(LABELS))), rng.integers(0, len(LABELS), 200)
+    for run, temperature in zip(results.runs, (1.0, 2.5)):
+        choice = TemperatureChoice(temperature, 0.05 + temperature / 100, 0.09)
+        run.calibration = calibration_of(choice, logits, labels, SINGLE)
+    baseline_calibration = calibration_of(TemperatureChoice(1.0, 0.2, 0.2), logits / 3, labels, SINGLE)
+    results.baseline = BaselineResult(
+        method="TF-IDF of words and word pairs (sublinear tf) + logistic regression",
+        c=3.0,
+        strengths=[0.3, 1.0, 3.0, 10.0, 30.0],
+        threshold=None,
+        validation={"weighted_f1": baseline_score, "loss": 1.5},
+        test={"accuracy": 0.52, "weighted_f1": 0.51, "macro_f1": 0.45},
+        calibration=baseline_calibration,
+        vocabulary=12345,
+        wall_time_s=8.4,
+    )
+    return results
+
+
+@pytest.mark.parametrize("baseline_score", [0.30, 0.60])
+def test_card_and_results_carry_each_rows_ece_and_the_baseline(tmp_path, tiny_backbones, baseline_score):
+    results = with_calibration(make_results(), baseline_score)
+    spec = FusionModelCardData(results, make_args(tmp_path), "ED", early_stopping_patience=10)
+    written = save_model_folder(make_model(hub_backbones(tiny_backbones)), tmp_path / "out", spec)
+    assert RunResults.load(tmp_path / "out" / "results.json").to_dict() == results.to_dict()
+    text = (tmp_path / "out" / "README.md").read_text()
+    table = format_results_table(results)
+    assert table in text  # the table the train command prints, ECE column and baseline row included
+    lines = table.splitlines()
+    assert lines[0].endswith("| test macro_f1 | test ECE |") and lines[-1].startswith(f"| {BASELINE_ROW} |  |  | 8 |")
+    eces = [run.calibration.test_ece for run in results.runs]
+    assert lines[2].endswith(f" | {eces[0]:.4f} |") and lines[3].endswith(f" | {eces[1]:.4f} |")
+    assert lines[4].endswith(f" | {np.mean(eces):.4f} +- {np.std(eces):.4f} |")
+    assert lines[-1].endswith(f"| 0.5200 | 0.5100 | 0.4500 | {results.baseline.calibration.test_ece:.4f} |")
+    assert "fitted on the train split at C = 0.3, 1, 3, 10, 30 (12,345 words and word pairs), C = 3 chosen" in text
+    # The saved seed (43, best on validation: 0.55) kept its temperature: the card says what it did.
+    saved = results.best.calibration
+    assert "divides its logits by the temperature 2.5 (`config.temperature`) before the softmax" in text
+    assert f"from {saved.validation_ece_uncalibrated:.4f} to {saved.validation_ece:.4f}" in text
+    assert "reliability_diagram.png" in written and "](reliability_diagram.png)" in text
+    image = read_png((tmp_path / "out" / "reliability_diagram.png").read_bytes())
+    assert image.shape[0] > image.shape[1] >= 400 and image.min() < 100
+    if baseline_score > 0.55:  # above the seeds' validation mean (0.475)
+        assert "**On validation it beats the head** (weighted_f1 0.6000 against 0.4750, the 2-seed mean)" in text
+    else:
+        assert "On validation the head beats it (weighted_f1 0.4750, the 2-seed mean, against 0.3000)" in text
+
+
+def test_without_matplotlib_the_card_shows_the_reliability_table(tmp_path, tiny_backbones, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if it were not installed
+    results = with_calibration(make_results(), 0.3)
+    spec = FusionModelCardData(results, make_args(tmp_path), "ED", early_stopping_patience=10)
+    with caplog.at_level("WARNING"):
+        written = save_model_folder(make_model(hub_backbones(tiny_backbones)), tmp_path / "out", spec)
+    assert "reliability_diagram.png" not in written and "shows its reliability table" in caplog.text
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "| top label's probability | count | mean probability | share right |" in text
+    for row in results.best.calibration.reliability:
+        line = f"| ({row['lower']:.2f}, {row['upper']:.2f}] | {row['count']} | {row['confidence']:.4f} |"
+        assert (line in text) == (row["count"] > 0)
+
+
+def test_reliability_diagram_draws_its_table():
+    table = calibration_of(TemperatureChoice(1.0, 0, 0), np.eye(4) * 3, np.array([0, 1, 2, 0]), SINGLE).reliability
+    image = read_png(reliability_diagram_png(table, "top label's probability"))
+    moved = [{**row, "accuracy": 1 - row["accuracy"]} if row["count"] else row for row in table]
+    assert (read_png(reliability_diagram_png(moved, "top label's probability")) != image).any()

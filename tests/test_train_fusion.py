@@ -23,8 +23,10 @@ from llm_fusion_fec.data.splits import build_config, training_splits
 from llm_fusion_fec.features.metadata import load_features
 from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.trainer import FusionTrainer, ProtocolCallback
-from modeling_llm_fusion import LLMFusionForSequenceClassification
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
 
+SINGLE = "single_label_classification"
+SPLITS = ("validation", "test")
 LIMIT = 40  # rows per split: 4 steps per epoch at the paper's batch size of 10
 TOKEN = "hf_DoNotLeakThisToken"
 REPO_ID = "fec-tests/llm-fusion-ed"
@@ -321,23 +323,30 @@ def test_multi_label_training_stores_the_threshold_chosen_on_validation(tiny_bac
     model = LLMFusionForSequenceClassification.from_pretrained(output, dtype=torch.float32).eval()
     assert model.config.threshold == threshold and model.config.problem_type == "multi_label_classification"
 
-    def scores(split: str, t: float) -> tuple[float, float]:
+    def scores(split: str, t: float, temperature: float = 1.0) -> tuple[float, float]:
         data = load_from_disk(str(features / split)).with_format("torch")[:]
         with torch.no_grad():
-            probabilities = model(**{spec["name"]: data[spec["name"]] for spec in tiny_backbones}).logits.sigmoid()
+            logits = model(**{spec["name"]: data[spec["name"]] for spec in tiny_backbones}).logits
+        probabilities = (logits / temperature).sigmoid()
         labels, predicted = data["label"].numpy().astype(int), (probabilities > t).numpy().astype(int)
         return tuple(f1_score(labels, predicted, average=a, zero_division=0) for a in ("micro", "macro"))
 
-    best = max(scores("validation", t)[1] for t in fusion_metrics.THRESHOLDS)
-    assert scores("validation", threshold)[1] == pytest.approx(best, abs=1e-12)
-    micro, macro = scores("test", threshold)
-    assert results["runs"][0]["test"] == pytest.approx({"micro_f1": micro, "macro_f1": macro}, abs=1e-12)
     # The threshold is chosen at every evaluation too: the kept checkpoint was scored as it now decides.
     run = results["runs"][0]
     kept = next(record for record in run["history"] if record["epoch"] == run["best_epoch"])
     assert all(record["validation"]["threshold"] in fusion_metrics.THRESHOLDS for record in run["history"])
-    assert kept["validation"]["threshold"] == threshold
+    chosen = kept["validation"]["threshold"]
+    best = max(scores("validation", t)[1] for t in fusion_metrics.THRESHOLDS)
+    assert scores("validation", chosen)[1] == pytest.approx(best, abs=1e-12)
     assert kept["validation"]["macro_f1"] == pytest.approx(best, abs=1e-6)
+    # The model decides by the sigmoid of its logits at its temperature (fitted on validation), against the threshold
+    # restated on those scores: the same labels as the threshold chosen at temperature 1.
+    temperature = model.config.temperature
+    assert threshold == pytest.approx(1 / (1 + ((1 - chosen) / chosen) ** (1 / temperature)), abs=1e-12)
+    assert scores("validation", threshold, temperature) == scores("validation", chosen)
+    micro, macro = scores("test", threshold, temperature)
+    assert (micro, macro) == scores("test", chosen)
+    assert results["runs"][0]["test"] == pytest.approx({"micro_f1": micro, "macro_f1": macro}, abs=1e-12)
     # A run begun when evaluations scored at 0.5 (its record has no multi_label_threshold) is not resumed under this.
     record = output / "runs" / "run.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if "threshold" not in k}))
@@ -552,6 +561,11 @@ def test_ensemble_of_the_seeds_is_saved_scored_and_served(ed_run, ed_features, t
     assert ensemble["test"]["accuracy"] == pytest.approx(accuracy_score(labels, probabilities.argmax(-1).numpy()))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["ensemble"] == ensemble and [run["seed"] for run in saved["runs"]] == [42, 43]
+    # Its own temperature, fitted on its own validation logits (not a member's), is the one it serves.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.get("temperature", 1.0) == ensemble["calibration"]["temperature"]
+    members[1].config.temperature = members[0].config.temperature + 0.5  # members may differ in temperature
+    assert LLMFusionEnsembleForSequenceClassification.from_members(members).config.temperature == 1.0
     card = (tmp_path / "README.md").read_text()
     assert "The saved model is the ensemble of seeds 42, 43" in card and "ensemble of the 2 seeds (saved)" in card
     inputs = {
@@ -671,3 +685,41 @@ def test_a_train_split_of_one_class_is_refused_by_name(tmp_path, tiny_backbones)
         "more rows (a larger --limit) or of another data set."
     )
     assert not (tmp_path / "out").exists()  # refused before any training
+
+
+def test_each_row_reports_its_calibration_and_the_saved_model_serves_its_temperature(ed_run, ed_features):
+    """Each seed's test ECE is that of the softmax of its logits at the temperature its config records (fitted on
+    validation, kept only where it lowered the validation ECE); results.json, the table and the card carry them."""
+    from llm_fusion_fec.evaluation.calibration import expected_calibration_error, probabilities_of
+
+    results, output, _ = ed_run
+    features = {split: load_from_disk(str(ed_features / split)).with_format("torch")[:] for split in SPLITS}
+    for run in results["runs"]:
+        calibration = run["calibration"]
+        folder = output / "runs" / f"seed-{run['seed']}" / "model"
+        model = LLMFusionForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+        assert model.config.temperature == calibration["temperature"] > 0
+        eces = {}
+        for split, data in features.items():
+            with torch.no_grad():
+                logits = model(**{name: data[name] for name in ("llama", "bert", "roberta")}).logits.numpy()
+            labels = data["label"].numpy()
+            eces[split] = [
+                expected_calibration_error(probabilities_of(logits, SINGLE, t), labels, SINGLE)
+                for t in (calibration["temperature"], 1.0)
+            ]
+        assert eces["validation"] == pytest.approx(
+            [calibration["validation_ece"], calibration["validation_ece_uncalibrated"]], abs=1e-6
+        )
+        assert eces["test"] == pytest.approx([calibration["test_ece"], calibration["test_ece_uncalibrated"]], abs=1e-6)
+        assert (
+            calibration["temperature"] == 1.0
+            or calibration["validation_ece"] < calibration["validation_ece_uncalibrated"]
+        )
+        assert sum(row["count"] for row in calibration["reliability"]) == len(features["test"]["label"])
+    values = [run["calibration"]["test_ece"] for run in results["runs"]]
+    assert results["test_ece"] == pytest.approx({"mean": np.mean(values), "std": np.std(values)}, abs=1e-12)
+    card = ModelCard.load(output / "README.md").text
+    assert "test ECE |" in card and f"{values[0]:.4f}" in card and "### Calibration (test, seed" in card
+    assert "![Reliability diagram of the saved model on test](reliability_diagram.png)" in card
+    assert (output / "reliability_diagram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

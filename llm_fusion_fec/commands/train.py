@@ -107,36 +107,32 @@ def scores_line(scores: dict[str, float]) -> str:
 
 def format_results_table(results: RunResults) -> str:
     """The results table the command prints (the model card's, `publishing/model_card.md`): one row per seed, then
-    mean +- population std, then the ensemble if the run saved one."""
-    keys = list(results.runs[0].test)
-    selection = results.selection_metric
+    mean +- population std, then the ensemble if the run saved one, then the bag-of-words baseline if it was fitted;
+    the test ECE of each row where the run measured it."""
+    from llm_fusion_fec.evaluation.results import BASELINE_ROW
+
+    keys, selection, ece = list(results.runs[0].test), results.selection_metric, results.test_ece
     header = ["seed", "epochs", "best epoch", "wall time (s)", f"validation {selection}", *[f"test {k}" for k in keys]]
+    header += ["test ECE"] if ece else []
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def row(first: list[str], result) -> str:
+        cells = [*first, f"{result.validation[selection]:.4f}", *[f"{result.test[k]:.4f}" for k in keys]]
+        cells += [f"{result.calibration.test_ece:.4f}"] if ece else []
+        return "| " + " | ".join(cells) + " |"
+
     for run in results.runs:
         saved = run.seed == results.best_seed and not results.ensemble
-        seed = f"{run.seed} (saved)" if saved else str(run.seed)
         best_epoch = f"{run.best_epoch:g}" if run.best_epoch is not None else "-"
-        cells = [
-            seed,
-            f"{run.epochs:g}",
-            best_epoch,
-            f"{run.wall_time_s:.0f}",
-            f"{run.validation[selection]:.4f}",
-            *[f"{run.test[k]:.4f}" for k in keys],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        first = [f"{run.seed} (saved)" if saved else str(run.seed), f"{run.epochs:g}", best_epoch]
+        lines.append(row([*first, f"{run.wall_time_s:.0f}"], run))
     summary = [f"{results.test[k]['mean']:.4f} +- {results.test[k]['std']:.4f}" for k in keys]
+    summary += [f"{ece['mean']:.4f} +- {ece['std']:.4f}"] if ece else []
     seeds = f"{len(results.runs)} seed{'s' if len(results.runs) > 1 else ''}"
     lines.append("| " + " | ".join([f"mean +- std ({seeds})", "", "", "", "", *summary]) + " |")
     if results.ensemble:
-        ensemble = results.ensemble
-        cells = [
-            f"ensemble of the {len(ensemble.members)} seeds (saved)",
-            "",
-            "",
-            "",
-            f"{ensemble.validation[selection]:.4f}",
-            *[f"{ensemble.test[k]:.4f}" for k in keys],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        members = len(results.ensemble.members)
+        lines.append(row([f"ensemble of the {members} seeds (saved)", "", "", ""], results.ensemble))
+    if results.baseline:
+        lines.append(row([BASELINE_ROW, "", "", f"{results.baseline.wall_time_s:.0f}"], results.baseline))
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""What training hands to publishing and to the benchmarks: one seed's result and a run's results (`results.json`).
+"""What training hands to publishing and to the benchmarks: one seed's result and a run's results (`results.json`),
+with each row's calibration and the bag-of-words baseline beside the head.
 
 One definition each, read and written through these types (`RunResults.save` / `RunResults.load`).
 """
@@ -11,6 +12,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -32,6 +34,45 @@ class EpochRecord:
     improved: list[str] = field(default_factory=list)
 
 
+class ReliabilityBin(TypedDict):
+    """One bin of a reliability table (`llm_fusion_fec.evaluation.calibration.reliability_table`): the confidences
+    in `(lower, upper]`, their number, their mean, and the share of them that are right."""
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float
+    accuracy: float
+
+
+@dataclass
+class Calibration:
+    """How far a row's probabilities can be read as confidence: its expected calibration error (ECE, 15 equal-width
+    bins of the top class's probability, or of every label's probability for multi-label problems), and the
+    temperature its logits are divided by before the softmax or sigmoid.
+
+    Args:
+        temperature (`float`): The temperature fitted on validation (lowest validation negative log-likelihood),
+            kept only where it lowered the validation ECE; 1.0 otherwise (and for the baseline, which fits none).
+        validation_ece (`float`): Validation ECE at `temperature`.
+        validation_ece_uncalibrated (`float`): Validation ECE at temperature 1.
+        test_ece (`float`): Test ECE at `temperature`: the probabilities the served model reports.
+        test_ece_uncalibrated (`float`): Test ECE at temperature 1, from the same single prediction of the test split.
+        reliability (`list[ReliabilityBin]`): The test reliability table at `temperature`.
+    """
+
+    temperature: float
+    validation_ece: float
+    validation_ece_uncalibrated: float
+    test_ece: float
+    test_ece_uncalibrated: float
+    reliability: list[ReliabilityBin] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Calibration | None:
+        return None if data is None else cls(**data)
+
+
 @dataclass
 class CheckpointScores:
     """A trained model (a seed's kept checkpoint, or the seeds' ensemble) scored once: what `SeedResult` and
@@ -43,6 +84,7 @@ class CheckpointScores:
         test (`dict[str, float]`): Its scores on test, computed once.
         per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
         confusion (`list[list[int]]`, *optional*): Test confusion matrix, single-label problems only.
+        calibration (`Calibration`, *optional*): Its temperature and ECE.
     """
 
     threshold: float | None
@@ -50,6 +92,7 @@ class CheckpointScores:
     test: dict[str, float]
     per_label: dict[str, dict[str, float]]
     confusion: list[list[int]] | None
+    calibration: Calibration | None = None
 
 
 @dataclass
@@ -70,6 +113,7 @@ class SeedResult:
             single-label problems only.
         trained_with (`list[int]`): The seeds trained together with it as one batched model (itself included);
             `wall_time_s` is then the whole batch's training time plus this seed's scoring.
+        calibration (`Calibration`, *optional*): Its temperature and ECE (None in results written before them).
     """
 
     seed: int
@@ -83,11 +127,12 @@ class SeedResult:
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
     trained_with: list[int] = field(default_factory=list)
+    calibration: Calibration | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> SeedResult:
         history = [EpochRecord(**record) for record in data.get("history", [])]
-        return cls(**{**data, "history": history})
+        return cls(**{**data, "history": history, "calibration": Calibration.from_dict(data.get("calibration"))})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +156,7 @@ class EnsembleResult:
         test (`dict[str, float]`): Its scores on test, computed once.
         per_label (`dict[str, dict[str, float]]`): Test precision, recall, F1 and support of each label.
         confusion (`list[list[int]]`, *optional*): Test confusion matrix, single-label problems only.
+        calibration (`Calibration`, *optional*): Its temperature and ECE (None in results written before them).
     """
 
     members: list[int]
@@ -119,6 +165,50 @@ class EnsembleResult:
     test: dict[str, float]
     per_label: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
+    calibration: Calibration | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EnsembleResult:
+        return cls(**{**data, "calibration": Calibration.from_dict(data.get("calibration"))})
+
+
+BASELINE_ROW = "bag-of-words baseline (TF-IDF + logistic regression, C chosen on validation)"
+"""The baseline's row in the results table the command prints and the card shows."""
+
+
+@dataclass
+class BaselineResult:
+    """The bag-of-words baseline fitted beside the head (`llm_fusion_fec.evaluation.baseline`): TF-IDF of the texts'
+    words and word pairs with logistic regression, fitted on train, its strength (and multi-label threshold) chosen
+    on validation, scored once on test.
+
+    Args:
+        method (`str`): What it is, in words.
+        c (`float`): The inverse L2 strength validation chose.
+        strengths (`list[float]`): The strengths tried.
+        threshold (`float`, *optional*): Multi-label decision threshold chosen on validation (None: single-label).
+        validation (`dict[str, float]`): Its scores on validation at `c` (and its loss).
+        test (`dict[str, float]`): Its scores on test, computed once.
+        calibration (`Calibration`): Its ECE (no temperature is fitted: it is not served).
+        vocabulary (`int`): The word and word-pair features the training texts gave.
+        wall_time_s (`float`): Fitting every strength and scoring.
+    """
+
+    method: str
+    c: float
+    strengths: list[float]
+    threshold: float | None
+    validation: dict[str, float]
+    test: dict[str, float]
+    calibration: Calibration
+    vocabulary: int
+    wall_time_s: float
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> BaselineResult | None:
+        if data is None:
+            return None
+        return cls(**{**data, "calibration": Calibration.from_dict(data["calibration"])})
 
 
 @dataclass
@@ -139,6 +229,8 @@ class RunResults:
         protocol (`str`, *optional*, defaults to `"paper"`): The training recipe (`llm_fusion_fec.training.protocols`).
         limit (`int`, *optional*): The features' `--limit`: every split, test included, was cut to its first `limit`
             rows, so the scores are not those of the whole test split; `None` for whole splits.
+        baseline (`BaselineResult`, *optional*): The bag-of-words baseline fitted beside the head (None: not fitted,
+            `--baseline false`).
     """
 
     dataset: str
@@ -151,6 +243,7 @@ class RunResults:
     ensemble: EnsembleResult | None = None
     protocol: str = "paper"
     limit: int | None = None
+    baseline: BaselineResult | None = None
 
     def add_run(self, result: SeedResult) -> None:
         """Add a seed's result as it finishes, in seed order whatever the order seeds finish in, and choose the best
@@ -183,16 +276,49 @@ class RunResults:
             for key in self.runs[0].test
         }
 
+    @property
+    def test_ece(self) -> dict[str, float] | None:
+        """Mean and population standard deviation of the seeds' test ECE (None where a seed has no calibration)."""
+        if not self.runs or any(run.calibration is None for run in self.runs):
+            return None
+        values = [run.calibration.test_ece for run in self.runs]
+        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+    @property
+    def head_validation(self) -> tuple[float, str]:
+        """The head's validation `selection_metric` score that the baseline is compared with, and whose it is: the
+        saved ensemble's, else the seeds' mean (not the best seed's, which validation chose)."""
+        if self.ensemble:
+            return self.ensemble.validation[self.selection_metric], "the ensemble's"
+        values = [run.validation[self.selection_metric] for run in self.runs]
+        return statistics.fmean(values), f"the {len(values)}-seed mean" if len(values) > 1 else "the seed's"
+
+    @property
+    def baseline_wins(self) -> bool:
+        """Whether the bag-of-words baseline beats the head on validation by `selection_metric` (`head_validation`):
+        the labels then hang on words the features lose."""
+        if self.baseline is None or not self.runs:
+            return False
+        head, ours = self.head_validation[0], self.baseline.validation[self.selection_metric]
+        return ours < head if self.selection_metric == "loss" else ours > head
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        return {**data, "seeds": self.seeds, "test": self.test}
+        return {**data, "seeds": self.seeds, "test": self.test, "test_ece": self.test_ece}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunResults:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in fields}
-        ensemble = EnsembleResult(**values["ensemble"]) if values.get("ensemble") else None
-        return cls(**{**values, "runs": [SeedResult.from_dict(run) for run in data["runs"]], "ensemble": ensemble})
+        ensemble = EnsembleResult.from_dict(values["ensemble"]) if values.get("ensemble") else None
+        return cls(
+            **{
+                **values,
+                "runs": [SeedResult.from_dict(run) for run in data["runs"]],
+                "ensemble": ensemble,
+                "baseline": BaselineResult.from_dict(values.get("baseline")),
+            }
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         _write_json(path, self.to_dict())
@@ -247,9 +373,13 @@ def _write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 __all__ = [
+    "BASELINE_ROW",
+    "BaselineResult",
+    "Calibration",
     "CheckpointScores",
     "EnsembleResult",
     "EpochRecord",
+    "ReliabilityBin",
     "RunResults",
     "SeedResult",
     "best_seed",

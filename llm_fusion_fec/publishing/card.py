@@ -20,9 +20,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel, TrainingArguments
 
 from configuration_llm_fusion import LAYER_POOLINGS, MASK_SUFFIX, LLMFusionConfig, describe_pooling
-from llm_fusion_fec.evaluation.results import EnsembleResult, RunResults, SeedResult
+from llm_fusion_fec.evaluation.calibration import BINNED_CONFIDENCES, ECE_BINS
+from llm_fusion_fec.evaluation.results import BASELINE_ROW, EnsembleResult, RunResults, SeedResult
 from llm_fusion_fec.publishing.confusion import CONFUSION_MATRIX_FILE
 from llm_fusion_fec.publishing.paths import is_local_model, looks_like_a_path
+from llm_fusion_fec.publishing.reliability import RELIABILITY_DIAGRAM_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
 
@@ -358,8 +360,29 @@ def protocol_variables(card_data: FusionModelCardData) -> dict:
     }
 
 
+def calibration_variables(results: RunResults) -> dict:
+    """What the card says of each row's calibration and of the bag-of-words baseline: the ECE column, the bins, the
+    saved model's temperature and reliability table, and whether the baseline beats the head on validation."""
+    saved = results.saved.calibration
+    return {
+        "ece": results.test_ece,
+        "ece_bins": ECE_BINS,
+        "binned": BINNED_CONFIDENCES.get(results.problem_type, "probability"),
+        "calibration": saved,
+        "reliability_rows": [row for row in saved.reliability if row["count"]] if saved else [],
+        "baseline": results.baseline,
+        "baseline_row": BASELINE_ROW,
+        "baseline_wins": results.baseline_wins,
+        "head_validation": results.head_validation if results.runs else None,
+    }
+
+
 def model_card(
-    model: PreTrainedModel, card_data: FusionModelCardData, folder_name: str, confusion_image: bool = False
+    model: PreTrainedModel,
+    card_data: FusionModelCardData,
+    folder_name: str,
+    confusion_image: bool = False,
+    reliability_image: bool = False,
 ) -> ModelCard:
     """The model card, rendered from `model_card.md` beside this file: what the model does and how to run it, the
     results of every seed and of each label, the backbones and head as the config describes them, the training
@@ -372,6 +395,8 @@ def model_card(
             placeholder id of the snippets when `card_data.training_args.hub_model_id` is not set.
         confusion_image (`bool`, *optional*, defaults to `False`): Whether the folder holds the confusion matrix
             image (`CONFUSION_MATRIX_FILE`).
+        reliability_image (`bool`, *optional*, defaults to `False`): Whether the folder holds the reliability diagram
+            (`RELIABILITY_DIAGRAM_FILE`); without it the card shows the reliability table.
     """
     model_facts = model_variables(model)
     results = card_data.results
@@ -392,6 +417,8 @@ def model_card(
         "results": results,
         "saved": results.saved,
         "confusion_image": CONFUSION_MATRIX_FILE if confusion_image else None,
+        "reliability_image": RELIABILITY_DIAGRAM_FILE if reliability_image else None,
+        **calibration_variables(results),
         "most_confused": most_confused(results.saved.confusion, model_facts["labels"]),
         "feature_dtype": card_data.feature_dtype,
         "versions": framework_versions(),

@@ -19,9 +19,11 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from configuration_llm_fusion import LLMFusionConfig
+from llm_fusion_fec.evaluation.calibration import BINNED_CONFIDENCES
 from llm_fusion_fec.publishing.card import FusionModelCardData, model_card
 from llm_fusion_fec.publishing.confusion import CONFUSION_MATRIX_FILE, confusion_matrix_png
 from llm_fusion_fec.publishing.paths import holds_local_path
+from llm_fusion_fec.publishing.reliability import RELIABILITY_DIAGRAM_FILE, reliability_diagram_png
 from pipeline_fec import save_for_pipeline
 
 HANDLER_PATH = Path(__file__).resolve().parent.parent / "serving" / "handler.py"
@@ -112,7 +114,8 @@ def save_model_folder(
     model: PreTrainedModel, output_dir: str | os.PathLike, card_data: FusionModelCardData
 ) -> list[str]:
     """Write the folder that is shared: weights, config and code (model and pipeline, `save_for_pipeline`),
-    `results.json`, `training_args.json`, the confusion matrix of single-label models and the model card.
+    `results.json`, `training_args.json`, the confusion matrix of single-label models, the reliability diagram
+    (where the results hold a calibration) and the model card.
 
     Returns the files written, relative to `output_dir`: what `push_to_hub` uploads. Files already in the folder that
     this call did not write (an earlier run's, the local `runs/`) are left alone and are not in the list.
@@ -130,7 +133,16 @@ def save_model_folder(
     if image is not None:
         (output_dir / CONFUSION_MATRIX_FILE).write_bytes(image)
         written.append(CONFUSION_MATRIX_FILE)
-    model_card(model, card_data, output_dir.name, confusion_image=image is not None).save(output_dir / "README.md")
+    calibration = card_data.results.saved.calibration
+    binned = BINNED_CONFIDENCES.get(card_data.results.problem_type, "probability")
+    diagram = reliability_diagram_png(calibration.reliability, binned) if calibration is not None else None
+    if diagram is not None:
+        (output_dir / RELIABILITY_DIAGRAM_FILE).write_bytes(diagram)
+        written.append(RELIABILITY_DIAGRAM_FILE)
+    card = model_card(
+        model, card_data, output_dir.name, confusion_image=image is not None, reliability_image=diagram is not None
+    )
+    card.save(output_dir / "README.md")
     written.append("README.md")
     (output_dir / RUNS_DIR).mkdir(exist_ok=True)
     (output_dir / RUNS_DIR / WRITTEN_FILE).write_text(json.dumps(sorted(written)) + "\n")

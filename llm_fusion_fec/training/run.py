@@ -35,6 +35,14 @@ from llm_fusion_fec.data.splits import (
     feature_statistics,
     training_splits,
 )
+from llm_fusion_fec.evaluation.baseline import (
+    EmptyVocabulary,
+    baseline_notice,
+    fit_bag_of_words,
+    labelled_texts,
+    score_bag_of_words,
+)
+from llm_fusion_fec.evaluation.calibration import calibration_of, choose_temperature, threshold_at_temperature
 from llm_fusion_fec.evaluation.metrics import (
     SELECTION_METRICS,
     choose_threshold,
@@ -45,6 +53,7 @@ from llm_fusion_fec.evaluation.metrics import (
     validation_loss,
 )
 from llm_fusion_fec.evaluation.results import (
+    BaselineResult,
     CheckpointScores,
     EnsembleResult,
     RunResults,
@@ -247,21 +256,24 @@ def score_kept(
     run_dir: Path,
     seed: int,
 ) -> CheckpointScores:
-    """Score a trained model once: choose the multi-label threshold on validation (set in its config), then score
-    validation and test."""
-    config = setup.config
+    """Score a trained model once: fit its temperature on validation (kept where it lowers the validation ECE) and
+    choose the multi-label threshold on validation as every evaluation chose it, restated on the scores at that
+    temperature (the same decisions: `threshold_at_temperature`); both go into its config, as the pipeline serves
+    them. Then score validation and test, and the test ECE."""
+    config, problem_type = setup.config, setup.config.problem_type
     predict_args = dataclasses.replace(
         protocol_arguments(args, run_dir, seed), eval_strategy="no", save_strategy="no", disable_tqdm=True
     )
     trainer = FusionTrainer(model=model, args=predict_args, seeds=[seed])
     validation = trainer.predict(setup.data["validation"], metric_key_prefix="eval")
-    multi_label = config.problem_type == "multi_label_classification"
+    temperature = choose_temperature(validation.predictions, validation.label_ids, problem_type)
+    multi_label = problem_type == "multi_label_classification"
     if multi_label:  # the threshold is chosen on validation, and its validation scores come with it
-        model.config.threshold, at_threshold = validation_threshold(
-            setup, metric, validation.predictions, validation.label_ids
-        )
+        chosen, at_threshold = validation_threshold(setup, metric, validation.predictions, validation.label_ids)
+        model.config.threshold = threshold_at_temperature(chosen, temperature.temperature)
     else:
         at_threshold = score(metric, validation.predictions, validation.label_ids, model.config.threshold)
+    model.config.temperature = temperature.temperature
     threshold = model.config.threshold
     test = trainer.predict(setup.data["test"])
     decisions = model.decide(torch.from_numpy(test.predictions)).numpy()
@@ -269,9 +281,10 @@ def score_kept(
     return CheckpointScores(
         threshold=threshold if multi_label else None,
         validation={**at_threshold, "loss": validation.metrics["eval_loss"]},
-        test=score(metric, test.predictions, test.label_ids, threshold),
+        test=score(metric, test.predictions / temperature.temperature, test.label_ids, threshold),
         per_label=per_label,
         confusion=confusion,
+        calibration=calibration_of(temperature, test.predictions, test.label_ids, problem_type),
     )
 
 
@@ -297,7 +310,7 @@ def finish_seed(
         wall_time_s=round(training_time + time.perf_counter() - start, 1),
         history=progress.history,
         trained_with=list(trained_with),
-        **dataclasses.asdict(scores),
+        **vars(scores),  # its fields as they are (a calibration stays a `Calibration`)
     )
     model.save_pretrained(run_dir / "model")
     # As that folder reads back, so that a seed trained here and one a resumed run reads are the same model: without
@@ -323,7 +336,7 @@ def ensemble_of(
     members = [models[seed] if seed in models else saved_seed_model(runs_dir, seed) for seed in seeds]
     ensemble = LLMFusionEnsembleForSequenceClassification.from_members(members)
     scores = score_kept(setup, args, load_metric(setup.config.problem_type), ensemble, runs_dir, seeds[0])
-    return ensemble, EnsembleResult(members=seeds, **dataclasses.asdict(scores))
+    return ensemble, EnsembleResult(members=seeds, **vars(scores))
 
 
 def saved_seed_model(runs_dir: Path, seed: int) -> LLMFusionForSequenceClassification:
@@ -341,6 +354,7 @@ class Setup:
     statistics: dict | None
     rule: StoppingRule  # every seed starts from a copy
     examples: tuple[str, ...] = ()  # validation texts for the card (`validation_examples`)
+    texts: DatasetDict | None = None  # each split's `text` and `label` columns: the bag-of-words baseline's input
 
 
 def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
@@ -358,7 +372,8 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     config = build_config(metadata, args.backbones, **head, training_protocol=args.protocol)
     features, data = data, training_splits(data, config)
     check_classes(features["train"], config, metadata.dataset)
-    examples = validation_examples(features["validation"].select_columns(["text", "label"]))
+    texts = DatasetDict({split: features[split].select_columns(["text", "label"]) for split in data})
+    examples = validation_examples(texts["validation"])
     check_finite(data, config)
     selection = selection_metric(training_args.metric_for_best_model, config.problem_type)
     if args.checkpoint_selection not in CHECKPOINT_SELECTIONS:
@@ -370,7 +385,7 @@ def prepare(args: FusionArguments, training_args: TrainingArguments) -> Setup:
     if training_args.push_to_hub:
         check_shareable(config)  # before hours of training, not after
     statistics = feature_statistics(data["train"], config) if config.standardize_features else None
-    return Setup(metadata, config, data, statistics, rule, examples)
+    return Setup(metadata, config, data, statistics, rule, examples, texts)
 
 
 def head_options(args: FusionArguments, metadata: FeatureMetadata) -> dict:
@@ -496,6 +511,8 @@ def run_training(
     check_output_folder(output_dir, args.overwrite_output_dir or bool(resume))
     check_run(runs_dir, run_signature(setup, args, training_args), bool(resume))
     card_data = start_card_data(setup, args, training_args)
+    if args.baseline:
+        card_data.results.baseline = fit_baseline(setup)
     models = train_run_seeds(setup, args, training_args, card_data, given_checkpoint, callback)
     if args.ensemble:
         model, ensemble = ensemble_of(setup, training_args, runs_dir, card_data.results.seeds, models)
@@ -506,7 +523,28 @@ def run_training(
         best = card_data.results.best_seed
         model = models[best] if best in models else saved_seed_model(runs_dir, best)
     publish(model, output_dir, card_data, training_args)
+    if notice := baseline_notice(card_data.results):
+        logger.warning(notice)
     return card_data.results
+
+
+def fit_baseline(setup: Setup) -> BaselineResult | None:
+    """The bag-of-words baseline of the run's texts (`llm_fusion_fec.evaluation.baseline`): fitted on train, chosen
+    on validation by the run's selection metric, and only then scored once on test. None, with a warning, where the
+    training texts hold no word to count."""
+    start, config = time.perf_counter(), setup.config
+    train, validation = (labelled_texts(setup.texts[split]) for split in ("train", "validation"))
+    try:
+        fitted = fit_bag_of_words(train, validation, config.problem_type, config.num_labels, setup.rule.selection)
+    except EmptyVocabulary as error:
+        logger.warning(f"{error} The head trains without it.")
+        return None
+    result = score_bag_of_words(fitted, labelled_texts(setup.texts["test"]), wall_time_s=time.perf_counter() - start)
+    logger.info(
+        f"Bag-of-words baseline: C {result.c:g} chosen on validation ({result.vocabulary} words and word pairs, "
+        f"{result.wall_time_s:g} s); validation {setup.rule.selection} {result.validation[setup.rule.selection]:.4f}."
+    )
+    return result
 
 
 def checkpoint_given(resume: str | None) -> str | None:
