@@ -265,7 +265,8 @@ def test_the_attention_head_trains_saves_reloads_and_serves_as_the_trainer_predi
         save_strategy="no",
         report_to="none",
     )
-    predicted = torch.from_numpy(FusionTrainer(model=model, args=args).predict(test).predictions).softmax(-1)
+    logits = torch.from_numpy(FusionTrainer(model=model, args=args).predict(test).predictions)
+    predicted = (logits / model.config.temperature).softmax(-1)  # at the temperature training fitted
     # ...are what the pipeline serves from the texts, its token states computed by the same feature plan.
     classify = pipeline("fec", model=model, device="cpu")
     answers = classify(list(data["test"]["text"]), top_k=None, batch_size=4)

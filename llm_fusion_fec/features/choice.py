@@ -124,10 +124,9 @@ def choose(
     args, sample = _choice_arguments(arguments_of(args, options))
     paths = name_value_pairs(args.backbone_path, "--backbone-path") if backbone_paths is None else backbone_paths
     preset = [BackboneSpec.from_dict(spec) for spec in backbones or backbones_of(args, paths)]
-    llms = [spec for spec in preset if spec.pooling in LAYER_POOLINGS]
-    if not llms:
+    llm = next((spec for spec in preset if spec.pooling in LAYER_POOLINGS), None)
+    if llm is None:
         raise ValueError(f"--choose needs a layer-pooled backbone (an LLM); the backbones are {preset}.")
-    llm = llms[0]
     if name_value_pairs(args.layers, "--layers").get(llm.name):
         raise ValueError(f"--choose chooses {llm.name}'s layers itself: leave out --layers {llm.name}=...")
     _, cache = output_folders(args)
