@@ -421,6 +421,7 @@ def test_the_space_installs_offline_and_answers_without_this_package(
     assert not [line for line in lines if canonicalize_name(Requirement(line).name) == "llm-fusion-fec"]
 
     upload = write_csv_dataset(tmp_path / "data", [("i am so happy", 1), ("", 0), ("my cat is ill", 0)]) / "test.csv"
+    planted_before = planted(tmp_path)  # a PWNED at / may be older than this test (another run's): only new ones count
     answer = run_program("space_answer.py", space, TEXTS[0], upload, python=python)
     assert answer["project_modules"] == []  # the model's own code ran, from its folder
     assert answer["model_module"].startswith("transformers_modules.")
@@ -435,4 +436,10 @@ def test_the_space_installs_offline_and_answers_without_this_package(
     for row, expected_row in zip(answer["labelled"].splitlines()[1:], expected_file.read_text().splitlines()[1:]):
         assert row.rsplit(",", 1)[0] == expected_row.rsplit(",", 1)[0]  # the text, gold and predicted labels
         assert float(row.rsplit(",", 1)[1] or 0) == pytest.approx(float(expected_row.rsplit(",", 1)[1] or 0), abs=1e-6)
-    assert not any(path.name == "PWNED" for path in [*Path("/").iterdir(), *tmp_path.rglob("*")])
+    assert planted(tmp_path) == planted_before
+
+
+def planted(tmp_path: Path) -> dict[Path, int]:
+    """The files the hostile folder name would create (`PWNED`, at / or under `tmp_path`), with their times."""
+    found = [path for path in [*Path("/").iterdir(), *tmp_path.rglob("*")] if path.name == "PWNED"]
+    return {path: path.stat().st_mtime_ns for path in found}
