@@ -1,7 +1,8 @@
 """Throughput of saved models through their pipeline, side by side in one run: each model labels the same ED test
 texts (sorted into batches by the pipeline), alternately, and the best of the repeats is kept.
 
-    python -m bench.bench_models outputs/llm-fusion-ed outputs/llm-fusion-ed-tokens --data-dir ../shared/data
+    python -m bench.bench_models outputs/llm-fusion-ed outputs/llm-fusion-ed-tokens --data-dir ../shared/data \
+        --backbone-path llama=SMOLLM2 bert=MINILM roberta=MPNET
 
 One line a model: texts/s, and its ratio to the first model's.
 """
@@ -29,10 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-texts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backbone-path", nargs="*", default=[], help="NAME=FOLDER: a local copy of a backbone")
     options = parser.parse_args(argv)
+    paths = dict(pair.split("=", 1) for pair in options.backbone_path)
     texts = load_data("ED", options.data_dir)[0]["test"]["text"][: options.num_texts]
     classifiers = {
-        model: pipeline("text-classification", model=model, trust_remote_code=True) for model in options.models
+        model: pipeline("text-classification", model=model, trust_remote_code=True, backbone_paths=paths)
+        for model in options.models
     }
     for classifier in classifiers.values():
         classifier(texts[:8])  # warm-up
