@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llm_fusion_fec.arguments import check_at_least_one
 from llm_fusion_fec.data.text_files import not_utf8, text_lines
+from llm_fusion_fec.features.checksums import file_sha256
 
 if typing.TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -115,8 +116,7 @@ def _stamp(path: str | Path) -> tuple[int, int]:
 @functools.lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, computed once per size and modification time (a data set is named several times a run)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 def _is_url(path: str) -> bool:
