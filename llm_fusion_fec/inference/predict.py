@@ -136,22 +136,47 @@ def text_problem(text: Any, validate_text: Callable[[Any], Any] | None = None) -
 
 def load_pipeline(args: PredictArguments):
     """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
+    from llm_fusion_fec.arguments import name_value_pairs
+
+    return build_pipeline(
+        args.model,
+        name_value_pairs(args.backbone_path, "--backbone-path"),
+        args.device,
+        args.dtype,
+        args.batch_size,
+        getattr(args, "max_tokens", None),
+    )
+
+
+def build_pipeline(
+    model: Any,
+    backbone_paths: dict[str, str] | None = None,
+    device: Any = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+):
+    """The `FECPipeline` of `model` (a folder or Hub id, loaded by `load_model`, or a loaded fusion model), its
+    backbones loaded once; `ValueError` in one line for a model that cannot be loaded or an unknown dtype."""
     import torch
 
-    from llm_fusion_fec.arguments import name_value_pairs
     from llm_fusion_fec.inference.loading import load_model
     from pipeline_fec import FECPipeline
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.dtype and not isinstance(dtype, torch.dtype):
-        raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
-    model = load_model(args.model, **({"dtype": dtype} if dtype else {}))
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if dtype and not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    if isinstance(model, str | os.PathLike):
+        model = load_model(model, **({"dtype": torch_dtype} if torch_dtype else {}))
+    elif torch_dtype:
+        model = model.to(torch_dtype)
     return FECPipeline(
         model=model,
-        backbone_paths=name_value_pairs(args.backbone_path, "--backbone-path"),
-        device=args.device,
-        dtype=dtype,
-        batch_size=args.batch_size,
+        backbone_paths=backbone_paths or {},
+        device=device,
+        dtype=torch_dtype,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
     )
 
 
@@ -162,6 +187,16 @@ def prediction_columns(columns: list[str], listed: bool) -> tuple[str, str]:
     return tuple(f"predicted_{name}" for name in names) if set(names) & set(columns) else names
 
 
+def answer_values(answer: dict | list[dict] | None, listed: bool) -> tuple[Any, Any]:
+    """The label and score cells of one answer: `label`, `score`; lists of them for a list of answers (`listed`);
+    `""` and `None` for a text that could not be labelled."""
+    if answer is None:
+        return "", None
+    if listed:
+        return [a["label"] for a in answer], [a["score"] for a in answer]
+    return answer["label"], answer["score"]
+
+
 def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[int, Any]) -> None:
     """Write every input row with its answer (`answers[row index]`: a dict, or a list of dicts), in input order.
     Rows without an answer get an empty label and no score."""
@@ -169,13 +204,7 @@ def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[in
     label_column, score_column = prediction_columns(columns, listed)
     records = []
     for i, row in enumerate(rows):
-        answer = answers.get(i)
-        if answer is None:
-            label, score = "", None
-        elif listed:
-            label, score = [a["label"] for a in answer], [a["score"] for a in answer]
-        else:
-            label, score = answer["label"], answer["score"]
+        label, score = answer_values(answers.get(i), listed)
         records.append({**row.fields, label_column: label, score_column: score})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="" if path.suffix == ".csv" else None, encoding="utf-8") as handle:
