@@ -171,17 +171,20 @@ class Labeller:
         return {**batch, label_column: labels, score_column: scores}
 
     def _label_arrow(self, batch):
+        texts = self._texts(batch.schema.names, lambda: batch.column(self.text_column).to_pylist())
+        labels, scores = self.arrow_cells(self.label_texts(texts))
+        label_column, score_column = self.columns(batch.schema.names)
+        return batch.append_column(label_column, labels).append_column(score_column, scores)
+
+    def arrow_cells(self, answers: Sequence[dict | list[dict] | None]) -> tuple[Any, Any]:
+        """The label and score columns of `answers` as pyarrow arrays: strings and floats, or lists of them."""
         import pyarrow as pa
 
-        texts = self._texts(batch.schema.names, lambda: batch.column(self.text_column).to_pylist())
-        labels, scores = self._cells(texts)
-        label_column, score_column = self.columns(batch.schema.names)
+        values = [answer_values(answer, self.listed) for answer in answers]
         if self.listed:  # a text not labelled has no list: null, where a text with no label above the threshold has []
-            labels = pa.array([None if label == "" else label for label in labels], pa.list_(pa.string()))
-            scores = pa.array(scores, pa.list_(pa.float64()))
-        else:
-            labels, scores = pa.array(labels, pa.string()), pa.array(scores, pa.float64())
-        return batch.append_column(label_column, labels).append_column(score_column, scores)
+            labels = [None if answer is None else label for answer, (label, _) in zip(answers, values, strict=True)]
+            return pa.array(labels, pa.list_(pa.string())), pa.array([s for _, s in values], pa.list_(pa.float64()))
+        return pa.array([label for label, _ in values], pa.string()), pa.array([s for _, s in values], pa.float64())
 
 
 def _plain(text: Any) -> Any:
