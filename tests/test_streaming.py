@@ -271,6 +271,7 @@ def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
     assert resumed.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.real  # slow: two fresh processes under torchrun (about 20 s here)
 def test_two_processes_under_torchrun_write_what_one_writes(models, backbone_args, tmp_path):
     source = write_csv(tmp_path / "in.csv", TEXTS)
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     from transformers.utils import logging
 
-    from llm_fusion_fec.inference.predict import predict
+    from llm_fusion_fec.inference.streaming import predict
 
     # The command's own lines say what happens (and one line what went wrong): no bar per weights file loaded, and
     # no warnings of weights that do not match, which `load_model` refuses in its own words.

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 try:
-    from .predict import answer_values, build_pipeline, prediction_columns, text_problem
+    from .predict import answer_values, prediction_columns, text_problem
 except ImportError:  # in a Space: the copy of predict.py beside this file
-    from predict import answer_values, build_pipeline, prediction_columns, text_problem
+    from predict import answer_values, prediction_columns, text_problem
 
 
 class Labeller:
@@ -66,6 +66,8 @@ class Labeller:
         threshold: float | None = None,
         max_tokens: int | None = None,
     ):
+        from llm_fusion_fec.inference.loading import build_pipeline
+
         pipeline = build_pipeline(model, backbone_paths, device, dtype, batch_size, max_tokens)
         self._setup(pipeline, batch_size, text_column, top_k, threshold)
 

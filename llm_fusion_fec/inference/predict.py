@@ -17,15 +17,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
     from ..data.text_files import not_utf8
 except ImportError:  # in a Space: the copy of text_files.py beside this file
     from text_files import not_utf8
-
-if TYPE_CHECKING:
-    from llm_fusion_fec.arguments import PredictArguments
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -172,52 +169,6 @@ def text_problem(text: Any, validate_text: Callable[[Any], Any] | None = None) -
 # ---- labelling and writing ----
 
 
-def load_pipeline(args: PredictArguments):
-    """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
-    from llm_fusion_fec.arguments import name_value_pairs
-
-    return build_pipeline(
-        args.model,
-        name_value_pairs(args.backbone_path, "--backbone-path"),
-        args.device,
-        args.dtype,
-        args.batch_size,
-        getattr(args, "max_tokens", None),
-    )
-
-
-def build_pipeline(
-    model: Any,
-    backbone_paths: dict[str, str] | None = None,
-    device: Any = None,
-    dtype: str | None = None,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-):
-    """The `FECPipeline` of `model` (a folder or Hub id, loaded by `load_model`, or a loaded fusion model), its
-    backbones loaded once; `ValueError` in one line for a model that cannot be loaded or an unknown dtype."""
-    import torch
-
-    from llm_fusion_fec.inference.loading import load_model
-    from pipeline_fec import FECPipeline
-
-    torch_dtype = getattr(torch, dtype) if dtype else None
-    if dtype and not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
-    if isinstance(model, str | os.PathLike):
-        model = load_model(model, **({"dtype": torch_dtype} if torch_dtype else {}))
-    elif torch_dtype:
-        model = model.to(torch_dtype)
-    return FECPipeline(
-        model=model,
-        backbone_paths=backbone_paths or {},
-        device=device,
-        dtype=torch_dtype,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-    )
-
-
 def prediction_columns(columns: list[str], listed: bool) -> tuple[str, str]:
     """Names of the label and score columns: `label`/`score`, `labels`/`scores` for lists of labels, prefixed with
     `predicted_` when the input has a column of that name already (e.g. the gold labels of a test split)."""
@@ -320,59 +271,3 @@ def label_file(
         answers = dict(zip(labellable, stream, strict=True))
     write_rows(output, columns, rows, answers)
     return LabelledFile(output, rows)
-
-
-def check_output(output: Path, input_path: Path, overwrite: bool) -> None:
-    """Refuse an output file that cannot be written, or must not be, before any row is labelled: another format than
-    `OUTPUT_SUFFIXES`, the input file itself (by any name: a hard or symbolic link too, `--overwrite` or not), an
-    existing file without `overwrite` (or a progress record to continue it by), a folder, or a place under a file or
-    a folder that cannot be written."""
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
-    if output.resolve() == input_path.resolve() or (
-        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
-    ):
-        raise ValueError(f"--output {output} is the input file {input_path} (the same file); choose another.")
-    if output.is_dir():
-        raise ValueError(f"--output {output} is a folder; give a file in it.")
-    if output.exists() and not overwrite:
-        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
-    folder = next(parent for parent in output.absolute().parents if parent.exists())  # `/` at the latest
-    if not folder.is_dir():
-        raise ValueError(f"--output {output} cannot be written: {folder} is a file, not a folder.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output} cannot be written: no permission to write in {folder}.")
-
-
-def predict(args: PredictArguments) -> int:
-    """Label `args.input` into the output file, streaming (`inference.streaming`); return the exit status (0: every
-    row labelled, 1: some not)."""
-    from llm_fusion_fec.inference.labelling import Labeller
-    from llm_fusion_fec.inference.streaming import label_stream
-
-    input_path = Path(args.input)
-    output = Path(args.output) if args.output else default_output(input_path, args.split)
-    top_k = None if args.top_k is None else args.top_k if args.top_k == "all" else int(args.top_k)
-    record = label_stream(
-        args,
-        input_path,
-        output,
-        lambda: Labeller.from_pipeline(load_pipeline(args), args.batch_size, args.text_column, top_k, args.threshold),
-    )
-    if record is None:  # another process than the first of a multi-process launch: the first one reports
-        return 0
-    unit = "row" if input_path.is_dir() or input_path.suffix == ".parquet" else "line"
-    for line, problem in record.first_unlabelled:
-        print(
-            f"{input_path}:{line}: {problem}" if unit == "line" else f"{input_path}: row {line}: {problem}",
-            file=sys.stderr,
-        )
-    print(f"Labelled {record.labelled} of {record.rows} rows of {input_path} -> {output}")
-    if record.unlabelled:
-        lines = [line for line, _ in record.first_unlabelled]
-        print(
-            f"{problems_line(record.unlabelled, record.rows, lines, unit)}; they have an empty label in {output}.",
-            file=sys.stderr,
-        )
-        return 1
-    return 0

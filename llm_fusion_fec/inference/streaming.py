@@ -23,12 +23,17 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from llm_fusion_fec.inference.predict import OUTPUT_SUFFIXES, default_output, problems_line
 from llm_fusion_fec.inference.sources import Chunk, Source
+
+if TYPE_CHECKING:
+    from llm_fusion_fec.arguments import PredictArguments
 
 RECORD_SUFFIX = ".progress.json"
 REPORTED_ROWS = 20
@@ -383,7 +388,6 @@ def label_stream(args, input_path: Path, output: Path, load_labeller) -> Progres
     for an input that cannot be read, an output that cannot be written or continued, a model that cannot be loaded;
     all of them before anything is written or removed."""
     from llm_fusion_fec.distributed import barrier, distributed
-    from llm_fusion_fec.inference.predict import check_output
     from llm_fusion_fec.inference.sources import model_identity
 
     source = Source(input_path, args.text_column, args.split)
@@ -447,3 +451,73 @@ def _label_chunks(source: Source, labeller, output: Output, record, size: int, r
         return None
     appender.finish(output.empty_table())
     return appender.record
+
+
+def load_pipeline(args: PredictArguments):
+    """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
+    from llm_fusion_fec.arguments import name_value_pairs
+    from llm_fusion_fec.inference.loading import build_pipeline
+
+    return build_pipeline(
+        args.model,
+        name_value_pairs(args.backbone_path, "--backbone-path"),
+        args.device,
+        args.dtype,
+        args.batch_size,
+        getattr(args, "max_tokens", None),
+    )
+
+
+def check_output(output: Path, input_path: Path, overwrite: bool) -> None:
+    """Refuse an output file that cannot be written, or must not be, before any row is labelled: another format than
+    `OUTPUT_SUFFIXES`, the input file itself (by any name: a hard or symbolic link too, `--overwrite` or not), an
+    existing file without `overwrite` (or a progress record to continue it by), a folder, or a place under a file or
+    a folder that cannot be written."""
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
+    if output.resolve() == input_path.resolve() or (
+        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
+    ):
+        raise ValueError(f"--output {output} is the input file {input_path} (the same file); choose another.")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file in it.")
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
+    folder = next(parent for parent in output.absolute().parents if parent.exists())  # `/` at the latest
+    if not folder.is_dir():
+        raise ValueError(f"--output {output} cannot be written: {folder} is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output} cannot be written: no permission to write in {folder}.")
+
+
+def predict(args: PredictArguments) -> int:
+    """Label `args.input` into the output file, streaming (`inference.streaming`); return the exit status (0: every
+    row labelled, 1: some not)."""
+    from llm_fusion_fec.inference.labelling import Labeller
+
+    input_path = Path(args.input)
+    output = Path(args.output) if args.output else default_output(input_path, args.split)
+    top_k = None if args.top_k is None else args.top_k if args.top_k == "all" else int(args.top_k)
+    record = label_stream(
+        args,
+        input_path,
+        output,
+        lambda: Labeller.from_pipeline(load_pipeline(args), args.batch_size, args.text_column, top_k, args.threshold),
+    )
+    if record is None:  # another process than the first of a multi-process launch: the first one reports
+        return 0
+    unit = "row" if input_path.is_dir() or input_path.suffix == ".parquet" else "line"
+    for line, problem in record.first_unlabelled:
+        print(
+            f"{input_path}:{line}: {problem}" if unit == "line" else f"{input_path}: row {line}: {problem}",
+            file=sys.stderr,
+        )
+    print(f"Labelled {record.labelled} of {record.rows} rows of {input_path} -> {output}")
+    if record.unlabelled:
+        lines = [line for line, _ in record.first_unlabelled]
+        print(
+            f"{problems_line(record.unlabelled, record.rows, lines, unit)}; they have an empty label in {output}.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
