@@ -122,7 +122,7 @@ def test_all_rows_labelled_exits_0(tmp_path, model_folder, backbone_args):
     ("content", "extra", "message"),
     [
         ("body\nhello\n", [], "has no column 'text'; its header is ['body']"),
-        ("text\nhello\n", ["--output", "out.tsv"], "--output must end in .csv or .jsonl"),
+        ("text\nhello\n", ["--output", "out.tsv"], "--output must end in .csv, .jsonl or .parquet, got out.tsv"),
     ],
 )
 def test_unusable_input_is_refused_before_loading_the_model(tmp_path, capsys, monkeypatch, content, extra, message):

@@ -230,7 +230,11 @@ def test_a_changed_input_model_or_setting_is_refused(models, backbone_args, tmp_
     assert f"error: {output} was written by another model ({models['single']}, digest" in err
     assert err.count("\n") == 1 and err.endswith("pass --overwrite to start again.\n")
     assert predict(models["single"], source, output, backbone_args, "--chunk-size", "4") == 2
-    assert f"{output} was written with --chunk-size 3, not 4; pass --overwrite" in capsys.readouterr().err
+    assert f"{output} was written with --chunk-size 3, this run is with --chunk-size 4; pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert predict(models["single"], source, output, backbone_args, "--chunk-size", "3", "--top-k", "2") == 2
+    assert f"{output} was written without --top-k, this run is with --top-k 2; pass" in capsys.readouterr().err
     assert output.read_bytes() == partial  # nothing was written by the refused runs
     assert predict(models["ensemble"], source, output, backbone_args, "--chunk-size", "4", "--overwrite") == 0
     assert len(output.read_text().splitlines()) == len(TEXTS) + 1

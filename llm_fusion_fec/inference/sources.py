@@ -163,10 +163,14 @@ class Source:
         return [size] * full + ([rest] if rest else [])
 
 
+MODEL_FILES = ("config.json", "*.safetensors", "*.bin")
+"""A model folder's files that decide its labels (not its card, nor an output written into it)."""
+
+
 def folder_digest(folder: Path) -> str:
-    """sha256 of the files directly in `folder` (names and contents): a model folder's identity."""
+    """sha256 of a model folder's config and weights (`MODEL_FILES`: names and contents)."""
     digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
+    for path in sorted({path for pattern in MODEL_FILES for path in folder.glob(pattern)}):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()

@@ -19,6 +19,7 @@ Hub commit) and every setting that changes a label or the file; a rerun where an
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -107,7 +108,11 @@ class ProgressRecord:
             )
         for name, value in other.settings.items():
             if self.settings.get(name) != value:
-                return f"{output} was written with {name} {self.settings.get(name)}, not {value}; {again}."
+                before, now = (
+                    f"with {name} {v}" if v is not None else f"without {name}"
+                    for v in (self.settings.get(name), value)
+                )
+                return f"{output} was written {before}, this run is {now}; {again}."
         return None
 
     def add(self, summary: dict[str, Any]) -> None:
@@ -382,19 +387,20 @@ def settings_of(args) -> dict[str, Any]:
     }
 
 
-def label_stream(args, input_path: Path, output: Path, load_labeller) -> ProgressRecord | None:
-    """Label `input_path` into `output` as the module says (`args`: `PredictArguments`; `load_labeller()` gives the
-    `Labeller`). Returns the finished output's record in process 0 (`None` in the others). `ValueError` in one line
-    for an input that cannot be read, an output that cannot be written or continued, a model that cannot be loaded;
-    all of them before anything is written or removed."""
-    from llm_fusion_fec.distributed import barrier, distributed
+def label_stream(args: PredictArguments, input_path: Path, output: Path, load_labeller) -> ProgressRecord | None:
+    """Label `input_path` into `output` as the module says (`load_labeller(args)` gives the `Labeller`, `args` naming
+    this process's device). Returns the finished output's record in process 0 (`None` in the others). `ValueError`
+    in one line for an input that cannot be read, an output that cannot be written or continued, a model that
+    cannot be loaded: all of them before anything is written or removed."""
+    from llm_fusion_fec.distributed import barrier, distributed, local_device
     from llm_fusion_fec.inference.sources import model_identity
 
     source = Source(input_path, args.text_column, args.split)
     saved = None if args.overwrite else ProgressRecord.load(record_path(output))
     check_output(output, input_path, args.overwrite or saved is not None)
     rank, world = distributed()
-    labeller = load_labeller()  # a model that cannot be loaded is said before anything is removed
+    # A model that cannot be loaded is said before anything is removed; each process of a launch on its own GPU.
+    labeller = load_labeller(dataclasses.replace(args, device=local_device(args.device, rank, world)))
     wanted = ProgressRecord(source.identity, model_identity(args.model), settings_of(args), source.rows)
     if saved is not None:
         refusal = saved.refusal(wanted, output, str(input_path))
@@ -474,7 +480,9 @@ def check_output(output: Path, input_path: Path, overwrite: bool) -> None:
     existing file without `overwrite` (or a progress record to continue it by), a folder, or a place under a file or
     a folder that cannot be written."""
     if output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
+        raise ValueError(
+            f"--output must end in {', '.join(OUTPUT_SUFFIXES[:-1])} or {OUTPUT_SUFFIXES[-1]}, got {output}."
+        )
     if output.resolve() == input_path.resolve() or (
         output.exists() and input_path.exists() and os.path.samefile(output, input_path)
     ):
@@ -502,7 +510,9 @@ def predict(args: PredictArguments) -> int:
         args,
         input_path,
         output,
-        lambda: Labeller.from_pipeline(load_pipeline(args), args.batch_size, args.text_column, top_k, args.threshold),
+        lambda args: Labeller.from_pipeline(
+            load_pipeline(args), args.batch_size, args.text_column, top_k, args.threshold
+        ),
     )
     if record is None:  # another process than the first of a multi-process launch: the first one reports
         return 0
