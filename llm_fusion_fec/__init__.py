@@ -22,6 +22,7 @@ _EXPORTS = {
     "train": "llm_fusion_fec.training.run",
     "FusionArguments": "llm_fusion_fec.arguments",
     "RunResults": "llm_fusion_fec.evaluation.results",
+    "Labeller": "llm_fusion_fec.inference.labelling",
 }
 __all__ = list(_EXPORTS)
 

@@ -314,27 +314,57 @@ def name_value_pairs(items: list[str] | dict[str, str], flag: str) -> dict[str, 
 @dataclass
 class PredictArguments:
     model: str = field(metadata={"help": "A model folder (e.g. outputs/llm-fusion-ed) or a Hub id."})
-    input: str = field(metadata={"help": "The texts: a .csv, .jsonl or .txt file (one text per line)."})
+    input: str = field(
+        metadata={
+            "help": "The texts: a .csv, .jsonl, .txt (one text per line) or .parquet file, or a folder a `datasets` "
+            "data set was saved to (save_to_disk; see --split)."
+        }
+    )
     output: str | None = field(
         default=None,
         metadata={
-            "help": "A .csv or .jsonl file (default: beside the input, INPUT.predictions.csv, or .jsonl for a .jsonl "
-            "input). An existing file is refused unless --overwrite is given."
+            "help": "A .csv, .jsonl or .parquet file (default: beside the input, INPUT.predictions.csv, or .jsonl or "
+            ".parquet for such an input). An existing file is refused unless --overwrite is given, or its progress "
+            "record (OUTPUT.progress.json) says it is an unfinished run of the same command, which then goes on."
         },
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace the --output file if it exists."})
-    text_column: str = field(default="text", metadata={"help": "Column (CSV) or field (JSONL) of the texts."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace the --output file if it exists (an unfinished one: start again)."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column (CSV, Parquet) or field (JSONL) of the texts."})
+    split: str | None = field(
+        default=None, metadata={"help": "The split of a saved `datasets` DatasetDict (needed if it has several)."}
+    )
     top_k: str | None = field(
         default=None, metadata={"help": "Give the K best labels of each text with their scores ('all': every label)."}
     )
+    threshold: float | None = field(
+        default=None,
+        metadata={"help": "Multi-label models only: the score above which a label is given (default: the model's)."},
+    )
     batch_size: int = field(default=8, metadata={"help": "Texts run through the backbones together."})
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "At most this many padded tokens a forward pass (texts x padded length)."}
+    )
+    chunk_size: int = field(
+        default=1000,
+        metadata={
+            "help": "Rows read, labelled and appended to the output at a time: memory holds one chunk, and a rerun "
+            "after an interruption goes on after the last chunk written."
+        },
+    )
     backbone_path: list[str] = repeatable(
         "NAME=FOLDER: load backbone NAME (or every backbone of model id NAME) from a local folder instead of the Hub "
         "(repeatable).",
         "NAME=FOLDER",
     )
     device: str | None = field(
-        default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: the first GPU if there is one)."}
+        default=None,
+        metadata={
+            "help": "cpu, cuda, cuda:1, ... (default: the first GPU if there is one; under torchrun, each process's "
+            "own GPU)."
+        },
     )
     dtype: str | None = field(
         default=None,

@@ -11,6 +11,7 @@ import torch
 
 import llm_fusion_fec.commands.predict as predict_command
 import llm_fusion_fec.inference.predict as predict
+import llm_fusion_fec.inference.streaming as streaming
 from configuration_llm_fusion import LLMFusionConfig
 from helpers import run_program
 from modeling_llm_fusion import LLMFusionForSequenceClassification
@@ -121,12 +122,12 @@ def test_all_rows_labelled_exits_0(tmp_path, model_folder, backbone_args):
     ("content", "extra", "message"),
     [
         ("body\nhello\n", [], "has no column 'text'; its header is ['body']"),
-        ("text\nhello\n", ["--output", "out.tsv"], "--output must end in .csv or .jsonl"),
+        ("text\nhello\n", ["--output", "out.tsv"], "--output must end in .csv, .jsonl or .parquet, got out.tsv"),
     ],
 )
 def test_unusable_input_is_refused_before_loading_the_model(tmp_path, capsys, monkeypatch, content, extra, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
     (tmp_path / "in.csv").write_text(content, encoding="utf-8")
     assert predict_command.main(["--model", "no/such-model", "--input", "in.csv", *extra]) == 2
     assert message in capsys.readouterr().err
@@ -260,7 +261,7 @@ def test_an_empty_line_of_a_txt_input_is_reported_by_its_line(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt"])
 def test_an_input_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys, monkeypatch, suffix):
-    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
     lines = {".csv": ["text", "fine", "caf\xe9"], ".jsonl": ['{"text": "fine"}', '{"text": "caf\xe9"}']}
     lines = lines.get(suffix, ["fine", "still fine", "caf\xe9"])
     source = tmp_path / f"in{suffix}"
@@ -277,7 +278,7 @@ def test_an_input_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys, monk
 
 @pytest.mark.parametrize("where", ["under-a-file", "deeper-under-a-file", "a-folder"])
 def test_an_output_that_cannot_be_written_is_refused_before_labelling(tmp_path, capsys, monkeypatch, where):
-    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
     (tmp_path / "in.txt").write_text("hello there\n")
     (tmp_path / "notes").write_text("a file\n")
     (tmp_path / "folder.csv").mkdir()
@@ -298,7 +299,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_labelling(tmp_path, 
 def test_the_input_under_another_name_is_never_the_output(tmp_path, capsys, monkeypatch, link):
     import os
 
-    monkeypatch.setattr(predict, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
     source = tmp_path / "posts.csv"
     source.write_text("text\nhello there\n")
     output = tmp_path / "linked.csv"

@@ -202,10 +202,6 @@ def test_a_title_reads_back_as_written_and_adds_no_key(title, tmp_path):
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
 
 
-SPACE_SKIPS = {"predict.py": ("load_pipeline", "predict", "check_output")}
-"""The functions of the Space's files that it never runs: `fec predict`'s command line (they import this package)."""
-
-
 def test_the_space_needs_only_what_its_requirements_install(model_folder, tmp_path):
     """Every requirement names a distribution installed here and satisfied by it (none is this package), and every
     module the Space's files and the model's own code import is the standard library's, one of those files, or
@@ -220,8 +216,8 @@ def test_the_space_needs_only_what_its_requirements_install(model_folder, tmp_pa
     installed, providers_of = dependency_closure(names), packages_distributions()
     local = {path.stem for path in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]}
     for source in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]:
-        # Of fec predict's code the Space runs what labels a file: all but the command's own functions.
-        for module in absolute_imports(source, SPACE_SKIPS.get(source.name, ())):
+        # Every function of fec predict's file code: the command's own (which import this package) are elsewhere.
+        for module in absolute_imports(source):
             if module in sys.stdlib_module_names or module in local:
                 continue
             providers = {canonicalize_name(name) for name in providers_of.get(module, [])}

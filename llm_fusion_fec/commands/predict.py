@@ -25,8 +25,13 @@ with an empty label); 2 nothing done (bad flags, unreadable input, a model that 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> PredictArguments:
     parser = command_parser([PredictArguments], prog, __doc__, EPILOG)
     (args,) = parser.parse_dict(vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv))))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size)):
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}.")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        parser.error(f"--max-tokens must be a positive integer, got {args.max_tokens}.")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        parser.error(f"--threshold must be a number from 0 to 1, got {args.threshold}.")
     if args.top_k is not None and args.top_k != "all" and (not args.top_k.isdigit() or int(args.top_k) < 1):
         parser.error(f"--top-k expects a positive integer or 'all', got {args.top_k!r}.")
     try:
@@ -41,7 +46,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     from transformers.utils import logging
 
-    from llm_fusion_fec.inference.predict import predict
+    from llm_fusion_fec.inference.streaming import predict
 
     # The command's own lines say what happens (and one line what went wrong): no bar per weights file loaded, and
     # no warnings of weights that do not match, which `load_model` refuses in its own words.

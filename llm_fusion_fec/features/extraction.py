@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import errno
 import logging
-import os
 import shutil
 import time
 import typing
@@ -31,6 +29,7 @@ from pathlib import Path
 
 from llm_fusion_fec.arguments import ExtractArguments, check_at_least_one, name_value_pairs
 from llm_fusion_fec.data.datasets import data_digest, dataset_name, load_data, local_dataset_digest, texts_digest
+from llm_fusion_fec.distributed import barrier, distributed, local_device
 from llm_fusion_fec.features.backbones import (
     check_backbone_names,
     check_backbone_paths,
@@ -92,26 +91,6 @@ class ExtractionResult:
 
 
 # ---- extraction ----
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), from the variables torchrun and accelerate launch set (accelerate's own state can say
-    one process on CPU under torchrun); the process group is set up on first use."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=12))
-    return rank, world
-
-
-def _barrier(world: int) -> None:
-    import torch
-
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def extract_fixed(
@@ -276,7 +255,7 @@ def _extract(
     """`extract_fixed` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
     from modeling_llm_fusion import FrozenBackbone
 
-    rank, world = _distributed()
+    rank, world = distributed()
     device, dtype = _device_and_dtype(args.device, args.dtype, rank, world)
     metadata = dataclasses.replace(
         metadata, backbones=_with_compute_settings(metadata.backbones, dtype, args.quantization)
@@ -306,11 +285,11 @@ def _extract(
     computed, throughput = _compute_passes(
         metadata, data, shards, pending, args, backbone_paths, device, dtype, rank, world
     )
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         _check_shards_of_other_processes(shards, metadata.backbones, world)
         metadata = _assemble(data, shards, output_dir, metadata)
-    _barrier(world)
+    barrier(world)
     return ExtractionResult(metadata, output_dir, computed, throughput)
 
 
@@ -364,9 +343,7 @@ def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: i
     `cuda` if there is a GPU, else the CPU; bfloat16 on a GPU, float32 on the CPU."""
     import torch
 
-    if world > 1 and device is None and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = local_device(device, rank, world) or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from llm_fusion_fec.features.metadata import METADATA_FILE
 
@@ -65,3 +66,34 @@ def load_model(name_or_path: str | os.PathLike, **kwargs):
             "model: save it again, or point at the folder training wrote."
         )
     return model
+
+
+def build_pipeline(
+    model: Any,
+    backbone_paths: dict[str, str] | None = None,
+    device: Any = None,
+    dtype: str | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+):
+    """The `FECPipeline` of `model` (a folder or Hub id, loaded by `load_model`, or a loaded fusion model), its
+    backbones loaded once; `ValueError` in one line for a model that cannot be loaded or an unknown dtype."""
+    import torch
+
+    from pipeline_fec import FECPipeline
+
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if dtype and not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    if isinstance(model, str | os.PathLike):
+        model = load_model(model, **({"dtype": torch_dtype} if torch_dtype else {}))
+    elif torch_dtype:
+        model = model.to(torch_dtype)
+    return FECPipeline(
+        model=model,
+        backbone_paths=backbone_paths or {},
+        device=device,
+        dtype=torch_dtype,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    )

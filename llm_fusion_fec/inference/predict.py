@@ -14,21 +14,18 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
-    from ..data.text_files import not_utf8, text_lines
+    from ..data.text_files import not_utf8
 except ImportError:  # in a Space: the copy of text_files.py beside this file
-    from text_files import not_utf8, text_lines
-
-if TYPE_CHECKING:
-    from llm_fusion_fec.arguments import PredictArguments
+    from text_files import not_utf8
 
 INPUT_SUFFIXES = (".csv", ".jsonl", ".txt")
-OUTPUT_SUFFIXES = (".csv", ".jsonl")
+OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
 TXT_COLUMN = "text"  # the one column of a .txt input, one text per line
 
 
@@ -49,9 +46,12 @@ class Row:
     problem: str | None = None
 
 
-def default_output(input_path: Path) -> Path:
-    """Where the labelled rows go when `--output` is not given: beside the input, in its format (CSV for TXT)."""
-    suffix = ".jsonl" if input_path.suffix == ".jsonl" else ".csv"
+def default_output(input_path: Path, split: str | None = None) -> Path:
+    """Where the labelled rows go when `--output` is not given: beside the input, in its format (CSV for TXT; Parquet
+    for a `datasets` folder, `NAME.SPLIT.predictions.parquet`)."""
+    if input_path.is_dir():
+        return input_path.with_name(f"{input_path.name}{f'.{split}' if split else ''}.predictions.parquet")
+    suffix = input_path.suffix if input_path.suffix in (".jsonl", ".parquet") else ".csv"
     return input_path.with_name(f"{input_path.stem}.predictions{suffix}")
 
 
@@ -64,28 +64,68 @@ def read_rows(path: Path, text_column: str) -> tuple[list[str], list[Row]]:
 
     A TXT file holds one text a line, lines ending at `\n` or `\r\n` only (`text_lines`): a text may hold any other
     character, U+2028 or a form feed included, and row `i` is line `i` of the file."""
+    columns, stream = stream_rows(path, text_column)
+    rows = list(stream)
+    if path.suffix == ".jsonl":
+        check_jsonl_columns(path, text_column, columns, len(rows))
+    return list(columns), rows
+
+
+def stream_rows(path: Path, text_column: str) -> tuple[dict[str, None], Iterator[Row]]:
+    """The input's columns and an iterator of its rows, read as they are drawn (one row in memory at a time). The
+    columns of a CSV or TXT file are known at once; those of a JSONL file grow as its rows are drawn (a dict in order
+    of first appearance). `ValueError` for an unknown format, a missing CSV column, or text that is not UTF-8."""
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"{path} is not a {', '.join(INPUT_SUFFIXES)} file.")
     if not path.is_file():
         raise ValueError(f"{path} does not exist.")
+    if path.suffix == ".txt":
+        return {TXT_COLUMN: None}, _checked(path, _txt_rows(path))
+    handle = open(path, newline="" if path.suffix == ".csv" else None, encoding="utf-8-sig")  # noqa: SIM115
+    if path.suffix == ".jsonl":
+        columns = {}
+        return columns, _checked(path, _jsonl_rows(handle, text_column, columns), handle)
     try:
-        with open(path, newline="" if path.suffix in (".csv", ".txt") else None, encoding="utf-8-sig") as handle:
-            if path.suffix == ".csv":
-                return _csv_rows(handle, path, text_column)
-            if path.suffix == ".jsonl":
-                return _jsonl_rows(handle, path, text_column)
-            rows = [Row(line, {TXT_COLUMN: text}, text) for line, text in enumerate(text_lines(handle.read()), 1)]
-            return [TXT_COLUMN], rows
+        reader = csv.reader(handle)
+        header = next(reader, [])
+    except UnicodeDecodeError as error:
+        handle.close()
+        raise ValueError(f"Input file {not_utf8(path, error)}") from None
+    if text_column not in header:
+        handle.close()
+        raise ValueError(f"{path} has no column {text_column!r}; its header is {header}.")
+    return dict.fromkeys(header), _checked(path, _csv_rows(reader, header, text_column), handle)
+
+
+def check_jsonl_columns(path: Path, text_column: str, columns: dict[str, None], rows: int) -> None:
+    """Refuse a JSONL file none of whose rows has the text field (once every row is read)."""
+    if rows and text_column not in columns:
+        raise ValueError(f"No row of {path} has a {text_column!r} field; they have {list(columns)}.")
+
+
+def _checked(path: Path, rows: Iterator[Row], handle=None) -> Iterator[Row]:
+    """`rows`, a `UnicodeDecodeError` said in one line naming the file's first line that is not UTF-8."""
+    try:
+        yield from rows
     except UnicodeDecodeError as error:
         raise ValueError(f"Input file {not_utf8(path, error)}") from None
+    finally:
+        if handle is not None:
+            handle.close()
 
 
-def _csv_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row]]:
-    reader = csv.reader(handle)
-    columns = next(reader, [])
-    if text_column not in columns:
-        raise ValueError(f"{path} has no column {text_column!r}; its header is {columns}.")
-    rows, end = [], reader.line_num
+def _txt_rows(path: Path) -> Iterator[Row]:
+    # Binary lines end at b"\n" only, as `text_lines` splits: U+2028, a form feed or a lone \r stay in the text.
+    with open(path, "rb") as handle:
+        for line, content in enumerate(handle, 1):
+            text = content.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+            if line == 1:
+                text = text.removeprefix("\ufeff")  # as utf-8-sig reads a file's byte order mark
+            yield Row(line, {TXT_COLUMN: text}, text)
+
+
+def _csv_rows(reader, columns: list[str], text_column: str) -> Iterator[Row]:
+    end = reader.line_num
     for values in reader:
         start, end = end + 1, reader.line_num  # a quoted text may span several lines
         if not values:  # a blank line is no row
@@ -93,29 +133,24 @@ def _csv_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row
         fields = dict(zip(columns, values))  # a short row lacks its last columns
         text = fields.get(text_column)
         problem = None if text is not None else f"no {text_column!r} value (the row has {len(values)} fields)"
-        rows.append(Row(start, fields, text, problem))
-    return columns, rows
+        yield Row(start, fields, text, problem)
 
 
-def _jsonl_rows(handle, path: Path, text_column: str) -> tuple[list[str], list[Row]]:
-    columns, rows = {}, []  # a dict keeps the fields in order of first appearance
+def _jsonl_rows(handle, text_column: str, columns: dict[str, None]) -> Iterator[Row]:
     for line, content in enumerate(handle, 1):
         if not content.strip():
             continue
         try:
             fields = json.loads(content)
         except json.JSONDecodeError as error:
-            rows.append(Row(line, {}, None, f"not valid JSON ({error})"))
+            yield Row(line, {}, None, f"not valid JSON ({error})")
             continue
         if not isinstance(fields, dict):
-            rows.append(Row(line, {}, None, f"not a JSON object but {type(fields).__name__}"))
+            yield Row(line, {}, None, f"not a JSON object but {type(fields).__name__}")
             continue
         columns.update(dict.fromkeys(fields))
         problem = None if text_column in fields else f"no {text_column!r} field"
-        rows.append(Row(line, fields, fields.get(text_column), problem))
-    if rows and text_column not in columns:
-        raise ValueError(f"No row of {path} has a {text_column!r} field; they have {list(columns)}.")
-    return list(columns), rows
+        yield Row(line, fields, fields.get(text_column), problem)
 
 
 def text_problem(text: Any, validate_text: Callable[[Any], Any] | None = None) -> str | None:
@@ -134,32 +169,21 @@ def text_problem(text: Any, validate_text: Callable[[Any], Any] | None = None) -
 # ---- labelling and writing ----
 
 
-def load_pipeline(args: PredictArguments):
-    """The `FECPipeline` for `--model`, built from this package's code (no remote code is run)."""
-    import torch
-
-    from llm_fusion_fec.arguments import name_value_pairs
-    from llm_fusion_fec.inference.loading import load_model
-    from pipeline_fec import FECPipeline
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.dtype and not isinstance(dtype, torch.dtype):
-        raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
-    model = load_model(args.model, **({"dtype": dtype} if dtype else {}))
-    return FECPipeline(
-        model=model,
-        backbone_paths=name_value_pairs(args.backbone_path, "--backbone-path"),
-        device=args.device,
-        dtype=dtype,
-        batch_size=args.batch_size,
-    )
-
-
 def prediction_columns(columns: list[str], listed: bool) -> tuple[str, str]:
     """Names of the label and score columns: `label`/`score`, `labels`/`scores` for lists of labels, prefixed with
     `predicted_` when the input has a column of that name already (e.g. the gold labels of a test split)."""
     names = ("labels", "scores") if listed else ("label", "score")
     return tuple(f"predicted_{name}" for name in names) if set(names) & set(columns) else names
+
+
+def answer_values(answer: dict | list[dict] | None, listed: bool) -> tuple[Any, Any]:
+    """The label and score cells of one answer: `label`, `score`; lists of them for a list of answers (`listed`);
+    `""` and `None` for a text that could not be labelled."""
+    if answer is None:
+        return "", None
+    if listed:
+        return [a["label"] for a in answer], [a["score"] for a in answer]
+    return answer["label"], answer["score"]
 
 
 def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[int, Any]) -> None:
@@ -169,13 +193,7 @@ def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[in
     label_column, score_column = prediction_columns(columns, listed)
     records = []
     for i, row in enumerate(rows):
-        answer = answers.get(i)
-        if answer is None:
-            label, score = "", None
-        elif listed:
-            label, score = [a["label"] for a in answer], [a["score"] for a in answer]
-        else:
-            label, score = answer["label"], answer["score"]
+        label, score = answer_values(answers.get(i), listed)
         records.append({**row.fields, label_column: label, score_column: score})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="" if path.suffix == ".csv" else None, encoding="utf-8") as handle:
@@ -211,10 +229,13 @@ class LabelledFile:
     def problems(self) -> str:
         """One line: how many rows could not be labelled, and their lines ("" if every row was labelled)."""
         bad = [row.line for row in self.unlabelled]
-        if not bad:
-            return ""
-        lines = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
-        return f"{len(bad)} of {len(self.rows)} rows could not be labelled (lines {lines})"
+        return problems_line(len(bad), len(self.rows), bad) if bad else ""
+
+
+def problems_line(count: int, rows: int, lines: list[int], unit: str = "line") -> str:
+    """How many of `rows` rows could not be labelled, and the first 20 of their `lines` (or row numbers)."""
+    shown = ", ".join(map(str, lines[:20])) + (", ..." if count > 20 else "")
+    return f"{count} of {rows} rows could not be labelled ({unit}s {shown})"
 
 
 def label_file(
@@ -250,43 +271,3 @@ def label_file(
         answers = dict(zip(labellable, stream, strict=True))
     write_rows(output, columns, rows, answers)
     return LabelledFile(output, rows)
-
-
-def check_output(output: Path, input_path: Path, overwrite: bool) -> None:
-    """Refuse an output file that cannot be written, or must not be, before any row is labelled: another format than
-    `OUTPUT_SUFFIXES`, the input file itself (by any name: a hard or symbolic link too, `--overwrite` or not), an
-    existing file without `overwrite`, a folder, or a place under a file or a folder that cannot be written."""
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output}.")
-    if output.resolve() == input_path.resolve() or (
-        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
-    ):
-        raise ValueError(f"--output {output} is the input file {input_path} (the same file); choose another.")
-    if output.is_dir():
-        raise ValueError(f"--output {output} is a folder; give a file in it.")
-    if output.exists() and not overwrite:
-        raise ValueError(f"{output} exists already; give another --output, or --overwrite to replace it.")
-    folder = next(parent for parent in output.absolute().parents if parent.exists())  # `/` at the latest
-    if not folder.is_dir():
-        raise ValueError(f"--output {output} cannot be written: {folder} is a file, not a folder.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output} cannot be written: no permission to write in {folder}.")
-
-
-def predict(args: PredictArguments) -> int:
-    """Label `args.input` into the output file; return the exit status (0: every row labelled, 1: some not)."""
-    input_path = Path(args.input)
-    output = Path(args.output) if args.output else default_output(input_path)
-    check_output(output, input_path, args.overwrite)
-    parameters = {} if args.top_k is None else {"top_k": None if args.top_k == "all" else int(args.top_k)}
-    result = label_file(
-        lambda: load_pipeline(args), input_path, output, args.text_column, args.batch_size, True, **parameters
-    )
-    for row in result.unlabelled:
-        print(f"{input_path}:{row.line}: {row.problem}", file=sys.stderr)
-    labelled = len(result.rows) - len(result.unlabelled)
-    print(f"Labelled {labelled} of {len(result.rows)} rows of {input_path} -> {output}")
-    if result.unlabelled:
-        print(f"{result.problems()}; they have an empty label in {output}.", file=sys.stderr)
-        return 1
-    return 0

@@ -1,0 +1,290 @@
+"""`fec predict` streaming: chunk by chunk, the pipeline's answers; Parquet and `datasets` folders in and out; after a
+kill -9 the same command goes on and ends with the very bytes of an uninterrupted run; a changed input, model or
+setting is refused; two processes under torchrun write what one writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import llm_fusion_fec.commands.predict as predict_command
+import llm_fusion_fec.inference.streaming as streaming
+from configuration_llm_fusion import LLMFusionConfig
+from helpers import CORPUS, REPO
+from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
+from pipeline_fec import FECPipeline, save_for_pipeline
+
+EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised"]
+TEXTS = [f"{text} {'and then some more words' * (i % 3)}".strip() for i, text in enumerate(CORPUS)]  # 20 texts
+
+
+def saved_model(folder, tiny_backbones, problem_type="single_label_classification", members=1):
+    specs = [{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones]
+    heads = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        config = LLMFusionConfig(
+            backbones=specs,
+            fusion_dim=16,
+            mlp_dims=[16],
+            num_labels=len(EMOTIONS),
+            id2label=dict(enumerate(EMOTIONS)),
+            label2id={label: i for i, label in enumerate(EMOTIONS)},
+            problem_type=problem_type,
+        )
+        heads.append(LLMFusionForSequenceClassification(config))
+    model = heads[0] if members == 1 else LLMFusionEnsembleForSequenceClassification.from_members(heads)
+    save_for_pipeline(model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_backbones):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "single": saved_model(root / "single", tiny_backbones),
+        "multi": saved_model(root / "multi", tiny_backbones, "multi_label_classification"),
+        "ensemble": saved_model(root / "ensemble", tiny_backbones, members=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def backbone_args(tiny_backbones) -> list[str]:
+    return [arg for spec in tiny_backbones for arg in ("--backbone-path", f"{spec['name']}={spec['model']}")]
+
+
+def pipeline_answers(folder, tiny_backbones, texts, **parameters):
+    """The pipeline's answers for the texts it can label, in one list; None for the others."""
+    from llm_fusion_fec.inference.loading import load_model
+
+    paths = {spec["name"]: spec["model"] for spec in tiny_backbones}
+    pipe = FECPipeline(model=load_model(folder), backbone_paths=paths, device="cpu")
+    good = [text for text in texts if isinstance(text, str) and text.strip()]
+    answers = iter(pipe(good, batch_size=3, **parameters))
+    return [next(answers) if isinstance(text, str) and text.strip() else None for text in texts]
+
+
+def predict(model, source, output, backbone_args, *extra):
+    args = ["--model", str(model), "--input", str(source), "--output", str(output), "--batch-size", "3"]
+    return predict_command.main([*args, *backbone_args, *extra])
+
+
+def write_csv(path, texts):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(texts))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "parameters"),
+    [("single", [], {}), ("multi", ["--threshold", "0.45"], {"threshold": 0.45}), ("ensemble", [], {})],
+)
+def test_chunks_give_the_pipelines_answers(
+    models, tiny_backbones, backbone_args, tmp_path, capsys, kind, extra, parameters
+):
+    texts = [*TEXTS[:7], "", *TEXTS[7:], "   "]
+    source = write_csv(tmp_path / "in.csv", texts)
+    output = tmp_path / "out.jsonl"
+    assert predict(models[kind], source, output, backbone_args, "--chunk-size", "4", *extra) == 1
+    err = capsys.readouterr().err
+    assert f"{source}:9: the text is empty" in err and "2 of 22 rows could not be labelled (lines 9, 23)" in err
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [record["text"] for record in records] == texts
+    column = "labels" if kind == "multi" else "label"
+    for record, expected in zip(records, pipeline_answers(models[kind], tiny_backbones, texts, **parameters)):
+        if expected is None:
+            assert record[column] == "" and record[column.replace("label", "score")] is None
+        elif kind == "multi":
+            assert record["labels"] == [a["label"] for a in expected]
+            assert record["scores"] == pytest.approx([a["score"] for a in expected], abs=1e-6)
+        else:
+            assert record["label"] == expected["label"] and record["score"] == pytest.approx(expected["score"], 1e-6)
+    assert not streaming.record_path(output).exists() and not streaming.parts_folder(output).exists()
+
+
+def test_the_report_names_the_first_20_bad_lines_and_counts_all(models, backbone_args, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(["i am happy"] + [""] * 25 + ["i am sad"]) + "\n", encoding="utf-8")
+    assert predict(models["single"], source, tmp_path / "o.csv", backbone_args, "--chunk-size", "5") == 1
+    err = capsys.readouterr().err
+    lines = ", ".join(str(line) for line in range(2, 22))
+    assert f"25 of 27 rows could not be labelled (lines {lines}, ...)" in err
+    assert err.count(": the text is empty") == 20
+
+
+def test_parquet_in_and_out(models, tiny_backbones, backbone_args, tmp_path):
+    texts = [*TEXTS[:9], None, *TEXTS[9:]]
+    table = pa.table({"id": pa.array(range(len(texts)), pa.int32()), "text": texts, "label": ["x"] * len(texts)})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=7)  # row groups unlike the chunks
+    assert (
+        predict(
+            models["single"], tmp_path / "in.parquet", tmp_path / "out.parquet", backbone_args, "--chunk-size", "6"
+        )
+        == 1
+    )
+    labelled = pq.ParquetFile(tmp_path / "out.parquet")
+    assert labelled.metadata.num_row_groups == 4  # one a chunk
+    result = labelled.read()
+    assert result.schema.field("id").type == pa.int32()  # the input's columns as they were
+    assert result.column_names == ["id", "text", "label", "predicted_label", "predicted_score"]
+    expected = pipeline_answers(models["single"], tiny_backbones, texts)
+    assert result.column("predicted_label").to_pylist() == [a["label"] if a else "" for a in expected]
+    assert result.column("predicted_score").to_pylist() == pytest.approx(
+        [a["score"] if a else None for a in expected], abs=1e-6
+    )
+
+
+def test_a_datasets_folder_with_a_split(models, tiny_backbones, backbone_args, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "corpus"
+    DatasetDict(
+        {"train": Dataset.from_dict({"text": TEXTS[:3]}), "test": Dataset.from_dict({"text": TEXTS})}
+    ).save_to_disk(folder)
+    args = ["--model", str(models["single"]), "--input", str(folder), "--chunk-size", "8", *backbone_args]
+    assert predict_command.main(args) == 2  # two splits, none named
+    assert predict_command.main([*args, "--split", "test", "--top-k", "2"]) == 0
+    result = pq.read_table(tmp_path / "corpus.test.predictions.parquet")
+    expected = pipeline_answers(models["single"], tiny_backbones, TEXTS, top_k=2)
+    assert result.column("labels").to_pylist() == [[a["label"] for a in answer] for answer in expected]
+
+
+def test_a_datasets_folder_without_split_is_named(models, backbone_args, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "corpus"
+    DatasetDict(
+        {"train": Dataset.from_dict({"text": ["a"]}), "test": Dataset.from_dict({"text": ["b"]})}
+    ).save_to_disk(folder)
+    assert predict_command.main(["--model", str(models["single"]), "--input", str(folder), *backbone_args]) == 2
+    assert (
+        f"{folder} holds the splits ['train', 'test']; no --split: name one with --split." in capsys.readouterr().err
+    )
+
+
+# ---- resuming ----
+
+
+def interrupted(monkeypatch, chunks: int):
+    """Make the run stop (as Ctrl-C stops it) once `chunks` chunks are labelled."""
+    labelled = []
+    label_chunk = streaming.label_chunk
+
+    def stop_after(*args, **kwargs):
+        if len(labelled) == chunks:
+            raise KeyboardInterrupt
+        labelled.append(1)
+        return label_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "label_chunk", stop_after)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_stopped_run_goes_on_to_the_same_bytes(models, backbone_args, tmp_path, monkeypatch, suffix):
+    source = write_csv(tmp_path / "in.csv", TEXTS)
+    whole, resumed = tmp_path / f"whole{suffix}", tmp_path / f"resumed{suffix}"
+    assert predict(models["single"], source, whole, backbone_args, "--chunk-size", "3") == 0
+    with monkeypatch.context() as patch:
+        interrupted(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            predict(models["single"], source, resumed, backbone_args, "--chunk-size", "3")
+    record = json.loads(streaming.record_path(resumed).read_text())
+    assert record["chunks_done"] == 3 and record["rows_done"] == 9
+    assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "3") == 0
+    assert resumed.read_bytes() == whole.read_bytes()
+    assert not streaming.record_path(resumed).exists()
+
+
+def test_a_changed_input_model_or_setting_is_refused(models, backbone_args, tmp_path, monkeypatch, capsys):
+    source = write_csv(tmp_path / "in.csv", TEXTS)
+    output = tmp_path / "out.csv"
+    with monkeypatch.context() as patch:
+        interrupted(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            predict(models["single"], source, output, backbone_args, "--chunk-size", "3")
+    capsys.readouterr()
+    partial = output.read_bytes()
+    write_csv(source, [*TEXTS[:-1], "another text"])
+    assert predict(models["single"], source, output, backbone_args, "--chunk-size", "3") == 2
+    assert capsys.readouterr().err == (
+        f"error: {output} was written from another input: {source} has changed since (its size); pass --overwrite to "
+        "start again.\n"
+    )
+    write_csv(source, TEXTS)
+    assert predict(models["ensemble"], source, output, backbone_args, "--chunk-size", "3") == 2
+    err = capsys.readouterr().err
+    assert f"error: {output} was written by another model ({models['single']}, digest" in err
+    assert err.count("\n") == 1 and err.endswith("pass --overwrite to start again.\n")
+    assert predict(models["single"], source, output, backbone_args, "--chunk-size", "4") == 2
+    assert f"{output} was written with --chunk-size 3, this run is with --chunk-size 4; pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert predict(models["single"], source, output, backbone_args, "--chunk-size", "3", "--top-k", "2") == 2
+    assert f"{output} was written without --top-k, this run is with --top-k 2; pass" in capsys.readouterr().err
+    assert output.read_bytes() == partial  # nothing was written by the refused runs
+    assert predict(models["ensemble"], source, output, backbone_args, "--chunk-size", "4", "--overwrite") == 0
+    assert len(output.read_text().splitlines()) == len(TEXTS) + 1
+
+
+def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
+    """The command killed (SIGKILL) in a fresh process while it writes, then run again to the end."""
+    source = write_csv(tmp_path / "in.csv", TEXTS)
+    whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
+    assert predict(models["single"], source, whole, backbone_args, "--chunk-size", "2") == 0
+    args = [
+        "--model",
+        models["single"],
+        "--input",
+        source,
+        "--output",
+        resumed,
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "3",
+    ]
+    command = [sys.executable, "-m", "llm_fusion_fec.commands.fec", "predict", *map(str, args), *backbone_args]
+    # For tests only: a pause after a chunk is appended and before its record is written, where the kill lands.
+    env = {**os.environ, "PYTHONPATH": str(REPO), streaming.CHUNK_DELAY_VARIABLE: "0.3"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    chunks, record = random.Random().randint(1, 7), streaming.record_path(resumed)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if record.exists() and json.loads(record.read_text() or "{}").get("chunks_done", 0) >= chunks:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2
+    assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "2") == 0
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.real  # slow: two fresh processes under torchrun (about 20 s here)
+def test_two_processes_under_torchrun_write_what_one_writes(models, backbone_args, tmp_path):
+    source = write_csv(tmp_path / "in.csv", TEXTS)
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert predict(models["single"], source, one, backbone_args, "--chunk-size", "3") == 0
+    args = ["--model", models["single"], "--input", source, "--output", two, "--chunk-size", "3", "--batch-size", "3"]
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    command = [torchrun, "--nproc-per-node", "2", "-m", "llm_fusion_fec.commands.fec", "predict", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, *backbone_args], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert two.read_bytes() == one.read_bytes()
+    assert result.stdout.count("Labelled 20 of 20 rows") == 1  # the first process reports
