@@ -357,7 +357,8 @@ class Appender:
                 schema = pa.unify_schemas([pq.read_schema(path) for path in paths], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
                 raise ValueError(
-                    f"The chunks of {self.output.path} have columns of different types: {error}"
+                    f"The chunks of {self.output.path} hold a column in several types ({error}): Parquet needs one "
+                    "type a column; write a .jsonl or .csv output instead."
                 ) from None
         temporary = self.output.path.with_name(self.output.path.name + ".tmp")
         with pq.ParquetWriter(temporary, schema) as writer:
@@ -429,15 +430,18 @@ def _length(path: Path) -> int:
 
 
 def _label_chunks(source: Source, labeller, output: Output, record, size: int, rank: int, world: int):
+    from llm_fusion_fec.distributed import barrier
     from llm_fusion_fec.features.progress import progress_bar
 
     sizes = source.chunk_sizes(size)
     parts = Parts(parts_folder(output.path), output.parquet)
+    # This process's chunks: those not written nor left as parts by an earlier run (seen before process 0 takes any).
+    mine = [i for i in range(record.chunks_done, len(sizes)) if i % world == rank and not parts.done(i)]
+    pending = set(mine)
+    barrier(world)
     appender = Appender(output, record, parts, len(sizes)) if rank == 0 else None
     if appender is not None:
         appender.drain()
-    mine = [i for i in range(record.chunks_done, len(sizes)) if i % world == rank and not parts.done(i)]
-    pending = set(mine)
     description = "Labelling" if world == 1 else f"Labelling [rank {rank}/{world}]"
     with progress_bar(sum(sizes[i] for i in mine), description) as bar:
         for chunk in source.chunks(size) if mine else ():
