@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_fusion_fec.inference.predict import OUTPUT_SUFFIXES, default_output, problems_line
+from llm_fusion_fec.inference.predict import (
+    OUTPUT_SUFFIXES,
+    default_output,
+    labelled_records,
+    problems_line,
+    write_records,
+)
 from llm_fusion_fec.inference.sources import Chunk, Source
 
 if TYPE_CHECKING:
@@ -179,26 +185,13 @@ class Output:
 
     def payload(self, chunk: Chunk, answers: list) -> Any:
         """The chunk's rows with their answers, as the output holds them."""
-        from llm_fusion_fec.inference.predict import answer_values
-
         if self.parquet:
             return self._table(chunk, answers)
+        names = [*self.columns, self.label_column, self.score_column]
         text = io.StringIO(newline="")
-        records = chunk.records()
-        if self.path.suffix == ".jsonl":
-            for fields, answer in zip(records, answers, strict=True):
-                label, score = answer_values(answer, self.labeller.listed)
-                record = {**fields, self.label_column: label, self.score_column: score}
-                text.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            return text.getvalue().encode("utf-8")
-        writer = csv.DictWriter(text, [*self.columns, self.label_column, self.score_column])
-        for fields, answer in zip(records, answers, strict=True):
-            label, score = answer_values(answer, self.labeller.listed)
-            record = {**fields, self.label_column: label, self.score_column: score}
-            # Lists (top-k labels and scores, or a JSONL input's nested values) are written as JSON.
-            writer.writerow(
-                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for k, v in record.items()}
-            )
+        write_records(
+            text, labelled_records(chunk.records(), answers, self.labeller.listed, names), self.path.suffix, names
+        )
         return text.getvalue().encode("utf-8")
 
     def empty_table(self):
