@@ -299,7 +299,7 @@ def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2
+    assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2, f"killed after chunk {chunks}: too late"
     assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "2") == 0
     assert resumed.read_bytes() == whole.read_bytes()
 
