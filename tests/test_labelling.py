@@ -83,7 +83,10 @@ def test_a_dict_of_numpy_arrays(multi_label_model):
     assert [list(x) if x != "" else "" for x in labelled["labels"]] == [
         [a["label"] for a in x] if x is not None else "" for x in answers
     ]
-    assert len(labelled["scores"]) == len(texts) and list(labelled["id"]) == list(range(len(texts)))
+    assert labelled["scores"].shape == (len(texts),) and list(labelled["id"]) == list(range(len(texts)))
+    top_2 = Labeller(multi_label_model, batch_size=3, device="cpu", top_k=2)({"text": texts})
+    assert top_2["labels"].shape == (len(texts),) and top_2["labels"][1] == ""  # the empty text
+    assert all(len(labels) == 2 for i, labels in enumerate(top_2["labels"]) if i != 1)
 
 
 def test_a_missing_column_and_bad_parameters_are_named(single_label_model, tmp_path):

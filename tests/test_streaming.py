@@ -209,6 +209,35 @@ def test_a_stopped_run_goes_on_to_the_same_bytes(models, backbone_args, tmp_path
     assert not streaming.record_path(resumed).exists()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_chunk_written_but_not_recorded_is_written_once(models, backbone_args, tmp_path, monkeypatch, suffix):
+    """Killed after a chunk reached the output (or its part file) and before its record: the rerun cuts it off (or
+    takes the part) and writes it once."""
+    source = write_csv(tmp_path / "in.csv", TEXTS)
+    whole, resumed = tmp_path / f"whole{suffix}", tmp_path / f"resumed{suffix}"
+    assert predict(models["single"], source, whole, backbone_args, "--chunk-size", "3") == 0
+    saves, save = [], streaming.ProgressRecord.save
+
+    def stop_at_the_fourth_save(record, path):
+        saves.append(record.chunks_done)
+        if len(saves) == 4:  # the new record, the header (CSV, JSONL only), then one a chunk
+            raise KeyboardInterrupt
+        save(record, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(streaming.ProgressRecord, "save", stop_at_the_fourth_save)
+        with pytest.raises(KeyboardInterrupt):
+            predict(models["single"], source, resumed, backbone_args, "--chunk-size", "3")
+    written = json.loads(streaming.record_path(resumed).read_text())["chunks_done"]
+    assert written == saves[-1] - 1  # one chunk more is in the output or its part file than the record says
+    if suffix == ".jsonl":
+        assert len(resumed.read_text().splitlines()) == 3 * (written + 1)
+    else:
+        assert streaming.Parts(streaming.parts_folder(resumed), True).done(written)
+    assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "3") == 0
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
 def test_a_changed_input_model_or_setting_is_refused(models, backbone_args, tmp_path, monkeypatch, capsys):
     source = write_csv(tmp_path / "in.csv", TEXTS)
     output = tmp_path / "out.csv"
@@ -270,7 +299,7 @@ def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2
+    assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2, f"killed after chunk {chunks}: too late"
     assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "2") == 0
     assert resumed.read_bytes() == whole.read_bytes()
 
@@ -288,3 +317,14 @@ def test_two_processes_under_torchrun_write_what_one_writes(models, backbone_arg
     assert result.returncode == 0, result.stderr[-3000:]
     assert two.read_bytes() == one.read_bytes()
     assert result.stdout.count("Labelled 20 of 20 rows") == 1  # the first process reports
+
+
+def test_progress_lines_in_a_log_file(models, backbone_args, tmp_path, monkeypatch, capsys):
+    import llm_fusion_fec.features.progress as progress
+
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 0)  # a line at every step (stderr here is no terminal)
+    source = write_csv(tmp_path / "in.csv", TEXTS[:6])
+    assert predict(models["single"], source, tmp_path / "out.csv", backbone_args, "--chunk-size", "4") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Labelling:")]
+    assert lines[0].startswith("Labelling: chunk 1/2, 3/6 texts (50%), ") and "texts/s, ETA" in lines[0]
+    assert lines[-1].startswith("Labelling: done in ")

@@ -1,13 +1,16 @@
-"""Label the texts of a CSV, JSONL or TXT file (one text per line) with a trained fusion model.
+"""Label the texts of a file (CSV, JSONL, TXT, Parquet) or a saved `datasets` folder with a trained fusion model.
 
     fec predict --model outputs/llm-fusion-ed --input posts.csv               # -> posts.predictions.csv
     fec predict --model org/llm-fusion-ed --input posts.jsonl --text-column body --top-k 3
-    fec predict --model outputs/llm-fusion-ed --input lines.txt --output labels.jsonl \\
+    fec predict --model outputs/llm-fusion-ed --input corpus.parquet --output labels.parquet \\
         --backbone-path llama=/models/Llama-2-7b-chat-hf
+    torchrun --nproc-per-node 4 -m llm_fusion_fec.commands.fec predict --model ... --input ...   # 4 processes
 
 The output holds the input's rows and columns plus `label` and `score` (`labels` and `scores` lists with --top-k or
 for a multi-label model; prefixed `predicted_` if the input has such columns already). It runs this package's code:
 no trust_remote_code. A row that cannot be labelled is reported by line on stderr and written with an empty label.
+The input is labelled --chunk-size rows at a time, each chunk appended to the output: interrupted, the same command
+goes on where it stopped (OUTPUT.progress.json) and ends with the same file.
 """
 
 from __future__ import annotations

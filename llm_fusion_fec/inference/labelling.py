@@ -168,8 +168,10 @@ class Labeller:
         if any(type(column).__module__ == "numpy" for column in batch.values()):  # Ray's "numpy" batch format
             import numpy as np
 
-            labels = np.array(labels, dtype=object) if self.listed else np.array(labels, dtype=str)
-            scores = np.array(scores, dtype=object) if self.listed else np.array(scores, dtype=float)
+            if self.listed:  # one list a row (np.array would make equal-length lists a second axis)
+                labels, scores = _object_array(labels), _object_array(scores)
+            else:
+                labels, scores = np.array(labels, dtype=str), np.array(scores, dtype=float)
         return {**batch, label_column: labels, score_column: scores}
 
     def _label_arrow(self, batch):
@@ -192,3 +194,11 @@ class Labeller:
 def _plain(text: Any) -> Any:
     """A text as the pipeline takes it: a numpy string (an element of Ray's numpy batches) as a `str`."""
     return str(text) if isinstance(text, str) and type(text) is not str else text
+
+
+def _object_array(values: list):
+    import numpy as np
+
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array

@@ -14,7 +14,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,24 +190,37 @@ def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[in
     """Write every input row with its answer (`answers[row index]`: a dict, or a list of dicts), in input order.
     Rows without an answer get an empty label and no score."""
     listed = any(isinstance(answer, list) for answer in answers.values())
-    label_column, score_column = prediction_columns(columns, listed)
-    records = []
-    for i, row in enumerate(rows):
-        label, score = answer_values(answers.get(i), listed)
-        records.append({**row.fields, label_column: label, score_column: score})
+    names = [*columns, *prediction_columns(columns, listed)]
+    records = labelled_records([row.fields for row in rows], [answers.get(i) for i in range(len(rows))], listed, names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="" if path.suffix == ".csv" else None, encoding="utf-8") as handle:
-        if path.suffix == ".jsonl":
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            return
-        writer = csv.DictWriter(handle, [*columns, label_column, score_column])
-        writer.writeheader()
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        if path.suffix == ".csv":
+            csv.writer(handle).writerow(names)
+        write_records(handle, records, path.suffix, names)
+
+
+def labelled_records(
+    fields: list[dict[str, Any]], answers: list[Any], listed: bool, names: list[str]
+) -> Iterator[dict[str, Any]]:
+    """Each row's fields with its answer's label and score (`answer_values`) in the last two of `names` (the
+    output's columns, `prediction_columns` last)."""
+    for row, answer in zip(fields, answers, strict=True):
+        yield {**row, **dict(zip(names[-2:], answer_values(answer, listed), strict=True))}
+
+
+def write_records(handle, records: Iterable[dict[str, Any]], suffix: str, names: list[str]) -> None:
+    """Write labelled rows into an open text `handle` (`newline=""`) as the output's format holds them: a JSON object
+    a line (`.jsonl`), or CSV rows of the columns `names` (no header), lists and dicts JSON-encoded."""
+    if suffix == ".jsonl":
         for record in records:
-            # Lists (top-k labels and scores, or a JSONL input's nested values) are written as JSON.
-            writer.writerow(
-                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for k, v in record.items()}
-            )
+            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        return
+    writer = csv.DictWriter(handle, names)
+    for record in records:
+        # Lists (top-k labels and scores, or a JSONL input's nested values) are written as JSON.
+        writer.writerow(
+            {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for k, v in record.items()}
+        )
 
 
 @dataclass

@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_fusion_fec.inference.predict import OUTPUT_SUFFIXES, default_output, problems_line
+from llm_fusion_fec.inference.predict import (
+    OUTPUT_SUFFIXES,
+    default_output,
+    labelled_records,
+    problems_line,
+    write_records,
+)
 from llm_fusion_fec.inference.sources import Chunk, Source
 
 if TYPE_CHECKING:
@@ -179,26 +185,13 @@ class Output:
 
     def payload(self, chunk: Chunk, answers: list) -> Any:
         """The chunk's rows with their answers, as the output holds them."""
-        from llm_fusion_fec.inference.predict import answer_values
-
         if self.parquet:
             return self._table(chunk, answers)
+        names = [*self.columns, self.label_column, self.score_column]
         text = io.StringIO(newline="")
-        records = chunk.records()
-        if self.path.suffix == ".jsonl":
-            for fields, answer in zip(records, answers, strict=True):
-                label, score = answer_values(answer, self.labeller.listed)
-                record = {**fields, self.label_column: label, self.score_column: score}
-                text.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            return text.getvalue().encode("utf-8")
-        writer = csv.DictWriter(text, [*self.columns, self.label_column, self.score_column])
-        for fields, answer in zip(records, answers, strict=True):
-            label, score = answer_values(answer, self.labeller.listed)
-            record = {**fields, self.label_column: label, self.score_column: score}
-            # Lists (top-k labels and scores, or a JSONL input's nested values) are written as JSON.
-            writer.writerow(
-                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v for k, v in record.items()}
-            )
+        write_records(
+            text, labelled_records(chunk.records(), answers, self.labeller.listed, names), self.path.suffix, names
+        )
         return text.getvalue().encode("utf-8")
 
     def empty_table(self):
@@ -357,7 +350,8 @@ class Appender:
                 schema = pa.unify_schemas([pq.read_schema(path) for path in paths], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
                 raise ValueError(
-                    f"The chunks of {self.output.path} have columns of different types: {error}"
+                    f"The chunks of {self.output.path} hold a column in several types ({error}): Parquet needs one "
+                    "type a column; write a .jsonl or .csv output instead."
                 ) from None
         temporary = self.output.path.with_name(self.output.path.name + ".tmp")
         with pq.ParquetWriter(temporary, schema) as writer:
@@ -429,15 +423,18 @@ def _length(path: Path) -> int:
 
 
 def _label_chunks(source: Source, labeller, output: Output, record, size: int, rank: int, world: int):
+    from llm_fusion_fec.distributed import barrier
     from llm_fusion_fec.features.progress import progress_bar
 
     sizes = source.chunk_sizes(size)
     parts = Parts(parts_folder(output.path), output.parquet)
+    # This process's chunks: those not written nor left as parts by an earlier run (seen before process 0 takes any).
+    mine = [i for i in range(record.chunks_done, len(sizes)) if i % world == rank and not parts.done(i)]
+    pending = set(mine)
+    barrier(world)
     appender = Appender(output, record, parts, len(sizes)) if rank == 0 else None
     if appender is not None:
         appender.drain()
-    mine = [i for i in range(record.chunks_done, len(sizes)) if i % world == rank and not parts.done(i)]
-    pending = set(mine)
     description = "Labelling" if world == 1 else f"Labelling [rank {rank}/{world}]"
     with progress_bar(sum(sizes[i] for i in mine), description) as bar:
         for chunk in source.chunks(size) if mine else ():
