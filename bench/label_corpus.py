@@ -1,8 +1,9 @@
 """Labelling a large corpus with `fec predict` (streaming, resumable, over several processes), against baselines
 measured in the same run. Four parts, each run alone with `--parts`:
 
-- memory: peak RSS of `fec predict` (a fresh process, tiny random backbones) on generated inputs of 20,000 and
-  200,000 rows, CSV to CSV and Parquet to Parquet. Target: the larger's peak within 15% of the smaller's.
+- memory: peak RSS of `fec predict` (a fresh process, tiny random backbones, one thread) on generated inputs of
+  20,000 and 200,000 rows, CSV to CSV and Parquet to Parquet. Target: the larger's peak within 15% of the smaller's.
+  (200,000 tiny rows take about 10 minutes a format on a loaded 2-core CPU.)
 - resume: the command killed (SIGKILL) at about half way, at a random moment inside a chunk, then run again: the
   rows labelled by both runs (an upper bound: the chunk the kill interrupted counts whole) and their seconds against
   an uninterrupted run, and whether the two outputs are byte-equal. Target: at most 1.1x the work, byte-equal.
@@ -63,6 +64,12 @@ class BenchArguments:
     chunk_size: int = field(default=1000, metadata={"help": "fec predict's --chunk-size."})
     batch_size: int = field(default=32, metadata={"help": "fec predict's and the pipeline's batch size."})
     texts: int = field(default=5000, metadata={"help": "ED and GoEmotions test texts of the throughput part."})
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "OMP_NUM_THREADS of the memory and resume parts' runs (tiny backbones: more only add overhead)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Where the resume part's kill lands inside its chunk."})
     data_dir: str = field(default=str(REPO.parent / "shared" / "data"), metadata={"help": "Holds ED/, go_emotion/."})
 
@@ -131,23 +138,28 @@ def run(command: list[str], env: dict | None = None) -> tuple[float, int, str]:
 
 
 def memory(args: BenchArguments, model: Path, work: Path) -> None:
-    print(f"\n## memory: peak RSS of fec predict (tiny backbones, --chunk-size {args.chunk_size})\n")
-    print("| format | rows | seconds | texts/s | peak RSS (MiB) | against the first |")
+    print(
+        f"\n## memory: peak RSS of fec predict (tiny backbones, {args.threads} thread(s), chunk {args.chunk_size})\n"
+    )
+    print("| format | rows | seconds (whole command) | texts/s | peak RSS (MiB) | against the first |")
     print("| --- | --- | --- | --- | --- | --- |")
     for suffix in args.formats:
         base = None
         for rows in args.memory_rows:
             source = write_input(work / f"memory_{rows}.{suffix}", rows)
-            seconds, peak, _ = run(predict_command(model, source, work / f"memory_{rows}.out.{suffix}", args))
+            output = work / f"memory_{rows}.out.{suffix}"
+            seconds, peak, _ = run(
+                predict_command(model, source, output, args), {"OMP_NUM_THREADS": str(args.threads)}
+            )
             base = base or peak
             print(f"| {suffix} | {rows} | {seconds:.1f} | {rows / seconds:.0f} | {peak} | {peak / base:.2f}x |")
             source.unlink()
 
 
-def kill_half_way(command: list[str], record: Path, rows: int, seed: int) -> tuple[float, int]:
+def kill_half_way(command: list[str], record: Path, rows: int, seed: int, threads: int) -> tuple[float, int]:
     """Start `command`, SIGKILL it at a random moment of the first chunk it labels after half the rows are written;
     its seconds and the rows its record says were written then."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done, changed, previous = 0, start, start
@@ -169,11 +181,12 @@ def resume(args: BenchArguments, model: Path, work: Path) -> None:
 
     source = write_input(work / "resume.csv", args.rows)
     whole, resumed = work / "whole.csv", work / "resumed.csv"
-    whole_seconds, _, _ = run(predict_command(model, source, whole, args))
+    threads = {"OMP_NUM_THREADS": str(args.threads)}
+    whole_seconds, _, _ = run(predict_command(model, source, whole, args), threads)
     killed_seconds, written = kill_half_way(
-        predict_command(model, source, resumed, args), record_path(resumed), args.rows, args.seed
+        predict_command(model, source, resumed, args), record_path(resumed), args.rows, args.seed, args.threads
     )
-    rerun_seconds, _, _ = run(predict_command(model, source, resumed, args))
+    rerun_seconds, _, _ = run(predict_command(model, source, resumed, args), threads)
     labelled = written + args.chunk_size + (args.rows - written)  # the killed chunk counted whole: an upper bound
     print(f"\n## resume: killed at {written} of {args.rows} rows (SIGKILL inside the next chunk), then rerun\n")
     print("| run | seconds | rows labelled |\n| --- | --- | --- |")
