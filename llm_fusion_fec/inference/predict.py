@@ -45,9 +45,13 @@ class Row:
     problem: str | None = None
 
 
-def default_output(input_path: Path, split: str | None = None) -> Path:
+def default_output(input_path: Path, split: str | None = None, dataset_id: str | None = None) -> Path:
     """Where the labelled rows go when `--output` is not given: beside the input, in its format (CSV for TXT; Parquet
-    for a `datasets` folder, `NAME.SPLIT.predictions.parquet`)."""
+    for a `datasets` folder, `NAME.SPLIT.predictions.parquet`); for the Hub dataset `dataset_id`, that file in the
+    working folder (`NAME` the last part of its id)."""
+    if dataset_id is not None:
+        name = dataset_id.rpartition("/")[2]
+        return Path(f"{name}{f'.{split}' if split else ''}.predictions.parquet")
     if input_path.is_dir():
         return input_path.with_name(f"{input_path.name}{f'.{split}' if split else ''}.predictions.parquet")
     suffix = input_path.suffix if input_path.suffix in (".jsonl", ".parquet") else ".csv"
