@@ -316,8 +316,9 @@ class PredictArguments:
     model: str = field(metadata={"help": "A model folder (e.g. outputs/llm-fusion-ed) or a Hub id."})
     input: str = field(
         metadata={
-            "help": "The texts: a .csv, .jsonl, .txt (one text per line) or .parquet file, or a folder a `datasets` "
-            "data set was saved to (save_to_disk; see --split)."
+            "help": "The texts: a .csv, .jsonl, .txt (one text per line) or .parquet file, a folder a `datasets` "
+            "data set was saved to (save_to_disk; see --split), or the id of a dataset on the Hub (ORG/NAME, streamed "
+            "at its newest commit; see --split and --config)."
         }
     )
     output: str | None = field(
@@ -334,7 +335,12 @@ class PredictArguments:
     )
     text_column: str = field(default="text", metadata={"help": "Column (CSV, Parquet) or field (JSONL) of the texts."})
     split: str | None = field(
-        default=None, metadata={"help": "The split of a saved `datasets` DatasetDict (needed if it has several)."}
+        default=None,
+        metadata={"help": "The split of a saved `datasets` DatasetDict or a Hub dataset (needed if it has several)."},
+    )
+    config: str | None = field(
+        default=None,
+        metadata={"help": "The configuration (subset) of a Hub dataset --input (needed if it has several)."},
     )
     top_k: str | None = field(
         default=None, metadata={"help": "Give the K best labels of each text with their scores ('all': every label)."}

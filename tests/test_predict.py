@@ -250,11 +250,12 @@ def test_a_txt_input_is_one_text_a_line_whatever_the_text_holds(tmp_path, model_
     assert [record["label"] for record in records] == [answer[0]["label"] for answer in map(pipe, texts)]
 
 
-def test_an_empty_line_of_a_txt_input_is_reported_by_its_line(tmp_path):
+def test_an_empty_line_of_a_txt_input_is_reported_by_its_line(tmp_path, pipe):
+    from llm_fusion_fec import Labeller
+
     source = tmp_path / "texts.txt"
     source.write_text("one\u2028still one\n\nthree\n", encoding="utf-8")
-    labeller = lambda: lambda texts, **options: [{"label": "joyful", "score": 1.0} for _ in texts]  # noqa: E731
-    result = predict.label_file(labeller, source, tmp_path / "o.csv")
+    result = predict.label_file(Labeller.from_pipeline(pipe), source, tmp_path / "o.csv")
     assert [(row.line, row.text) for row in result.rows] == [(1, "one\u2028still one"), (2, ""), (3, "three")]
     assert result.problems() == "1 of 3 rows could not be labelled (lines 2)"
 

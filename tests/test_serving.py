@@ -217,7 +217,10 @@ def test_the_space_needs_only_what_its_requirements_install(model_folder, tmp_pa
     local = {path.stem for path in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]}
     for source in [*tmp_path.glob("*.py"), *model_folder.glob("*.py")]:
         # Every function of fec predict's file code: the command's own (which import this package) are elsewhere.
-        for module in absolute_imports(source):
+        # The Space's labeller is built on its pipeline and labels lists of texts: building one from a model (this
+        # package's loading) and labelling a pyarrow batch (the Ray recipe's) are what it never runs.
+        skipped = ("__init__", "_label_arrow", "arrow_cells") if source.name == "labelling.py" else ()
+        for module in absolute_imports(source, skipped):
             if module in sys.stdlib_module_names or module in local:
                 continue
             providers = {canonicalize_name(name) for name in providers_of.get(module, [])}
@@ -308,6 +311,46 @@ def test_the_page_answers_as_the_pipeline(reference, tmp_path):
     assert demo.label_upload(None, threshold) == (None, "Error: choose a .csv, .jsonl or .txt file first.")
     path, message = demo.label_upload(str(tmp_path / "texts.pdf"), threshold)
     assert path is None and message.startswith("Error: ") and ".csv, .jsonl, .txt" in message
+
+
+UPLOADS = {
+    "posts.csv": 'id,text\n1,i finally got the job i wanted\n2,"  "\n3,"my dog died\nlast week"\n4,someone broke in\n',
+    "posts.jsonl": '{"text": "i am so happy", "n": 1}\n{"text": 7}\nnot json\n{"text": "my cat is ill", "n": [2]}\n',
+    "lines.txt": "i am so happy\n\nmy cat is ill\r\nwe won the cup\n",
+    "empty.csv": 'text\n""\n" "\n',  # no row can be labelled: the columns are still the labeller's
+}
+"""Files to upload, each with rows that cannot be labelled, and the page's line for them."""
+UPLOAD_MESSAGES = {
+    "posts.csv": "1 of 4 rows could not be labelled (lines 3): line 3: the text is empty or only whitespace: '  '",
+    "posts.jsonl": "2 of 4 rows could not be labelled (lines 2, 3): line 2: the text is int (7), not a string",
+    "lines.txt": "1 of 4 rows could not be labelled (lines 2): line 2: the text is empty or only whitespace: ''",
+    "empty.csv": "2 of 2 rows could not be labelled (lines 2, 3): line 2: the text is empty or only whitespace: ''",
+}
+
+
+@pytest.mark.parametrize("name", list(UPLOADS))
+def test_the_space_upload_writes_the_rows_fec_predict_writes(name, model_folder, backbone_args, reference, tmp_path):
+    """The page's file upload and `fec predict` are one labelling path (the `Labeller`): the same file gives the
+    same bytes, bad rows, columns and, for a multi-label model, its threshold or the page's."""
+    from llm_fusion_fec.commands.predict import main as predict
+    from llm_fusion_fec.serving.space import Demo
+
+    source = tmp_path / name
+    source.write_text(UPLOADS[name], encoding="utf-8")
+    multi = reference.model.config.problem_type == MULTI
+    for threshold in (None, 0.25) if multi else (None,):
+        uploaded, message = Demo(reference, []).label_upload(str(source), threshold)
+        output = tmp_path / f"{threshold}-{Path(uploaded).name}"
+        flags = [] if threshold is None else ["--threshold", str(threshold)]
+        argv = ["--model", str(model_folder), "--input", str(source), "--output", str(output), *backbone_args, *flags]
+        assert predict(argv) == 1, message  # every file has a row that cannot be labelled
+        assert Path(uploaded).read_bytes() == output.read_bytes()
+    assert message == f"{UPLOAD_MESSAGES[name]}. They have an empty label."
+
+
+@pytest.fixture(scope="module")
+def backbone_args(backbone_paths) -> list[str]:
+    return [arg for name, folder in backbone_paths.items() for arg in ("--backbone-path", f"{name}={folder}")]
 
 
 # ---- the features as a Hub dataset ----
@@ -425,9 +468,12 @@ def test_the_space_installs_offline_and_answers_without_this_package(
     assert answer["scores"] == pytest.approx(expected, abs=1e-6) and answer["message"] == ""
     # An uploaded file is labelled as `fec predict` labels it, its empty text reported.
     assert answer["upload_message"].startswith("1 of 3 rows could not be labelled (lines 3)")
+    from llm_fusion_fec.inference.labelling import Labeller
     from llm_fusion_fec.inference.predict import label_file
+    from llm_fusion_fec.serving.space_app import UPLOAD_BATCH_SIZE
 
-    expected_file = label_file(lambda: reference, upload, tmp_path / "expected.csv").output
+    labeller = Labeller.from_pipeline(reference, UPLOAD_BATCH_SIZE)
+    expected_file = label_file(labeller, upload, tmp_path / "expected.csv").output
     assert answer["labelled"].splitlines()[:1] == expected_file.read_text().splitlines()[:1]
     for row, expected_row in zip(answer["labelled"].splitlines()[1:], expected_file.read_text().splitlines()[1:]):
         assert row.rsplit(",", 1)[0] == expected_row.rsplit(",", 1)[0]  # the text, gold and predicted labels

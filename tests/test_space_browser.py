@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import tiny_fusion_model, write_csv_dataset
+from llm_fusion_fec.inference.labelling import Labeller
 from llm_fusion_fec.inference.predict import label_file
 from llm_fusion_fec.publishing.saving import write_endpoint_files
 from pipeline_fec import save_for_pipeline
@@ -56,6 +57,7 @@ def test_the_space_in_a_browser(tiny_backbones, tmp_path, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from llm_fusion_fec.serving.space import build_demo, load_demo_pipeline
+    from llm_fusion_fec.serving.space_app import UPLOAD_BATCH_SIZE
 
     model = tiny_fusion_model(tiny_backbones, EMOTIONS, "single_label_classification")
     folder = tmp_path / "model"
@@ -99,7 +101,7 @@ def test_the_space_in_a_browser(tiny_backbones, tmp_path, browser):
         link = wait.until(lambda page: page.find_element(By.CSS_SELECTOR, "#labelled a[href]"))
         with urllib.request.urlopen(link.get_attribute("href"), timeout=WAIT_S) as response:
             downloaded = response.read()
-        expected_file = label_file(lambda: pipe, upload, tmp_path / "expected.csv").output
+        expected_file = label_file(Labeller.from_pipeline(pipe, UPLOAD_BATCH_SIZE), upload, tmp_path / "e.csv").output
         assert downloaded == Path(expected_file).read_bytes()
         assert "1 of 3 rows could not be labelled (lines 3)" in browser.find_element(By.CSS_SELECTOR, "#message").text
     finally:

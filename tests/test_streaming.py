@@ -5,6 +5,7 @@ setting is refused; two processes under torchrun write what one writes."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -328,3 +329,175 @@ def test_progress_lines_in_a_log_file(models, backbone_args, tmp_path, monkeypat
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Labelling:")]
     assert lines[0].startswith("Labelling: chunk 1/2, 3/6 texts (50%), ") and "texts/s, ETA" in lines[0]
     assert lines[-1].startswith("Labelling: done in ")
+
+
+# ---- a dataset on the Hub ----
+
+
+class FakeHub:
+    """Hub datasets as folders laid out as their repositories are (data files, a README with `configs:`), each at a
+    commit: `HfApi.dataset_info` answers the commit (404 for an id it does not hold), and `datasets.load_dataset`
+    reads the folder of a held id with the same streaming builder it reads a repository with, once asked for that
+    commit. What `load_dataset` was asked is in `calls`."""
+
+    def __init__(self, root, monkeypatch):
+        import datasets
+        import httpx
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        self.root, self.commits, self.calls, self.pushes = root, {}, [], 0
+        load_dataset = datasets.load_dataset
+
+        def dataset_info(api, repo_id, **kwargs):
+            if repo_id not in self.commits:
+                url = f"https://huggingface.co/api/datasets/{repo_id}"
+                response = httpx.Response(404, request=httpx.Request("GET", url))
+                raise RepositoryNotFoundError(
+                    f"404 Client Error. Repository Not Found for url: {url}.", response=response
+                )
+            return type("DatasetInfo", (), {"id": repo_id, "sha": self.commits[repo_id]})()
+
+        def load(path, **kwargs):
+            self.calls.append((path, kwargs))
+            assert kwargs["revision"] == self.commits[path], "read at another commit than the one resolved"
+            return load_dataset(str(self.root / path), **kwargs)
+
+        monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+        monkeypatch.setattr(datasets, "load_dataset", load)
+
+    def add(self, repo_id: str, files: dict[str, pa.Table], readme: str = "") -> str:
+        """A dataset `repo_id` with parquet `files` (path: table), at a new commit (returned)."""
+        for name, table in files.items():
+            (self.root / repo_id / name).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, self.root / repo_id / name)
+        if readme:
+            (self.root / repo_id / "README.md").write_text(readme)
+        self.pushes += 1
+        self.commits[repo_id] = hashlib.sha1(f"{repo_id}@{self.pushes}".encode()).hexdigest()
+        return self.commits[repo_id]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> FakeHub:
+    monkeypatch.chdir(tmp_path)  # where the default output of a Hub dataset goes
+    return FakeHub(tmp_path / "hub", monkeypatch)
+
+
+def corpus_files(texts=TEXTS) -> dict[str, pa.Table]:
+    """A train split in two shards of 7 and 13 rows (neither a multiple of the chunks) and a test split."""
+    ids = pa.array(range(len(texts)), pa.int32())
+    table = pa.table({"id": ids, "text": texts})
+    return {
+        "data/train-00000-of-00002.parquet": table.slice(0, 7),
+        "data/train-00001-of-00002.parquet": table.slice(7),
+        "data/test-00000-of-00001.parquet": table.slice(0, 2),
+    }
+
+
+def test_a_hub_dataset_split_is_streamed_at_its_commit(models, tiny_backbones, backbone_args, hub, tmp_path, capsys):
+    texts = [*TEXTS[:9], None, *TEXTS[9:]]
+    commit = hub.add("org/corpus", corpus_files(texts))
+    args = ["--model", str(models["single"]), "--input", "org/corpus", "--chunk-size", "6", *backbone_args]
+    assert predict_command.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: The Hub dataset org/corpus (commit {commit[:12]}) holds the splits ['train', 'test']; no --split: "
+        "name one with --split.\n"
+    )
+    assert predict_command.main([*args, "--split", "train"]) == 1
+    assert "org/corpus: row 10: the text is NoneType (None), not a string.\n" in capsys.readouterr().err
+    assert {(path, kwargs["revision"], kwargs["streaming"]) for path, kwargs in hub.calls} == {
+        ("org/corpus", commit, True)
+    }
+    result = pq.ParquetFile(tmp_path / "corpus.train.predictions.parquet")
+    assert result.metadata.num_row_groups == 4  # one a chunk: 6, 6, 6, 3 rows over shards of 7 and 14
+    result = result.read()
+    assert result.column("id").to_pylist() == list(range(len(texts))) and result.schema.field("id").type == pa.int32()
+    expected = pipeline_answers(models["single"], tiny_backbones, texts)
+    assert result.column("label").to_pylist() == [a["label"] if a else "" for a in expected]
+    scores = result.column("score").to_pylist()
+    assert scores[9] is None and scores[:9] + scores[10:] == pytest.approx([a["score"] for a in expected if a], 1e-6)
+
+
+def test_a_hub_dataset_run_goes_on_at_its_commit_only(models, backbone_args, hub, tmp_path, monkeypatch, capsys):
+    first = hub.add("org/corpus", corpus_files())
+    whole, resumed = tmp_path / "whole.csv", tmp_path / "resumed.csv"
+    args = ["--model", str(models["single"]), "--input", "org/corpus", "--split", "train", "--chunk-size", "3"]
+    args = [*args, "--batch-size", "3", *backbone_args]
+    assert predict_command.main([*args, "--output", str(whole)]) == 0
+    with monkeypatch.context() as patch:
+        interrupted(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            predict_command.main([*args, "--output", str(resumed)])
+    record = json.loads(streaming.record_path(resumed).read_text())
+    assert record["input"] == {"dataset": "org/corpus", "revision": first, "config": "default", "split": "train"}
+    assert record["chunks_done"] == 2
+    partial = resumed.read_bytes()
+    second = hub.add("org/corpus", {"data/test-00000-of-00001.parquet": pa.table({"id": [0], "text": ["new"]})})
+    capsys.readouterr()
+    assert predict_command.main([*args, "--output", str(resumed)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {resumed} was written from another input: org/corpus has changed since (its commit was "
+        f"{first[:12]}, now {second[:12]}); pass --overwrite to start again.\n"
+    )
+    assert resumed.read_bytes() == partial
+    hub.commits["org/corpus"] = first  # back at the commit it was written from (another file in the folder aside)
+    assert predict_command.main([*args, "--output", str(resumed)]) == 0
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
+CONFIGS_README = """---
+configs:
+- config_name: posts
+  data_files:
+  - split: train
+    path: posts/*.parquet
+- config_name: replies
+  data_files:
+  - split: train
+    path: replies/*.parquet
+---
+"""
+
+
+def test_a_hub_dataset_configuration(models, tiny_backbones, backbone_args, hub, tmp_path, capsys):
+    posts, replies = pa.table({"body": TEXTS[:4]}), pa.table({"body": TEXTS[4:9]})
+    commit = hub.add("org/forum", {"posts/0.parquet": posts, "replies/0.parquet": replies}, CONFIGS_README)
+    args = ["--model", str(models["single"]), "--input", "org/forum", "--text-column", "body", *backbone_args]
+    assert predict_command.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: The Hub dataset org/forum (commit {commit[:12]}) holds several configurations (['posts', "
+        "'replies']): name one with --config.\n"
+    )
+    output = tmp_path / "replies.jsonl"
+    assert predict_command.main([*args, "--config", "replies", "--output", str(output)]) == 0
+    assert "Labelled 5 of 5 rows of org/forum" in capsys.readouterr().out
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    expected = pipeline_answers(models["single"], tiny_backbones, TEXTS[4:9])
+    assert [(r["body"], r["label"]) for r in records] == [(t, a["label"]) for t, a in zip(TEXTS[4:9], expected)]
+    source = write_csv(tmp_path / "in.csv", TEXTS[:2])
+    assert predict(models["single"], source, tmp_path / "out.csv", backbone_args, "--config", "replies") == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --config replies is for a Hub dataset --input; {source} is a file or folder here.\n"
+    )
+
+
+def test_an_unknown_or_offline_hub_dataset_is_named(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    args = ["--model", "no/such-model", "--input"]
+    assert predict_command.main([*args, "org/nothing", "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        "error: org/nothing is no file or folder here, nor a dataset on the Hub (none of that id, or a private one "
+        "this machine's token cannot see).\n"
+    )
+    monkeypatch.undo()  # the Hub library itself, offline as every test is (HF_HUB_OFFLINE=1): no network
+    monkeypatch.setattr(streaming, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    assert predict_command.main([*args, "org/corpus", "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        "error: org/corpus is no file or folder here, and the Hub cannot be asked for it as a dataset: HF_HUB_OFFLINE "
+        "is set (offline).\n"
+    )
+    assert predict_command.main([*args, str(tmp_path / "posts.csv")]) == 2  # a missing file is said as such
+    assert capsys.readouterr().err == f"error: {tmp_path / 'posts.csv'} does not exist.\n"

@@ -1,6 +1,7 @@
 """The labelling core: a model's pipeline built once (backbones loaded once), labelling lists of texts and batches of
 rows (a pyarrow table or record batch, a pandas frame, a dict of lists or numpy arrays, as Ray Data hands them) with
-the pipeline's own answers. `fec predict` streams a file through it; a Ray Data recipe maps batches through it.
+the pipeline's own answers. `fec predict` streams a file through it; the Space's file upload labels a file through it
+(`predict.label_file`); a Ray Data recipe maps batches through it.
 
     from llm_fusion_fec import Labeller
 
@@ -9,7 +10,9 @@ the pipeline's own answers. `fec predict` streams a file through it; a Ray Data 
     table = labeller(pyarrow.table({"text": [...]}))     # the table with `label` and `score` columns appended
 
 At module level this file imports the standard library only (the heavy libraries are imported when a labeller is
-built or a batch of their kind is labelled).
+built or a batch of their kind is labelled): `fec space` copies it beside the Space's app with `predict.py`, and the
+app builds its labeller on the model's own pipeline (`Labeller.from_pipeline`, lists of texts: no import of this
+package nor pyarrow there).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 A row whose text cannot be labelled (empty, only whitespace, not a string, not valid JSON) is reported with its line
 number on stderr and written with an empty label; the other rows are labelled all the same.
 
-`fec space` copies this file beside the Space's app, which labels an uploaded file with it: at module level it imports
-the standard library only.
+`fec space` copies this file beside the Space's app, which labels an uploaded file with it (`label_file`, through the
+`Labeller` of `labelling.py`, copied beside it too): at module level it imports the standard library only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,13 @@ class Row:
     problem: str | None = None
 
 
-def default_output(input_path: Path, split: str | None = None) -> Path:
+def default_output(input_path: Path, split: str | None = None, dataset_id: str | None = None) -> Path:
     """Where the labelled rows go when `--output` is not given: beside the input, in its format (CSV for TXT; Parquet
-    for a `datasets` folder, `NAME.SPLIT.predictions.parquet`)."""
+    for a `datasets` folder, `NAME.SPLIT.predictions.parquet`); for the Hub dataset `dataset_id`, that file in the
+    working folder (`NAME` the last part of its id)."""
+    if dataset_id is not None:
+        name = dataset_id.rpartition("/")[2]
+        return Path(f"{name}{f'.{split}' if split else ''}.predictions.parquet")
     if input_path.is_dir():
         return input_path.with_name(f"{input_path.name}{f'.{split}' if split else ''}.predictions.parquet")
     suffix = input_path.suffix if input_path.suffix in (".jsonl", ".parquet") else ".csv"
@@ -186,12 +189,11 @@ def answer_values(answer: dict | list[dict] | None, listed: bool) -> tuple[Any, 
     return answer["label"], answer["score"]
 
 
-def write_rows(path: Path, columns: list[str], rows: list[Row], answers: dict[int, Any]) -> None:
-    """Write every input row with its answer (`answers[row index]`: a dict, or a list of dicts), in input order.
-    Rows without an answer get an empty label and no score."""
-    listed = any(isinstance(answer, list) for answer in answers.values())
+def write_rows(path: Path, columns: list[str], rows: list[Row], answers: list[Any], listed: bool) -> None:
+    """Write every input row with its answer (a dict, a list of dicts where `listed`, `None` for a row not labelled:
+    an empty label and no score), in input order, as `fec predict` writes them."""
     names = [*columns, *prediction_columns(columns, listed)]
-    records = labelled_records([row.fields for row in rows], [answers.get(i) for i in range(len(rows))], listed, names)
+    records = labelled_records([row.fields for row in rows], answers, listed, names)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         if path.suffix == ".csv":
@@ -251,36 +253,19 @@ def problems_line(count: int, rows: int, lines: list[int], unit: str = "line") -
     return f"{count} of {rows} rows could not be labelled ({unit}s {shown})"
 
 
-def label_file(
-    load_pipeline: Callable[[], Any],
-    input_path: str | os.PathLike,
-    output: str | os.PathLike,
-    text_column: str = TXT_COLUMN,
-    batch_size: int = 8,
-    progress: bool = False,
-    validate_text: Callable[[Any], Any] | None = None,
-    **parameters,
-) -> LabelledFile:
-    """Label the texts of a CSV, JSONL or TXT file into `output`, every input row written back in order with its
-    answer. The one labelling path of `fec predict` and of the Space's file upload.
+def label_file(labeller, input_path: str | os.PathLike, output: str | os.PathLike) -> LabelledFile:
+    """Label the texts of a CSV, JSONL or TXT file into `output` (`.csv` or `.jsonl`) with `labeller` (a `Labeller`:
+    its text column, top-k and threshold), every input row written back in order with its answer: the rows `fec
+    predict` writes, in one piece (what the Space does with an uploaded file).
 
-    Rows whose text cannot be labelled (`text_problem`, by `validate_text`: the pipeline's check of one text, by
-    default this package's) are written with an empty label; the rest are labelled all the same. `load_pipeline()`
-    gives the `FECPipeline`; it is called only when some row can be labelled. `parameters` are the pipeline's
-    (`top_k`, `threshold`); `ValueError` for a file that cannot be read at all.
+    Rows whose text cannot be labelled (`Labeller.problems`: the pipeline's own check) are written with an empty
+    label; the rest are labelled all the same. `ValueError` for a file that cannot be read at all.
     """
     input_path, output = Path(input_path), Path(output)
-    columns, rows = read_rows(input_path, text_column)
-    for row in rows:
-        row.problem = row.problem or text_problem(row.text, validate_text)
-    labellable = [i for i, row in enumerate(rows) if row.problem is None]
-    answers = {}
-    if labellable:
-        from tqdm.auto import tqdm
-
-        stream = load_pipeline()((rows[i].text for i in labellable), batch_size=batch_size, **parameters)
-        if progress:
-            stream = tqdm(stream, total=len(labellable), desc="Labelling", unit="text", file=sys.stderr, disable=None)
-        answers = dict(zip(labellable, stream, strict=True))
-    write_rows(output, columns, rows, answers)
+    columns, rows = read_rows(input_path, labeller.text_column)
+    problems = labeller.problems([row.text for row in rows])
+    for row, problem in zip(rows, problems, strict=True):
+        row.problem = row.problem or problem
+    answers = labeller.label_texts([row.text for row in rows], [row.problem for row in rows])
+    write_rows(output, columns, rows, answers, labeller.listed)
     return LabelledFile(output, rows)

@@ -1,9 +1,10 @@
 """`fec predict`'s inputs read in chunks of rows, one chunk in memory at a time: CSV, JSONL and TXT files (read as
-`predict.stream_rows` reads them), Parquet files and local `datasets` folders (`save_to_disk`, one split).
+`predict.stream_rows` reads them), Parquet files, local `datasets` folders (`save_to_disk`, one split) and datasets on
+the Hub (one split of one configuration, streamed: `datasets.load_dataset(..., streaming=True)`).
 
 Opening a source reads it once through (before any model is loaded): its columns, its number of rows, that it can be
-read at all (UTF-8, the text column), and its identity (sha256 of its bytes), which the progress record of a
-resumable run keeps.
+read at all (UTF-8, the text column), and its identity (sha256 of its bytes; for a Hub dataset, the commit it is read
+at, with its configuration and split), which the progress record of a resumable run keeps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,39 @@ from llm_fusion_fec.features.checksums import file_sha256, split_checksum
 from llm_fusion_fec.inference.predict import INPUT_SUFFIXES, Row, check_jsonl_columns, stream_rows
 
 COLUMNAR_SUFFIXES = (".parquet",)
+COUNT_BATCH_ROWS = 10_000
+"""Rows of a Hub dataset read at a time when it is read through to count its rows (its card may not say)."""
+
+
+def hub_dataset_id(path: Path) -> str | None:
+    """`path` as the id of a Hub dataset (`NAME` or `ORG/NAME`), or `None`: where it names no file or folder here, is
+    a valid repository id, and is not a file name of a format `fec predict` reads (`posts.csv`) nor any other file
+    name without an organisation (`posts.tsv`: a missing file, said as such)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    text = str(path)
+    if path.exists() or path.suffix in (*INPUT_SUFFIXES, *COLUMNAR_SUFFIXES) or (path.suffix and "/" not in text):
+        return None
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return None
+    return text
+
+
+def hub_problem(dataset_id: str, error: BaseException) -> str:
+    """One line: why `dataset_id`, no file or folder here, cannot be read as a Hub dataset."""
+    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    here = f"{dataset_id} is no file or folder here"
+    if isinstance(error, OfflineModeIsEnabled):
+        return f"{here}, and the Hub cannot be asked for it as a dataset: HF_HUB_OFFLINE is set (offline)."
+    if isinstance(error, GatedRepoError):
+        return f"{here}, and the Hub dataset {dataset_id} is gated: accept its conditions on its page, then log in."
+    if isinstance(error, RepositoryNotFoundError):
+        return f"{here}, nor a dataset on the Hub (none of that id, or a private one this machine's token cannot see)."
+    return f"{here}, and the Hub cannot be reached to read it as a dataset ({' '.join(str(error).split())})."
 
 
 @dataclass
@@ -48,20 +82,57 @@ class Source:
     """An input of `fec predict`, read in chunks.
 
     Args:
-        path (`Path`): A .csv, .jsonl, .txt or .parquet file, or a folder a `datasets` object was saved to.
+        path (`Path`): A .csv, .jsonl, .txt or .parquet file, a folder a `datasets` object was saved to, or the id
+            of a dataset on the Hub (`hub_dataset_id`).
         text_column (`str`): The column of the texts.
-        split (`str`, *optional*): The split of a saved `DatasetDict` (needed where it holds several).
+        split (`str`, *optional*): The split of a saved `DatasetDict` or a Hub dataset (needed where it holds
+            several).
+        config (`str`, *optional*): The configuration (subset) of a Hub dataset (needed where it holds several).
     """
 
-    def __init__(self, path: Path, text_column: str, split: str | None = None):
+    def __init__(self, path: Path, text_column: str, split: str | None = None, config: str | None = None):
         self.path, self.text_column, self.split = path, text_column, split
-        if path.is_dir():
+        dataset_id = hub_dataset_id(path)
+        if config is not None and dataset_id is None:
+            raise ValueError(f"--config {config} is for a Hub dataset --input; {path} is a file or folder here.")
+        if dataset_id is not None:
+            self._open_hub(dataset_id, config)
+        elif path.is_dir():
             self._open_dataset()
         elif path.suffix in COLUMNAR_SUFFIXES:
             self._open_parquet()
         else:
             self._open_text()
         self.unit = "line" if self.kind == "text" else "row"
+
+    def _open_hub(self, dataset_id: str, config: str | None) -> None:
+        """The dataset `dataset_id` on the Hub at its newest commit (resolved now, and read at that commit only), one
+        split of one configuration, streamed; read through once to count its rows."""
+        import datasets
+        from huggingface_hub import HfApi
+
+        try:
+            revision = HfApi().dataset_info(dataset_id).sha
+        except Exception as error:  # offline, no such dataset, no access, no network: said in one line
+            raise ValueError(hub_problem(dataset_id, error)) from None
+        where = f"The Hub dataset {dataset_id} (commit {revision[:12]})"
+        try:
+            splits = datasets.load_dataset(dataset_id, name=config, revision=revision, streaming=True)
+        except Exception as error:  # its files cannot be read, or it has several configurations
+            raise ValueError(_hub_read_problem(where, config, error)) from None
+        if self.split is None and len(splits) == 1:
+            self.split = next(iter(splits))
+        if self.split not in splits:
+            given = "no --split" if self.split is None else f"--split {self.split}"
+            raise ValueError(f"{where} holds the splits {list(splits)}; {given}: name one with --split.")
+        self.dataset = splits[self.split].with_format("arrow")
+        self.kind, self.columns, self.rows, self.schema = "hub", splits[self.split].column_names, 0, None
+        for table in self.dataset.iter(batch_size=COUNT_BATCH_ROWS):  # its card may not say how many rows it has
+            self.rows += table.num_rows
+            self.columns, self.schema = self.columns or table.column_names, self.schema or table.schema
+        self._check_column()
+        config = splits[self.split].info.config_name
+        self.identity = {"dataset": dataset_id, "revision": revision, "config": config, "split": self.split}
 
     def _open_text(self) -> None:
         if self.path.suffix not in INPUT_SUFFIXES:
@@ -121,7 +192,7 @@ class Source:
                 if not chunk:
                     return
                 yield Chunk(index, chunk)
-        tables = self._dataset_tables(size) if self.kind == "dataset" else self._parquet_tables(size)
+        tables = {"dataset": self._dataset_tables, "hub": self._hub_tables}.get(self.kind, self._parquet_tables)(size)
         for index, table in enumerate(tables):
             texts = table.column(self.text_column).to_pylist()
             yield Chunk(index, [Row(index * size + i + 1, None, text) for i, text in enumerate(texts)], table)
@@ -129,6 +200,15 @@ class Source:
     def _dataset_tables(self, size: int) -> Iterator[Any]:
         for start in range(0, self.rows, size):
             yield self.dataset[start : start + size]
+
+    def _hub_tables(self, size: int) -> Iterator[Any]:
+        """Tables of exactly `size` rows (the last: the rest), as many rows in all as were counted."""
+        read = 0
+        for table in self.dataset.iter(batch_size=size):
+            read += table.num_rows
+            yield table
+        if read != self.rows:  # the commit is fixed: only a broken download could give other rows
+            raise ValueError(f"{self.path} gave {read} rows this time, {self.rows} when counted; run it again.")
 
     def _parquet_tables(self, size: int) -> Iterator[Any]:
         """Tables of exactly `size` rows (the last: the rest), whatever the file's row groups."""
@@ -151,6 +231,12 @@ class Source:
         """The source's columns without rows, as a pyarrow table (`None` for a text file)."""
         if self.kind == "dataset":
             return self.dataset[0:0]
+        if self.kind == "hub":
+            import pyarrow as pa
+
+            features = self.dataset.features
+            schema = self.schema or (features.arrow_schema if features is not None else None)
+            return schema.empty_table() if schema is not None else pa.table({})
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -161,6 +247,15 @@ class Source:
         """The number of rows of each chunk."""
         full, rest = divmod(self.rows, size)
         return [size] * full + ([rest] if rest else [])
+
+
+def _hub_read_problem(where: str, config: str | None, error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Config name is missing") and len(lines) > 1:  # datasets' own words
+        configs = lines[1].rpartition(": ")[2]
+        return f"{where} holds several configurations ({configs}): name one with --config."
+    given = f" with --config {config}" if config is not None else ""
+    return f"{where} cannot be read{given}: {' '.join(lines) or type(error).__name__}"
 
 
 MODEL_FILES = ("config.json", "*.safetensors", "*.bin")

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_fusion_fec.inference.predict import (
+    INPUT_SUFFIXES,
     OUTPUT_SUFFIXES,
     default_output,
     labelled_records,
     problems_line,
     write_records,
 )
-from llm_fusion_fec.inference.sources import Chunk, Source
+from llm_fusion_fec.inference.sources import Chunk, Source, hub_dataset_id
 
 if TYPE_CHECKING:
     from llm_fusion_fec.arguments import PredictArguments
@@ -104,8 +105,11 @@ class ProgressRecord:
     def refusal(self, other: ProgressRecord, output: Path, input_path: str) -> str | None:
         """Why an output recorded as `self` cannot be continued by a run that would record `other`, or `None`."""
         again = "pass --overwrite to start again"
-        if self.input != other.input:
+        # Another split or configuration of the same data is said as the flag that chose it (below).
+        if _without_part(self.input) != _without_part(other.input):
             changed = "its content" if self.input.get("size") == other.input.get("size") else "its size"
+            if "revision" in self.input and "revision" in other.input:  # a Hub dataset, at another commit now
+                changed = f"its commit was {self.input['revision'][:12]}, now {other.input['revision'][:12]}"
             return f"{output} was written from another input: {input_path} has changed since ({changed}); {again}."
         if _without_name(self.model) != _without_name(other.model):  # the same model moved is the same model
             return (
@@ -119,6 +123,9 @@ class ProgressRecord:
                     for v in (self.settings.get(name), value)
                 )
                 return f"{output} was written {before}, this run is {now}; {again}."
+        if self.input != other.input:  # the split chosen where none is named (the only one) is another now
+            before, now = (_part(identity) for identity in (self.input, other.input))
+            return f"{output} was written from {before} of {input_path}, this run reads {now}; {again}."
         return None
 
     def add(self, summary: dict[str, Any]) -> None:
@@ -148,6 +155,15 @@ class ChunkResult:
             "unlabelled": self.unlabelled,
             "unlabelled_more": self.unlabelled_more,
         }
+
+
+def _without_part(identity: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in identity.items() if key not in ("split", "config")}
+
+
+def _part(identity: dict[str, Any]) -> str:
+    config = identity.get("config")
+    return f"split {identity.get('split')}" + (f" of configuration {config}" if config else "")
 
 
 def _without_name(model: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +387,7 @@ def settings_of(args) -> dict[str, Any]:
     return {
         "--text-column": args.text_column,
         "--split": args.split,
+        "--config": args.config,
         "--top-k": args.top_k,
         "--threshold": args.threshold,
         "--batch-size": args.batch_size,
@@ -389,7 +406,7 @@ def label_stream(args: PredictArguments, input_path: Path, output: Path, load_la
     from llm_fusion_fec.distributed import barrier, distributed, local_device
     from llm_fusion_fec.inference.sources import model_identity
 
-    source = Source(input_path, args.text_column, args.split)
+    source = Source(input_path, args.text_column, args.split, args.config)
     saved = None if args.overwrite else ProgressRecord.load(record_path(output))
     check_output(output, input_path, args.overwrite or saved is not None)
     rank, world = distributed()
@@ -501,7 +518,7 @@ def predict(args: PredictArguments) -> int:
     from llm_fusion_fec.inference.labelling import Labeller
 
     input_path = Path(args.input)
-    output = Path(args.output) if args.output else default_output(input_path, args.split)
+    output = Path(args.output) if args.output else default_output(input_path, args.split, hub_dataset_id(input_path))
     top_k = None if args.top_k is None else args.top_k if args.top_k == "all" else int(args.top_k)
     record = label_stream(
         args,
@@ -513,7 +530,7 @@ def predict(args: PredictArguments) -> int:
     )
     if record is None:  # another process than the first of a multi-process launch: the first one reports
         return 0
-    unit = "row" if input_path.is_dir() or input_path.suffix == ".parquet" else "line"
+    unit = "line" if input_path.is_file() and input_path.suffix in INPUT_SUFFIXES else "row"
     for line, problem in record.first_unlabelled:
         print(
             f"{input_path}:{line}: {problem}" if unit == "line" else f"{input_path}: row {line}: {problem}",

@@ -28,8 +28,13 @@ GRADIO_INSTALL = "pip install 'gradio>=5.0'"
 DEFAULT_GRADIO = "5.0"  # the oldest Gradio the app is written for: the Space's sdk_version where Gradio is not here
 APP_SOURCE = Path(__file__).resolve().parent / "space_app.py"
 PACKAGE = Path(__file__).resolve().parent.parent
-# `fec predict`'s code the app labels an uploaded file with, standard library only: copied beside the app
-SPACE_CODE = {"predict.py": PACKAGE / "inference" / "predict.py", "text_files.py": PACKAGE / "data" / "text_files.py"}
+# `fec predict`'s code the app labels an uploaded file with (its `Labeller` and file reading and writing), standard
+# library only at module level: copied beside the app
+SPACE_CODE = {
+    "labelling.py": PACKAGE / "inference" / "labelling.py",
+    "predict.py": PACKAGE / "inference" / "predict.py",
+    "text_files.py": PACKAGE / "data" / "text_files.py",
+}
 SPACE_FILES = ("app.py", *SPACE_CODE, SETTINGS_FILE, "requirements.txt", "README.md")
 
 

@@ -2,32 +2,36 @@
 
 A text box with the model card's example texts, the emotions and their scores as a labelled bar, top-k (and, for a
 multi-label model, the threshold) as controls, and a file upload that labels a CSV, JSONL or TXT file with the code of
-`fec predict` and offers the labelled file for download.
+`fec predict` (its labelling core, `Labeller`, on the page's pipeline) and offers the labelled file for download.
 
-In a Space this file runs as it is, beside `predict.py` (a copy of the package's `fec predict` code) and `space.json`
-(`SETTINGS_FILE`: the model, local backbone folders, fallback example texts): the app reads what it shows from that
-JSON file and holds no value of its own, and it needs nothing but gradio, torch and transformers. The model runs
-through its own pipeline, `pipeline_fec.py` of its repository (`pipeline(..., trust_remote_code=True)`). The package's
-`build_demo` (`llm_fusion_fec.serving.space`) serves the same page with the package's pipeline.
+In a Space this file runs as it is, beside `labelling.py` and `predict.py` (copies of the package's `fec predict` code)
+and `space.json` (`SETTINGS_FILE`: the model, local backbone folders, fallback example texts): the app reads what it
+shows from that JSON file and holds no value of its own, and it needs nothing but gradio, torch and transformers. The
+model runs through its own pipeline, `pipeline_fec.py` of its repository (`pipeline(..., trust_remote_code=True)`).
+The package's `build_demo` (`llm_fusion_fec.serving.space`) serves the same page with the package's pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 try:  # in the package
+    from ..inference.labelling import Labeller
     from ..inference.predict import INPUT_SUFFIXES, label_file
-except ImportError:  # in the Space: the copy of `fec predict`'s code beside this file
+except ImportError:  # in the Space: the copies of `fec predict`'s code beside this file
+    from labelling import Labeller
     from predict import INPUT_SUFFIXES, label_file
 
 SETTINGS_FILE = "space.json"
 """Beside the app: `{"model": ..., "backbone_paths": {...}, "examples": [...]}`, what `fec space` wrote."""
+UPLOAD_BATCH_SIZE = 8
+"""Texts of an uploaded file run through the backbones together: `fec predict`'s default `--batch-size`, so that an
+upload gets the very rows `fec predict` writes for the file."""
 ELEMENTS = ("text", "classify", "top-k", "threshold", "scores", "message", "upload", "label-file", "labelled")
 """The `elem_id`s of the page's parts, which a browser test finds them by."""
 
@@ -65,8 +69,6 @@ class Demo:
         self.config = pipeline.model.config
         self.multi_label = self.config.problem_type == "multi_label_classification"
         self.examples = examples
-        # The pipeline's own check of a text, from the code the model runs (the package's or the repository's).
-        self.validate_text = sys.modules[type(pipeline.model).__module__].validate_text
         self.outputs = Path(tempfile.mkdtemp(prefix="fec-space-"))
 
     def classify(self, text: Any, top_k: float, threshold: float | None = None) -> tuple[dict | None, str]:
@@ -90,11 +92,10 @@ class Demo:
         if not path:
             return None, "Error: choose a .csv, .jsonl or .txt file first."
         source = Path(path)
-        parameters = {"threshold": float(threshold)} if self.multi_label else {}
         suffix = ".jsonl" if source.suffix == ".jsonl" else ".csv"
         output = Path(tempfile.mkdtemp(dir=self.outputs)) / f"{source.stem}.predictions{suffix}"
         try:
-            result = label_file(lambda: self.pipeline, source, output, validate_text=self.validate_text, **parameters)
+            result = label_file(self.labeller(threshold), source, output)
         except (TypeError, ValueError) as error:
             return None, f"Error: {error_line(error)}"
         if result.unlabelled:
@@ -103,6 +104,11 @@ class Demo:
                 output
             ), f"{result.problems()}: line {first.line}: {first.problem.rstrip('.')}. They have an empty label."
         return str(output), f"Labelled {len(result.rows)} rows."
+
+    def labeller(self, threshold: float | None = None) -> Labeller:
+        """The labelling core of `fec predict` on the page's pipeline (for a multi-label model: at `threshold`)."""
+        threshold = float(threshold) if self.multi_label and threshold is not None else None
+        return Labeller.from_pipeline(self.pipeline, UPLOAD_BATCH_SIZE, threshold=threshold)
 
     def blocks(self):
         """The page, as a `gradio.Blocks`."""
