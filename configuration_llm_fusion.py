@@ -369,9 +369,10 @@ def normalize_precision(spec: dict) -> dict:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"Backbone {name!r}: unknown backend {backend!r}; allowed: torch, {', '.join(BACKENDS)}.")
     if backend is not None and (dtype not in (None, "float32") or quantization is not None):
+        other = f"quantization {quantization!r}" if quantization is not None else f"dtype {dtype!r}"
         raise ValueError(
-            f"Backbone {name!r}: backend {backend!r} computes in float32 with its own int8 weights, not with "
-            f"dtype {dtype!r} and quantization {quantization!r}; leave those out."
+            f"Backbone {name!r}: backend {backend!r} computes in float32 (ONNX Runtime), not with {other}; "
+            "leave it out, or use backend torch."
         )
     return {"dtype": dtype, "quantization": quantization, "backend": backend}
 

@@ -146,6 +146,7 @@ def load_pipeline(args: PredictArguments):
     if args.dtype and not isinstance(dtype, torch.dtype):
         raise ValueError(f"Unknown dtype {args.dtype!r}; use float32, bfloat16 or float16.")
     model = load_model(args.model, **({"dtype": dtype} if dtype else {}))
+    check_backend(model.config, args.backend)
     return FECPipeline(
         model=model,
         backbone_paths=name_value_pairs(args.backbone_path, "--backbone-path"),
@@ -153,6 +154,24 @@ def load_pipeline(args: PredictArguments):
         dtype=dtype,
         batch_size=args.batch_size,
     )
+
+
+def check_backend(config, backend: str | None) -> None:
+    """Refuse, in one line, a `--backend` other than the one the model's backbones were extracted with (the features
+    its head was trained on); `None` asks for nothing."""
+    from configuration_llm_fusion import BACKENDS
+
+    if backend is None:
+        return
+    if backend not in ("torch", *BACKENDS):
+        raise ValueError(f"Unknown --backend {backend!r}; allowed: torch, {', '.join(BACKENDS)}.")
+    recorded = {spec.name: spec.backend or "torch" for spec in config.backbones}
+    if others := {name: used for name, used in recorded.items() if used != backend}:
+        listed = ", ".join(f"{name} ({used})" for name, used in others.items())
+        raise ValueError(
+            f"--backend {backend}: this model's backbones were extracted with another backend ({listed}), and a "
+            "model is served with the backend its head was trained on; leave --backend out."
+        )
 
 
 def prediction_columns(columns: list[str], listed: bool) -> tuple[str, str]:
