@@ -586,11 +586,12 @@ class OnnxBackbone(nn.Module):
     Args:
         session (`onnxruntime.InferenceSession`): The exported model.
         config: The whole model's config.
+        path (`Path`, *optional*): The exported model's file.
     """
 
-    def __init__(self, session, config):
+    def __init__(self, session, config, path: Path | None = None):
         super().__init__()
-        self.session, self.config = session, config
+        self.session, self.config, self.path = session, config, path
         self.output_names = [output.name for output in session.get_outputs()]
 
     @property
@@ -634,7 +635,7 @@ class OnnxBackbone(nn.Module):
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         tokenizer = AutoTokenizer.from_pretrained(path or spec.model, revision=None if path else spec.revision)
-        return cls(session, config), tokenizer
+        return cls(session, config, folder / "model.onnx"), tokenizer
 
 
 def import_onnx_runtime(spec: BackboneSpec):
