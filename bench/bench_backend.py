@@ -61,7 +61,6 @@ def small_specs(backend: str) -> list[BackboneSpec]:
 def matmul_rates(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     """This CPU's float32 (torch.mm) and int8 (ONNX Runtime MatMulInteger, uint8 activations times int8 or uint8
     weights) matrix product rates, in GOP/s, on `size` x `size` matrices."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -83,7 +82,7 @@ def matmul_rates(size: int = 2048, repeats: int = 5) -> dict[str, float]:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(onnx._serialize(model), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         inputs = {"a": np.random.randint(0, 255, (size, size)).astype(np.uint8)}
         session.run(None, inputs)
         start = time.perf_counter()

@@ -108,6 +108,17 @@ def test_the_export_is_cached_and_reused_and_keeps_only_the_outputs_read(tiny_ba
     assert not [path for path in cache.iterdir() if path.name.startswith(".")]  # no export left half done
 
 
+def test_int8_keeps_the_feed_forward_output_products_in_float32(tiny_backbones):
+    import onnx
+
+    spec = BackboneSpec.from_dict({**tiny_backbones[0], "backend": "onnx-int8"})
+    path = FeaturePlan([spec]).load([spec], "cpu")[0].model.path
+    nodes = {node.name: node.op_type for node in onnx.load(str(path)).graph.node}
+    kept = sorted(name for name, op in nodes.items() if op == "MatMul" and "/mlp/down_proj/" in name)
+    assert len(kept) == 6  # one a layer
+    assert any("/self_attn/q_proj/" in name and "MatMulInteger" in op for name, op in nodes.items())
+
+
 def test_missing_onnxruntime_is_refused_in_one_line(tiny_backbones, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
