@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -184,7 +183,14 @@ def pipeline_run(backend: str, texts: list[str], args: BenchArguments) -> dict:
     for _ in range(args.rounds):
         pipe(texts, batch_size=args.batch_size)
     speed = args.rounds * len(texts) / (time.perf_counter() - start)
-    return {"texts_per_s": speed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"texts_per_s": speed, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike `ru_maxrss`, which Linux carries over from the parent
+    through fork and exec, it starts afresh in a new program)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def bench_pipelines(args: BenchArguments) -> None:
