@@ -130,6 +130,12 @@ QUANTIZATIONS = ("8bit", "4bit")
 """Weight quantizations a backbone can be recorded with (its `quantization` key, through bitsandbytes); `None` means
 none."""
 
+BACKENDS = ("onnx", "onnx-int8")
+"""Runtimes a backbone can run in besides PyTorch (its `backend` key; `None`, or `"torch"` on the command line: PyTorch
+eager): `"onnx"` exports the model to ONNX and runs it with ONNX Runtime in float32 (the same features within
+rounding), `"onnx-int8"` with its weights quantized to int8 and its activations quantized batch by batch (dynamic
+quantization: faster on a CPU, features close to float32's but not equal). Both run on the CPU, in float32."""
+
 RESERVED_NAMES = {"labels", "return_dict", "self"}
 
 
@@ -145,6 +151,7 @@ BACKBONE_KEYS = (
     "max_length",
     "dtype",
     "quantization",
+    "backend",
 )
 """The keys of a backbone description, in the order `config.json` and `fec_features.json` write them."""
 
@@ -170,6 +177,7 @@ class BackboneSpec(Mapping):
     max_length: int = 512  # tokens read of a text
     dtype: str | None = None  # compute dtype of the features (None: float32)
     quantization: str | None = None  # "8bit", "4bit" or None
+    backend: str | None = None  # "onnx", "onnx-int8" or None (PyTorch)
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> BackboneSpec:
@@ -347,16 +355,38 @@ def describe_pooling(spec: BackboneSpec) -> str:
 
 
 def normalize_precision(spec: dict) -> dict:
-    """The `dtype` and `quantization` a backbone was extracted with (`None` if not recorded: float32, no
-    quantization), or raise `ValueError` naming the bad value. Both change the features, so serving uses them too."""
+    """The `dtype`, `quantization` and `backend` a backbone was extracted with (`None` if not recorded: float32, no
+    quantization, PyTorch; a `backend` of `"torch"` is `None`), or raise `ValueError` naming the bad value. All three
+    change the features, so serving uses them too."""
     name, dtype, quantization = spec.get("name"), spec.get("dtype"), spec.get("quantization")
+    backend = None if spec.get("backend") == "torch" else spec.get("backend")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"Backbone {name!r}: unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)} or None.")
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Backbone {name!r}: unknown quantization {quantization!r}; allowed: {', '.join(QUANTIZATIONS)} or None."
         )
-    return {"dtype": dtype, "quantization": quantization}
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"Backbone {name!r}: unknown backend {backend!r}; allowed: torch, {', '.join(BACKENDS)}.")
+    if backend is not None and (dtype not in (None, "float32") or quantization is not None):
+        other = f"quantization {quantization!r}" if quantization is not None else f"dtype {dtype!r}"
+        raise ValueError(
+            f"Backbone {name!r}: backend {backend!r} computes in float32 (ONNX Runtime), not with {other}; "
+            "leave it out, or use backend torch."
+        )
+    return {"dtype": dtype, "quantization": quantization, "backend": backend}
+
+
+def describe_precision(spec: dict) -> str:
+    """In words, what a backbone computes its features with (for model cards): its dtype, weights and runtime."""
+    described = spec.get("dtype") or "float32"
+    if spec.get("quantization"):
+        described += f", {spec['quantization'].removesuffix('bit')}-bit weights (bitsandbytes)"
+    if spec.get("backend") == "onnx":
+        described += ", ONNX Runtime"
+    elif spec.get("backend") == "onnx-int8":
+        described += ", ONNX Runtime with int8 weights (dynamic quantization)"
+    return described
 
 
 def feature_shape(spec: BackboneSpec) -> tuple[int | None, ...]:
@@ -411,8 +441,9 @@ class LLMFusionConfig(PretrainedConfig):
             "{text}" means in one word:"'`), `hidden_size` (feature width) and `max_length` (tokens; longer texts,
             template included, are truncated at the end), `dtype` (the compute dtype the features were extracted with:
             `"float32"`, `"bfloat16"` or `"float16"`; `None` means float32) and `quantization` (`None`, `"8bit"` or
-            `"4bit"`: the backbone's weights loaded quantized by bitsandbytes, which needs a CUDA GPU). The pipeline
-            loads each backbone with its recorded dtype and quantization.
+            `"4bit"`: the backbone's weights loaded quantized by bitsandbytes, which needs a CUDA GPU) and `backend`
+            (`None`: PyTorch; `"onnx"` or `"onnx-int8"`: ONNX Runtime on the CPU, see `BACKENDS`). The pipeline
+            loads each backbone with its recorded dtype, quantization and backend.
         fusion_dim (`int`, *optional*, defaults to 1024):
             Width of the vectors whose co-occurrence matrix is taken. LLM layers are projected to it by
             Linear+ReLU+Dropout; an encoder of another width by a Linear layer.
@@ -550,9 +581,11 @@ class LLMFusionConfig(PretrainedConfig):
 
 
 __all__ = [
+    "BACKENDS",
     "BackboneSpec",
     "MASK_SUFFIX",
     "TOKENS",
+    "describe_precision",
     "DTYPES",
     "FEATURE_DTYPES",
     "LAYER_POOLINGS",

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
+import json
 import math
+import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import can_return_tuple, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import cached_file, can_return_tuple, logging
 
 try:
     from .configuration_llm_fusion import (
@@ -154,9 +161,9 @@ def layers_needed(specs: Sequence[BackboneSpec], config) -> int | None:
 
 def weights_key(spec: BackboneSpec, path: str | None = None, dtype: torch.dtype | None = None) -> tuple:
     """What a loaded model depends on: its weights (a local folder, else its Hub id and revision), the dtype it
-    computes in and its quantization. Views with equal keys share one loaded model."""
+    computes in, its quantization and its runtime (`backend`). Views with equal keys share one loaded model."""
     source = (path, None) if path else (spec.model, spec.revision)
-    return *source, dtype or compute_dtype(spec), spec.quantization
+    return *source, dtype or compute_dtype(spec), spec.quantization, spec.backend
 
 
 def input_key(spec: BackboneSpec) -> tuple:
@@ -218,9 +225,12 @@ class FeaturePlan:
         config = FrozenBackbone.model_config(first, self.paths.get(first.name))
         for spec in views:
             FrozenBackbone.check_config(spec, config)
-        model, tokenizer = FrozenBackbone.load_model(
-            first, self.paths.get(first.name), device, self.dtype, device_map, layers_needed(views, config)
-        )
+        if first.backend is not None:  # ONNX Runtime: the same tokens in, the same outputs out
+            model, tokenizer = OnnxBackbone.load(views, self.paths.get(first.name), config, device, self.dtype)
+        else:
+            model, tokenizer = FrozenBackbone.load_model(
+                first, self.paths.get(first.name), device, self.dtype, device_map, layers_needed(views, config)
+            )
         return [FrozenBackbone(spec, model, tokenizer, config) for spec in views]
 
     def features(
@@ -294,6 +304,8 @@ class FrozenBackbone:
         """Load the backbone `spec` names (or the local folder `path` instead) with its tokenizer, whole: a
         `FeaturePlan` of this one view (`FeaturePlan.load`) loads only the layers it reads."""
         spec = BackboneSpec.from_dict(spec)
+        if spec.backend is not None:  # exported with the outputs this view reads (`OnnxBackbone.load`)
+            return FeaturePlan([spec], {spec.name: path} if path else {}, dtype).load([spec], device, device_map)[0]
         model, tokenizer = cls.load_model(spec, path, device, dtype, device_map)
         return cls(spec, model, tokenizer)
 
@@ -496,11 +508,8 @@ class FrozenBackbone:
 
     @property
     def reads_hidden_states(self) -> bool:
-        """Whether this view reads `hidden_states` (a layer pooling, or a token view of chosen layers), not only the
-        model's last hidden state or pooled output."""
-        if self.spec.pooling == TOKENS:
-            return self.spec.layers is not None or self.spec.num_layers > 1
-        return self.spec.pooling in LAYER_POOLINGS
+        """Whether this view reads `hidden_states` (`reads_hidden_states`)."""
+        return reads_hidden_states(self.spec)
 
     def text_mask(self, texts: Sequence[str], offsets: torch.Tensor) -> torch.Tensor:
         """1 at the tokens of each text inside its prompt (the tokens whose characters overlap the text's), 0 at the
@@ -549,6 +558,225 @@ class FrozenBackbone:
         if pooling == "mean":
             return token_mean(outputs.last_hidden_state, attention_mask)
         return outputs.last_hidden_state[:, 0].float()
+
+
+def reads_hidden_states(spec: BackboneSpec) -> bool:
+    """Whether a view reads `hidden_states` (a layer pooling, or a token view of chosen layers), not only the model's
+    last hidden state or pooled output."""
+    if spec.pooling == TOKENS:
+        return spec.layers is not None or spec.num_layers > 1
+    return spec.pooling in LAYER_POOLINGS
+
+
+ONNX_OPSET = 17
+INT8_WEIGHTS = "QUInt8"
+"""How `"onnx-int8"` stores weights (`onnxruntime.quantization.QuantType`): unsigned, one scale per tensor. Measured on
+the small trio (64 ED texts, an AVX2 CPU without VNNI), as the mean cosine of the features to float32's: signed weights
+(QInt8) saturate the 16-bit sums of that CPU's int8 kernel (as onnxruntime's quantization guide warns), QUInt8 lifts
+MiniLM from 0.96 to 0.98 and mpnet from 0.70 to 0.82; one scale per channel broke SmolLM2 and mpnet (0.27, 0.01)."""
+FLOAT32_MATMULS = ("/mlp/down_proj/", "/output/dense/")
+"""The matrix products `"onnx-int8"` keeps in float32 (exported node names holding one of these, attention's own left
+out): the feed-forward blocks' output projections, whose inputs (after the GELU or SwiGLU) have the outliers that one
+uint8 scale per batch loses. Measured as above: mean cosine SmolLM2 (the prompt's last token) 0.94 -> 0.99, MiniLM
+0.98 -> 0.995, mpnet 0.82 -> 0.987, for about a third of the products left in float32."""
+
+
+class OnnxBackbone(nn.Module):
+    """A backbone exported to ONNX and run by ONNX Runtime on the CPU (a backbone's `backend`: `"onnx"`, or
+    `"onnx-int8"` with int8 weights): called as the transformers model it was exported from is called by
+    `FrozenBackbone.views` (token ids and attention mask in), it returns what the views read of it: the hidden states
+    they index (`hidden_states[i]`, the others `None`), `last_hidden_state` and `pooler_output` where they read them.
+    Tokenization, prompts and pooling stay `FrozenBackbone`'s: only running the model changes.
+
+    Args:
+        session (`onnxruntime.InferenceSession`): The exported model.
+        config: The whole model's config.
+        path (`Path`, *optional*): The exported model's file.
+    """
+
+    def __init__(self, session, config, path: Path | None = None):
+        super().__init__()
+        self.session, self.config, self.path = session, config, path
+        self.output_names = [output.name for output in session.get_outputs()]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
+        arrays = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+        outputs = {name: torch.from_numpy(array) for name, array in zip(self.output_names, arrays, strict=True)}
+        indices = [int(name.split(".")[1]) for name in outputs if name.startswith("hidden_states.")]
+        hidden = [outputs.get(f"hidden_states.{i}") for i in range(max(indices) + 1)] if indices else None
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.get("last_hidden_state"),
+            pooler_output=outputs.get("pooler_output"),
+            hidden_states=None if hidden is None else tuple(hidden),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        views: Sequence[BackboneSpec],
+        path: str | None,
+        config,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[OnnxBackbone, object]:
+        """The model of `views` (views of one model, one `backend`) exported with the outputs they read and its
+        tokenizer: exported once (`export_onnx`) into the cache (`onnx_cache_dir`), then loaded from there."""
+        spec = views[0]
+        ort = import_onnx_runtime(spec)
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"Backbone {spec.name!r}: backend {spec.backend!r} runs on the CPU, not on {device}.")
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"Backbone {spec.name!r}: backend {spec.backend!r} computes in float32, not {dtype}.")
+        outputs = onnx_outputs(views, config)
+        num_layers = layers_needed(views, config)
+        folder = onnx_cache_dir() / onnx_key(spec, path, outputs, num_layers, ort.__version__)
+        if not (folder / "model.onnx").exists():
+            export_onnx(spec, path, outputs, num_layers, folder)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        tokenizer = AutoTokenizer.from_pretrained(path or spec.model, revision=None if path else spec.revision)
+        return cls(session, config, folder / "model.onnx"), tokenizer
+
+
+def import_onnx_runtime(spec: BackboneSpec):
+    """`onnxruntime`, or the one-line `ValueError` saying that backbone `spec` needs it and how to install it."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        raise ValueError(
+            f"Backbone {spec.name!r} runs with backend {spec.backend!r}, which needs onnxruntime and onnx: "
+            'pip install "llm-fusion-fec[onnx]" (or pip install onnxruntime onnx).'
+        )
+    import onnxruntime
+
+    return onnxruntime
+
+
+def onnx_outputs(views: Sequence[BackboneSpec], config) -> dict[str, object]:
+    """What the views of one model read of its outputs: the hidden-state indices (counted in the whole model's),
+    `last_hidden_state`, `pooler_output`; the ONNX export returns these only."""
+    count = hidden_state_count(config)
+    indices = {i % count for spec in views if reads_hidden_states(spec) for i in layer_indices(spec)}
+    return {
+        "hidden_states": sorted(indices),
+        "last_hidden_state": any(
+            spec.pooling in ("mean", "cls", TOKENS) for spec in views if not reads_hidden_states(spec)
+        ),
+        "pooler_output": any(spec.pooling == "pooler" for spec in views),
+    }
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported backbones are kept: `$HF_HOME/llm_fusion_fec/onnx` (by default `~/.cache/huggingface/...`)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "llm_fusion_fec" / "onnx"
+
+
+def onnx_key(spec: BackboneSpec, path: str | None, outputs: dict, num_layers: int | None, ort_version: str) -> str:
+    """The cache folder name of an export: everything it depends on. The weights are named by their files (resolved
+    path, size and modification time: a Hub snapshot's files are named by their content), not hashed, so that a key
+    costs no read of the weights."""
+    folder = Path(cached_file(path or spec.model, "config.json", revision=None if path else spec.revision)).parent
+    files = sorted(
+        (str(file.relative_to(folder)), os.path.realpath(file), file.stat().st_size, file.stat().st_mtime_ns)
+        for file in folder.rglob("*")
+        if file.is_file()
+    )
+    fields = {
+        "weights": files,
+        "outputs": outputs,
+        "num_layers": num_layers,
+        "backend": spec.backend,
+        "versions": [ort_version, torch.__version__, transformers_version(), ONNX_OPSET],
+        "int8": [INT8_WEIGHTS, FLOAT32_MATMULS],
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+class _ExportedOutputs(nn.Module):
+    """The model as exported: token ids and mask in, the outputs the views read (`onnx_outputs`) out, as a tuple."""
+
+    def __init__(self, model: PreTrainedModel, outputs: dict):
+        super().__init__()
+        self.model, self.outputs = model, outputs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = bool(self.outputs["hidden_states"])
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden)
+        values = [out.hidden_states[i] for i in self.outputs["hidden_states"]]
+        values += [out.last_hidden_state] if self.outputs["last_hidden_state"] else []
+        return tuple(values + ([out.pooler_output] if self.outputs["pooler_output"] else []))
+
+
+def export_onnx(spec: BackboneSpec, path: str | None, outputs: dict, num_layers: int | None, folder: Path) -> None:
+    """Export the model `spec` names (its first `num_layers` layers) to `folder/model.onnx` with `outputs`, in float32,
+    and for `"onnx-int8"` quantize its weights to 8 bits (`INT8_WEIGHTS`; activations quantized batch by batch:
+    `onnxruntime.quantization.quantize_dynamic`), but for the products `FLOAT32_MATMULS` names. Written in a temporary
+    folder, then moved into place whole."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logger.warning(f"Backbone {spec.name!r}: exporting to ONNX ({spec.backend}) once, into {folder}.")
+    model, _ = FrozenBackbone.load_model(spec, path, "cpu", torch.float32, num_layers=num_layers)
+    names = [f"hidden_states.{i}" for i in outputs["hidden_states"]]
+    names += ["last_hidden_state"] * outputs["last_hidden_state"] + ["pooler_output"] * outputs["pooler_output"]
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
+    axes |= {name: {0: "batch"} if name == "pooler_output" else {0: "batch", 1: "tokens"} for name in names}
+    # Two texts, the second padded: the traced graph must not take every text's mask to be all ones.
+    input_ids = torch.full((2, 8), min(5, model.config.get_text_config().vocab_size - 1))
+    attention_mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".export-"))
+    try:
+        exported = staging / ("float32.onnx" if spec.backend == "onnx-int8" else "model.onnx")
+        # The tracer warns of every Python branch on a shape; the export is checked against PyTorch's features
+        # on other batch sizes and lengths (tests/test_backends.py), so the warnings say nothing to a user.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _ExportedOutputs(model.eval(), outputs),
+                (input_ids, attention_mask),
+                str(exported),
+                input_names=["input_ids", "attention_mask"],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        if spec.backend == "onnx-int8":
+            quantize_dynamic(
+                exported,
+                staging / "model.onnx",
+                weight_type=getattr(QuantType, INT8_WEIGHTS),
+                nodes_to_exclude=float32_matmuls(exported),
+            )
+            exported.unlink()
+        os.replace(staging, folder)
+    except OSError:
+        if not (folder / "model.onnx").exists():  # another process exported it first: that one is used
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def float32_matmuls(path: Path) -> list[str]:
+    """The names of the matrix products of the exported model at `path` that stay float32 (`FLOAT32_MATMULS`)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return [
+        node.name
+        for node in nodes
+        if node.op_type == "MatMul" and "attention" not in node.name and any(p in node.name for p in FLOAT32_MATMULS)
+    ]
 
 
 @contextlib.contextmanager
@@ -905,6 +1133,7 @@ __all__ = [
     "FeaturePlan",
     "FrozenBackbone",
     "length_sorted_batches",
+    "OnnxBackbone",
     "LLMFusionEnsembleForSequenceClassification",
     "LLMFusionForSequenceClassification",
     "LLMFusionPreTrainedModel",

@@ -77,8 +77,8 @@ class FECPipeline(Pipeline):
             `{"llama": "/models/Llama-2-7b-chat-hf"}` for offline machines or mirrors.
         dtype (`torch.dtype` or `str`, *optional*):
             Compute dtype of the backbones and the head. By default each backbone computes in the dtype its features
-            were extracted with (its `dtype` in `config.backbones`, float32 if none; a recorded `quantization` is
-            used too) and the head keeps its saved dtype.
+            were extracted with (its `dtype` in `config.backbones`, float32 if none; a recorded `quantization` and
+            `backend`, e.g. ONNX Runtime with int8 weights, are used too) and the head keeps its saved dtype.
         device (`int`, `str` or `torch.device`, *optional*):
             Where the backbones and the head run, as for every pipeline.
         batch_size (`int`, *optional*, defaults to 1):

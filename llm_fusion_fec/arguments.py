@@ -124,7 +124,20 @@ class ExtractArguments:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if present)."})
     device_map: str | None = field(default=None, metadata={"help": "'auto' spreads a model over several GPUs."})
     dtype: str | None = field(
-        default=None, metadata={"help": "Compute dtype (default float32 on CPU, bfloat16 on GPU)."}
+        default=None,
+        metadata={
+            "help": "Compute dtype: float32, bfloat16, float16 or auto (the default): bfloat16 on a GPU, and on a CPU "
+            "bfloat16 where it has AMX (amx_bf16), float32 elsewhere. The resolved one is recorded."
+        },
+    )
+    backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the backbones run: torch (the default), onnx (ONNX Runtime, float32: the same features) or "
+            "onnx-int8 (ONNX Runtime with int8 weights: faster on a CPU, features close to float32's). CPU only; "
+            'needs pip install "llm-fusion-fec[onnx]". Recorded with the features, so the trained model is served '
+            "the same way."
+        },
     )
     quantization: str | None = field(
         default=None,
@@ -375,6 +388,13 @@ class PredictArguments:
     dtype: str | None = field(
         default=None,
         metadata={"help": "Compute dtype of every backbone and the head (default: each backbone's recorded one)."},
+    )
+    backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch, onnx or onnx-int8: the backend the model's backbones must have been extracted with (a "
+            "model is served with its recorded backend; another one is refused)."
+        },
     )
 
 

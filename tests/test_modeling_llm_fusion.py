@@ -1,3 +1,4 @@
+import ast
 import importlib.machinery
 import importlib.util
 import json
@@ -449,19 +450,30 @@ HANDLER = "llm_fusion_fec/serving/handler.py"  # saved into every model folder a
 PREVIOUS_LAYOUT_MODEL = REPO / "tests" / "fixtures" / "previous-layout-model"
 
 
-@pytest.mark.parametrize("file", [*HUB_FILES, HANDLER])
-def test_hub_files_import_only_the_standard_library_torch_transformers_and_each_other(file):
-    import ast
+OPTIONAL_RUNTIMES = {"onnxruntime", "onnx"}
+"""The extra `[onnx]`: imported only inside the functions of a backbone that runs with an ONNX backend."""
 
-    allowed = {"torch", "transformers", *(name.removesuffix(".py") for name in HUB_FILES)}
+
+def imported_modules(tree, in_functions: bool = True) -> set[str]:
+    """The top-level packages `tree` imports (`in_functions=False`: those imported when its module is)."""
     imported = set()
-    for node in ast.walk(ast.parse((REPO / file).read_text())):
+    for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            assert node.level in (0, 1), f"{file}: only single-dot relative imports travel with a Hub folder"
+            assert node.level in (0, 1), "only single-dot relative imports travel with a Hub folder"
             imported.add((node.module or "").split(".")[0])
-    assert imported - allowed - sys.stdlib_module_names == set()
+        elif in_functions or not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            imported |= imported_modules(node, in_functions)
+    return imported
+
+
+@pytest.mark.parametrize("file", [*HUB_FILES, HANDLER])
+def test_hub_files_import_only_the_standard_library_torch_transformers_and_each_other(file):
+    allowed = {"torch", "transformers", *(name.removesuffix(".py") for name in HUB_FILES)} | sys.stdlib_module_names
+    tree = ast.parse((REPO / file).read_text())
+    assert imported_modules(tree, in_functions=False) - allowed == set()
+    assert imported_modules(tree) - allowed - OPTIONAL_RUNTIMES == set()  # the extra's, inside the functions using it
 
 
 def test_a_folder_saved_by_the_previous_layout_loads_with_remote_code_and_with_this_code(tmp_path):

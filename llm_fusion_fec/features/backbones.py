@@ -301,8 +301,8 @@ def column_key(
         "shard_size": shard_size,  # shard i holds rows i*shard_size...: another size, other shards
         "feature_code": FEATURE_CODE_VERSION,
     }
-    if spec.get("quantization"):  # only when set, so that the caches of full-precision weights keep their keys
-        fields["quantization"] = spec["quantization"]
+    # Only when set, so that the caches of full-precision weights run by PyTorch keep their keys.
+    fields |= {key: spec[key] for key in ("quantization", "backend") if spec.get(key)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 

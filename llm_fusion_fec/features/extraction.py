@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import shutil
 import time
@@ -253,12 +254,12 @@ def _extract(
     cache_dir: Path,
 ) -> ExtractionResult:
     """`extract_fixed` once the arguments are checked and the data is read; `metadata` holds what is known so far."""
-    from modeling_llm_fusion import FrozenBackbone
+    from modeling_llm_fusion import FrozenBackbone, import_onnx_runtime
 
     rank, world = distributed()
-    device, dtype = _device_and_dtype(args.device, args.dtype, rank, world)
+    device, dtype = _device_and_dtype(args.device, args.dtype, rank, world, args.backend)
     metadata = dataclasses.replace(
-        metadata, backbones=_with_compute_settings(metadata.backbones, dtype, args.quantization)
+        metadata, backbones=_with_compute_settings(metadata.backbones, dtype, args.quantization, args.backend)
     )
     digests = {name: texts_digest(split) for name, split in data.items()}  # what each column's cache key hashes
     metadata = _keyed_metadata(metadata, data, digests, backbone_paths, dtype, args.shard_size)
@@ -269,6 +270,8 @@ def _extract(
     }
     for spec in metadata.backbones:  # refuse a backbone that cannot give these features before any work is done
         FrozenBackbone.check_config(spec, configs[spec.name])
+        if spec.backend is not None:
+            import_onnx_runtime(spec)
     if not str(device).startswith("cuda"):
         notice_large_models_on_cpu(metadata.backbones, configs, dtype)
     shards = Shards(cache_dir, metadata.column_keys, metadata.rows, args.shard_size)
@@ -338,27 +341,60 @@ def _compute_passes(
     return computed, throughput
 
 
-def _device_and_dtype(device: str | None, dtype: str | None, rank: int, world: int) -> tuple[str, str]:
+def _device_and_dtype(
+    device: str | None, dtype: str | None, rank: int, world: int, backend: str | None = None
+) -> tuple[str, str]:
     """Where and in which dtype this process computes, by default: its own GPU under a multi-process launch, else
-    `cuda` if there is a GPU, else the CPU; bfloat16 on a GPU, float32 on the CPU."""
+    `cuda` if there is a GPU, else the CPU; with `dtype` None or `"auto"`, bfloat16 on a GPU, and on the CPU
+    `cpu_auto_dtype` (float32 for the ONNX backends, which compute in it)."""
     import torch
 
     device = local_device(device, rank, world) or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    if dtype in (None, "auto"):
+        on_gpu = str(device).startswith("cuda")
+        dtype = "bfloat16" if on_gpu else "float32" if backend not in (None, "torch") else cpu_auto_dtype()
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto.")
     return device, dtype
 
 
-def _with_compute_settings(backbones: list[BackboneSpec], dtype: str, quantization: str | None) -> list[BackboneSpec]:
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX: the `amx_bf16` flag of /proc/cpuinfo), where
+    bfloat16 runs about 3 times as fast as float32 (docs/features.md)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in handle)
+    except OSError:  # not Linux: no way to ask, float32 is the safe choice
+        return False
+
+
+@functools.cache
+def cpu_auto_dtype() -> str:
+    """`--dtype auto` on a CPU: bfloat16 where it has AMX (`cpu_has_amx`), float32 elsewhere; said once in the log."""
+    dtype = "bfloat16" if cpu_has_amx() else "float32"
+    reason = "this CPU has AMX (amx_bf16)" if dtype == "bfloat16" else "this CPU has no AMX (amx_bf16)"
+    logger.warning(
+        f"--dtype auto: the backbones compute in {dtype} ({reason}); --dtype float32 or bfloat16 to choose."
+    )
+    return dtype
+
+
+def _with_compute_settings(
+    backbones: list[BackboneSpec], dtype: str, quantization: str | None, backend: str | None = None
+) -> list[BackboneSpec]:
     """The backbones with the compute dtype (and the quantization of the LLMs' views: the layer-pooled ones and the
-    other views of their models) they are extracted with: they go with the features and into the trained model's
-    config, so that serving computes alike. A bad dtype or quantization is refused here, before any work."""
+    other views of their models) and the backend (`--backend`: every backbone's; without it each keeps its own) they
+    are extracted with: they go with the features and into the trained model's config, so that serving computes
+    alike. A bad dtype, quantization or backend is refused here, before any work."""
     from configuration_llm_fusion import LAYER_POOLINGS
 
     llms = {spec.model for spec in backbones if spec.pooling in LAYER_POOLINGS}
     return [
-        spec.replace(dtype=dtype, **({"quantization": quantization} if quantization and spec.model in llms else {}))
+        spec.replace(
+            dtype=dtype,
+            **({"quantization": quantization} if quantization and spec.model in llms else {}),
+            **({"backend": backend} if backend is not None else {}),
+        )
         for spec in backbones
     ]
 

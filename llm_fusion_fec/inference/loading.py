@@ -75,9 +75,11 @@ def build_pipeline(
     dtype: str | None = None,
     batch_size: int = 8,
     max_tokens: int | None = None,
+    backend: str | None = None,
 ):
     """The `FECPipeline` of `model` (a folder or Hub id, loaded by `load_model`, or a loaded fusion model), its
-    backbones loaded once; `ValueError` in one line for a model that cannot be loaded or an unknown dtype."""
+    backbones loaded once; `ValueError` in one line for a model that cannot be loaded, an unknown dtype or a `backend`
+    other than the recorded one (`check_backend`)."""
     import torch
 
     from pipeline_fec import FECPipeline
@@ -89,6 +91,7 @@ def build_pipeline(
         model = load_model(model, **({"dtype": torch_dtype} if torch_dtype else {}))
     elif torch_dtype:
         model = model.to(torch_dtype)
+    check_backend(model.config, backend)
     return FECPipeline(
         model=model,
         backbone_paths=backbone_paths or {},
@@ -97,3 +100,21 @@ def build_pipeline(
         batch_size=batch_size,
         max_tokens=max_tokens,
     )
+
+
+def check_backend(config, backend: str | None) -> None:
+    """Refuse, in one line, a `--backend` other than the one the model's backbones were extracted with (the features
+    its head was trained on); `None` asks for nothing."""
+    from configuration_llm_fusion import BACKENDS
+
+    if backend is None:
+        return
+    if backend not in ("torch", *BACKENDS):
+        raise ValueError(f"Unknown --backend {backend!r}; allowed: torch, {', '.join(BACKENDS)}.")
+    recorded = {spec.name: spec.backend or "torch" for spec in config.backbones}
+    if others := {name: used for name, used in recorded.items() if used != backend}:
+        listed = ", ".join(f"{name} ({used})" for name, used in others.items())
+        raise ValueError(
+            f"--backend {backend}: this model's backbones were extracted with another backend ({listed}), and a "
+            "model is served with the backend its head was trained on; leave --backend out."
+        )

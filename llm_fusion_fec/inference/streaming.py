@@ -485,6 +485,7 @@ def load_pipeline(args: PredictArguments):
         args.dtype,
         args.batch_size,
         getattr(args, "max_tokens", None),
+        args.backend,
     )
 
 

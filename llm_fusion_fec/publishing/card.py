@@ -19,7 +19,7 @@ import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import PreTrainedModel, TrainingArguments
 
-from configuration_llm_fusion import LAYER_POOLINGS, MASK_SUFFIX, LLMFusionConfig, describe_pooling
+from configuration_llm_fusion import LAYER_POOLINGS, MASK_SUFFIX, LLMFusionConfig, describe_pooling, describe_precision
 from llm_fusion_fec.evaluation.calibration import BINNED_CONFIDENCES, ECE_BINS
 from llm_fusion_fec.evaluation.results import BASELINE_ROW, EnsembleResult, RunResults, SeedResult
 from llm_fusion_fec.publishing.confusion import CONFUSION_MATRIX_FILE
@@ -297,7 +297,10 @@ def model_variables(model: PreTrainedModel) -> dict:
         "labels": [config.id2label[i] for i in range(config.num_labels)],
         "multi_label": config.problem_type == "multi_label_classification",
         "num_parameters": model.num_parameters(),
-        "backbones": [{**backbone, "feature": describe_pooling(backbone)} for backbone in config.backbones],
+        "backbones": [
+            {**backbone, "feature": describe_pooling(backbone), "computed_with": describe_precision(backbone)}
+            for backbone in config.backbones
+        ],
         "llms": language_models(config),
         "feature_shapes": input_shapes(config),
         "token_views": config.token_views,

@@ -69,11 +69,14 @@ def training_arguments(card_data: FusionModelCardData) -> dict:
 
 def runtime_requirements(backbones: Iterable[Mapping]) -> list[str]:
     """What the model's own code (the Hub files) needs to run beside torch: transformers of the major version it is
-    written for, accelerate, and bitsandbytes where a backbone is quantized. An Endpoint and a Space install them."""
+    written for, accelerate, bitsandbytes where a backbone is quantized, onnxruntime and onnx where one runs with an
+    ONNX backend. An Endpoint and a Space install them."""
     major = int(version("transformers").split(".")[0])  # the major version the Hub files are written for
     requirements = [f"transformers>={major}.0,<{major + 1}", "accelerate"]
     if any(spec.get("quantization") for spec in backbones):
         requirements.append("bitsandbytes")
+    if any(spec.get("backend") for spec in backbones):
+        requirements += ["onnxruntime>=1.20", "onnx>=1.16"]
     return requirements
 
 
