@@ -192,13 +192,12 @@ def synthetic_features(
     return folder
 
 
-def tiny_fusion_model(tiny_backbones: list[dict], labels: list[str], problem_type: str):
-    """A tiny fusion model whose config names Hub ids (as a published one does), its backbones loaded from the
-    tiny local folders."""
-    torch.manual_seed(0)
-    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}", "revision": "v1"} for spec in tiny_backbones]
-    config = LLMFusionConfig(
-        backbones=hub_backbones,
+def tiny_head_config(
+    backbones: list[dict], labels: list[str], problem_type: str = "single_label_classification"
+) -> LLMFusionConfig:
+    """The config of a tiny fusion head (fusion width 16, one hidden layer of 16) over `backbones`, for `labels`."""
+    return LLMFusionConfig(
+        backbones=backbones,
         fusion_dim=16,
         mlp_dims=[16],
         num_labels=len(labels),
@@ -206,7 +205,14 @@ def tiny_fusion_model(tiny_backbones: list[dict], labels: list[str], problem_typ
         label2id={label: i for i, label in enumerate(labels)},
         problem_type=problem_type,
     )
-    model = LLMFusionForSequenceClassification(config).eval()
+
+
+def tiny_fusion_model(tiny_backbones: list[dict], labels: list[str], problem_type: str):
+    """A tiny fusion model whose config names Hub ids (as a published one does), its backbones loaded from the
+    tiny local folders."""
+    torch.manual_seed(0)
+    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}", "revision": "v1"} for spec in tiny_backbones]
+    model = LLMFusionForSequenceClassification(tiny_head_config(hub_backbones, labels, problem_type)).eval()
     model.load_backbones({spec["name"]: spec["model"] for spec in tiny_backbones}, device="cpu")
     return model
 

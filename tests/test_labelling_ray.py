@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import llm_fusion_fec.commands.predict as predict_command
-from configuration_llm_fusion import LLMFusionConfig
-from helpers import CORPUS, REPO, run_program
+from helpers import CORPUS, REPO, run_program, tiny_head_config
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import save_for_pipeline
 
@@ -39,14 +38,7 @@ def test_the_ray_recipe_labels_as_fec_predict(tmp_path, tiny_backbones):
     if importlib.util.find_spec("ray") is None:
         pytest.skip('ray is not installed (pip install ".[ray]")')
     torch.manual_seed(0)
-    config = LLMFusionConfig(  # the backbones are local folders: every actor reads them from there
-        backbones=tiny_backbones,
-        fusion_dim=16,
-        mlp_dims=[16],
-        num_labels=len(EMOTIONS),
-        id2label=dict(enumerate(EMOTIONS)),
-        label2id={label: i for i, label in enumerate(EMOTIONS)},
-    )
+    config = tiny_head_config(tiny_backbones, EMOTIONS)  # local backbone folders: every actor reads them from there
     save_for_pipeline(LLMFusionForSequenceClassification(config), tmp_path / "outputs" / "llm-fusion-ed")
     texts = [f"{text} {'and more words ' * (i % 5)}".strip() for i, text in enumerate(CORPUS * 15)]  # 300
     texts[7], texts[123] = "", "   "  # cannot be labelled: an empty label and no score

@@ -13,7 +13,7 @@ import llm_fusion_fec.commands.predict as predict_command
 import llm_fusion_fec.inference.predict as predict
 import llm_fusion_fec.inference.streaming as streaming
 from configuration_llm_fusion import LLMFusionConfig
-from helpers import run_program
+from helpers import run_program, tiny_head_config
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 from pipeline_fec import FECPipeline, save_for_pipeline
 
@@ -24,14 +24,8 @@ EMOTIONS = ["sad", "joyful", "angry", "afraid", "surprised"]
 def model_folder(tmp_path_factory, tiny_backbones):
     """A model saved as training saves it, its config naming Hub ids (the backbones come from --backbone-path)."""
     torch.manual_seed(0)
-    config = LLMFusionConfig(
-        backbones=[{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones],
-        fusion_dim=16,
-        mlp_dims=[16],
-        num_labels=len(EMOTIONS),
-        id2label=dict(enumerate(EMOTIONS)),
-        label2id={label: i for i, label in enumerate(EMOTIONS)},
-    )
+    hub_backbones = [{**spec, "model": f"fec-tests/tiny-{spec['name']}"} for spec in tiny_backbones]
+    config = tiny_head_config(hub_backbones, EMOTIONS)
     folder = tmp_path_factory.mktemp("model")
     save_for_pipeline(LLMFusionForSequenceClassification(config), folder)
     return folder

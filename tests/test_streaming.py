@@ -22,8 +22,7 @@ import torch
 
 import llm_fusion_fec.commands.predict as predict_command
 import llm_fusion_fec.inference.streaming as streaming
-from configuration_llm_fusion import LLMFusionConfig
-from helpers import CORPUS, REPO
+from helpers import CORPUS, REPO, tiny_head_config
 from modeling_llm_fusion import LLMFusionEnsembleForSequenceClassification, LLMFusionForSequenceClassification
 from pipeline_fec import FECPipeline, save_for_pipeline
 
@@ -36,16 +35,7 @@ def saved_model(folder, tiny_backbones, problem_type="single_label_classificatio
     heads = []
     for seed in range(members):
         torch.manual_seed(seed)
-        config = LLMFusionConfig(
-            backbones=specs,
-            fusion_dim=16,
-            mlp_dims=[16],
-            num_labels=len(EMOTIONS),
-            id2label=dict(enumerate(EMOTIONS)),
-            label2id={label: i for i, label in enumerate(EMOTIONS)},
-            problem_type=problem_type,
-        )
-        heads.append(LLMFusionForSequenceClassification(config))
+        heads.append(LLMFusionForSequenceClassification(tiny_head_config(specs, EMOTIONS, problem_type)))
     model = heads[0] if members == 1 else LLMFusionEnsembleForSequenceClassification.from_members(heads)
     save_for_pipeline(model, folder)
     return folder
@@ -292,7 +282,7 @@ def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), streaming.CHUNK_DELAY_VARIABLE: "0.3"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunks, record = random.Random().randint(1, 7), streaming.record_path(resumed)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a fresh process on a loaded machine can take minutes to write its chunks
     while time.monotonic() < deadline and process.poll() is None:
         if record.exists() and json.loads(record.read_text() or "{}").get("chunks_done", 0) >= chunks:
             break
@@ -300,6 +290,7 @@ def test_kill_9_at_a_random_chunk_then_rerun(models, backbone_args, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    assert record.exists(), f"no chunk was recorded in 600 s, where the kill was to land after chunk {chunks}"
     assert json.loads(record.read_text())["chunks_done"] < len(TEXTS) // 2, f"killed after chunk {chunks}: too late"
     assert predict(models["single"], source, resumed, backbone_args, "--chunk-size", "2") == 0
     assert resumed.read_bytes() == whole.read_bytes()
