@@ -5,6 +5,7 @@ where the runtime is missing or another backend is asked for."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import re
@@ -14,7 +15,7 @@ import torch
 from transformers import pipeline
 
 import modeling_llm_fusion
-from configuration_llm_fusion import PROMPT_EOL, BackboneSpec
+from configuration_llm_fusion import PRESETS, PROMPT_EOL, BackboneSpec
 from helpers import CORPUS, write_csv_dataset
 from llm_fusion_fec.data.splits import build_config
 from llm_fusion_fec.features import extraction
@@ -220,3 +221,27 @@ def build_config_of(specs: list[BackboneSpec]):
     from configuration_llm_fusion import LLMFusionConfig
 
     return LLMFusionConfig(backbones=specs, fusion_dim=16, mlp_dims=[8], num_labels=3)
+
+
+REAL_INT8_COSINE = (0.98, 0.93)
+"""The least mean and the least single cosine of an `"onnx-int8"` feature of the real small trio to float32's
+(measured on 640 ED test texts, bench/results/backend_cpu.txt: means 0.986-0.999, the least 0.952, mpnet's)."""
+
+
+@pytest.mark.real
+def test_the_small_trio_through_onnx_runtime(small_models, data_dir):
+    """The `small` preset's views of the real backbones: float32's features through `onnx` (within rounding) and
+    within the measured drift through `onnx-int8`."""
+    with open(data_dir / "ED" / "test.csv", newline="", encoding="utf-8") as file:
+        texts = [row["text"] for _, row in zip(range(32), csv.DictReader(file))]
+    specs = [BackboneSpec.from_dict(spec) for spec in PRESETS["small"]["backbones"]]
+    paths = {**small_models, "llama_window": small_models["llama"]}
+    by_backend = {}
+    for backend in (None, "onnx", "onnx-int8"):
+        plan = FeaturePlan([spec.replace(backend=backend) for spec in specs], paths)
+        loaded = {view.spec.name: view for views in plan.models() for view in plan.load(views, "cpu")}
+        by_backend[backend] = plan.features(loaded, texts, 16)
+    for name, expected in by_backend[None].items():
+        for backend, (least_mean, least) in (("onnx", (0.99999, 0.9999)), ("onnx-int8", REAL_INT8_COSINE)):
+            cosine = torch.nn.functional.cosine_similarity(by_backend[backend][name].float(), expected.float(), dim=-1)
+            assert cosine.mean() >= least_mean and cosine.min() >= least, (name, backend, cosine.mean(), cosine.min())
