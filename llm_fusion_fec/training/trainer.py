@@ -16,7 +16,7 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
-    default_data_collator,
     set_seed,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -36,7 +35,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from configuration_llm_fusion import MASK_SUFFIX, LLMFusionConfig
 from llm_fusion_fec.data.splits import is_token_column, token_rows
 from llm_fusion_fec.evaluation.results import EpochRecord
-from modeling_llm_fusion import LLMFusionForSequenceClassification, pad_token_states
+from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 CHECKPOINT_SELECTIONS = ("best", "last_improvement")
 PROTOCOL_FILE = "protocol.json"  # the stopping rules' state, saved in each checkpoint folder to resume
@@ -126,6 +125,25 @@ class SeedOrderBatches:
             yield orders[:, start : start + self.batch_size].reshape(-1)
 
 
+class RowOrderBatches:
+    """The rows in their order, `batch_size` at a time: what evaluation and prediction read (`InMemoryBatches`)."""
+
+    seeds = ()
+
+    def __init__(self, num_rows: int, batch_size: int):
+        self.num_rows, self.batch_size = num_rows, batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, self.num_rows, self.batch_size):
+            yield torch.arange(start, min(start + self.batch_size, self.num_rows))
+
+
 class TokenRows:
     """A token view's column held on the training device as stored: the token rows of every text one after the
     other, and where each text's begin. `gather` pads a batch's texts to the longest with zeros, with the mask, as
@@ -153,7 +171,8 @@ class TokenRows:
 
 
 class InMemoryBatches:
-    """The training split held as tensors on the training device, served in `SeedOrderBatches` order.
+    """A split held as tensors on the training device, served in `SeedOrderBatches` order (training) or
+    `RowOrderBatches` order (evaluation and prediction).
 
     Replaces the Arrow-backed `DataLoader` during training: no per-row reads or collation, and on a GPU the features
     are copied to the device once and every batch is indexed there (one small index copy per epoch, nothing read back
@@ -162,7 +181,7 @@ class InMemoryBatches:
     adds the view's mask (`NAME_mask`).
     """
 
-    def __init__(self, split, batches: SeedOrderBatches, device: torch.device, stacked: bool):
+    def __init__(self, split, batches: SeedOrderBatches | RowOrderBatches, device: torch.device, stacked: bool):
         self.dataset = split  # `Trainer.num_examples` reads its length
         self.batches, self.stacked = batches, stacked
         tokens = [name for name in split.column_names if is_token_column(split.features[name])]
@@ -200,20 +219,6 @@ def build_model(config: LLMFusionConfig, seed: int, statistics: dict | None) -> 
     if config.standardize_features:
         model.set_feature_statistics(statistics)
     return model
-
-
-def collate_features(token_views: Sequence[str]) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """The `Trainer`'s collator of evaluation and prediction rows (`InMemoryBatches` serves training): each token
-    view padded with its mask (`pad_token_states`, as the pipeline pads), every other column as `Trainer` collates
-    it."""
-
-    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = default_data_collator([{k: v for k, v in row.items() if k not in token_views} for row in rows])
-        for name in token_views:
-            batch[name], batch[name + MASK_SUFFIX] = pad_token_states([torch.as_tensor(row[name]) for row in rows])
-        return batch
-
-    return collate
 
 
 def group_folder(runs_dir: Path, seeds: list[int]) -> Path:
@@ -361,18 +366,16 @@ class FusionTrainer(Trainer):
     """`Trainer` for the fusion head (one seed, or a `SeedStack` of several) under the paper protocol.
 
     - Data order: each seed reads the training rows in its own `epoch_order`, from tensors held in memory
-      (`InMemoryBatches`); `seeds` names the seeds (the model's seed dimension, in order).
+      (`InMemoryBatches`); `seeds` names the seeds (the model's seed dimension, in order). Evaluation and prediction
+      read their splits in order, from memory too.
     - No gradient norm when gradients are not clipped (the paper's protocol): `Trainer` would compute it after every
       step for its logs, a sixth of a step of this small head on a CPU.
     - One parameter group without weight decay (Adam, the paper's optimizer): one fused AdamW call per step, not two.
     - A cheap FLOPs count (the head has no embeddings to leave out).
-    - Token views (a config's `token_views`) are padded with their masks in every batch (`collate_features`).
+    - Token views (a config's `token_views`) are padded with their masks in every batch (`TokenRows`).
     """
 
     def __init__(self, *args, seeds: list[int] | None = None, **kwargs):
-        config = getattr(kwargs.get("model", args[0] if args else None), "config", None)
-        if getattr(config, "token_views", None) and kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = collate_features(config.token_views)
         super().__init__(*args, **kwargs)
         self.seeds = seeds or [self.args.seed]
         self._seed_model: LLMFusionForSequenceClassification | None = None
@@ -389,6 +392,14 @@ class FusionTrainer(Trainer):
     def get_train_dataloader(self) -> InMemoryBatches:
         batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds)
         return InMemoryBatches(self.train_dataset, batches, self.args.device, isinstance(self.model, SeedStack))
+
+    def get_eval_dataloader(self, eval_dataset=None) -> InMemoryBatches:
+        return self.get_test_dataloader(self.eval_dataset if eval_dataset is None else eval_dataset)
+
+    def get_test_dataloader(self, test_dataset) -> InMemoryBatches:
+        # Token views read row by row from Arrow cost seconds a pass; held in memory, milliseconds.
+        batches = RowOrderBatches(len(test_dataset), self.args.eval_batch_size)
+        return InMemoryBatches(test_dataset, batches, self.args.device, stacked=False)
 
     def _get_grad_norm(self, model, grad_norm=None):
         if grad_norm is None and not self.args.max_grad_norm:
@@ -653,7 +664,6 @@ __all__ = [
     "StoppingRule",
     "build_model",
     "check_run",
-    "collate_features",
     "epoch_order",
     "flush_denormals",
     "group_folder",
