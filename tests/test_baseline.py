@@ -191,3 +191,15 @@ def test_baseline_false_fits_none(lexical_features, tmp_path, caplog):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["baseline"] is None
     card = (tmp_path / "out" / "README.md").read_text()
     assert BASELINE_ROW not in card and BASELINE_ROW not in format_results_table(results)
+
+
+def test_cue_words_come_from_train_counts_and_a_text_reads_its_first():
+    from bench.lexical_cues import cue_words, first_cue
+
+    texts = ["so thankful today"] * 4 + ["thankful but sad"] + ["jealous of them"] * 3 + ["a jealous day", "ok"]
+    labels = np.array([0, 0, 0, 0, 1, 2, 2, 2, 1, 1])
+    # "thankful": 5 texts, 4 of label 0 (80%); "jealous": 4 texts, 3 of label 2 (75%); "so": 4 texts, all label 0.
+    assert cue_words(texts, labels, precision=0.8, min_texts=4) == {"so": 0, "thankful": 0, "today": 0}
+    assert cue_words(texts, labels, precision=0.75, min_texts=5) == {"thankful": 0}
+    cues = {"thankful": 0, "jealous": 2}
+    assert first_cue("Jealous, yet THANKFUL", cues) == 2 and first_cue("nothing here", cues) is None
