@@ -14,6 +14,7 @@ from transformers import AutoModel, AutoTokenizer, pipeline
 from configuration_llm_fusion import BackboneSpec, LLMFusionConfig, token_view
 from helpers import CORPUS, write_csv_dataset
 from llm_fusion_fec.data.splits import check_finite, training_splits
+from llm_fusion_fec.features.extraction import TOKEN_ATTENTION_QUERIES
 from llm_fusion_fec.features.metadata import METADATA_FILE, load_features
 from llm_fusion_fec.features.run import extract
 from llm_fusion_fec.training.run import FusionTrainingArguments, train
@@ -79,6 +80,7 @@ def test_token_features_equal_an_independent_computation(token_features, tiny_ba
     data, metadata = load_features(result.output_dir)
     assert [spec.name for spec in metadata.backbones] == ["llama", "bert", "llama_tokens", "bert_tokens"]
     assert metadata.head["token_pooling"] == "attention"  # training reads them by default
+    assert metadata.head["attention_queries"] == TOKEN_ATTENTION_QUERIES
     for split in data.values():
         assert split.features["llama_tokens"] == Array2D(shape=(None, 32), dtype="float16")
         assert split.features["bert_tokens"] == Array2D(shape=(None, 32), dtype="float16")
@@ -251,6 +253,7 @@ def test_the_attention_head_trains_saves_reloads_and_serves_as_the_trainer_predi
     assert losses[-1] < 0.5 * losses[0]
     model = LLMFusionForSequenceClassification.from_pretrained(output).eval()
     assert model.config.token_pooling == "attention" and model.config.token_views == ["llama_tokens"]
+    assert model.config.attention_queries == TOKEN_ATTENTION_QUERIES  # as the features recorded
     assert "token_attention.llama_tokens.scores.weight" in model.state_dict()
     card = (output / "README.md").read_text()
     assert "The token views (llama_tokens: one vector per token of the text) are first pooled" in card

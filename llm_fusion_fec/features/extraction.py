@@ -93,6 +93,10 @@ class ExtractionResult:
 
 # ---- extraction ----
 
+TOKEN_ATTENTION_QUERIES = 4
+"""Queries a token view's attention head learns when features with token views are trained without
+`--attention_queries`: chosen on ED's validation split over 1 and 4 (docs/results.md, token attention)."""
+
 
 def extract_fixed(
     args: ExtractArguments | str = "ED",
@@ -158,12 +162,12 @@ def extract_fixed(
 
 def head_options(preset: str, backbones: list[BackboneSpec]) -> dict:
     """The head options recorded with the features (training's defaults): the preset's, and with token views the
-    head that reads them (`token_pooling="attention"`)."""
+    head that reads them: attention with `TOKEN_ATTENTION_QUERIES` queries a view."""
     from configuration_llm_fusion import PRESETS, TOKENS
 
     head = dict(PRESETS.get(preset, {}).get("head", {}))
     if any(spec.pooling == TOKENS for spec in backbones):
-        head["token_pooling"] = "attention"
+        head |= {"token_pooling": "attention", "attention_queries": TOKEN_ATTENTION_QUERIES}
     return head
 
 
