@@ -133,9 +133,6 @@ class RowOrderBatches:
     def __init__(self, num_rows: int, batch_size: int):
         self.num_rows, self.batch_size = num_rows, batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
     def __len__(self) -> int:
         return math.ceil(self.num_rows / self.batch_size)
 
