@@ -316,6 +316,35 @@ def test_the_bench_compares_the_heads_on_validation(lexical_features, tmp_path, 
     assert "attention, 2 queries" in capsys.readouterr().out
 
 
+def test_a_hard_subset_is_a_data_set_of_its_own_labels(lexical_features, tmp_path):
+    from bench.hard_subsets import restrict, subset_run, table
+    from llm_fusion_fec.commands.train import parse_args
+    from llm_fusion_fec.training.run import prepare
+
+    setup = prepare(*parse_args(["--features_dir", str(lexical_features), "--output_dir", str(tmp_path / "x")]))
+    subset = restrict(setup, ["angry", "sad"])
+    assert subset.config.id2label == {0: "angry", 1: "sad"} and subset.config.num_labels == 2
+    for split in ("train", "validation", "test"):
+        labels = np.asarray(setup.texts[split]["label"])
+        rows = np.flatnonzero(labels != 1)  # happy (1) left out; angry (2) -> 0, sad (0) -> 1
+        assert subset.texts[split]["text"] == [setup.texts[split]["text"][i] for i in rows]
+        features, expected = subset.data[split][:], setup.data[split].select(rows)[:]
+        assert features["labels"].tolist() == list(subset.texts[split]["label"]) == (labels[rows] == 0).tolist()
+        assert torch.equal(features["llama"], expected["llama"])
+    with pytest.raises(ValueError, match=r"Labels \['calm'\] are not labels of these features"):
+        restrict(setup, ["angry", "calm"])
+
+    record = subset_run(
+        str(lexical_features), ["angry", "sad"], "attention", 2, tmp_path / "run", ["--max_steps", "2"]
+    )
+    assert record["rows"] == dict.fromkeys(("train", "validation", "test"), 32)
+    assert len(record["test_accuracy"]) == 2 and 0 <= record["ensemble_accuracy"] <= 100
+    assert record["floor_accuracy"] == 100.0  # the cue word gives the label
+    lines = table([{"subset": "a", **record}], ["a"]).splitlines()
+    assert lines[-2].startswith("| this project, head `attention`, 2 seeds (std), ensemble | ")
+    assert lines[-1] == "| bag-of-words floor | 100.0 |"
+
+
 def test_non_finite_token_features_are_refused_naming_the_row():
     spec = BackboneSpec.from_dict({"name": "llama_tokens", "model": "m", "pooling": "tokens", "hidden_size": 4})
     config = LLMFusionConfig(backbones=[spec], num_labels=3, token_pooling="attention")
