@@ -93,11 +93,12 @@ def subset_run(features_dir: str, names: Sequence[str], head: str, seeds: int, w
         batch = recipe(args.protocol, len(setup.data["train"])).get("per_device_train_batch_size")
         training_args = dataclasses.replace(training_args, per_device_train_batch_size=batch or 10)
     floor = fit_baseline(setup)
-    start, models, accuracies, epochs = time.perf_counter(), {}, [], []
+    start, models, accuracies, validation, epochs = time.perf_counter(), {}, [], [], []
     for seed in range(training_args.seed, training_args.seed + seeds):
         ((result, model),) = train_seeds(setup, training_args, [seed], work_dir / "runs")
         models[seed] = model
         accuracies.append(100 * result.test["accuracy"])
+        validation.append(100 * result.validation["accuracy"])
         epochs.append(result.best_epoch)
     _, ensemble = ensemble_of(setup, training_args, work_dir / "runs", list(models), models)
     return {
@@ -105,6 +106,7 @@ def subset_run(features_dir: str, names: Sequence[str], head: str, seeds: int, w
         "labels": list(names),
         "rows": {split: len(rows) for split, rows in setup.data.items()},
         "test_accuracy": accuracies,
+        "validation_accuracy": validation,
         "kept_epochs": epochs,
         "ensemble_accuracy": 100 * ensemble.test["accuracy"],
         "floor_accuracy": 100 * floor.test["accuracy"] if floor else None,
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(
                 f"4-hard-{key} {head}: test accuracy {np.mean(record['test_accuracy']):.2f} "
                 f"+- {np.std(record['test_accuracy']):.2f}, ensemble {record['ensemble_accuracy']:.2f}, "
-                f"floor {record['floor_accuracy']}, {record['seconds']} s",
+                f"floor {record['floor_accuracy'] or float('nan'):.2f}, {record['seconds']} s",
                 flush=True,
             )
             if options.output:
