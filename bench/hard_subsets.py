@@ -94,8 +94,9 @@ def subset_run(features_dir: str, names: Sequence[str], head: str, seeds: int, w
         training_args = dataclasses.replace(training_args, per_device_train_batch_size=batch or 10)
     floor = fit_baseline(setup)
     start, models, accuracies, validation, epochs = time.perf_counter(), {}, [], [], []
-    for seed in range(training_args.seed, training_args.seed + seeds):
-        ((result, model),) = train_seeds(setup, training_args, [seed], work_dir / "runs")
+    for number, seed in enumerate(range(training_args.seed, training_args.seed + seeds), 1):
+        numbers = {seed: (number, seeds)}  # the progress lines say "seed 2/5", as a run's do
+        ((result, model),) = train_seeds(setup, training_args, [seed], work_dir / "runs", numbers=numbers)
         models[seed] = model
         accuracies.append(100 * result.test["accuracy"])
         validation.append(100 * result.validation["accuracy"])
