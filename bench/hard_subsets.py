@@ -89,7 +89,8 @@ def subset_run(features_dir: str, names: Sequence[str], head: str, seeds: int, w
     argv = ["--features_dir", features_dir, "--output_dir", str(work_dir), "--seeds", str(seeds), *flags]
     args, training_args = parse_args([*argv, "--token_pooling", head, "--disable_tqdm", "true", "--report_to", "none"])
     setup = restrict(prepare(args, training_args), names)
-    if "--per_device_train_batch_size" not in flags:  # the recipe's batch for this many rows, as a run sizes it
+    given = {flag.split("=")[0].replace("-", "_") for flag in flags if flag.startswith("--")}
+    if "__per_device_train_batch_size" not in given:  # the recipe's batch for this many rows, as a run sizes it
         batch = recipe(args.protocol, len(setup.data["train"])).get("per_device_train_batch_size")
         training_args = dataclasses.replace(training_args, per_device_train_batch_size=batch or 10)
     floor = fit_baseline(setup)
