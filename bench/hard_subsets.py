@@ -79,19 +79,28 @@ def restrict(setup, names: Sequence[str]):
     )
 
 
-def subset_run(features_dir: str, names: Sequence[str], head: str, seeds: int, work_dir: Path, flags: list[str]):
+def load_head(features_dir: str, head: str, seeds: int, flags: list[str]):
+    """The features read and checked once for a head (`prepare`), with its run's arguments: every subset cuts its
+    rows from them."""
+    from llm_fusion_fec.commands.train import parse_args
+    from llm_fusion_fec.training.run import prepare
+
+    argv = ["--features_dir", features_dir, "--seeds", str(seeds), *flags]
+    args, training_args = parse_args([*argv, "--token_pooling", head, "--disable_tqdm", "true", "--report_to", "none"])
+    given = {flag.split("=")[0].replace("-", "_") for flag in flags if flag.startswith("--")}
+    return prepare(args, training_args), args.protocol, training_args, "__per_device_train_batch_size" in given
+
+
+def subset_run(setup, protocol: str, training_args, batch_given: bool, names: Sequence[str], seeds: int, work_dir):
     """One head on one subset: its seeds trained one after another and scored once on test, their ensemble, and the
     bag-of-words floor of the subset's texts. Returns a record of test accuracies (%) and seconds."""
-    from llm_fusion_fec.commands.train import parse_args
     from llm_fusion_fec.training.protocols import recipe
-    from llm_fusion_fec.training.run import ensemble_of, fit_baseline, prepare, train_seeds
+    from llm_fusion_fec.training.run import ensemble_of, fit_baseline, train_seeds
 
-    argv = ["--features_dir", features_dir, "--output_dir", str(work_dir), "--seeds", str(seeds), *flags]
-    args, training_args = parse_args([*argv, "--token_pooling", head, "--disable_tqdm", "true", "--report_to", "none"])
-    setup = restrict(prepare(args, training_args), names)
-    given = {flag.split("=")[0].replace("-", "_") for flag in flags if flag.startswith("--")}
-    if "__per_device_train_batch_size" not in given:  # the recipe's batch for this many rows, as a run sizes it
-        batch = recipe(args.protocol, len(setup.data["train"])).get("per_device_train_batch_size")
+    head = setup.config.token_pooling or "none"
+    setup = restrict(setup, names)
+    if not batch_given:  # the recipe's batch for this many rows, as a run sizes it
+        batch = recipe(protocol, len(setup.data["train"])).get("per_device_train_batch_size")
         training_args = dataclasses.replace(training_args, per_device_train_batch_size=batch or 10)
     floor = fit_baseline(setup)
     start, models, accuracies, validation, epochs = time.perf_counter(), {}, [], [], []
@@ -151,12 +160,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # A rerun with the same --output goes on after the last subset and head written there.
     records = json.loads(options.output.read_text()) if options.output and options.output.exists() else []
     done = {(record["subset"], record["head"]) for record in records}
-    for key in options.subsets:
-        for head in options.heads:
-            if (key, head) in done:
-                continue
+    for head in options.heads:
+        pending = [key for key in options.subsets if (key, head) not in done]
+        loaded = load_head(options.features_dir, head, options.seeds, flags) if pending else None
+        for key in pending:
             folder = options.work_dir / f"{key}-{head}"
-            record = subset_run(options.features_dir, SUBSETS[key], head, options.seeds, folder, flags)
+            record = subset_run(*loaded, SUBSETS[key], options.seeds, folder)
             records.append({"subset": key, **record})
             print(
                 f"4-hard-{key} {head}: test accuracy {np.mean(record['test_accuracy']):.2f} "

@@ -317,7 +317,7 @@ def test_the_bench_compares_the_heads_on_validation(lexical_features, tmp_path, 
 
 
 def test_a_hard_subset_is_a_data_set_of_its_own_labels(lexical_features, tmp_path):
-    from bench.hard_subsets import restrict, subset_run, table
+    from bench.hard_subsets import load_head, restrict, subset_run, table
     from llm_fusion_fec.commands.train import parse_args
     from llm_fusion_fec.training.run import prepare
 
@@ -334,9 +334,8 @@ def test_a_hard_subset_is_a_data_set_of_its_own_labels(lexical_features, tmp_pat
     with pytest.raises(ValueError, match=r"Labels \['calm'\] are not labels of these features"):
         restrict(setup, ["angry", "calm"])
 
-    record = subset_run(
-        str(lexical_features), ["angry", "sad"], "attention", 2, tmp_path / "run", ["--max_steps", "2"]
-    )
+    loaded = load_head(str(lexical_features), "attention", 2, ["--max_steps", "2"])
+    record = subset_run(*loaded, ["angry", "sad"], 2, tmp_path / "run")
     assert record["rows"] == dict.fromkeys(("train", "validation", "test"), 32)
     assert len(record["test_accuracy"]) == 2 and 0 <= record["ensemble_accuracy"] <= 100
     assert record["floor_accuracy"] == 100.0  # the cue word gives the label
