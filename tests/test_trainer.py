@@ -87,6 +87,28 @@ def test_seed_order_is_the_same_alone_and_together():
     assert not torch.equal(epoch_order(5, 0, 23), epoch_order(5, 1, 23))  # a new order every epoch
 
 
+def test_group_by_length_batches_rows_of_like_length_in_each_seeds_own_order():
+    lengths = torch.randint(1, 60, (230,))
+    grouped = SeedOrderBatches(230, 20, [5, 6], lengths)
+    batches = list(grouped)
+    assert [len(batch) for batch in batches] == [40] * 11 + [20]
+    for seed_index, seed in enumerate((5, 6)):
+        own = [batch.view(2, -1)[seed_index] for batch in batches]
+        assert sorted(torch.cat(own).tolist()) == list(range(230))  # every row once an epoch
+        assert all(torch.equal(a, b) for a, b in zip(own, SeedOrderBatches(230, 20, [seed], lengths), strict=True))
+        padded = sum(int(lengths[batch].max()) * len(batch) for batch in own)
+        shuffled = sum(int(lengths[batch].max()) * len(batch) for batch in SeedOrderBatches(230, 20, [seed]))
+        assert padded < 0.8 * shuffled  # less padding than the random order's
+    assert not torch.equal(torch.cat(batches), torch.cat(list(SeedOrderBatches(230, 20, [6, 5], lengths))))
+    grouped.set_epoch(1)
+    assert not torch.equal(torch.cat(list(grouped)), torch.cat(batches))  # a new order every epoch
+
+
+def test_an_unknown_sampling_strategy_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^--train_sampling_strategy 'sequential': the fusion head's trainer reads"):
+        train_fusion.FusionTrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="sequential")
+
+
 def _metrics(scripted: dict[int, list[float]], epoch: int) -> dict[str, float]:
     """An evaluation's metrics as `per_seed_metrics` names them: each seed's scripted loss (and -loss as F1)."""
     metrics = {}

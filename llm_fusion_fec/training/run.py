@@ -76,6 +76,7 @@ from llm_fusion_fec.publishing.saving import RUNS_DIR, check_output_folder, save
 from llm_fusion_fec.training.protocols import protocol_name, recipe
 from llm_fusion_fec.training.trainer import (
     CHECKPOINT_SELECTIONS,
+    SAMPLING_STRATEGIES,
     FusionTrainer,
     ProtocolCallback,
     SeedProgress,
@@ -123,6 +124,22 @@ class FusionTrainingArguments(ProtocolArguments, TrainingArguments):
         default_factory=torch.accelerator.is_available,
         metadata={"help": "Pin batches in memory for a fast copy to the accelerator; off where there is none."},
     )
+    train_sampling_strategy: str = field(
+        default="random",
+        metadata={
+            "help": "random (each seed's own order), or group_by_length: batches of texts of like length, so that "
+            "token views are padded less (as transformers' LengthGroupedSampler groups them).",
+            "choices": list(SAMPLING_STRATEGIES),
+        },
+    )
+
+    def __post_init__(self):
+        if self.train_sampling_strategy not in SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"--train_sampling_strategy {self.train_sampling_strategy!r}: the fusion head's trainer reads "
+                f"{' or '.join(SAMPLING_STRATEGIES)}."
+            )
+        super().__post_init__()
 
 
 # ---- training ----

@@ -31,14 +31,18 @@ from transformers import (
     set_seed,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers.utils import logging
 
 from configuration_llm_fusion import MASK_SUFFIX, LLMFusionConfig
-from llm_fusion_fec.data.splits import is_token_column, token_rows
+from llm_fusion_fec.data.splits import is_token_column, token_lengths, token_rows
 from llm_fusion_fec.evaluation.results import EpochRecord
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
 CHECKPOINT_SELECTIONS = ("best", "last_improvement")
 PROTOCOL_FILE = "protocol.json"  # the stopping rules' state, saved in each checkpoint folder to resume
+
+logger = logging.get_logger(__name__)
 
 
 class NonFiniteError(ValueError):
@@ -98,19 +102,28 @@ class StoppingRule:
 # ---- the data order ----
 
 
-def epoch_order(seed: int, epoch: int, num_rows: int) -> torch.Tensor:
+SAMPLING_STRATEGIES = ("random", "group_by_length")
+
+
+def epoch_order(seed: int, epoch: int, num_rows: int, lengths: list[int] | None = None, batch_size: int = 1):
     """The order in which `seed` reads the training rows in `epoch`: one fixed permutation per (seed, epoch), the
-    same whether the seed trains alone or beside others."""
+    same whether the seed trains alone or beside others. With each row's `lengths`, the permutation's rows are
+    grouped into batches of `batch_size` rows of like length, as transformers' `LengthGroupedSampler` groups them
+    (`train_sampling_strategy="group_by_length"`): less padding in each batch of token views."""
     generator = torch.Generator().manual_seed(seed * 2**20 + epoch)
-    return torch.randperm(num_rows, generator=generator)
+    if lengths is None:
+        return torch.randperm(num_rows, generator=generator)
+    return torch.tensor(get_length_grouped_indices(lengths, batch_size, generator=generator))
 
 
 class SeedOrderBatches:
     """The rows of each step: `batch_size` rows of every seed, each seed in its own `epoch_order`, seeds one after the
-    other (`(num_seeds * batch_size,)` indices; the last step of an epoch may be shorter, equally for every seed)."""
+    other (`(num_seeds * batch_size,)` indices; the last step of an epoch may be shorter, equally for every seed).
+    With each row's `lengths`, a batch holds rows of like length (`epoch_order`)."""
 
-    def __init__(self, num_rows: int, batch_size: int, seeds: list[int]):
+    def __init__(self, num_rows: int, batch_size: int, seeds: list[int], lengths: torch.Tensor | None = None):
         self.num_rows, self.batch_size, self.seeds = num_rows, batch_size, list(seeds)
+        self.lengths = None if lengths is None else lengths.tolist()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,7 +133,9 @@ class SeedOrderBatches:
         return math.ceil(self.num_rows / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        orders = torch.stack([epoch_order(seed, self.epoch, self.num_rows) for seed in self.seeds])
+        orders = torch.stack(
+            [epoch_order(seed, self.epoch, self.num_rows, self.lengths, self.batch_size) for seed in self.seeds]
+        )
         for start in range(0, self.num_rows, self.batch_size):
             yield orders[:, start : start + self.batch_size].reshape(-1)
 
@@ -369,7 +384,8 @@ class FusionTrainer(Trainer):
       step for its logs, a sixth of a step of this small head on a CPU.
     - One parameter group without weight decay (Adam, the paper's optimizer): one fused AdamW call per step, not two.
     - A cheap FLOPs count (the head has no embeddings to leave out).
-    - Token views (a config's `token_views`) are padded with their masks in every batch (`TokenRows`).
+    - Token views (a config's `token_views`) are padded with their masks in every batch (`TokenRows`);
+      `train_sampling_strategy="group_by_length"` batches rows of like length (less padding).
     """
 
     def __init__(self, *args, seeds: list[int] | None = None, **kwargs):
@@ -387,7 +403,14 @@ class FusionTrainer(Trainer):
         return self._seed_model
 
     def get_train_dataloader(self) -> InMemoryBatches:
-        batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds)
+        lengths = None
+        if self.args.train_sampling_strategy == "group_by_length":
+            lengths = token_lengths(self.train_dataset)
+            if lengths is None:
+                logger.warning(
+                    "group_by_length: these features have no token views to group; rows are read in random order."
+                )
+        batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds, lengths)
         return InMemoryBatches(self.train_dataset, batches, self.args.device, isinstance(self.model, SeedStack))
 
     def get_eval_dataloader(self, eval_dataset=None) -> InMemoryBatches:
