@@ -488,6 +488,7 @@ def test_an_output_folder_with_other_files_is_refused(ed_features, tmp_path):
         (["--standardize_features", "true"], "head.standardize_features"),
         (["--learning_rate", "0.001"], "training.learning_rate"),
         (["--early_stopping_metrics", "loss"], "protocol.metrics"),
+        (["--max_steps", "4", "--train_sampling_strategy", "group_by_length"], "training.train_sampling_strategy"),
     ],
 )
 def test_resuming_with_other_features_or_options_is_refused(ed_features, tmp_path, changed, difference):

@@ -684,6 +684,9 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
     }
     if setup.config.token_pooling is not None:  # only when set, so that runs begun before it resume
         head |= {key: getattr(setup.config, key) for key in ("token_pooling", "attention_queries")}
+    training = {key: getattr(training_args, key) for key in keys}
+    if training_args.train_sampling_strategy != "random":  # only when set, so that runs begun before it resume
+        training["train_sampling_strategy"] = training_args.train_sampling_strategy
     multi_label = setup.config.problem_type == "multi_label_classification"
     return json.loads(
         json.dumps(
@@ -700,7 +703,7 @@ def run_signature(setup: Setup, args: FusionArguments, training_args: TrainingAr
                 "batch_seeds": trains_together(args),
                 # Multi-label evaluations were once scored at 0.5: a run begun then must not resume under this rule.
                 "multi_label_threshold": "each evaluation" if multi_label else None,
-                "training": {key: getattr(training_args, key) for key in keys},
+                "training": training,
             },
             default=str,
         )
