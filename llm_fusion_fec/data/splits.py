@@ -93,29 +93,14 @@ def is_token_column(feature) -> bool:
 def token_rows(split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A token view's column read at once, as stored: every row of every text, `(tokens, width)` (texts one after
     the other), and each text's number of rows `(texts,)`. Read from the Arrow buffers, not text by text."""
-    storage = _token_storage(split, name)
-    width = split.features[name].shape[1]
-    values = [chunk.flatten().flatten().to_numpy(zero_copy_only=False) for chunk in storage]
-    values = np.concatenate(values) if values else np.zeros(0, dtype=np.float16)
-    return torch.from_numpy(values.reshape(-1, width)), _lengths(storage)
-
-
-def token_lengths(split) -> torch.Tensor | None:
-    """Each text's number of token rows over all its token views `(texts,)`, read from the Arrow offsets alone; None
-    where the split has no token view."""
-    names = [name for name in split.column_names if is_token_column(split.features[name])]
-    return sum(_lengths(_token_storage(split, name)) for name in names) if names else None
-
-
-def _token_storage(split, name: str) -> list:
     column = split.with_format("arrow")[:].column(name)
-    return [chunk.storage if hasattr(chunk, "storage") else chunk for chunk in column.chunks]
-
-
-def _lengths(storage: list) -> torch.Tensor:
+    width = split.features[name].shape[1]
+    storage = [chunk.storage if hasattr(chunk, "storage") else chunk for chunk in column.chunks]
     lengths = [chunk.value_lengths().to_numpy(zero_copy_only=False) for chunk in storage]
+    values = [chunk.flatten().flatten().to_numpy(zero_copy_only=False) for chunk in storage]
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(lengths.astype(np.int64))
+    values = np.concatenate(values) if values else np.zeros(0, dtype=np.float16)
+    return torch.from_numpy(values.reshape(-1, width)), torch.from_numpy(lengths.astype(np.int64))
 
 
 def _shape(feature) -> tuple[int | None, ...] | None:
@@ -235,7 +220,6 @@ __all__ = [
     "check_finite",
     "feature_statistics",
     "is_token_column",
-    "token_lengths",
     "token_rows",
     "training_splits",
 ]

@@ -129,7 +129,6 @@ class FusionTrainingArguments(ProtocolArguments, TrainingArguments):
         metadata={
             "help": "random (each seed's own order), or group_by_length: batches of texts of like length, so that "
             "token views are padded less (as transformers' LengthGroupedSampler groups them).",
-            "choices": list(SAMPLING_STRATEGIES),
         },
     )
 

@@ -35,7 +35,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.utils import logging
 
 from configuration_llm_fusion import MASK_SUFFIX, LLMFusionConfig
-from llm_fusion_fec.data.splits import is_token_column, token_lengths, token_rows
+from llm_fusion_fec.data.splits import is_token_column, token_rows
 from llm_fusion_fec.evaluation.results import EpochRecord
 from modeling_llm_fusion import LLMFusionForSequenceClassification
 
@@ -403,15 +403,16 @@ class FusionTrainer(Trainer):
         return self._seed_model
 
     def get_train_dataloader(self) -> InMemoryBatches:
-        lengths = None
+        batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds)
+        data = InMemoryBatches(self.train_dataset, batches, self.args.device, isinstance(self.model, SeedStack))
         if self.args.train_sampling_strategy == "group_by_length":
-            lengths = token_lengths(self.train_dataset)
-            if lengths is None:
+            if data.tokens:  # each text's rows over its token views, as held for the batches
+                batches.lengths = sum(rows.lengths for rows in data.tokens.values()).tolist()
+            else:
                 logger.warning(
                     "group_by_length: these features have no token views to group; rows are read in random order."
                 )
-        batches = SeedOrderBatches(len(self.train_dataset), self._train_batch_size, self.seeds, lengths)
-        return InMemoryBatches(self.train_dataset, batches, self.args.device, isinstance(self.model, SeedStack))
+        return data
 
     def get_eval_dataloader(self, eval_dataset=None) -> InMemoryBatches:
         return self.get_test_dataloader(self.eval_dataset if eval_dataset is None else eval_dataset)
