@@ -16,6 +16,18 @@ import pytest
 from helpers import DATA_DIR, SHARED, build_tiny_backbones
 
 
+@pytest.fixture(scope="session", autouse=True)
+def float32_auto_dtype():
+    """`--dtype auto` resolves to float32 in this process, on every CPU: on one with AMX it would be bfloat16, and the
+    tests that compare extracted features with a float32 computation would pass or fail with the machine.
+    tests/test_backends.py covers the AMX choice itself (it patches `cpu_has_amx` over this)."""
+    import llm_fusion_fec.features.extraction as extraction
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(extraction, "cpu_has_amx", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> list[dict]:
     """Backbone descriptions for `LLMFusionConfig(backbones=...)`, pointing at tiny random local models."""

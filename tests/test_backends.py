@@ -161,6 +161,9 @@ def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_amx(monkeypatch, caplog, amx)
     extraction.cpu_auto_dtype.cache_clear()
 
 
+CPU_HAS_AMX = extraction.cpu_has_amx  # the function itself: conftest's float32_auto_dtype replaces it while tests run
+
+
 def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     real_open = open
 
@@ -169,9 +172,9 @@ def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
         return lambda path, *a, **k: real_open(tmp_path / "cpuinfo" if path == "/proc/cpuinfo" else path, *a, **k)
 
     monkeypatch.setattr("builtins.open", cpuinfo("fpu avx2 fma amx_tile amx_bf16 amx_int8"))
-    assert extraction.cpu_has_amx()
+    assert CPU_HAS_AMX()
     monkeypatch.setattr("builtins.open", cpuinfo("fpu avx2 fma avx512_bf16"))
-    assert not extraction.cpu_has_amx()
+    assert not CPU_HAS_AMX()
 
 
 def test_extraction_records_the_backend_and_the_pipeline_serves_with_it(tiny_backbones, tmp_path):
