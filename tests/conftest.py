@@ -20,7 +20,7 @@ from helpers import DATA_DIR, SHARED, build_tiny_backbones
 def float32_auto_dtype():
     """`--dtype auto` resolves to float32 in this process, on every CPU: on one with AMX it would be bfloat16, and the
     tests that compare extracted features with a float32 computation would pass or fail with the machine.
-    tests/test_backends.py covers the AMX choice itself (it patches `cpu_has_amx` over this)."""
+    tests/test_backends.py covers the AMX choice (patching `cpu_has_amx` over this, or calling the real one)."""
     import llm_fusion_fec.features.extraction as extraction
 
     with pytest.MonkeyPatch.context() as patch:
